@@ -1,0 +1,201 @@
+"""The domain vocabulary: plain frozen dataclasses, importing nothing of the project.
+
+Configuration (config.py) builds the tracker side; the store and webhooks import the
+record side. Times are timezone-aware UTC datetimes or unix seconds (floats) where noted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+Outcome = Literal["answered", "busy", "no_answer", "cancelled", "failed"]
+HangupBy = Literal["caller", "callee", "system"]
+AttributionKind = Literal["dynamic", "static", "default", "expired", "none"]
+ReservationKind = Literal["dynamic", "default"]
+
+
+# --- configuration vocabulary -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardTarget:
+    """Where a tracker's calls go: a SIP URI, optionally with digest credentials."""
+
+    uri: str
+    username: str | None = None
+    password: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    name: str
+    sources: tuple[str, ...]  # "utm_source/utm_medium", "google/*" or "*"
+    numbers: tuple[str, ...]  # E.164
+
+
+@dataclass(frozen=True, slots=True)
+class StaticNumber:
+    number: str  # E.164
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEndpoint:
+    url: str
+    secret: str
+    events: tuple[str, ...] = ("call.started", "call.answered", "call.ended")
+
+
+@dataclass(frozen=True, slots=True)
+class Tracker:
+    id: str
+    public_key: str
+    default_number: str
+    forward: tuple[ForwardTarget, ...]
+    reservation_ttl: float = 360.0
+    cooldown: float = 0.0
+    attribution_grace: float = 86400.0
+    target_call_min_seconds: float = 30.0
+    ring_timeout: float = 30.0
+    pools: tuple[Pool, ...] = ()
+    static: tuple[StaticNumber, ...] = ()
+    webhooks: tuple[WebhookEndpoint, ...] = ()
+
+    def numbers(self) -> tuple[str, ...]:
+        """Every DID this tracker answers for: default, pool and static numbers."""
+        out = [self.default_number]
+        for pool in self.pools:
+            out.extend(pool.numbers)
+        out.extend(s.number for s in self.static)
+        return tuple(out)
+
+
+# --- records -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VisitorSession:
+    id: str
+    tracker: str
+    client_id: str | None = None
+    ym_uid: str | None = None
+    utm_source: str | None = None
+    utm_medium: str | None = None
+    utm_campaign: str | None = None
+    utm_term: str | None = None
+    utm_content: str | None = None
+    referrer: str | None = None
+    landing_page: str | None = None
+    custom: dict[str, Any] = field(default_factory=dict)
+    first_seen: float = 0.0  # unix seconds
+    last_seen: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "client_id": self.client_id,
+            "ym_uid": self.ym_uid,
+            "utm_source": self.utm_source,
+            "utm_medium": self.utm_medium,
+            "utm_campaign": self.utm_campaign,
+            "utm_term": self.utm_term,
+            "utm_content": self.utm_content,
+            "referrer": self.referrer,
+            "landing_page": self.landing_page,
+            "custom": dict(self.custom),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    kind: AttributionKind
+    channel: str | None = None
+    session: VisitorSession | None = None
+    # Set when attribution could not be computed (store down or too slow): the call was
+    # forwarded unattributed and the record says why.
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "channel": self.channel,
+            "session": self.session.to_json() if self.session else None,
+        }
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+def _iso(ts: datetime | None) -> str | None:
+    if ts is None:
+        return None
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One CDR: the `call` object of SPEC §5."""
+
+    id: str
+    tracker: str
+    did: str
+    caller: str
+    started_at: datetime
+    answered_at: datetime | None = None
+    ended_at: datetime | None = None
+    ring_seconds: float | None = None
+    talk_seconds: float | None = None
+    outcome: Outcome | None = None  # None while the call is in progress
+    sip_code: int | None = None
+    hangup_by: HangupBy | None = None
+    target: str | None = None
+    first_time_caller: bool | None = None
+    qualified: bool | None = None
+    attribution: Attribution | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "tracker": self.tracker,
+            "did": self.did,
+            "caller": self.caller,
+            "started_at": _iso(self.started_at),
+            "answered_at": _iso(self.answered_at),
+            "ended_at": _iso(self.ended_at),
+            "ring_seconds": self.ring_seconds,
+            "talk_seconds": self.talk_seconds,
+            "outcome": self.outcome,
+            "sip_code": self.sip_code,
+            "hangup_by": self.hangup_by,
+            "target": self.target,
+            "first_time_caller": self.first_time_caller,
+            "qualified": self.qualified,
+            "attribution": self.attribution.to_json() if self.attribution else None,
+        }
+
+
+DeliveryStatus = Literal["pending", "delivered", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """One event for one endpoint, in the durable outbox.
+
+    `event_id` is the same for every endpoint and every retry of an event (receivers
+    deduplicate on it); `body` is fixed when the event is created, so retries resend the
+    same bytes.
+    """
+
+    id: str  # "dlv_...", unique per (event, endpoint)
+    event_id: str  # "evt_..."
+    event: str  # call.started | call.answered | call.ended
+    tracker: str
+    url: str
+    body: bytes
+    created_at: float  # unix seconds
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    status: DeliveryStatus = "pending"
+    last_error: str | None = None
