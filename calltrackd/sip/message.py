@@ -1,0 +1,619 @@
+"""SIP messages (RFC 3261 §7, §20): parse bytes into requests/responses, serialise back.
+
+Header values stay text; the few the B2BUA needs (Via, CSeq, From/To, Contact) are parsed
+on demand. A malformed message raises `ParseError` carrying the status to answer with and,
+when enough of it was readable, the partial request so a 400 can be formed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from .uri import NameAddr, SipSyntaxError, SipURI, format_params, parse_params
+
+__all__ = [
+    "Headers",
+    "Message",
+    "ParseError",
+    "Request",
+    "Response",
+    "StreamFramer",
+    "Via",
+    "parse_message",
+    "reason_phrase",
+]
+
+MAX_MESSAGE_SIZE = 65535
+MAX_HEADERS = 256
+VERSION = "SIP/2.0"
+
+# RFC 3261 §7.3.3 and later extensions: compact forms.
+COMPACT = {
+    "i": "Call-ID",
+    "m": "Contact",
+    "e": "Content-Encoding",
+    "l": "Content-Length",
+    "c": "Content-Type",
+    "f": "From",
+    "s": "Subject",
+    "k": "Supported",
+    "t": "To",
+    "v": "Via",
+    "o": "Event",
+    "u": "Allow-Events",
+    "r": "Refer-To",
+    "b": "Referred-By",
+    "x": "Session-Expires",
+    "a": "Accept-Contact",
+    "j": "Reject-Contact",
+    "d": "Request-Disposition",
+    "y": "Identity",
+    "n": "Identity-Info",
+}
+
+_SPECIAL_CASE = {
+    "call-id": "Call-ID",
+    "cseq": "CSeq",
+    "www-authenticate": "WWW-Authenticate",
+    "mime-version": "MIME-Version",
+    "rack": "RAck",
+    "rseq": "RSeq",
+    "sip-etag": "SIP-ETag",
+    "sip-if-match": "SIP-If-Match",
+}
+
+# Headers whose values may be comma-separated lists (RFC 3261 §7.3.1). Others (auth
+# challenges, Date, ...) contain commas of their own.
+LIST_HEADERS = frozenset(
+    {
+        "via",
+        "contact",
+        "route",
+        "record-route",
+        "allow",
+        "supported",
+        "require",
+        "proxy-require",
+        "unsupported",
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "content-encoding",
+        "allow-events",
+        "in-reply-to",
+    }
+)
+
+_TOKEN_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
+)
+
+_REASONS = {
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    200: "OK",
+    202: "Accepted",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    413: "Request Entity Too Large",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    420: "Bad Extension",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    484: "Address Incomplete",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    491: "Request Pending",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    600: "Busy Everywhere",
+    603: "Decline",
+}
+
+
+def reason_phrase(status: int) -> str:
+    return _REASONS.get(status, "Unknown")
+
+
+def canonical_name(name: str) -> str:
+    """`call-id` → `Call-ID`, `v` → `Via`, `content-length` → `Content-Length`."""
+    if len(name) == 1:
+        full = COMPACT.get(name.lower())
+        if full:
+            return full
+    lower = name.lower()
+    special = _SPECIAL_CASE.get(lower)
+    if special:
+        return special
+    return "-".join(p[:1].upper() + p[1:] for p in lower.split("-"))
+
+
+def is_token(text: str) -> bool:
+    return bool(text) and all(c in _TOKEN_CHARS for c in text)
+
+
+class ParseError(Exception):
+    """The peer broke the grammar. `status` is what to answer (when a request)."""
+
+    def __init__(self, reason: str, status: int = 400, partial: Request | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.partial = partial
+
+
+class Headers:
+    """Ordered header fields, looked up case-insensitively by canonical name."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[tuple[str, str]] | None = None) -> None:
+        self._items: list[list[str]] = []  # [lower, Canonical, value]
+        if items:
+            for name, value in items:
+                self.add(name, value)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for _, name, value in self._items:
+            yield name, value
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        key = canonical_name(name).lower()
+        return any(item[0] == key for item in self._items)
+
+    def copy(self) -> Headers:
+        new = Headers()
+        new._items = [list(i) for i in self._items]
+        return new
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        key = canonical_name(name).lower()
+        for item in self._items:
+            if item[0] == key:
+                return item[2]
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        """Every header line of that name (values not split at commas)."""
+        key = canonical_name(name).lower()
+        return [item[2] for item in self._items if item[0] == key]
+
+    def values(self, name: str) -> list[str]:
+        """Every value of a list header, comma-split outside quotes and <...>."""
+        out: list[str] = []
+        for line in self.get_all(name):
+            out.extend(split_list(line))
+        return out
+
+    def add(self, name: str, value: str) -> None:
+        canon = canonical_name(name)
+        self._items.append([canon.lower(), canon, value])
+
+    def prepend(self, name: str, value: str) -> None:
+        """Insert before the first header of that name (or at the top)."""
+        canon = canonical_name(name)
+        key = canon.lower()
+        for i, item in enumerate(self._items):
+            if item[0] == key:
+                self._items.insert(i, [key, canon, value])
+                return
+        self._items.insert(0, [key, canon, value])
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every header of that name by one, keeping the first one's position."""
+        canon = canonical_name(name)
+        key = canon.lower()
+        for i, item in enumerate(self._items):
+            if item[0] == key:
+                item[2] = value
+                self._items[i + 1 :] = [x for x in self._items[i + 1 :] if x[0] != key]
+                return
+        self._items.append([key, canon, value])
+
+    def remove(self, name: str) -> None:
+        key = canonical_name(name).lower()
+        self._items = [x for x in self._items if x[0] != key]
+
+    def pop_first_value(self, name: str) -> str | None:
+        """Remove and return the first value of a list header (e.g. the top Via)."""
+        key = canonical_name(name).lower()
+        for i, item in enumerate(self._items):
+            if item[0] == key:
+                parts = split_list(item[2])
+                first = parts[0] if parts else None
+                if len(parts) > 1:
+                    item[2] = ", ".join(parts[1:])
+                else:
+                    del self._items[i]
+                return first
+        return None
+
+    def serialize_into(self, out: list[str]) -> None:
+        for _, name, value in self._items:
+            if name != "Content-Length":
+                out.append(f"{name}: {value}\r\n")
+
+
+def split_list(line: str) -> list[str]:
+    """Split a header value at commas that are outside quotes and angle brackets."""
+    if "," not in line:
+        s = line.strip()
+        return [s] if s else []
+    parts: list[str] = []
+    cur: list[str] = []
+    quoted = angle = escaped = False
+    for ch in line:
+        if escaped:
+            escaped = False
+        elif quoted and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif not quoted and ch == "<":
+            angle = True
+        elif not quoted and ch == ">":
+            angle = False
+        elif ch == "," and not quoted and not angle:
+            parts.append("".join(cur).strip())
+            cur = []
+            continue
+        cur.append(ch)
+    parts.append("".join(cur).strip())
+    return [p for p in parts if p]
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    """One Via value: `SIP/2.0/UDP host:port;branch=...;rport`."""
+
+    transport: str
+    host: str
+    port: int | None
+    params: dict[str, str | None] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> Via:
+        proto, _, rest = text.strip().partition(" ")
+        # sent-protocol may have LWS around the slashes (RFC 4475 §3.1.1.1)
+        if proto.count("/") != 2:
+            head, _, tail = text.strip().partition(";")
+            compact = "".join(head.split())
+            for t in ("UDP", "TCP", "TLS", "SCTP", "WS", "WSS"):
+                idx = compact.upper().find("/" + t)
+                if idx >= 0 and compact.upper().startswith("SIP/2.0/"):
+                    proto = compact[: idx + 1 + len(t)]
+                    rest = compact[idx + 1 + len(t) :] + (";" + tail if tail else "")
+                    break
+            else:
+                raise SipSyntaxError(f"bad Via {text!r}")
+        name, version, transport = (p.strip() for p in proto.split("/"))
+        if name.upper() != "SIP" or version != "2.0" or not transport:
+            raise SipSyntaxError(f"bad Via protocol {text!r}")
+        sent_by, _, params_s = rest.strip().partition(";")
+        sent_by = sent_by.strip()
+        if not sent_by:
+            raise SipSyntaxError(f"Via without sent-by {text!r}")
+        if sent_by.startswith("["):
+            end = sent_by.find("]")
+            if end < 0:
+                raise SipSyntaxError(f"bad Via host {text!r}")
+            host, port_s = sent_by[: end + 1], sent_by[end + 1 :].lstrip(" :")
+        else:
+            host, _, port_s = sent_by.partition(":")
+            host, port_s = host.strip(), port_s.strip()
+        if not host or " " in host:
+            raise SipSyntaxError(f"bad Via host {text!r}")
+        port: int | None = None
+        if port_s:
+            if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+                raise SipSyntaxError(f"bad Via port {text!r}")
+            port = int(port_s)
+        return cls(transport.upper(), host.lower(), port, parse_params(params_s))
+
+    @property
+    def branch(self) -> str | None:
+        return self.params.get("branch")
+
+    def __str__(self) -> str:
+        port = f":{self.port}" if self.port is not None else ""
+        return f"SIP/2.0/{self.transport} {self.host}{port}{format_params(self.params)}"
+
+
+class Message:
+    """Common parts of requests and responses."""
+
+    __slots__ = ("_cseq", "_vias", "body", "headers")
+
+    def __init__(self, headers: Headers, body: bytes) -> None:
+        self.headers = headers
+        self.body = body
+        self._cseq: tuple[int, str] | None = None
+        self._vias: list[Via] | None = None
+
+    # -- the headers every transaction needs ------------------------------------------
+    @property
+    def call_id(self) -> str:
+        return self.headers.get("Call-ID") or ""
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        if self._cseq is None:
+            self._cseq = parse_cseq(self.headers.get("CSeq") or "")
+        return self._cseq
+
+    @property
+    def vias(self) -> list[Via]:
+        if self._vias is None:
+            self._vias = [Via.parse(v) for v in self.headers.values("Via")]
+        return self._vias
+
+    @property
+    def top_via(self) -> Via:
+        vias = self.vias
+        if not vias:
+            raise ParseError("no Via")
+        return vias[0]
+
+    def invalidate(self) -> None:
+        """Forget cached parses after headers were edited."""
+        self._cseq = None
+        self._vias = None
+
+    @property
+    def from_(self) -> NameAddr:
+        return NameAddr.parse(self.headers.get("From") or "")
+
+    @property
+    def to(self) -> NameAddr:
+        return NameAddr.parse(self.headers.get("To") or "")
+
+    def _serialize(self, start: str) -> bytes:
+        out = [start]
+        self.headers.serialize_into(out)
+        out.append(f"Content-Length: {len(self.body)}\r\n\r\n")
+        return "".join(out).encode("utf-8", "surrogateescape") + self.body
+
+
+class Request(Message):
+    __slots__ = ("method", "uri")
+
+    def __init__(
+        self, method: str, uri: str, headers: Headers | None = None, body: bytes = b""
+    ) -> None:
+        super().__init__(headers if headers is not None else Headers(), body)
+        self.method = method
+        self.uri = uri
+
+    def to_bytes(self) -> bytes:
+        return self._serialize(f"{self.method} {self.uri} {VERSION}\r\n")
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri} call-id={self.call_id!r}>"
+
+
+class Response(Message):
+    __slots__ = ("reason", "status")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str | None = None,
+        headers: Headers | None = None,
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(headers if headers is not None else Headers(), body)
+        self.status = status
+        self.reason = reason if reason is not None else reason_phrase(status)
+
+    def to_bytes(self) -> bytes:
+        return self._serialize(f"{VERSION} {self.status} {self.reason}\r\n")
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.cseq[1] if self.headers.get('CSeq') else ''}>"
+
+
+def parse_cseq(value: str) -> tuple[int, str]:
+    num_s, _, method = value.strip().partition(" ")
+    method = method.strip()
+    if not num_s.isdigit() or not is_token(method):
+        raise ParseError(f"bad CSeq {value!r}")
+    num = int(num_s)
+    if num >= 2**31:
+        raise ParseError(f"CSeq number out of range {value!r}")
+    return num, method
+
+
+_REQUIRED = ("Via", "From", "To", "Call-ID", "CSeq")
+
+
+def _split_head(data: bytes) -> tuple[bytes, bytes]:
+    idx = data.find(b"\r\n\r\n")
+    if idx >= 0:
+        return data[:idx], data[idx + 4 :]
+    idx = data.find(b"\n\n")
+    if idx >= 0:
+        return data[:idx], data[idx + 2 :]
+    # a message with no body separator: headers only, if it ends in a line break
+    if data.endswith(b"\r\n") or data.endswith(b"\n"):
+        return data.rstrip(b"\r\n"), b""
+    raise ParseError("no end of headers")
+
+
+def parse_message(
+    data: bytes, *, max_size: int = MAX_MESSAGE_SIZE, stream: bool = False
+) -> Request | Response:
+    """Parse one whole message (a UDP datagram or a framed stream message)."""
+    if len(data) > max_size:
+        raise ParseError("message too large", 513)
+    data = data.lstrip(b"\r\n")
+    if not data:
+        raise ParseError("empty message")
+    head_b, body = _split_head(data)
+    try:
+        head = head_b.decode("utf-8")
+    except UnicodeDecodeError:
+        head = head_b.decode("utf-8", "surrogateescape")
+    lines = head.replace("\r\n", "\n").split("\n")
+    start = lines[0]
+    headers = Headers()
+    current: list[str] | None = None
+    count = 0
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            if current is None:
+                raise ParseError("continuation line before any header")
+            current[1] += " " + line.strip()
+            continue
+        if current is not None:
+            headers.add(current[0], current[1])
+        name, colon, value = line.partition(":")
+        name = name.rstrip(" \t")
+        if not colon or not is_token(name):
+            raise ParseError(f"bad header line {line[:60]!r}")
+        current = [name, value.strip()]
+        count += 1
+        if count > MAX_HEADERS:
+            raise ParseError("too many headers", 513)
+    if current is not None:
+        headers.add(current[0], current[1])
+
+    msg: Request | Response
+    if start.startswith("SIP/"):
+        parts = start.split(" ", 2)
+        if len(parts) < 2 or parts[0] != VERSION:
+            raise ParseError(f"bad status line {start[:60]!r}")
+        code_s = parts[1]
+        if len(code_s) != 3 or not code_s.isdigit() or not 100 <= int(code_s) <= 699:
+            raise ParseError(f"bad status code {code_s!r}")
+        msg = Response(int(code_s), parts[2] if len(parts) > 2 else "", headers)
+    else:
+        parts = start.split(" ")
+        if len(parts) != 3:
+            raise ParseError(f"bad request line {start[:60]!r}")
+        method, uri, version = parts
+        if not is_token(method):
+            raise ParseError(f"bad method {method[:20]!r}")
+        msg = Request(method, uri, headers)
+        if version != VERSION:
+            raise ParseError(f"unsupported version {version[:20]!r}", 505, partial=msg)
+        try:
+            SipURI.parse(uri)
+        except SipSyntaxError as exc:
+            status = 416 if ":" in uri and not uri.lower().startswith("sip") else 400
+            raise ParseError(str(exc), status, partial=msg) from None
+
+    partial = msg if isinstance(msg, Request) else None
+    for name in _REQUIRED:
+        if headers.get(name) is None:
+            raise ParseError(f"missing {name}", partial=partial)
+
+    # Content-Length (§18.3, §20.14): required on streams; on UDP it may be omitted.
+    cl_values = headers.get_all("Content-Length")
+    if cl_values:
+        if len(set(v.strip() for v in cl_values)) != 1 or not cl_values[0].strip().isdigit():
+            raise ParseError("bad Content-Length", partial=partial)
+        length = int(cl_values[0].strip())
+        if length > len(body):
+            raise ParseError("body shorter than Content-Length", partial=partial)
+        body = body[:length]
+    elif stream:
+        raise ParseError("missing Content-Length on a stream", partial=partial)
+    msg.body = body
+
+    try:
+        _num, cseq_method = msg.cseq
+        if isinstance(msg, Request) and cseq_method != msg.method:
+            raise ParseError("CSeq method does not match the request", partial=partial)
+        if len(headers.get_all("CSeq")) > 1 or len(headers.get_all("Call-ID")) > 1:
+            raise ParseError("duplicate CSeq or Call-ID", partial=partial)
+        if len(headers.get_all("From")) > 1 or len(headers.get_all("To")) > 1:
+            raise ParseError("duplicate From or To", partial=partial)
+        msg.vias  # noqa: B018 - validates every Via now
+        msg.from_  # noqa: B018
+        msg.to  # noqa: B018
+        mf = headers.get("Max-Forwards")
+        if mf is not None and (not mf.isdigit() or int(mf) > 255):
+            raise ParseError("bad Max-Forwards", partial=partial)
+        for ct in headers.get_all("Contact"):
+            if ct.strip() != "*":
+                for value in split_list(ct):
+                    NameAddr.parse(value)
+    except SipSyntaxError as exc:
+        raise ParseError(str(exc), partial=partial) from None
+    return msg
+
+
+class StreamFramer:
+    """Cuts a TCP/TLS byte stream into messages by Content-Length (RFC 3261 §18.3)."""
+
+    def __init__(self, max_size: int = MAX_MESSAGE_SIZE) -> None:
+        self._buf = bytearray()
+        self._max = max_size
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Returns whole messages; raises ParseError when framing is lost."""
+        self._buf += data
+        out: list[bytes] = []
+        while True:
+            # RFC 5626 keep-alives: CRLF pings between messages
+            while self._buf[:2] == b"\r\n":
+                del self._buf[:2]
+            end = self._buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buf) > self._max:
+                    raise ParseError("header section too large", 513)
+                return out
+            head = bytes(self._buf[:end]).decode("utf-8", "replace")
+            length = None
+            for line in head.split("\r\n")[1:]:
+                name, colon, value = line.partition(":")
+                if colon and name.strip().lower() in ("content-length", "l"):
+                    value = value.strip()
+                    if not value.isdigit():
+                        raise ParseError("bad Content-Length on a stream")
+                    length = int(value)
+                    break
+            if length is None:
+                raise ParseError("missing Content-Length on a stream")
+            total = end + 4 + length
+            if total > self._max:
+                raise ParseError("message too large", 513)
+            if len(self._buf) < total:
+                return out
+            out.append(bytes(self._buf[:total]))
+            del self._buf[:total]
+
+
+def response_for(request: Request, status: int, reason: str | None = None) -> Response:
+    """A response to `request` (RFC 3261 §8.2.6): Via, From, To, Call-ID, CSeq copied."""
+    headers = Headers()
+    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+        for value in request.headers.get_all(name):
+            headers.add(name, value)
+    return Response(status, reason, headers)
+
+
+__all__ += ["canonical_name", "is_token", "parse_cseq", "response_for", "split_list"]
+# re-exported for callers that handle both headers and URIs
+__all__ += ["NameAddr", "SipSyntaxError", "SipURI"]

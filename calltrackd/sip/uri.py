@@ -1,0 +1,241 @@
+"""SIP URIs (RFC 3261 §19.1) and name-addr / addr-spec header values (§20.10, §25.1).
+
+Pure parsing and formatting; errors raise `SipSyntaxError`, which the message layer turns
+into a 400.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+__all__ = ["NameAddr", "SipSyntaxError", "SipURI", "format_params", "parse_params"]
+
+
+class SipSyntaxError(ValueError):
+    """A URI or header value that does not follow the grammar."""
+
+
+_HOST_BAD = set(' \t"<>@,;?\\')
+
+
+def parse_params(text: str) -> dict[str, str | None]:
+    """Parse `;a=b;c` (without the first ';') into an ordered dict (names lower-cased)."""
+    out: dict[str, str | None] = {}
+    if not text:
+        return out
+    for part in _split_unquoted(text, ";"):
+        part = part.strip()
+        if not part:
+            continue
+        name, eq, value = part.partition("=")
+        name = name.strip().lower()
+        if not name:
+            raise SipSyntaxError(f"empty parameter name in {text!r}")
+        out[name] = value.strip() if eq else None
+    return out
+
+
+def format_params(params: dict[str, str | None]) -> str:
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+
+
+def _split_unquoted(text: str, sep: str) -> list[str]:
+    """Split on `sep` outside double quotes (backslash escapes honoured)."""
+    if '"' not in text:
+        return text.split(sep)
+    parts: list[str] = []
+    cur: list[str] = []
+    quoted = False
+    escaped = False
+    for ch in text:
+        if escaped:
+            cur.append(ch)
+            escaped = False
+        elif ch == "\\" and quoted:
+            cur.append(ch)
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+            cur.append(ch)
+        elif ch == sep and not quoted:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    if quoted:
+        raise SipSyntaxError(f"unterminated quoted string in {text!r}")
+    parts.append("".join(cur))
+    return parts
+
+
+def _parse_hostport(text: str) -> tuple[str, int | None]:
+    if not text:
+        raise SipSyntaxError("missing host")
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise SipSyntaxError(f"unterminated IPv6 reference {text!r}")
+        host, rest = text[: end + 1], text[end + 1 :]
+        if ":" not in host:
+            raise SipSyntaxError(f"bad IPv6 reference {text!r}")
+    else:
+        host, _, port_s = text.partition(":")
+        rest = ":" + port_s if _ else ""
+        if not host or any(c in _HOST_BAD for c in host):
+            raise SipSyntaxError(f"bad host {text!r}")
+    if not rest:
+        return host.lower(), None
+    if not rest.startswith(":") or not rest[1:].isdigit():
+        raise SipSyntaxError(f"bad port in {text!r}")
+    port = int(rest[1:])
+    if not 0 < port < 65536:
+        raise SipSyntaxError(f"port out of range in {text!r}")
+    return host.lower(), port
+
+
+@dataclass(frozen=True, slots=True)
+class SipURI:
+    """sip:/sips: URI. Other schemes (tel:, urn:) keep their text in `opaque`."""
+
+    scheme: str = "sip"
+    user: str | None = None
+    password: str | None = None
+    host: str = ""
+    port: int | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+    headers: str | None = None
+    opaque: str | None = None  # for non-SIP schemes: everything after "scheme:"
+
+    @classmethod
+    def parse(cls, text: str) -> SipURI:
+        text = text.strip()
+        scheme, colon, rest = text.partition(":")
+        if not colon or not scheme or not scheme[0].isalpha():
+            raise SipSyntaxError(f"not a URI: {text!r}")
+        scheme = scheme.lower()
+        if scheme not in ("sip", "sips"):
+            if not rest or any(c in " \t<>" for c in rest):
+                raise SipSyntaxError(f"bad {scheme} URI {text!r}")
+            if scheme == "tel":
+                number, _, params = rest.partition(";")
+                return cls(scheme=scheme, user=number, opaque=rest, params=parse_params(params))
+            return cls(scheme=scheme, opaque=rest)
+        if any(c in " \t<>" for c in rest):
+            raise SipSyntaxError(f"whitespace or angle bracket in URI {text!r}")
+        rest, qmark, headers = rest.partition("?")
+        userinfo: str | None = None
+        at = rest.rfind("@")
+        if at >= 0:
+            userinfo, rest = rest[:at], rest[at + 1 :]
+        hostport, _, params_s = rest.partition(";")
+        host, port = _parse_hostport(hostport)
+        user = password = None
+        if userinfo is not None:
+            if not userinfo:
+                raise SipSyntaxError(f"empty user part in {text!r}")
+            user, pc, pw = userinfo.partition(":")
+            password = pw if pc else None
+        return cls(
+            scheme=scheme,
+            user=user,
+            password=password,
+            host=host,
+            port=port,
+            params=parse_params(params_s),
+            headers=headers if qmark else None,
+        )
+
+    def __str__(self) -> str:
+        if self.opaque is not None:
+            return f"{self.scheme}:{self.opaque}"
+        out = [self.scheme, ":"]
+        if self.user is not None:
+            out.append(self.user)
+            if self.password is not None:
+                out.append(":" + self.password)
+            out.append("@")
+        out.append(self.host)
+        if self.port is not None:
+            out.append(f":{self.port}")
+        out.append(format_params(self.params))
+        if self.headers is not None:
+            out.append("?" + self.headers)
+        return "".join(out)
+
+    @property
+    def transport(self) -> str:
+        value = self.params.get("transport")
+        if value:
+            return value.lower()
+        return "tls" if self.scheme == "sips" else "udp"
+
+    @property
+    def host_bare(self) -> str:
+        """Host without IPv6 brackets, as socket calls want it."""
+        return self.host[1:-1] if self.host.startswith("[") else self.host
+
+    def with_(self, **changes: object) -> SipURI:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class NameAddr:
+    """A From/To/Contact/Route value: optional display name, URI, header parameters."""
+
+    uri: SipURI
+    display: str | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> NameAddr:
+        text = text.strip()
+        if not text:
+            raise SipSyntaxError("empty address")
+        lt = _find_unquoted(text, "<")
+        if lt >= 0:
+            gt = text.find(">", lt)
+            if gt < 0:
+                raise SipSyntaxError(f"unterminated <...> in {text!r}")
+            display = text[:lt].strip() or None
+            if display and display.startswith('"') and not (
+                display.endswith('"') and len(display) > 1
+            ):
+                raise SipSyntaxError(f"bad display name in {text!r}")
+            uri = SipURI.parse(text[lt + 1 : gt])
+            rest = text[gt + 1 :].strip()
+            if rest and not rest.startswith(";"):
+                raise SipSyntaxError(f"junk after address in {text!r}")
+            return cls(uri=uri, display=display, params=parse_params(rest[1:]))
+        # addr-spec: parameters after the URI belong to the header (RFC 3261 §20.10)
+        uri_s, _, params_s = text.partition(";")
+        if " " in uri_s.strip() or "\t" in uri_s.strip():
+            raise SipSyntaxError(f"whitespace in addr-spec {text!r}")
+        return cls(uri=SipURI.parse(uri_s), params=parse_params(params_s))
+
+    @property
+    def tag(self) -> str | None:
+        return self.params.get("tag")
+
+    def with_tag(self, tag: str) -> NameAddr:
+        params = dict(self.params)
+        params["tag"] = tag
+        return NameAddr(self.uri, self.display, params)
+
+    def __str__(self) -> str:
+        disp = f"{self.display} " if self.display else ""
+        return f"{disp}<{self.uri}>{format_params(self.params)}"
+
+
+def _find_unquoted(text: str, ch: str) -> int:
+    quoted = False
+    escaped = False
+    for i, c in enumerate(text):
+        if escaped:
+            escaped = False
+        elif c == "\\" and quoted:
+            escaped = True
+        elif c == '"':
+            quoted = not quoted
+        elif c == ch and not quoted:
+            return i
+    return -1
