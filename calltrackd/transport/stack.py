@@ -1,0 +1,280 @@
+"""asyncio around the sans-I/O transaction layer: sockets, one timer, dispatch.
+
+UDP and TCP listeners (IPv4 and IPv6), outgoing TCP connections reused per peer, and the
+layer's single timer re-armed with `loop.call_at` after every input. The transaction user
+(the B2BUA engine) receives the layer's events through `on_events`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from ..sip.endpoint import Address, Event, TransactionLayer
+from ..sip.message import ParseError, StreamFramer
+
+log = structlog.get_logger("calltrackd.sip")
+
+EventSink = Callable[[list[Event]], None]
+Tap = Callable[[str, bytes], None]  # direction ("in" | "out"), datagram — metrics and traces
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    transport: str  # udp | tcp
+    host: str
+    port: int
+
+
+def is_ipv6(host: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(host.strip("[]")), ipaddress.IPv6Address)
+    except ValueError:
+        return False
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, stack: SipStack) -> None:
+        self.stack = stack
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        host = str(addr[0])
+        if host.startswith("::ffff:"):
+            host = host[7:]
+        self.stack.feed(data, Address("udp", host, int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and friends: the transaction's timers handle it
+        log.debug("udp error", error=str(exc))
+
+
+class _Tcp(asyncio.Protocol):
+    def __init__(self, stack: SipStack, peer: Address | None = None) -> None:
+        self.stack = stack
+        self.framer = StreamFramer(stack.layer.max_size)
+        self.transport: asyncio.Transport | None = None
+        self.peer = peer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.peer is None:
+            host, port = transport.get_extra_info("peername")[:2]
+            self.peer = Address("tcp", str(host), int(port))
+        self.stack._tcp_conns[(self.peer.host, self.peer.port)] = self
+
+    def data_received(self, data: bytes) -> None:
+        assert self.peer is not None
+        try:
+            messages = self.framer.feed(data)
+        except ParseError as exc:
+            # framing is lost on this connection: nothing after this can be trusted
+            log.info("tcp framing error, closing", peer=str(self.peer), reason=exc.reason)
+            if self.transport:
+                self.transport.close()
+            return
+        for message in messages:
+            self.stack.feed(message, self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None:
+            key = (self.peer.host, self.peer.port)
+            if self.stack._tcp_conns.get(key) is self:
+                del self.stack._tcp_conns[key]
+
+
+class SipStack:
+    """Owns sockets and the timer; feeds the layer and flushes what it wants sent."""
+
+    def __init__(
+        self,
+        layer: TransactionLayer,
+        *,
+        advertise: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.layer = layer
+        self.advertise = advertise
+        self.clock = clock
+        self.on_events: EventSink = lambda events: None
+        self.taps: list[Tap] = []
+        self._udp: dict[int, _Udp] = {}  # address family → protocol
+        self._tcp_servers: list[asyncio.AbstractServer] = []
+        self._tcp_conns: dict[tuple[str, int], _Tcp] = {}
+        self._tcp_pending: dict[tuple[str, int], list[bytes]] = {}
+        self._listen: list[Listen] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._local_ip_cache: dict[tuple[str, int], str] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self, listen: Sequence[Listen]) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        for spec in listen:
+            family = socket.AF_INET6 if is_ipv6(spec.host) else socket.AF_INET
+            if spec.transport == "udp":
+                _, proto = await loop.create_datagram_endpoint(
+                    lambda: _Udp(self), local_addr=(spec.host, spec.port), family=family
+                )
+                self._udp.setdefault(family, proto)
+                sock = proto.transport.get_extra_info("socket") if proto.transport else None
+                port = sock.getsockname()[1] if sock else spec.port
+            elif spec.transport == "tcp":
+                server = await loop.create_server(
+                    lambda: _Tcp(self), host=spec.host, port=spec.port, family=family,
+                    reuse_address=True,
+                )
+                self._tcp_servers.append(server)
+                port = server.sockets[0].getsockname()[1]
+            else:
+                raise ValueError(f"transport {spec.transport} is not supported yet")
+            self._listen.append(Listen(spec.transport, spec.host, port))
+
+    def stop_listening(self) -> None:
+        """Stop accepting TCP connections; UDP stays open for running calls."""
+        for server in self._tcp_servers:
+            server.close()
+
+    async def close(self) -> None:
+        if self._timer:
+            self._timer.cancel()
+        for server in self._tcp_servers:
+            server.close()
+        for conn in list(self._tcp_conns.values()):
+            if conn.transport:
+                conn.transport.close()
+        for proto in self._udp.values():
+            if proto.transport:
+                proto.transport.close()
+        self._udp.clear()
+
+    @property
+    def listening(self) -> list[Listen]:
+        return list(self._listen)
+
+    # -- input -------------------------------------------------------------------------
+
+    def feed(self, data: bytes, source: Address) -> None:
+        for tap in self.taps:
+            tap("in", data)
+        events = self.layer.receive(data, source, self.clock())
+        self.flush()
+        if events:
+            self.on_events(events)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        events = self.layer.handle_timer(self.clock())
+        self.flush()
+        if events:
+            self.on_events(events)
+
+    # -- output ------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        for data, dest in self.layer.transmits():
+            self.send_raw(data, dest)
+        self._arm()
+
+    def _arm(self) -> None:
+        at = self.layer.get_timer()
+        if at is None or at == self._timer_at:
+            return
+        if self._timer is not None:
+            if self._timer_at is not None and self._timer_at <= at:
+                return  # the armed timer fires first and re-arms after
+            self._timer.cancel()
+        loop = self._loop or asyncio.get_running_loop()
+        delay = max(0.0, at - self.clock())
+        self._timer = loop.call_at(loop.time() + delay, self._on_timer)
+        self._timer_at = at
+
+    def send_raw(self, data: bytes, dest: Address) -> None:
+        for tap in self.taps:
+            tap("out", data)
+        if dest.transport == "udp":
+            family = socket.AF_INET6 if is_ipv6(dest.host) else socket.AF_INET
+            proto = self._udp.get(family)
+            if proto is None or proto.transport is None:
+                log.warning("no udp socket for destination", dest=str(dest))
+                return
+            proto.transport.sendto(data, (dest.host.strip("[]"), dest.port))
+            return
+        key = (dest.host.strip("[]"), dest.port)
+        conn = self._tcp_conns.get(key)
+        if conn is not None and conn.transport is not None and not conn.transport.is_closing():
+            conn.transport.write(data)
+            return
+        pending = self._tcp_pending.get(key)
+        if pending is not None:
+            pending.append(data)
+            return
+        self._tcp_pending[key] = [data]
+        loop = self._loop or asyncio.get_running_loop()
+        loop.create_task(self._connect(key, dest))
+
+    async def _connect(self, key: tuple[str, int], dest: Address) -> None:
+        loop = self._loop or asyncio.get_running_loop()
+        try:
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: _Tcp(self, Address("tcp", *key)), *key), 5.0
+            )
+        except (OSError, TimeoutError) as exc:
+            log.info("tcp connect failed", dest=str(dest), error=str(exc))
+            self._tcp_pending.pop(key, None)
+            return  # the transaction's timers report the failure
+        for data in self._tcp_pending.pop(key, []):
+            if proto.transport is not None:
+                proto.transport.write(data)
+
+    # -- our own addresses -------------------------------------------------------------
+
+    def local_hostport(self, transport: str, toward: str) -> tuple[str, int]:
+        """The host:port to write into Via/Contact for messages sent toward `toward`."""
+        v6 = is_ipv6(toward)
+        port = 5060
+        host = ""
+        for spec in self._listen:
+            if spec.transport == transport and is_ipv6(spec.host) == v6:
+                host, port = spec.host, spec.port
+                break
+        else:
+            for spec in self._listen:
+                if spec.transport == transport:
+                    host, port = spec.host, spec.port
+                    break
+        if self.advertise:
+            return self.advertise, port
+        if host in ("0.0.0.0", "::", ""):
+            host = self._route_ip(toward, v6)
+        return (f"[{host}]" if ":" in host else host), port
+
+    def _route_ip(self, toward: str, v6: bool) -> str:
+        key = (toward, 6 if v6 else 4)
+        cached = self._local_ip_cache.get(key)
+        if cached:
+            return cached
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.connect((toward.strip("[]"), 9))  # no packet is sent for a UDP connect
+                ip = str(s.getsockname()[0])
+        except OSError:
+            ip = "::1" if v6 else "127.0.0.1"
+        self._local_ip_cache[key] = ip
+        return ip
