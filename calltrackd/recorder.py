@@ -1,0 +1,147 @@
+"""Call hooks: what the B2BUA's calls become outside SIP — attribution, CDRs, webhook
+events, metrics.
+
+Every step runs off the packet path, in one chain per call (started → answered → ended
+are written in order), and none can fail a call: attribution has a time budget and the
+tracking service keeps records it cannot write yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from .b2bua.call import CallInfo
+from .tracking.attribution import qualified
+from .tracking.model import Attribution, CallRecord
+from .webhooks.payload import build_deliveries
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+    from .tracking.service import TrackingService
+
+log = structlog.get_logger("calltrackd.recorder")
+
+ATTRIBUTION_BUDGET = 0.25  # seconds: a slow store must not delay the call's record
+
+
+class Recorder:
+    def __init__(self, tracking: TrackingService, metrics: Metrics,
+                 notify_webhooks: Callable[[], None] = lambda: None) -> None:
+        self.tracking = tracking
+        self.metrics = metrics
+        self.notify_webhooks = notify_webhooks
+        self._chains: dict[str, asyncio.Task[None]] = {}
+        self.pending: set[asyncio.Task[None]] = set()
+
+    # -- CallHooks ---------------------------------------------------------------------
+
+    def call_started(self, call: CallInfo) -> None:
+        self.metrics.active_calls.inc()
+        self._chain(call, self._started)
+
+    def call_forwarded(self, call: CallInfo, seconds: float) -> None:
+        self.metrics.invite_seconds.observe(seconds)
+
+    def call_answered(self, call: CallInfo) -> None:
+        self._chain(call, self._answered)
+
+    def call_ended(self, call: CallInfo) -> None:
+        self.metrics.active_calls.dec()
+        self.metrics.calls.labels(call.tracker.id, call.outcome or "failed").inc()
+        self._chain(call, self._ended)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for the records of finished calls to reach the tracking service."""
+        if self.pending:
+            await asyncio.wait(list(self.pending), timeout=timeout)
+
+    # -- steps -------------------------------------------------------------------------
+
+    def _chain(self, call: CallInfo, step: Callable[[CallInfo, Any], Any]) -> None:
+        # snapshot now: the call object moves on while earlier steps are still writing
+        snapshot = (call.answered_at, call.ended_at, call.outcome, call.sip_code,
+                    call.hangup_by, call.target)
+        previous = self._chains.get(call.id)
+
+        async def run() -> None:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            try:
+                await step(call, snapshot)
+            except Exception:
+                log.exception("call record step failed", call=call.id)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._chains[call.id] = task
+        self.pending.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self.pending.discard(t)
+            if self._chains.get(call.id) is t:
+                del self._chains[call.id]
+
+        task.add_done_callback(done)
+
+    async def _started(self, call: CallInfo, snap: tuple[Any, ...]) -> None:
+        now = time.time()
+        try:
+            attribution, first_time = await asyncio.wait_for(
+                self.tracking.attribute(call.tracker, call.did, call.caller, now),
+                ATTRIBUTION_BUDGET)
+        except Exception as exc:  # store down, too slow, or a bug: forward unattributed
+            reason = "timeout" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}"
+            log.warning("attribution failed", call=call.id, reason=reason)
+            attribution, first_time = Attribution(kind="none", error=f"attribution {reason}"), None
+        call.extra["attribution"] = attribution
+        call.extra["first_time_caller"] = first_time
+        await self._save(call, snap, "call.started")
+
+    async def _answered(self, call: CallInfo, snap: tuple[Any, ...]) -> None:
+        await self._save(call, snap, "call.answered")
+
+    async def _ended(self, call: CallInfo, snap: tuple[Any, ...]) -> None:
+        await self._save(call, snap, "call.ended")
+
+    async def _save(self, call: CallInfo, snap: tuple[Any, ...], event: str) -> None:
+        record = self.record(call, snap)
+        deliveries = build_deliveries(event, record, call.tracker.webhooks, time.time())
+        await self.tracking.record_call(record, deliveries)
+        if deliveries:
+            self.notify_webhooks()
+
+    @staticmethod
+    def record(call: CallInfo, snap: tuple[Any, ...] | None = None) -> CallRecord:
+        answered_at, ended_at, outcome, sip_code, hangup_by, target = snap or (
+            call.answered_at, call.ended_at, call.outcome, call.sip_code, call.hangup_by,
+            call.target)
+        ring = talk = None
+        if answered_at is not None or ended_at is not None:
+            end = answered_at or ended_at
+            ring = round((end - call.started_at).total_seconds(), 3)
+        if ended_at is not None:
+            talk = (round((ended_at - answered_at).total_seconds(), 3)
+                    if answered_at is not None else 0.0)
+        return CallRecord(
+            id=call.id,
+            tracker=call.tracker.id,
+            did=call.did,
+            caller=call.caller,
+            started_at=call.started_at,
+            answered_at=answered_at,
+            ended_at=ended_at,
+            ring_seconds=ring,
+            talk_seconds=talk,
+            outcome=outcome,
+            sip_code=sip_code,
+            hangup_by=hangup_by,
+            target=target,
+            first_time_caller=call.extra.get("first_time_caller"),
+            qualified=(qualified(talk, call.tracker.target_call_min_seconds)
+                       if ended_at is not None else None),
+            attribution=call.extra.get("attribution"),
+        )
