@@ -1,0 +1,226 @@
+"""Integration harness: the daemon as a process, SIPp as carrier and PBX, on loopback.
+
+Every process started here is bounded in time and stopped by the fixture that started it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+ADMIN = "test-admin-token"
+CALLER = "+79161234567"
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind(("127.0.0.1", 0))
+            port = int(t.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def need(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        pytest.fail(f"{binary} is not installed: run the README's test command (scripts/test)")
+    return path
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    sip_port: int
+    http_port: int
+    config: Path
+    log: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def http(self, method: str, path: str, body: Any = None, admin: bool = True,
+             headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        if admin:
+            req.add_header("Authorization", f"Bearer {ADMIN}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                raw = resp.read()
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            status = exc.code
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    def calls(self, **params: str) -> list[dict[str, Any]]:
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        status, body = self.http("GET", f"/v1/calls?{query}")
+        assert status == 200, body
+        return list(body["calls"])
+
+    def wait_call(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0,
+                  **params: str) -> dict[str, Any]:
+        """The newest CDR matching `pred`, once it has its final outcome."""
+        deadline = time.monotonic() + timeout
+        seen: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            seen = self.calls(**params)
+            for call in seen:
+                if call["outcome"] is not None and pred(call):
+                    return call
+            time.sleep(0.1)
+        raise AssertionError(f"no matching finished call; saw {seen}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return int(self.proc.returncode)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def start_daemon(tmp: Path, config_text: str, sip_port: int, http_port: int,
+                 timeout: float = 15.0) -> Daemon:
+    cfg = tmp / "calltrackd.toml"
+    cfg.write_text(config_text)
+    log = tmp / "daemon.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "calltrackd", "run", "--config", str(cfg)],
+            stdout=out, stderr=subprocess.STDOUT, cwd=tmp, env=env,
+        )
+    daemon = Daemon(proc, sip_port, http_port, cfg, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"daemon exited {proc.returncode}:\n{daemon.log_text()}")
+        try:
+            with urllib.request.urlopen(f"{daemon.base}/healthz", timeout=1) as resp:
+                if resp.status == 200:
+                    return daemon
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.1)
+    daemon.stop(signal.SIGKILL)
+    raise AssertionError(f"daemon not healthy in {timeout}s:\n{daemon.log_text()}")
+
+
+@dataclass
+class SippResult:
+    returncode: int
+    output: str
+    stats: dict[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+class Sipp:
+    """One SIPp process. UAS ones run in the background; UAC ones usually to completion."""
+
+    def __init__(self, tmp: Path, name: str, scenario: str, port: int, *args: str,
+                 remote: str | None = None, transport: str = "udp") -> None:
+        self.tmp = tmp
+        self.name = name
+        cmd = [need("sipp"), "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1",
+               "-p", str(port), "-nostdin", "-trace_stat", "-stf", str(tmp / f"{name}.csv"),
+               "-trace_err", "-error_file", str(tmp / f"{name}_errors.log"),
+               "-trace_msg", "-message_file", str(tmp / f"{name}_messages.log"),
+               "-t", "u1" if transport == "udp" else "t1",
+               "-key", "caller", CALLER, *args]
+        if remote:
+            cmd.append(remote)
+        self.cmd = cmd
+        self.out = open(tmp / f"{name}.out", "wb")  # noqa: SIM115 - closed in wait()
+        self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=tmp)
+
+    def wait(self, timeout: float = 60.0) -> SippResult:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.out.close()
+        output = (self.tmp / f"{self.name}.out").read_text(errors="replace")
+        errors = self.tmp / f"{self.name}_errors.log"
+        if errors.exists():
+            output += "\n--- errors ---\n" + errors.read_text(errors="replace")[-4000:]
+        return SippResult(self.proc.returncode, output, self._stats())
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        if not self.out.closed:
+            self.out.close()
+
+    def _stats(self) -> dict[str, str]:
+        path = self.tmp / f"{self.name}.csv"
+        if not path.exists():
+            return {}
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        if len(lines) < 2:
+            return {}
+        head = lines[0].rstrip(";").split(";")
+        last = lines[-1].rstrip(";").split(";")
+        return dict(zip(head, last, strict=False))
+
+    def messages(self) -> str:
+        path = self.tmp / f"{self.name}_messages.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+@pytest.fixture
+def sipp_factory(tmp_path: Path) -> Iterator[Callable[..., Sipp]]:
+    started: list[Sipp] = []
+
+    def make(name: str, scenario: str, port: int, *args: str, remote: str | None = None,
+             transport: str = "udp") -> Sipp:
+        s = Sipp(tmp_path, name, scenario, port, *args, remote=remote, transport=transport)
+        started.append(s)
+        return s
+
+    yield make
+    for s in started:
+        s.kill()
