@@ -61,7 +61,7 @@ USER_AGENT: Final = f"calltrackd/{__version__}"
 ENDPOINT_REMOVED: Final = "endpoint removed"
 _ERROR_SNIPPET_BYTES: Final = 200
 _STORE_RETRY_CAP: Final = 30.0  # longest pause between polls while the store fails
-_DRAIN_SLACK: Final = 2.0  # beyond `timeout`, for the store write after the last answer
+_DRAIN_SLACK: Final = 1.0  # beyond `timeout`, for the store write after the last answer
 
 _log = structlog.get_logger()
 
@@ -188,9 +188,13 @@ class WebhookWorker:
                         await self._wakeup.wait()
         finally:
             watcher.cancel()
-            await self._drain()
-            await self._flush_unrecorded()
-            await self.aclose()
+            try:
+                await self._drain()
+                await self._flush_unrecorded()
+            finally:
+                for task in self._tasks:  # only left if run() itself was cancelled
+                    task.cancel()
+                await self.aclose()
 
     async def deliver_once(self, delivery: WebhookDelivery) -> DeliveryOutcome:
         """One attempt now, recorded in the store like any other (the admin "re-send").

@@ -439,3 +439,23 @@ async def test_resend_of_a_failed_delivery_that_now_succeeds_is_marked_delivered
     outcome = await h.worker.deliver_once(d)
     assert (outcome.result, outcome.attempts) == ("ok", 41)
     assert h.store.rows[d.id].status == "delivered"
+
+
+async def test_cancelling_run_during_the_drain_abandons_requests_but_keeps_the_event(
+    receiver: Receiver, make: Callable[..., Harness]
+) -> None:
+    receiver.delay = 0.5
+    h = make()
+    d = delivery(receiver.url())
+    h.store.add(d)
+    h.start()
+    await receiver.arrived.wait()
+    h.stop.set()
+    await asyncio.sleep(0.05)
+    task, h.task = h.task, None
+    assert task is not None
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await wait_until(lambda: not h.worker.in_flight, within=1.0)
+    assert h.store.rows[d.id].status == "pending"  # sent again after the restart
