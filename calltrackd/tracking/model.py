@@ -199,3 +199,48 @@ class WebhookDelivery:
     next_attempt_at: float = 0.0
     status: DeliveryStatus = "pending"
     last_error: str | None = None
+
+
+# --- visitor sessions and reservations (tracking/service.py, the store, HTTP) ---------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInput:
+    """What the site snippet sends about a visitor (`POST /v1/sessions`, SPEC §4)."""
+
+    client_id: str | None = None
+    ym_uid: str | None = None
+    utm_source: str | None = None
+    utm_medium: str | None = None
+    utm_campaign: str | None = None
+    utm_term: str | None = None
+    utm_content: str | None = None
+    referrer: str | None = None
+    landing_page: str | None = None
+    custom: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionAnswer:
+    """The answer to `POST /v1/sessions` and its ping; `expires_at` in unix seconds."""
+
+    session_id: str
+    number: str
+    kind: ReservationKind
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """One visitor session's hold on a pool number, from `started_at` until `until`.
+
+    For the current holder `until` is when the reservation expires (renewals move it); for
+    the last holder it is when the reservation ended (expired or released). Unix seconds.
+    """
+
+    number: str
+    session_id: str
+    tracker: str
+    pool: str
+    started_at: float
+    until: float
