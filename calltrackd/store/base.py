@@ -1,0 +1,268 @@
+"""The one storage interface, with the record codec its backends share.
+
+Backends: `sqlite.py` (embedded, one node) and, later, `redis.py` (shared by several
+nodes). Every method is async; a method raises (any exception, typically `StoreError`)
+when the store cannot do it — callers that must not fail (a call in progress) catch.
+Times are unix seconds (float) except CDR filters, which follow `CallRecord` (datetimes).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from calltrackd.tracking.model import (
+    Attribution,
+    CallRecord,
+    Hold,
+    Tracker,
+    VisitorSession,
+    WebhookDelivery,
+)
+
+
+class StoreError(Exception):
+    """The store is unavailable or refused an operation."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallStats:
+    """Calls of one tracker and source (`/v1/stats`); a source is the attribution's
+    kind with its channel (static) or the session's utm_source/utm_medium."""
+
+    tracker: str
+    kind: str  # attribution kind; "none" also for calls without attribution
+    channel: str | None
+    utm_source: str | None
+    utm_medium: str | None
+    calls: int
+    answered: int
+    missed: int  # ended without an answer (busy, no_answer, cancelled, failed)
+    qualified: int
+    first_time: int
+
+
+@dataclass(frozen=True, slots=True)
+class VisitorStats:
+    """Visitor sessions of one tracker and source: all, and those given a pool number."""
+
+    tracker: str
+    utm_source: str | None
+    utm_medium: str | None
+    visitors: int
+    dynamic: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    tracker: str
+    pool: str
+    size: int
+    free: int
+    reserved: int
+    cooling: int
+    peak: int  # peak concurrent reservations since `since` (hour granularity)
+    peak_all_time: int
+    shortfall: int  # requests since `since` that found the pool empty
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None:
+        """Return when the store answers; raise otherwise."""
+
+    # --- visitor sessions ------------------------------------------------------------
+    async def create_session(self, session: VisitorSession, dynamic: bool) -> None:
+        """Store a new session; `dynamic`: it was given a pool number (coverage)."""
+
+    async def get_session(self, session_id: str) -> VisitorSession | None: ...
+    async def touch_session(self, session_id: str, now: float, dynamic: bool = False) -> None:
+        """Record activity (`last_seen`); `dynamic` marks that it now holds a pool number."""
+
+    # --- reservations ----------------------------------------------------------------
+    async def sync_pools(self, trackers: Sequence[Tracker]) -> None:
+        """Make the store's pools those of the configuration (at start and on reload).
+
+        Numbers keep their reservation state; numbers no longer configured lose it.
+        """
+
+    async def reserve(
+        self, tracker: str, pool: str, session_id: str, now: float, ttl: float
+    ) -> Hold | None:
+        """Atomically give the session the pool's longest-idle free number until
+        `now + ttl`, or renew the number it holds. None: no number free (shortfall)."""
+
+    async def renew(self, session_id: str, now: float, ttl: float) -> Hold | None:
+        """Extend the session's reservation, keeping its number (also a lapsed one
+        nobody took since). None: the session holds nothing."""
+
+    async def release(self, session_id: str, now: float) -> bool: ...
+    async def holders(self, number: str, now: float) -> tuple[Hold | None, Hold | None]:
+        """(current holder, last holder) of a pool number, as of `now`."""
+
+    # --- caller history --------------------------------------------------------------
+    async def caller_seen(self, tracker: str, caller: str) -> bool:
+        """Has this caller called this tracker before (any recorded call)?"""
+
+    async def record_caller(self, tracker: str, caller: str, now: float) -> None:
+        """Note a call from the caller; `save_call` does this for every record too."""
+
+    # --- call records and the webhook outbox -----------------------------------------
+    async def save_call(
+        self, record: CallRecord, deliveries: Sequence[WebhookDelivery] = ()
+    ) -> None:
+        """Insert or update the CDR (by id) and add the outbox rows, in one transaction.
+
+        Idempotent: a delivery whose id is already stored is left as it is. Once this
+        returns, the record and deliveries survive a process kill.
+        """
+
+    async def get_call(self, call_id: str) -> CallRecord | None: ...
+    async def list_calls(
+        self,
+        tracker: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        outcome: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[CallRecord], str | None]:
+        """CDRs newest first (by started_at) with `since <= started_at < until`, and
+        the opaque cursor of the next page. Raises ValueError for a malformed cursor."""
+
+    async def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]:
+        """Pending deliveries with `next_attempt_at <= now`, longest due first."""
+
+    async def mark_delivered(self, delivery_id: str, now: float) -> None: ...
+    async def reschedule(
+        self, delivery_id: str, attempts: int, next_attempt_at: float, error: str
+    ) -> None: ...
+    async def mark_failed(self, delivery_id: str, attempts: int, error: str) -> None: ...
+    async def list_deliveries(
+        self, status: str | None, limit: int
+    ) -> list[WebhookDelivery]:
+        """Newest first."""
+
+    async def requeue(self, delivery_id: str, now: float) -> bool:
+        """Make a failed (or pending) delivery due now; False if unknown or delivered."""
+
+    async def pending_count(self) -> int: ...
+
+    # --- statistics (/v1/stats) ------------------------------------------------------
+    async def call_stats(
+        self,
+        tracker: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[CallStats]: ...
+    async def visitor_stats(
+        self,
+        tracker: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[VisitorStats]:
+        """Sessions by `first_seen` in the window."""
+
+    async def pool_stats(self, now: float, since: float | None = None) -> list[PoolStats]: ...
+
+
+# --- the record codec ------------------------------------------------------------------
+# JSON text, so that any backend stores a CallRecord and reads back an equal one.
+
+
+def timestamp(dt: datetime) -> float:
+    """Unix seconds; a naive datetime is taken as UTC."""
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value is not None else None
+
+
+def session_to_dict(session: VisitorSession) -> dict[str, Any]:
+    return asdict(session)
+
+
+def session_from_dict(data: dict[str, Any]) -> VisitorSession:
+    return VisitorSession(**data)
+
+
+def encode_session(session: VisitorSession) -> str:
+    return json.dumps(session_to_dict(session), separators=(",", ":"), default=str)
+
+
+def decode_session(text: str) -> VisitorSession:
+    return session_from_dict(json.loads(text))
+
+
+def encode_call(record: CallRecord) -> str:
+    att = record.attribution
+    data: dict[str, Any] = {
+        "id": record.id,
+        "tracker": record.tracker,
+        "did": record.did,
+        "caller": record.caller,
+        "started_at": record.started_at.isoformat(),
+        "answered_at": record.answered_at.isoformat() if record.answered_at else None,
+        "ended_at": record.ended_at.isoformat() if record.ended_at else None,
+        "ring_seconds": record.ring_seconds,
+        "talk_seconds": record.talk_seconds,
+        "outcome": record.outcome,
+        "sip_code": record.sip_code,
+        "hangup_by": record.hangup_by,
+        "target": record.target,
+        "first_time_caller": record.first_time_caller,
+        "qualified": record.qualified,
+        "attribution": None
+        if att is None
+        else {
+            "kind": att.kind,
+            "channel": att.channel,
+            "error": att.error,
+            "session": session_to_dict(att.session) if att.session else None,
+        },
+    }
+    # default=str: a custom value JSON cannot carry is stored as text, never refused
+    return json.dumps(data, separators=(",", ":"), default=str)
+
+
+def decode_call(text: str) -> CallRecord:
+    data = json.loads(text)
+    att = data.pop("attribution")
+    started = _dt(data.pop("started_at"))
+    assert started is not None
+    return CallRecord(
+        started_at=started,
+        answered_at=_dt(data.pop("answered_at")),
+        ended_at=_dt(data.pop("ended_at")),
+        attribution=None
+        if att is None
+        else Attribution(
+            kind=att["kind"],
+            channel=att["channel"],
+            error=att["error"],
+            session=session_from_dict(att["session"]) if att["session"] else None,
+        ),
+        **data,
+    )
+
+
+def encode_cursor(started_ts: float, call_id: str) -> str:
+    """The opaque `next_cursor` of `list_calls`: the last row's sort key."""
+    raw = json.dumps([started_ts, call_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        ts, call_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if isinstance(ts, int | float) and isinstance(call_id, str):
+            return float(ts), call_id
+    except (ValueError, TypeError):
+        pass
+    raise ValueError("malformed cursor")

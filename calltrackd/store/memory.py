@@ -1,0 +1,160 @@
+"""What the embedded store keeps in memory: reservations and recent visitor sessions.
+
+The fast path of `SqliteStore`: allocation, renewal and session lookups run on the event
+loop without I/O (so an allocation is atomic within the one asyncio process). Changes
+are collected here as a `Changes` batch that the backend persists behind, and put back
+if that write fails.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+
+from calltrackd.store.base import PoolStats
+from calltrackd.tracking.allocator import Allocator, NumberState, UsageBucket
+from calltrackd.tracking.model import Hold, Tracker, VisitorSession
+
+_SESSION_CACHE = 50_000
+
+
+@dataclass(slots=True)
+class Changes:
+    """What changed since the last write-behind."""
+
+    numbers: list[NumberState] = field(default_factory=list)
+    gone_numbers: set[str] = field(default_factory=set)
+    usage: list[UsageBucket] = field(default_factory=list)
+    sessions: dict[str, tuple[VisitorSession, bool]] = field(default_factory=dict)  # new
+    touches: dict[str, tuple[float, bool]] = field(default_factory=dict)  # last_seen, dynamic
+
+    def __bool__(self) -> bool:
+        return bool(self.numbers or self.gone_numbers or self.usage or self.sessions
+                    or self.touches)
+
+
+class MemoryState:
+    def __init__(self, session_cache: int = _SESSION_CACHE) -> None:
+        self.alloc = Allocator()
+        self._cache: OrderedDict[str, VisitorSession] = OrderedDict()
+        self._cache_size = session_cache
+        self._saved: list[NumberState] | None = None  # applied at the first sync
+        self._saved_usage: list[UsageBucket] = []
+        self._pending = Changes()
+
+    def load(self, states: Iterable[NumberState], usage: Iterable[UsageBucket]) -> None:
+        """Persisted state, restored into the pools at the first `sync_pools`."""
+        self._saved, self._saved_usage = list(states), list(usage)
+
+    def backlog(self) -> int:
+        p = self._pending
+        return len(self.alloc.dirty) + len(p.sessions) + len(p.touches)
+
+    # --- write-behind ----------------------------------------------------------------
+
+    def take_changes(self) -> Changes:
+        alloc, out = self.alloc, self._pending
+        out.numbers = [s for n in alloc.dirty if (s := alloc.state(n)) is not None]
+        out.usage = [b for k, h in alloc.dirty_usage if (b := alloc.usage(k, h)) is not None]
+        alloc.dirty, alloc.dirty_usage = set(), set()
+        self._pending = Changes()
+        return out
+
+    def put_back(self, failed: Changes) -> None:
+        """A write-behind failed: its changes are due again (newer ones win)."""
+        self.alloc.dirty.update(s.number for s in failed.numbers)
+        self.alloc.dirty_usage.update(((b.tracker, b.pool), b.hour) for b in failed.usage)
+        p = self._pending
+        p.gone_numbers |= failed.gone_numbers
+        for sid, entry in failed.sessions.items():
+            p.sessions.setdefault(sid, entry)
+        for sid, (seen, d) in failed.touches.items():
+            prev = p.touches.get(sid, (seen, d))
+            p.touches[sid] = (max(seen, prev[0]), d or prev[1])
+
+    # --- sessions --------------------------------------------------------------------
+
+    def remember(self, session: VisitorSession) -> VisitorSession:
+        """Cache a session read from the backend (a newer unsaved touch wins)."""
+        touched = self._pending.touches.get(session.id)
+        if touched is not None and touched[0] > session.last_seen:
+            session = replace(session, last_seen=touched[0])
+        self._put(session)
+        return session
+
+    def _put(self, session: VisitorSession) -> None:
+        self._cache[session.id] = session
+        self._cache.move_to_end(session.id)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def create_session(self, session: VisitorSession, dynamic: bool) -> None:
+        self._put(session)
+        self._pending.sessions[session.id] = (session, dynamic)
+
+    def get_session(self, session_id: str) -> VisitorSession | None:
+        """The session if in memory; None means: ask the backend."""
+        new = self._pending.sessions.get(session_id)
+        return new[0] if new is not None else self._cache.get(session_id)
+
+    def touch_session(self, session_id: str, now: float, dynamic: bool) -> None:
+        cached = self._cache.get(session_id)
+        if cached is not None and now > cached.last_seen:
+            self._cache[session_id] = replace(cached, last_seen=now)
+        p = self._pending
+        new = p.sessions.get(session_id)
+        if new is not None:
+            s, d = new
+            p.sessions[session_id] = (replace(s, last_seen=max(now, s.last_seen)), d or dynamic)
+        else:
+            seen, d = p.touches.get(session_id, (now, dynamic))
+            p.touches[session_id] = (max(seen, now), d or dynamic)
+
+    # --- reservations ----------------------------------------------------------------
+
+    def sync_pools(self, trackers: Sequence[Tracker]) -> None:
+        configured = {n for t in trackers for p in t.pools for n in p.numbers}
+        gone = self._pending.gone_numbers
+        keys = []
+        for t in trackers:
+            for pool in t.pools:
+                keys.append((t.id, pool.name))
+                gone.update(self.alloc.set_pool(keys[-1], pool.numbers, t.cooldown))
+        gone.update(self.alloc.remove_pools_except(keys))
+        if self._saved is not None:
+            for state in self.alloc.restore(self._saved):
+                if state.number in configured:  # now another tracker's: rewrite its row
+                    self.alloc.dirty.add(state.number)
+                else:
+                    gone.add(state.number)
+            for bucket in self._saved_usage:
+                self.alloc.restore_usage(bucket)
+            self._saved, self._saved_usage = None, []
+        gone -= configured
+
+    def reserve(
+        self, tracker: str, pool: str, session_id: str, now: float, ttl: float
+    ) -> Hold | None:
+        return self.alloc.allocate((tracker, pool), session_id, now, ttl)
+
+    def renew(self, session_id: str, now: float, ttl: float) -> Hold | None:
+        return self.alloc.renew(session_id, now, ttl)
+
+    def release(self, session_id: str, now: float) -> bool:
+        return self.alloc.release(session_id, now)
+
+    def holders(self, number: str, now: float) -> tuple[Hold | None, Hold | None]:
+        return self.alloc.holders(number, now)
+
+    def pool_stats(self, now: float, since: float | None) -> list[PoolStats]:
+        out = []
+        alloc = self.alloc
+        for key in alloc.pools():
+            c = alloc.counts(key, now)
+            out.append(PoolStats(
+                tracker=key[0], pool=key[1], size=c.size, free=c.free, reserved=c.reserved,
+                cooling=c.cooling, peak=alloc.peak(key, now, since),
+                peak_all_time=alloc.peak(key, now), shortfall=alloc.shortfall(key, since),
+            ))
+        return out

@@ -1,0 +1,580 @@
+"""The embedded store: one node, stdlib sqlite3 in WAL mode, off the event loop.
+
+- Reservations live in memory (`tracking.allocator.Allocator`): allocation runs on the
+  loop with no await between check and take, so it is atomic within the one asyncio
+  process. Number states, hourly pool usage and visitor sessions are written behind,
+  batched every `flush_interval` (a kill loses at most that much reservation activity).
+- CDRs and outbox rows are written through: `save_call` returns once its transaction
+  committed. Concurrent `save_call`s are group-committed in one transaction.
+- One writer thread and one reader thread (own connection: WAL readers never wait for
+  the writer). `synchronous=NORMAL` (the default here): a commit is in the WAL file
+  before `save_call` returns, so it survives a process kill; a power loss may lose the
+  last commits. `sqlite:///path?synchronous=full` trades speed for that too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import astuple, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs
+
+import structlog
+
+from calltrackd.store.base import (
+    CallStats,
+    PoolStats,
+    StoreError,
+    VisitorStats,
+    decode_call,
+    decode_cursor,
+    decode_session,
+    encode_call,
+    encode_cursor,
+    encode_session,
+    timestamp,
+)
+from calltrackd.store.memory import MemoryState
+from calltrackd.tracking.allocator import NumberState, UsageBucket
+from calltrackd.tracking.attribution import is_anonymous
+from calltrackd.tracking.model import (
+    CallRecord,
+    Hold,
+    Tracker,
+    VisitorSession,
+    WebhookDelivery,
+)
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+  id TEXT PRIMARY KEY, tracker TEXT NOT NULL, utm_source TEXT, utm_medium TEXT,
+  first_seen REAL NOT NULL, last_seen REAL NOT NULL, dynamic INTEGER NOT NULL,
+  data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS sessions_by_first_seen ON sessions (first_seen);
+CREATE TABLE IF NOT EXISTS numbers (
+  number TEXT PRIMARY KEY, tracker TEXT NOT NULL, pool TEXT NOT NULL,
+  holder TEXT, held_since REAL, expires_at REAL,
+  last_holder TEXT, last_held_since REAL, released_at REAL);
+CREATE TABLE IF NOT EXISTS pool_usage (
+  tracker TEXT NOT NULL, pool TEXT NOT NULL, hour INTEGER NOT NULL,
+  peak INTEGER NOT NULL, shortfall INTEGER NOT NULL, PRIMARY KEY (tracker, pool, hour));
+CREATE TABLE IF NOT EXISTS callers (
+  tracker TEXT NOT NULL, caller TEXT NOT NULL, first_call_at REAL NOT NULL,
+  PRIMARY KEY (tracker, caller)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS calls (
+  id TEXT PRIMARY KEY, tracker TEXT NOT NULL, started_ts REAL NOT NULL, outcome TEXT,
+  kind TEXT, channel TEXT, utm_source TEXT, utm_medium TEXT,
+  qualified INTEGER, first_time INTEGER, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS calls_by_start ON calls (started_ts, id);
+CREATE INDEX IF NOT EXISTS calls_by_tracker ON calls (tracker, started_ts, id);
+CREATE TABLE IF NOT EXISTS deliveries (
+  id TEXT PRIMARY KEY, event_id TEXT NOT NULL, event TEXT NOT NULL, tracker TEXT NOT NULL,
+  url TEXT NOT NULL, body BLOB NOT NULL, created_at REAL NOT NULL,
+  attempts INTEGER NOT NULL, next_attempt_at REAL NOT NULL, status TEXT NOT NULL,
+  last_error TEXT, delivered_at REAL);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_attempt_at)
+  WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS deliveries_by_status ON deliveries (status, created_at);
+"""
+_DELIVERY_COLS = (
+    "id, event_id, event, tracker, url, body, created_at, attempts, next_attempt_at, status,"
+    " last_error"
+)
+_CdrItem = tuple[
+    tuple[Any, ...], list[tuple[Any, ...]], tuple[str, str, float] | None, asyncio.Future[None]
+]
+_MAX_LIMIT = 1000
+
+
+def _lower(value: str | None) -> str | None:
+    return value.strip().lower() if value else None
+
+
+def _delivery(row: tuple[Any, ...]) -> WebhookDelivery:
+    return WebhookDelivery(
+        id=row[0], event_id=row[1], event=row[2], tracker=row[3], url=row[4], body=bytes(row[5]),
+        created_at=row[6], attempts=row[7], next_attempt_at=row[8], status=row[9],
+        last_error=row[10],
+    )
+
+
+class SqliteStore:
+    """`Store` over one SQLite file (or `:memory:` for tests)."""
+
+    def __init__(
+        self, path: str, *, synchronous: str = "NORMAL", flush_interval: float = 0.2
+    ) -> None:
+        """`path` is a file, ":memory:", or a `sqlite://` URL (see `from_url`)."""
+        if path.startswith("sqlite://"):
+            path, synchronous = self._parse_url(path)
+        self.path = path
+        self._synchronous = synchronous.upper()
+        if self._synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"store.url: synchronous={synchronous!r}")
+        self._flush_interval = flush_interval
+        self._mem = MemoryState()
+        self._cdr_queue: list[_CdrItem] = []
+        self._cdr_task: asyncio.Task[None] | None = None
+        self._behind_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._writer: ThreadPoolExecutor | None = None
+        self._reader: ThreadPoolExecutor | None = None
+        self._wconn: sqlite3.Connection | None = None
+        self._rconn: sqlite3.Connection | None = None
+        self._open = False
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteStore:
+        """Everything after `sqlite://` is the file: `sqlite:///var/lib/x.db` (absolute),
+        `sqlite://var/x.db` (relative), `sqlite://:memory:`; `?synchronous=full` optional."""
+        if not url.startswith("sqlite://"):
+            raise ValueError(f"store.url: not a sqlite URL: {url!r}")
+        return cls(url)
+
+    @staticmethod
+    def _parse_url(url: str) -> tuple[str, str]:
+        path, _, query = url[len("sqlite://") :].partition("?")
+        if path in ("", "/"):
+            raise ValueError(f"store.url: no database file in {url!r}")
+        if path == "/:memory:":
+            path = ":memory:"
+        return path, parse_qs(query).get("synchronous", ["NORMAL"])[0]
+
+    # --- plumbing ------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        return conn
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if not self._open or self._writer is None or self._wconn is None:
+            raise StoreError("store is closed")
+        conn = self._wconn
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, conn)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if not self._open or self._reader is None or self._rconn is None:
+            raise StoreError("store is closed")
+        conn = self._rconn
+        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, conn)
+
+    @staticmethod
+    def _tx(conn: sqlite3.Connection, body: Callable[[], None]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            body()
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    async def open(self) -> None:
+        memory = self.path == ":memory:"
+        if not memory:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._reader = self._writer if memory else ThreadPoolExecutor(1, "sqlite-reader")
+        try:
+            self._wconn = await loop.run_in_executor(self._writer, self._connect)
+            self._open = True
+            self._mem.load(*await self._write(self._init_schema))
+            self._rconn = (
+                self._wconn if memory else await loop.run_in_executor(self._reader, self._connect)
+            )
+        except BaseException:
+            await self.close()
+            raise
+        self._behind_task = asyncio.create_task(self._behind_loop(), name="sqlite-behind")
+
+    def _init_schema(self, conn: sqlite3.Connection) -> tuple[list[NumberState], list[UsageBucket]]:
+        if self.path != ":memory:":
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        conn.executescript(_SCHEMA)
+        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        if row[0] is None:
+            conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+        elif row[0] > SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: schema version {row[0]} is newer than this build")
+        states = [NumberState(*r) for r in conn.execute("SELECT * FROM numbers")]
+        usage = [UsageBucket(*r) for r in conn.execute("SELECT * FROM pool_usage")]
+        return states, usage
+
+    async def close(self) -> None:
+        """Flush what is written behind and close; a no-op when not open."""
+        if self._behind_task is not None:
+            self._behind_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._behind_task
+            self._behind_task = None
+        if self._cdr_task is not None:
+            with contextlib.suppress(Exception):
+                await self._cdr_task
+        try:
+            if self._open and self._wconn is not None:
+                await self._flush_behind()
+        finally:
+            self._open = False
+            loop = asyncio.get_running_loop()
+            if self._rconn is not self._wconn and self._rconn and self._reader:
+                await loop.run_in_executor(self._reader, self._rconn.close)
+            if self._wconn and self._writer:
+                await loop.run_in_executor(self._writer, self._wconn.close)
+            for pool in {self._reader, self._writer}:
+                if pool is not None:
+                    pool.shutdown()
+            self._wconn = self._rconn = None
+            self._writer = self._reader = None
+
+    async def ping(self) -> None:
+        await self._read(lambda c: c.execute("SELECT 1").fetchone())
+
+    # --- write-behind: numbers, pool usage, sessions ---------------------------------
+
+    def _kick(self) -> None:
+        if self._mem.backlog() > 2000:
+            self._wake.set()
+
+    async def _behind_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._flush_interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._flush_behind()
+            except Exception as exc:  # put back; retried at the next tick
+                log.warning("store.write_behind_failed", error=repr(exc))
+
+    async def _flush_behind(self) -> None:
+        ch = self._mem.take_changes()
+        if not ch:
+            return
+
+        def write(conn: sqlite3.Connection) -> None:
+            def body() -> None:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO numbers VALUES (?,?,?,?,?,?,?,?,?)",
+                    [astuple(s) for s in ch.numbers],
+                )
+                conn.executemany(
+                    "DELETE FROM numbers WHERE number = ?", [(n,) for n in ch.gone_numbers]
+                )
+                conn.executemany(
+                    "INSERT OR REPLACE INTO pool_usage VALUES (?,?,?,?,?)",
+                    [astuple(b) for b in ch.usage],
+                )
+                conn.executemany(
+                    "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE"
+                    " SET last_seen = max(last_seen, excluded.last_seen),"
+                    " dynamic = max(dynamic, excluded.dynamic)",
+                    [(s.id, s.tracker, _lower(s.utm_source), _lower(s.utm_medium),
+                      s.first_seen, s.last_seen, int(d), encode_session(s))
+                     for s, d in ch.sessions.values()],
+                )
+                conn.executemany(
+                    "UPDATE sessions SET last_seen = max(last_seen, ?),"
+                    " dynamic = max(dynamic, ?) WHERE id = ?",
+                    [(seen, int(d), sid) for sid, (seen, d) in ch.touches.items()],
+                )
+
+            self._tx(conn, body)
+
+        try:
+            await self._write(write)
+        except BaseException:
+            self._mem.put_back(ch)
+            raise
+
+    # --- sessions --------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise StoreError("store is closed")
+
+    async def create_session(self, session: VisitorSession, dynamic: bool) -> None:
+        self._check_open()
+        self._mem.create_session(session, dynamic)
+        self._kick()
+
+    async def get_session(self, session_id: str) -> VisitorSession | None:
+        session = self._mem.get_session(session_id)
+        if session is not None:
+            return session
+        sql = "SELECT data, last_seen FROM sessions WHERE id = ?"
+        row = await self._read(lambda c: c.execute(sql, (session_id,)).fetchone())
+        if row is None:
+            return None
+        return self._mem.remember(replace(decode_session(row[0]), last_seen=row[1]))
+
+    async def touch_session(self, session_id: str, now: float, dynamic: bool = False) -> None:
+        self._check_open()
+        self._mem.touch_session(session_id, now, dynamic)
+        self._kick()
+
+    # --- reservations (in memory, persisted behind) ----------------------------------
+
+    async def sync_pools(self, trackers: Sequence[Tracker]) -> None:
+        self._check_open()
+        self._mem.sync_pools(trackers)
+
+    async def reserve(
+        self, tracker: str, pool: str, session_id: str, now: float, ttl: float
+    ) -> Hold | None:
+        self._check_open()
+        hold = self._mem.reserve(tracker, pool, session_id, now, ttl)
+        self._kick()
+        return hold
+
+    async def renew(self, session_id: str, now: float, ttl: float) -> Hold | None:
+        self._check_open()
+        return self._mem.renew(session_id, now, ttl)
+
+    async def release(self, session_id: str, now: float) -> bool:
+        self._check_open()
+        return self._mem.release(session_id, now)
+
+    async def holders(self, number: str, now: float) -> tuple[Hold | None, Hold | None]:
+        self._check_open()
+        return self._mem.holders(number, now)
+
+    async def pool_stats(self, now: float, since: float | None = None) -> list[PoolStats]:
+        self._check_open()
+        return self._mem.pool_stats(now, since)
+
+    # --- caller history --------------------------------------------------------------
+
+    async def caller_seen(self, tracker: str, caller: str) -> bool:
+        sql = "SELECT 1 FROM callers WHERE tracker = ? AND caller = ?"
+        return await self._read(lambda c: c.execute(sql, (tracker, caller)).fetchone() is not None)
+
+    async def record_caller(self, tracker: str, caller: str, now: float) -> None:
+        sql = "INSERT OR IGNORE INTO callers VALUES (?,?,?)"
+        await self._write(lambda c: c.execute(sql, (tracker, caller, now)) and None)
+
+    # --- call records: written through, group-committed ------------------------------
+
+    async def save_call(
+        self, record: CallRecord, deliveries: Sequence[WebhookDelivery] = ()
+    ) -> None:
+        self._check_open()
+        att = record.attribution
+        session = att.session if att else None
+        row = (
+            record.id, record.tracker, timestamp(record.started_at), record.outcome,
+            att.kind if att else None, att.channel if att else None,
+            _lower(session.utm_source) if session else None,
+            _lower(session.utm_medium) if session else None,
+            None if record.qualified is None else int(record.qualified),
+            None if record.first_time_caller is None else int(record.first_time_caller),
+            encode_call(record),
+        )
+        drows = [
+            (d.id, d.event_id, d.event, d.tracker, d.url, d.body, d.created_at, d.attempts,
+             d.next_attempt_at, d.status, d.last_error)
+            for d in deliveries
+        ]
+        caller = None if is_anonymous(record.caller) else (record.tracker, record.caller, row[2])
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._cdr_queue.append((row, drows, caller, done))
+        if self._cdr_task is None or self._cdr_task.done():
+            self._cdr_task = asyncio.create_task(self._drain_calls(), name="sqlite-cdrs")
+        await asyncio.shield(done)
+
+    async def _drain_calls(self) -> None:
+        while self._cdr_queue:
+            batch, self._cdr_queue = self._cdr_queue, []
+            try:
+                errors = await self._write(functools.partial(self._write_calls, batch))
+            except Exception as exc:
+                errors = [exc] * len(batch)
+            for (*_, done), error in zip(batch, errors, strict=True):
+                if done.done():
+                    continue
+                if error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(error)
+
+    @staticmethod
+    def _write_calls(batch: list[_CdrItem], conn: sqlite3.Connection) -> list[Exception | None]:
+        """One transaction for the batch; a savepoint per save_call, so that a row the
+        database refuses fails its own save_call only."""
+        errors: list[Exception | None] = []
+
+        def body() -> None:
+            for row, drows, caller, _ in batch:
+                conn.execute("SAVEPOINT save_call")
+                try:
+                    conn.execute("INSERT OR REPLACE INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
+                    conn.executemany(
+                        f"INSERT INTO deliveries ({_DELIVERY_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                        " ON CONFLICT (id) DO NOTHING",
+                        drows,
+                    )
+                    if caller is not None:
+                        conn.execute("INSERT OR IGNORE INTO callers VALUES (?,?,?)", caller)
+                except (sqlite3.IntegrityError, sqlite3.InterfaceError,
+                        sqlite3.ProgrammingError, sqlite3.DataError) as exc:
+                    conn.execute("ROLLBACK TO save_call")
+                    errors.append(exc)
+                else:
+                    errors.append(None)
+                conn.execute("RELEASE save_call")
+
+        SqliteStore._tx(conn, body)
+        return errors
+
+    async def get_call(self, call_id: str) -> CallRecord | None:
+        sql = "SELECT data FROM calls WHERE id = ?"
+        row = await self._read(lambda c: c.execute(sql, (call_id,)).fetchone())
+        return decode_call(row[0]) if row else None
+
+    async def list_calls(
+        self,
+        tracker: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        outcome: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[CallRecord], str | None]:
+        after = None
+        if cursor is not None:
+            ts, call_id = decode_cursor(cursor)
+            after = (ts, ts, call_id)
+        where, args = self._where(tracker, since, until, extra=[
+            ("outcome = ?", outcome),
+            ("(started_ts < ? OR (started_ts = ? AND id < ?))", after),
+        ])
+        limit = max(1, min(limit, _MAX_LIMIT))
+        sql = f"SELECT started_ts, id, data FROM calls{where} ORDER BY 1 DESC, 2 DESC LIMIT ?"
+        rows = await self._read(lambda c: c.execute(sql, (*args, limit + 1)).fetchall())
+        page = rows[:limit]
+        more = len(rows) > limit
+        return [decode_call(r[2]) for r in page], (
+            encode_cursor(page[-1][0], page[-1][1]) if more else None
+        )
+
+    @staticmethod
+    def _where(
+        tracker: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        col: str = "started_ts",
+        extra: Sequence[tuple[str, Any]] = (),
+    ) -> tuple[str, list[Any]]:
+        """A WHERE clause (or "") over the tracker and a [since, until) window of `col`."""
+        conds = [
+            ("tracker = ?", tracker),
+            (f"{col} >= ?", timestamp(since) if since else None),
+            (f"{col} < ?", timestamp(until) if until else None),
+            *extra,
+        ]
+        used = [(c, v) for c, v in conds if v is not None]
+        clause = " WHERE " + " AND ".join(c for c, _ in used) if used else ""
+        return clause, [a for _, v in used for a in (v if isinstance(v, tuple) else (v,))]
+
+    # --- webhook outbox --------------------------------------------------------------
+
+    async def _execute(self, sql: str, args: tuple[Any, ...]) -> int:
+        return await self._write(lambda c: c.execute(sql, args).rowcount)
+
+    async def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]:
+        sql = (
+            f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE status = 'pending'"
+            " AND next_attempt_at <= ? ORDER BY next_attempt_at, created_at LIMIT ?"
+        )
+        rows = await self._read(lambda c: c.execute(sql, (now, limit)).fetchall())
+        return [_delivery(r) for r in rows]
+
+    async def mark_delivered(self, delivery_id: str, now: float) -> None:
+        await self._execute(
+            "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1,"
+            " delivered_at = ?, last_error = NULL WHERE id = ?",
+            (now, delivery_id),
+        )
+
+    async def reschedule(
+        self, delivery_id: str, attempts: int, next_attempt_at: float, error: str
+    ) -> None:
+        await self._execute(
+            "UPDATE deliveries SET status = 'pending', attempts = ?, next_attempt_at = ?,"
+            " last_error = ? WHERE id = ? AND status != 'delivered'",
+            (attempts, next_attempt_at, error, delivery_id),
+        )
+
+    async def mark_failed(self, delivery_id: str, attempts: int, error: str) -> None:
+        await self._execute(
+            "UPDATE deliveries SET status = 'failed', attempts = ?, last_error = ?"
+            " WHERE id = ? AND status != 'delivered'",
+            (attempts, error, delivery_id),
+        )
+
+    async def list_deliveries(
+        self, status: str | None, limit: int
+    ) -> list[WebhookDelivery]:
+        where, args = ("WHERE status = ?", (status,)) if status else ("", ())
+        sql = f"SELECT {_DELIVERY_COLS} FROM deliveries {where} ORDER BY created_at DESC, id DESC"
+        limit = max(1, min(limit, _MAX_LIMIT))
+        rows = await self._read(lambda c: c.execute(sql + " LIMIT ?", (*args, limit)).fetchall())
+        return [_delivery(r) for r in rows]
+
+    async def requeue(self, delivery_id: str, now: float) -> bool:
+        changed = await self._execute(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?"
+            " WHERE id = ? AND status != 'delivered'",
+            (now, delivery_id),
+        )
+        return changed > 0
+
+    async def pending_count(self) -> int:
+        sql = "SELECT count(*) FROM deliveries WHERE status = 'pending'"
+        n: int = (await self._read(lambda c: c.execute(sql).fetchone()))[0]
+        return n
+
+    # --- statistics ------------------------------------------------------------------
+
+    async def call_stats(
+        self,
+        tracker: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[CallStats]:
+        where, args = self._where(tracker, since, until)
+        sql = (
+            "SELECT tracker, coalesce(kind, 'none'), channel, utm_source, utm_medium, count(*),"
+            " total(outcome = 'answered'), total(outcome IS NOT NULL AND outcome != 'answered'),"
+            f" total(qualified = 1), total(first_time = 1) FROM calls{where}"
+            " GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 6 DESC"
+        )
+        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        return [CallStats(*r[:6], *map(int, r[6:])) for r in rows]
+
+    async def visitor_stats(
+        self,
+        tracker: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[VisitorStats]:
+        where, args = self._where(tracker, since, until, col="first_seen")
+        sql = (
+            f"SELECT tracker, utm_source, utm_medium, count(*), total(dynamic) FROM sessions{where}"
+            " GROUP BY 1, 2, 3 ORDER BY 1, 4 DESC"
+        )
+        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        return [VisitorStats(r[0], r[1], r[2], r[3], int(r[4])) for r in rows]
