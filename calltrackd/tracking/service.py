@@ -1,0 +1,341 @@
+"""The tracking domain over a store: visitor sessions, attribution, call records.
+
+Thin by intent: which number a visitor gets is `allocator`'s business (behind the
+store), who a call belongs to is `attribution`'s. What lives here is the fail-open
+policy: a visitor whose request the store cannot serve sees the default number, an
+attribution the store cannot answer is `none` with the reason, and a call record the
+store cannot take waits in memory until it can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import re
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+import structlog
+
+from calltrackd.store.base import Store
+from calltrackd.tracking import attribution as attr
+from calltrackd.tracking.allocator import match_pool
+from calltrackd.tracking.model import (
+    Attribution,
+    CallRecord,
+    Hold,
+    SessionAnswer,
+    SessionInput,
+    Tracker,
+    VisitorSession,
+    WebhookDelivery,
+)
+
+log = structlog.get_logger(__name__)
+
+_SESSION_ID = re.compile(r"s_[A-Za-z0-9_-]{22}")
+PENDING_LIMIT = 100_000
+
+
+def new_session_id() -> str:
+    return "s_" + secrets.token_urlsafe(16)  # 128 random bits, 22 characters
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    record: CallRecord  # the newest version of the CDR
+    deliveries: tuple[WebhookDelivery, ...]  # every delivery not yet written, in order
+
+
+class TrackingService:
+    def __init__(
+        self,
+        store: Store,
+        trackers: Sequence[Tracker],
+        clock: Callable[[], float] = time.time,
+        *,
+        pending_limit: int = PENDING_LIMIT,
+    ) -> None:
+        self.store = store
+        self._clock = clock
+        self._pending_limit = pending_limit
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._inflight: set[str] = set()
+        self._kick = asyncio.Event()
+        self._sync_lock = asyncio.Lock()
+        self._synced: tuple[Tracker, ...] | None = None
+        self.dropped_records = 0  # CDRs given up because the pending queue was full
+        self.update_trackers(trackers)
+
+    # --- configuration -----------------------------------------------------------------
+
+    def update_trackers(self, trackers: Sequence[Tracker]) -> None:
+        """Take a new configuration; the store's pools follow before the next request."""
+        self._trackers = tuple(trackers)
+        self._by_id = {t.id: t for t in self._trackers}
+        self._by_key = {t.public_key: t for t in self._trackers}
+
+    @property
+    def trackers(self) -> tuple[Tracker, ...]:
+        return self._trackers
+
+    def tracker(self, tracker_id: str) -> Tracker | None:
+        return self._by_id.get(tracker_id)
+
+    def tracker_by_key(self, public_key: str) -> Tracker | None:
+        return self._by_key.get(public_key)
+
+    async def start(self) -> None:
+        """Bring the store's pools in line with the configuration (after `store.open`)."""
+        await self.sync_pools()
+
+    async def sync_pools(self) -> None:
+        """Make the store's pools those of the configuration (also done lazily)."""
+        if self._synced is self._trackers:
+            return
+        async with self._sync_lock:
+            target = self._trackers
+            if self._synced is not target:
+                await self.store.sync_pools(target)
+                self._synced = target
+
+    # --- visitor sessions --------------------------------------------------------------
+
+    async def create_session(
+        self, tracker: Tracker, fields: SessionInput, session_id: str | None, now: float
+    ) -> SessionAnswer:
+        """A number for a visitor: the one its live session holds, a free pool number,
+        or the default number. Never raises for a store failure (default number)."""
+        try:
+            await self.sync_pools()
+            if session_id and _SESSION_ID.fullmatch(session_id):
+                session = await self.store.get_session(session_id)
+                if session is not None and session.tracker == tracker.id:
+                    return await self._refresh(tracker, session, now)
+            session = VisitorSession(
+                id=new_session_id(),
+                tracker=tracker.id,
+                client_id=fields.client_id,
+                ym_uid=fields.ym_uid,
+                utm_source=fields.utm_source,
+                utm_medium=fields.utm_medium,
+                utm_campaign=fields.utm_campaign,
+                utm_term=fields.utm_term,
+                utm_content=fields.utm_content,
+                referrer=fields.referrer,
+                landing_page=fields.landing_page,
+                custom=dict(fields.custom),
+                first_seen=now,
+                last_seen=now,
+            )
+            hold = await self._reserve(tracker, session, now)
+            await self.store.create_session(session, dynamic=hold is not None)
+            return self._answer(tracker, session.id, hold, now)
+        except Exception as exc:
+            log.warning("tracking.session_failed", tracker=tracker.id, error=repr(exc))
+            return self._answer(tracker, session_id or new_session_id(), None, now)
+
+    async def ping(self, session_id: str) -> SessionAnswer | None:
+        """The visitor is still active: extend its reservation (or find it a number
+        again). None for an unknown session; store failures raise."""
+        if not _SESSION_ID.fullmatch(session_id):
+            return None
+        await self.sync_pools()
+        session = await self.store.get_session(session_id)
+        tracker = self._by_id.get(session.tracker) if session else None
+        if session is None or tracker is None:
+            return None
+        return await self._refresh(tracker, session, self._clock())
+
+    async def _refresh(
+        self, tracker: Tracker, session: VisitorSession, now: float
+    ) -> SessionAnswer:
+        hold = await self.store.renew(session.id, now, tracker.reservation_ttl)
+        if hold is None:
+            hold = await self._reserve(tracker, session, now)
+        await self.store.touch_session(session.id, now, dynamic=hold is not None)
+        return self._answer(tracker, session.id, hold, now)
+
+    async def _reserve(self, tracker: Tracker, session: VisitorSession, now: float) -> Hold | None:
+        pool = match_pool(tracker.pools, session.utm_source, session.utm_medium)
+        if pool is None:
+            return None
+        return await self.store.reserve(
+            tracker.id, pool.name, session.id, now, tracker.reservation_ttl
+        )
+
+    @staticmethod
+    def _answer(tracker: Tracker, session_id: str, hold: Hold | None, now: float) -> SessionAnswer:
+        if hold is None:  # the snippet asks again when this passes: a number may be free
+            return SessionAnswer(
+                session_id, tracker.default_number, "default", now + tracker.reservation_ttl
+            )
+        return SessionAnswer(session_id, hold.number, "dynamic", hold.until)
+
+    async def export_gauges(self, metrics: GaugeSink) -> None:
+        """Pool numbers by state, last hour's coverage per tracker (NaN without
+        visitors), and the CDR backlog."""
+        now = self._clock()
+        metrics.cdr_backlog.set(len(self._pending))
+        for p in await self.store.pool_stats(now):
+            for state, count in (("free", p.free), ("reserved", p.reserved),
+                                 ("cooling", p.cooling)):
+                metrics.pool_numbers.labels(p.tracker, p.pool, state).set(count)
+        seen: dict[str, list[int]] = {t.id: [0, 0] for t in self._trackers}
+        for v in await self.store.visitor_stats(since=datetime.fromtimestamp(now - 3600, UTC)):
+            if v.tracker in seen:
+                seen[v.tracker][0] += v.visitors
+                seen[v.tracker][1] += v.dynamic
+        for tracker_id, (visitors, dynamic) in seen.items():
+            metrics.coverage.labels(tracker_id).set(dynamic / visitors if visitors else math.nan)
+
+    # --- calls -------------------------------------------------------------------------
+
+    async def attribute(
+        self, tracker: Tracker, did: str, caller: str, now: float
+    ) -> tuple[Attribution, bool | None]:
+        """Who a call to `did` belongs to, and whether the caller is new to the tracker.
+
+        Never raises for a store failure: the attribution is then `none` with the reason
+        in `error`, and first_time_caller None. Callers bound the time (asyncio.timeout).
+        """
+        try:
+            await self.sync_pools()
+            current: Hold | None = None
+            last: Hold | None = None
+            if attr.is_pool_number(tracker, did):
+                current, last = await self.store.holders(did, now)
+            sessions: dict[str, VisitorSession] = {}
+            for hold in (current, last):
+                if hold is not None and hold.session_id not in sessions:
+                    session = await self.store.get_session(hold.session_id)
+                    if session is not None:
+                        sessions[session.id] = session
+            called_before = (
+                None if attr.is_anonymous(caller)
+                else await self.store.caller_seen(tracker.id, caller)
+            )
+        except Exception as exc:
+            log.warning("tracking.attribution_failed", did=did, error=repr(exc))
+            return Attribution("none", error=f"store: {type(exc).__name__}"), None
+        return attr.attribute(did, caller, now, tracker, current, last, sessions, called_before)
+
+    async def record_call(
+        self, record: CallRecord, deliveries: Sequence[WebhookDelivery] = ()
+    ) -> None:
+        """Write the CDR and its webhook events; never raises.
+
+        When the store fails the record waits in memory (the newest version of a CDR
+        wins; its deliveries accumulate) and `run_flusher` writes it once the store is
+        back. Versions of one CDR are written in the order they were recorded.
+        """
+        try:
+            self._enqueue(record, deliveries)
+            if record.id not in self._inflight:  # else that writer picks this version up
+                await self._write(record.id)
+        except Exception:  # a bug here must not end the call's chain
+            log.exception("tracking.record_call_failed", call=record.id)
+
+    async def flush(self, timeout: float) -> bool:  # noqa: ASYNC109  (app.py calls it so)
+        """Try to write the deferred CDRs for up to `timeout` seconds (at shutdown);
+        True when none is left."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self._pending:
+                    if not await self._flush_once():
+                        await asyncio.sleep(0.1)
+                    elif self._pending:  # only ones another writer is writing now
+                        await asyncio.sleep(0.01)
+        return not self._pending
+
+    @property
+    def pending_records(self) -> int:
+        """CDRs accepted but not yet in the store."""
+        return len(self._pending)
+
+    def _enqueue(self, record: CallRecord, deliveries: Sequence[WebhookDelivery]) -> None:
+        old = self._pending.get(record.id)
+        merged = tuple(deliveries)
+        if old is not None:
+            known = {d.id for d in old.deliveries}
+            merged = old.deliveries + tuple(d for d in deliveries if d.id not in known)
+        self._pending[record.id] = _Pending(record, merged)
+        while len(self._pending) > self._pending_limit:
+            lost, _ = self._pending.popitem(last=False)
+            self.dropped_records += 1
+            log.error("tracking.record_dropped", call=lost, reason="pending queue full")
+
+    async def _write(self, call_id: str) -> bool:
+        """Write the pending versions of one CDR; False when the store failed."""
+        self._inflight.add(call_id)
+        try:
+            while (entry := self._pending.get(call_id)) is not None:
+                try:
+                    await self.store.save_call(entry.record, entry.deliveries)
+                except Exception as exc:
+                    log.warning("tracking.record_deferred", call=call_id, error=repr(exc),
+                                pending=len(self._pending))
+                    self._kick.set()
+                    return False
+                if self._pending.get(call_id) is entry:  # else a newer version came in
+                    del self._pending[call_id]
+            return True
+        finally:
+            self._inflight.discard(call_id)
+
+    async def _flush_once(self) -> bool:
+        for call_id in list(self._pending):
+            if call_id not in self._inflight and not await self._write(call_id):
+                return False
+        return True
+
+    async def run_flusher(
+        self, stop: asyncio.Event, *, first_delay: float = 0.5, max_delay: float = 30.0
+    ) -> None:
+        """Write deferred CDRs until `stop` is set, backing off while the store fails;
+        one last attempt on stop."""
+        delay = first_delay
+        while not stop.is_set():
+            self._kick.clear()
+            if self._pending and not await self._flush_once():
+                await _wait_any(stop, None, delay)
+                delay = min(delay * 2, max_delay)
+                continue
+            delay = first_delay
+            await _wait_any(stop, self._kick, 1.0)
+        if self._pending and not await self._flush_once():
+            log.error("tracking.records_lost_on_stop", count=len(self._pending))
+
+
+class _Settable(Protocol):
+    def set(self, value: float) -> None: ...
+
+
+class _Labelled(Protocol):
+    def labels(self, *values: str) -> _Settable: ...
+
+
+class GaugeSink(Protocol):
+    """The gauges `export_gauges` sets (calltrackd.metrics.Metrics has them)."""
+
+    @property
+    def pool_numbers(self) -> _Labelled: ...
+    @property
+    def coverage(self) -> _Labelled: ...
+    @property
+    def cdr_backlog(self) -> _Settable: ...
+
+
+async def _wait_any(stop: asyncio.Event, other: asyncio.Event | None, seconds: float) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in (stop, other) if e is not None]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
