@@ -84,7 +84,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
   url TEXT NOT NULL, body BLOB NOT NULL, created_at REAL NOT NULL,
   attempts INTEGER NOT NULL, next_attempt_at REAL NOT NULL, status TEXT NOT NULL,
   last_error TEXT, delivered_at REAL);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_attempt_at)
+CREATE INDEX IF NOT EXISTS deliveries_pending_due ON deliveries (next_attempt_at, created_at)
   WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_by_status ON deliveries (status, created_at);
 """
@@ -496,7 +496,8 @@ class SqliteStore:
 
     async def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]:
         sql = (
-            f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE status = 'pending'"
+            f"SELECT {_DELIVERY_COLS} FROM deliveries INDEXED BY deliveries_pending_due"
+            " WHERE status = 'pending'"
             " AND next_attempt_at <= ? ORDER BY next_attempt_at, created_at LIMIT ?"
         )
         rows = await self._read(lambda c: c.execute(sql, (now, limit)).fetchall())
