@@ -24,22 +24,12 @@ from .metrics import Metrics
 from .recorder import Recorder
 from .sip.endpoint import TransactionLayer
 from .sip.transaction import TimerConfig
-from .store.base import Store
+from .store import create_store
 from .tracking.service import TrackingService
 from .transport.stack import Listen, SipStack
 from .webhooks.worker import WebhookWorker
 
 log = structlog.get_logger("calltrackd")
-
-
-def make_store(url: str) -> Store:
-    if url.startswith("sqlite:"):
-        from .store.sqlite import SqliteStore
-
-        return SqliteStore(url)
-    if url.startswith(("redis:", "rediss:")):
-        raise ValueError("store.url: the redis store is not available in this version")
-    raise ValueError(f"store.url: unsupported store {url!r}")
 
 
 class App:
@@ -48,7 +38,7 @@ class App:
         self.shutdown = shutdown or asyncio.Event()
         self.force = asyncio.Event()
         self.metrics = Metrics()
-        self.store = make_store(settings.store.url)
+        self.store = create_store(settings.store.url)
         self.tracking = TrackingService(self.store, settings.trackers)
         layer = TransactionLayer(
             TimerConfig(settings.sip.t1, settings.sip.t2, settings.sip.t4),

@@ -198,7 +198,7 @@ class Call:
         self.last_by: HangupBy = "callee"
         self.end_timer: asyncio.TimerHandle | None = None
         self.relays: dict[int, tuple[ServerTransaction, Request]] = {}  # id(client txn)
-        self.a_ack_pending: Request | None = None  # late offer: B's ACK waits for A's body
+        self.a_ack_pending: Response | None = None  # late offer: B's ACK waits for A's body
         transaction.user = self.a
         engine.register_dialog(self.a.call_id, self.a.local_tag, self, self.a)
 
