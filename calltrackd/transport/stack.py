@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import structlog
 
@@ -45,8 +46,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         host = str(addr[0])
@@ -67,10 +67,9 @@ class _Tcp(asyncio.Protocol):
         self.peer = peer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
         if self.peer is None:
-            host, port = transport.get_extra_info("peername")[:2]
+            host, port = self.transport.get_extra_info("peername")[:2]
             self.peer = Address("tcp", str(host), int(port))
         self.stack._tcp_conns[(self.peer.host, self.peer.port)] = self
 
