@@ -27,6 +27,7 @@ from .sip.transaction import TimerConfig
 from .store import create_store
 from .tracking.service import TrackingService
 from .transport.stack import Listen, SipStack
+from .webhooks.backoff import ExponentialJitterBackoff
 from .webhooks.worker import WebhookWorker
 
 log = structlog.get_logger("calltrackd")
@@ -46,8 +47,11 @@ class App:
         )
         self.stack = SipStack(layer, advertise=settings.sip.advertise)
         self.stack.taps.append(self.metrics.sip_tap)
-        self.webhooks = WebhookWorker(self.store, self._webhook_secret,
-                                      on_result=self._webhook_result)
+        wh = settings.webhooks
+        self.webhooks = WebhookWorker(
+            self.store, self._webhook_secret, on_result=self._webhook_result,
+            per_endpoint_concurrency=wh.concurrency, timeout=wh.timeout, max_age=wh.max_age,
+            backoff=ExponentialJitterBackoff(base=wh.backoff_base, cap=wh.backoff_cap))
         self.recorder = Recorder(self.tracking, self.metrics, self.webhooks.notify)
         self.engine = Engine(self.stack, lambda: self.settings, self.recorder)
         self.http_runner: web.AppRunner | None = None
@@ -88,10 +92,11 @@ class App:
     def extra_routes(self) -> list[web.RouteDef]:
         """Routes of the tracking API, when that module is present."""
         try:
-            from .http.tracking import routes
+            from .http import tracking
         except ImportError:
             return []
-        return routes()
+        routes: list[web.RouteDef] = tracking.routes()
+        return routes
 
     async def drain_and_stop(self) -> None:
         grace = self.settings.sip.shutdown_grace
@@ -107,7 +112,7 @@ class App:
         await self.stop()
 
     async def stop(self) -> None:
-        await self.recorder.drain(timeout=5.0)
+        await self.recorder.drain(within=5.0)
         await self.tracking.flush(timeout=5.0)
         self._workers_stop.set()
         if self._tasks:

@@ -55,10 +55,10 @@ class Recorder:
         self.metrics.calls.labels(call.tracker.id, call.outcome or "failed").inc()
         self._chain(call, self._ended)
 
-    async def drain(self, timeout: float) -> None:
-        """Wait for the records of finished calls to reach the tracking service."""
+    async def drain(self, within: float) -> None:
+        """Wait (at most `within` seconds) for finished calls' records to reach tracking."""
         if self.pending:
-            await asyncio.wait(list(self.pending), timeout=timeout)
+            await asyncio.wait(list(self.pending), timeout=within)
 
     # -- steps -------------------------------------------------------------------------
 

@@ -138,7 +138,8 @@ class SqliteStore:
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
         """Everything after `sqlite://` is the file: `sqlite:///var/lib/x.db` (absolute),
-        `sqlite://var/x.db` (relative), `sqlite://:memory:`; `?synchronous=full` optional."""
+        `sqlite:///./var/x.db` or `sqlite://var/x.db` (relative to the working directory),
+        `sqlite://:memory:`; `?synchronous=full` optional."""
         if not url.startswith("sqlite://"):
             raise ValueError(f"store.url: not a sqlite URL: {url!r}")
         return cls(url)
@@ -150,6 +151,8 @@ class SqliteStore:
             raise ValueError(f"store.url: no database file in {url!r}")
         if path == "/:memory:":
             path = ":memory:"
+        elif path.startswith(("/./", "/../")):
+            path = path[1:]  # "sqlite:///./var/x.db": the third slash only separates
         return path, parse_qs(query).get("synchronous", ["NORMAL"])[0]
 
     # --- plumbing ------------------------------------------------------------------

@@ -171,17 +171,17 @@ class SipStack:
         for tap in self.taps:
             tap("in", data)
         events = self.layer.receive(data, source, self.clock())
-        self.flush()
         if events:
             self.on_events(events)
+        self.flush()
 
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
         events = self.layer.handle_timer(self.clock())
-        self.flush()
         if events:
             self.on_events(events)
+        self.flush()
 
     # -- output ------------------------------------------------------------------------
 

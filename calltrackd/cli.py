@@ -1,0 +1,45 @@
+"""`calltrackd run | check-config | --version` (SPEC §2)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .config import ConfigError, Settings, load_config
+
+
+def _load(path: str | None) -> Settings | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="calltrackd", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"calltrackd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--config", metavar="FILE", help="TOML configuration")
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("--config", metavar="FILE", required=True, help="TOML configuration")
+    args = parser.parse_args(argv)
+
+    settings = _load(args.config)
+    if settings is None:
+        return 2
+    if args.command == "check-config":
+        print(f"ok: {len(settings.trackers)} trackers, {len(settings.carriers)} carriers")
+        return 0
+    from .app import run as run_app
+    from .logging import configure_logging
+
+    configure_logging(settings.log)
+    return run_app(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

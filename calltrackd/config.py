@@ -1,0 +1,615 @@
+"""TOML configuration → validated, frozen settings (SPEC §3).
+
+Every problem in a file is collected, each as one line naming its key
+(`trackers[0].pools[1].numbers[2]: ...`), and raised together as `ConfigError`.
+Unknown keys are errors: a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+
+import phonenumbers
+
+from . import __version__
+from .tracking.model import ForwardTarget, Pool, StaticNumber, Tracker, WebhookEndpoint
+
+__all__ = [
+    "Carrier",
+    "ConfigError",
+    "HttpSettings",
+    "ListenAddress",
+    "LogSettings",
+    "Settings",
+    "SipSettings",
+    "StoreSettings",
+    "WebhookSettings",
+    "default_settings",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+]
+
+DEFAULT_PATH = Path("config/calltrackd.toml")
+EVENTS = ("call.started", "call.answered", "call.ended")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    transport: Literal["udp", "tcp", "tls"]
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class SipSettings:
+    listen: tuple[ListenAddress, ...] = (
+        ListenAddress("udp", "0.0.0.0", 5060),
+        ListenAddress("tcp", "0.0.0.0", 5060),
+    )
+    advertise: str | None = None
+    max_call_duration: float = 14400.0
+    shutdown_grace: float = 30.0
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    user_agent: str = f"calltrackd/{__version__}"
+    max_message_size: int = 65535
+    max_calls: int = 0  # 0: no limit
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_token: str | None = None
+    session_rate_limit: float = 20.0  # new sessions per minute per client IP; 0: off
+    session_rate_burst: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    url: str = "sqlite:///./var/calltrackd.db"
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    timeout: float = 10.0
+    backoff_base: float = 5.0
+    backoff_cap: float = 3600.0
+    max_age: float = 86400.0  # retried at least this long before marked failed
+    concurrency: int = 4  # requests in flight per endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Carrier:
+    name: str
+    networks: tuple[IPNetwork, ...]
+    did_from: Literal["ruri", "to"] = "ruri"
+    default_country: str | None = None
+
+    def admits(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return any(ip in net for net in self.networks if net.version == ip.version)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    sip: SipSettings = field(default_factory=SipSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    carriers: tuple[Carrier, ...] = ()
+    trackers: tuple[Tracker, ...] = ()
+    source: str | None = None  # the file it came from; None for built-in defaults
+    _by_did: dict[str, Tracker] = field(default_factory=dict, repr=False, compare=False)
+    _by_key: dict[str, Tracker] = field(default_factory=dict, repr=False, compare=False)
+    _carrier_cache: dict[str, Carrier | None] = field(
+        default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for tracker in self.trackers:
+            for number in tracker.numbers():
+                self._by_did[number] = tracker
+            self._by_key[tracker.public_key] = tracker
+
+    def tracker_by_did(self, e164: str) -> Tracker | None:
+        return self._by_did.get(e164)
+
+    def tracker_by_key(self, public_key: str) -> Tracker | None:
+        return self._by_key.get(public_key)
+
+    def carrier_for(self, ip: str) -> Carrier | None:
+        """The carrier an address belongs to (cached: called on every INVITE)."""
+        try:
+            return self._carrier_cache[ip]
+        except KeyError:
+            pass
+        try:
+            addr = ipaddress.ip_address(ip.strip("[]"))
+        except ValueError:
+            return None
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        found = next((c for c in self.carriers if c.admits(addr)), None)
+        if len(self._carrier_cache) < 65536:
+            self._carrier_cache[ip] = found
+        return found
+
+
+def default_settings() -> Settings:
+    return Settings()
+
+
+# --- values ------------------------------------------------------------------------
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object, key: str = "duration") -> float:
+    """`30`, `1.5`, `"500ms"`, `"30s"`, `"6m"`, `"1h30m"`, `"1d"` → seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"{key}: expected a duration such as \"30s\", got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"{key}: must not be negative, got {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        pos, total = 0, 0.0
+        for m in _DURATION.finditer(text):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * _UNITS[m.group(2)]
+            pos = m.end()
+        if text and pos == len(text):
+            return total
+        try:
+            number = float(text)
+        except ValueError:
+            pass
+        else:
+            if number >= 0:
+                return number
+    raise ValueError(f"{key}: expected a duration such as \"30s\", \"6m\" or \"1h\", "
+                     f"got {value!r}")
+
+
+_SIP_URI = re.compile(
+    r"^sips?:(?:[^@\s<>]+@)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?"
+    r"(?:;[^\s<>?]*)?$"
+)
+
+
+class _Checker:
+    """Collects problems while walking the TOML tree."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def fail(self, key: str, message: str) -> None:
+        self.problems.append(f"{key}: {message}")
+
+    def table(self, data: object, key: str, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            self.fail(key, f"expected a table, got {type(data).__name__}")
+            return {}
+        for name in data:
+            if name not in allowed:
+                self.fail(f"{key}.{name}" if key else name, "unknown key")
+        return data
+
+    def get(self, data: dict[str, Any], key: str, name: str, kind: type[T] | tuple[type, ...],
+            default: T, check: Callable[[Any], str | None] | None = None) -> T:
+        if name not in data:
+            return default
+        value = data[name]
+        full = f"{key}.{name}" if key else name
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            ok = False
+        else:
+            ok = isinstance(value, kinds)
+        if not ok:
+            names = " or ".join(k.__name__ for k in kinds)
+            self.fail(full, f"expected {names}, got {type(value).__name__} {value!r}")
+            return default
+        if check is not None:
+            problem = check(value)
+            if problem:
+                self.fail(full, problem)
+                return default
+        return cast(T, value)
+
+    def duration(self, data: dict[str, Any], key: str, name: str, default: float) -> float:
+        if name not in data:
+            return default
+        try:
+            return parse_duration(data[name], f"{key}.{name}")
+        except ValueError as exc:
+            self.problems.append(str(exc))
+            return default
+
+    def choice(self, data: dict[str, Any], key: str, name: str, choices: tuple[str, ...],
+               default: str) -> str:
+        def check(v: str) -> str | None:
+            return None if v in choices else f"expected one of {', '.join(choices)}, got {v!r}"
+
+        return self.get(data, key, name, str, default, check)
+
+    def str_list(self, data: dict[str, Any], key: str, name: str) -> list[tuple[str, str]]:
+        """[(full key, value)] for a list of strings."""
+        full = f"{key}.{name}"
+        value = data.get(name, [])
+        if not isinstance(value, list):
+            self.fail(full, f"expected a list, got {type(value).__name__} {value!r}")
+            return []
+        out = []
+        for i, item in enumerate(value):
+            if isinstance(item, str):
+                out.append((f"{full}[{i}]", item))
+            else:
+                self.fail(f"{full}[{i}]", f"expected a string, got {type(item).__name__}")
+        return out
+
+    def tables(self, data: dict[str, Any], key: str, name: str
+               ) -> Iterator[tuple[str, dict[str, Any]]]:
+        full = f"{key}.{name}" if key else name
+        value = data.get(name, [])
+        if not isinstance(value, list):
+            self.fail(full, "expected an array of tables ([[...]])")
+            return
+        for i, item in enumerate(value):
+            if isinstance(item, dict):
+                yield f"{full}[{i}]", item
+            else:
+                self.fail(f"{full}[{i}]", "expected a table")
+
+    def e164(self, key: str, raw: str) -> str | None:
+        try:
+            parsed = phonenumbers.parse(raw, None)
+        except phonenumbers.NumberParseException:
+            parsed = None
+        if (parsed is None or not raw.strip().startswith("+")
+                or not phonenumbers.is_possible_number(parsed)):
+            self.fail(key, f"{raw!r} is not an E.164 number (such as \"+74991234567\")")
+            return None
+        return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+# --- sections ----------------------------------------------------------------------
+
+
+def _listen(c: _Checker, key: str, text: str) -> ListenAddress | None:
+    transport, sep, rest = text.partition(":")
+    if not sep or transport not in ("udp", "tcp", "tls"):
+        c.fail(key, f"expected \"udp|tcp|tls:HOST:PORT\", got {text!r}")
+        return None
+    if transport == "tls":
+        c.fail(key, "tls listeners are not supported yet; use udp or tcp")
+        return None
+    host, port = _hostport(c, key, rest)
+    if host is None or port is None:
+        return None
+    return ListenAddress(transport, host, port)  # type: ignore[arg-type]
+
+
+def _hostport(c: _Checker, key: str, text: str) -> tuple[str | None, int | None]:
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", text)
+    if not m:
+        c.fail(key, f"expected HOST:PORT (IPv6 in brackets), got {text!r}")
+        return None, None
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 0 <= port <= 65535:
+        c.fail(key, f"port {port} out of range")
+        return None, None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            c.fail(key, f"{host!r} is not an IP address")
+            return None, None
+        host = "127.0.0.1"
+    return host, port
+
+
+def _sip(c: _Checker, data: object) -> SipSettings:
+    d = c.table(data, "sip", {"listen", "advertise", "max_call_duration", "shutdown_grace",
+                              "t1", "t2", "t4", "user_agent", "max_message_size",
+                              "max_calls"})
+    base = SipSettings()
+    listen = base.listen
+    if "listen" in d:
+        items = [_listen(c, k, v) for k, v in c.str_list(d, "sip", "listen")]
+        listen = tuple(x for x in items if x is not None)
+        if not listen and not items:
+            c.fail("sip.listen", "needs at least one address")
+    return SipSettings(
+        listen=listen,
+        advertise=c.get(d, "sip", "advertise", str, None),
+        max_call_duration=c.duration(d, "sip", "max_call_duration", base.max_call_duration),
+        shutdown_grace=c.duration(d, "sip", "shutdown_grace", base.shutdown_grace),
+        t1=c.duration(d, "sip", "t1", base.t1),
+        t2=c.duration(d, "sip", "t2", base.t2),
+        t4=c.duration(d, "sip", "t4", base.t4),
+        user_agent=c.get(d, "sip", "user_agent", str, base.user_agent),
+        max_message_size=c.get(d, "sip", "max_message_size", int, base.max_message_size,
+                               lambda v: None if 1500 <= v <= 1 << 20
+                               else "expected 1500..1048576"),
+        max_calls=c.get(d, "sip", "max_calls", int, 0,
+                        lambda v: None if v >= 0 else "must not be negative"),
+    )
+
+
+def _http(c: _Checker, data: object) -> HttpSettings:
+    d = c.table(data, "http", {"listen", "admin_token", "session_rate_limit",
+                               "session_rate_burst"})
+    base = HttpSettings()
+    host, port = base.host, base.port
+    if "listen" in d:
+        raw = c.get(d, "http", "listen", str, "")
+        if raw:
+            h, p = _hostport(c, "http.listen", raw)
+            if h is not None and p is not None:
+                host, port = h, p
+    return HttpSettings(
+        host=host,
+        port=port,
+        admin_token=c.get(d, "http", "admin_token", str, None,
+                          lambda v: None if len(v) >= 8 else "use at least 8 characters"),
+        session_rate_limit=float(c.get(d, "http", "session_rate_limit", (int, float), 20.0,
+                                       lambda v: None if v >= 0 else "must not be negative")),
+        session_rate_burst=c.get(d, "http", "session_rate_burst", int, 10,
+                                 lambda v: None if v >= 1 else "must be at least 1"),
+    )
+
+
+def _store(c: _Checker, data: object) -> StoreSettings:
+    d = c.table(data, "store", {"url"})
+
+    def check(v: str) -> str | None:
+        if v.startswith("sqlite://") and len(v) > len("sqlite://"):
+            return None
+        if v.startswith(("redis://", "rediss://", "unix://")):
+            return None
+        return f"expected sqlite:///PATH or redis://HOST:PORT/DB, got {v!r}"
+
+    return StoreSettings(c.get(d, "store", "url", str, StoreSettings().url, check))
+
+
+def _log(c: _Checker, data: object) -> LogSettings:
+    d = c.table(data, "log", {"level", "format"})
+    return LogSettings(
+        level=c.choice(d, "log", "level", ("debug", "info", "warning", "error"),
+                       "info"),  # type: ignore[arg-type]
+        format=c.choice(d, "log", "format", ("json", "console"), "json"),  # type: ignore[arg-type]
+    )
+
+
+def _webhooks(c: _Checker, data: object) -> WebhookSettings:
+    d = c.table(data, "webhooks", {"timeout", "backoff_base", "backoff_cap", "max_age",
+                                   "concurrency"})
+    b = WebhookSettings()
+    return WebhookSettings(
+        timeout=c.duration(d, "webhooks", "timeout", b.timeout),
+        backoff_base=c.duration(d, "webhooks", "backoff_base", b.backoff_base),
+        backoff_cap=c.duration(d, "webhooks", "backoff_cap", b.backoff_cap),
+        max_age=c.duration(d, "webhooks", "max_age", b.max_age),
+        concurrency=c.get(d, "webhooks", "concurrency", int, b.concurrency,
+                          lambda v: None if v >= 1 else "must be at least 1"),
+    )
+
+
+def _carrier(c: _Checker, key: str, d: dict[str, Any]) -> Carrier | None:
+    c.table(d, key, {"name", "addresses", "did_from", "default_country"})
+    name = c.get(d, key, "name", str, "")
+    if not name:
+        c.fail(f"{key}.name", "required")
+    networks: list[IPNetwork] = []
+    for k, v in c.str_list(d, key, "addresses"):
+        try:
+            networks.append(ipaddress.ip_network(v, strict=False))
+        except ValueError:
+            c.fail(k, f"{v!r} is not an address or network such as 198.51.100.0/24")
+    if "addresses" not in d:
+        c.fail(f"{key}.addresses", "required: the addresses this carrier sends from")
+    country = c.get(d, key, "default_country", str, None)
+    if country is not None and country.upper() not in phonenumbers.SUPPORTED_REGIONS:
+        c.fail(f"{key}.default_country", f"{country!r} is not an ISO 3166 region code")
+        country = None
+    return Carrier(
+        name=name,
+        networks=tuple(networks),
+        did_from=c.choice(d, key, "did_from", ("ruri", "to"), "ruri"),  # type: ignore[arg-type]
+        default_country=country.upper() if country else None,
+    )
+
+
+def _forward(c: _Checker, key: str, item: object) -> ForwardTarget | None:
+    if isinstance(item, str):
+        uri, user, password = item, None, None
+    elif isinstance(item, dict):
+        c.table(item, key, {"uri", "username", "password"})
+        uri = c.get(item, key, "uri", str, "")
+        user = c.get(item, key, "username", str, None)
+        password = c.get(item, key, "password", str, None)
+        if not uri:
+            c.fail(f"{key}.uri", "required")
+            return None
+        if (user is None) != (password is None):
+            c.fail(key, "username and password go together")
+    else:
+        c.fail(key, "expected a SIP URI string or a table {uri, username, password}")
+        return None
+    m = _SIP_URI.match(uri)
+    if not m or (m.group(1) and not 0 < int(m.group(1)) < 65536):
+        c.fail(key if isinstance(item, str) else f"{key}.uri",
+               f"{uri!r} is not a SIP URI such as \"sip:pbx.example.com:5060;transport=udp\"")
+        return None
+    tm = re.search(r";transport=([A-Za-z]+)", uri)
+    if tm and tm.group(1).lower() not in ("udp", "tcp"):
+        c.fail(key, f"transport {tm.group(1)!r} is not supported (udp, tcp)")
+        return None
+    return ForwardTarget(uri=uri, username=user, password=password)
+
+
+def _tracker(c: _Checker, key: str, d: dict[str, Any]) -> Tracker | None:
+    c.table(d, key, {"id", "public_key", "reservation_ttl", "cooldown", "attribution_grace",
+                     "target_call_min_seconds", "default_number", "forward", "ring_timeout",
+                     "pools", "static", "webhooks"})
+    ident = c.get(d, key, "id", str, "")
+    pk = c.get(d, key, "public_key", str, "")
+    for name, value in (("id", ident), ("public_key", pk)):
+        if not value:
+            c.fail(f"{key}.{name}", "required")
+    default_raw = c.get(d, key, "default_number", str, "")
+    default = c.e164(f"{key}.default_number", default_raw) if default_raw else None
+    if not default_raw:
+        c.fail(f"{key}.default_number", "required: shown when no pool number is free")
+    fwd_raw = d.get("forward", [])
+    forward: list[ForwardTarget] = []
+    if not isinstance(fwd_raw, list):
+        c.fail(f"{key}.forward", "expected a list of SIP URIs")
+    else:
+        for i, item in enumerate(fwd_raw):
+            t = _forward(c, f"{key}.forward[{i}]", item)
+            if t is not None:
+                forward.append(t)
+        if not fwd_raw:
+            c.fail(f"{key}.forward", "needs at least one target")
+    pools = []
+    for pkey, pd in c.tables(d, key, "pools"):
+        c.table(pd, pkey, {"name", "sources", "numbers"})
+        pname = c.get(pd, pkey, "name", str, "")
+        if not pname:
+            c.fail(f"{pkey}.name", "required")
+        sources = tuple(v.strip().lower() for _, v in c.str_list(pd, pkey, "sources")) or ("*",)
+        numbers = [c.e164(k, v) for k, v in c.str_list(pd, pkey, "numbers")]
+        if "numbers" not in pd or not pd["numbers"]:
+            c.fail(f"{pkey}.numbers", "a pool needs at least one number")
+        pools.append(Pool(pname, sources, tuple(n for n in numbers if n)))
+    names = [p.name for p in pools]
+    for dup in {n for n in names if names.count(n) > 1}:
+        c.fail(f"{key}.pools", f"pool name {dup!r} is used twice")
+    static = []
+    for skey, sd in c.tables(d, key, "static"):
+        c.table(sd, skey, {"number", "channel"})
+        num = c.e164(f"{skey}.number", c.get(sd, skey, "number", str, ""))
+        channel = c.get(sd, skey, "channel", str, "")
+        if not channel:
+            c.fail(f"{skey}.channel", "required")
+        if num:
+            static.append(StaticNumber(num, channel))
+    hooks = []
+    for wkey, wd in c.tables(d, key, "webhooks"):
+        c.table(wd, wkey, {"url", "secret", "events"})
+        url = c.get(wd, wkey, "url", str, "")
+        if not re.match(r"^https?://[^\s/]+", url):
+            c.fail(f"{wkey}.url", f"expected an http:// or https:// URL, got {url!r}")
+        secret = c.get(wd, wkey, "secret", str, "")
+        if not secret:
+            c.fail(f"{wkey}.secret", "required: the key webhook signatures are made with")
+        events = []
+        for k, v in c.str_list(wd, wkey, "events"):
+            if v not in EVENTS:
+                c.fail(k, f"unknown event {v!r} ({', '.join(EVENTS)})")
+            else:
+                events.append(v)
+        hooks.append(WebhookEndpoint(url, secret, tuple(events) if "events" in wd else EVENTS))
+    base = Tracker(id="", public_key="", default_number="", forward=())
+    tmin = c.get(d, key, "target_call_min_seconds", (int, float), 30.0,
+                 lambda v: None if v >= 0 else "must not be negative")
+    if not ident or not pk or not default:
+        return None
+    return Tracker(
+        id=ident,
+        public_key=pk,
+        default_number=default,
+        forward=tuple(forward),
+        reservation_ttl=c.duration(d, key, "reservation_ttl", base.reservation_ttl),
+        cooldown=c.duration(d, key, "cooldown", base.cooldown),
+        attribution_grace=c.duration(d, key, "attribution_grace", base.attribution_grace),
+        target_call_min_seconds=float(tmin),
+        ring_timeout=c.duration(d, key, "ring_timeout", base.ring_timeout),
+        pools=tuple(pools),
+        static=tuple(static),
+        webhooks=tuple(hooks),
+    )
+
+
+def parse_config(data: dict[str, Any], *, source: str | None = None) -> Settings:
+    c = _Checker()
+    c.table(data, "", {"sip", "http", "store", "log", "webhooks", "carriers", "trackers"})
+    sip = _sip(c, data.get("sip", {}))
+    http = _http(c, data.get("http", {}))
+    store = _store(c, data.get("store", {}))
+    log = _log(c, data.get("log", {}))
+    webhooks = _webhooks(c, data.get("webhooks", {}))
+    carriers = [x for k, d in c.tables(data, "", "carriers") if (x := _carrier(c, k, d))]
+    trackers = []
+    seen_did: dict[str, str] = {}
+    seen_id: set[str] = set()
+    seen_key: set[str] = set()
+    for k, d in c.tables(data, "", "trackers"):
+        t = _tracker(c, k, d)
+        if t is None:
+            continue
+        if t.id in seen_id:
+            c.fail(f"{k}.id", f"tracker id {t.id!r} is used twice")
+        if t.public_key in seen_key:
+            c.fail(f"{k}.public_key", f"public key {t.public_key!r} is used twice")
+        seen_id.add(t.id)
+        seen_key.add(t.public_key)
+        mine: set[str] = set()
+        for number in t.numbers():
+            if number in seen_did or number in mine:
+                other = seen_did.get(number, t.id)
+                c.fail(k, f"number {number} is configured twice (also in tracker {other!r})")
+            mine.add(number)
+        for number in mine:
+            seen_did[number] = t.id
+        trackers.append(t)
+    if c.problems:
+        raise ConfigError(c.problems)
+    return Settings(sip=sip, http=http, store=store, log=log, webhooks=webhooks,
+                    carriers=tuple(carriers), trackers=tuple(trackers), source=source)
+
+
+def load_config(path: str | Path | None) -> Settings:
+    """Read and validate a file; None → config/calltrackd.toml if present, else defaults."""
+    if path is None:
+        if not DEFAULT_PATH.exists():
+            return default_settings()
+        path = DEFAULT_PATH
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{p}: TOML syntax error: {exc}"]) from None
+    return parse_config(data, source=str(p.resolve()))
