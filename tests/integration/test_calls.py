@@ -4,6 +4,7 @@ over UDP and over TCP. Each test checks what SIPp saw and the CDR the API return
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,3 +249,28 @@ def test_invite_from_non_carrier_gets_403(stranger: Daemon,
                        remote=f"127.0.0.1:{stranger.sip_port}").wait(30)
     assert res.ok, res.output
     assert stranger.calls() == []  # refused before routing: no record
+
+
+@pytest.mark.parametrize("plan", ["udp"], indirect=True)
+def test_udp_with_10_percent_loss_completes_calls(plan: Plan,
+                                                  sipp_factory: Callable[..., Sipp]) -> None:
+    since = f"{time.time():.3f}"
+    calls = 10
+    pbx = sipp_factory("uas", "uas_answer.xml", plan.pbx_a, "-m", str(calls), "-lost", "10",
+                       "-timeout", "90s")
+    carrier = sipp_factory("uac", "uac_call.xml", free_port(), "-s", DID_MAIN, "-m", str(calls),
+                           "-r", "2", "-d", "500", "-lost", "10", "-timeout", "90s",
+                           "-timeout_error", remote=plan.remote)
+    res = carrier.wait(100)
+    assert res.ok, res.output
+    assert int(res.stats.get("SuccessfulCall(C)", "0")) == calls, res.stats
+    # SIPp dropped some of our datagrams: our transactions retransmitted them
+    assert pbx.wait(30).ok
+    deadline = time.monotonic() + 10
+    while True:
+        outcomes = [c["outcome"] for c in plan.daemon.calls(limit="100", tracker="main",
+                                                              since=since)]
+        if outcomes == ["answered"] * calls or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert outcomes == ["answered"] * calls

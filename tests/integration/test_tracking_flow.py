@@ -1,0 +1,264 @@
+"""SPEC §1 end to end without the browser: a visitor gets a number over the API, SIPp dials
+it, and a real HTTP receiver gets the signed `call.ended` webhook naming that visitor.
+Also static and default numbers, and webhooks that survive a failing receiver and a
+daemon restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from calltrackd.webhooks.signing import verify
+
+from .conftest import ADMIN, CALLER, Daemon, Sipp, free_port, start_daemon
+
+SECRET = "whsec_test_secret"
+POOL = ["+74990000011", "+74990000012", "+74990000013"]
+DEFAULT = "+74990000010"
+STATIC = "+74990000100"
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that fails the first `fail_first` requests."""
+
+    port: int
+    fail_first: int = 0
+    received: list[dict[str, Any]] = field(default_factory=list)
+    attempts: int = 0
+    _loop: asyncio.AbstractEventLoop | None = None
+    _runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.attempts += 1
+        if self.attempts <= self.fail_first:
+            return web.Response(status=500, text="not now")
+        self.received.append({
+            "headers": dict(request.headers),
+            "body": body,
+            "json": json.loads(body),
+        })
+        return web.Response(status=204)
+
+    def start(self) -> None:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            app = web.Application()
+            app.router.add_post("/hook", self._handle)
+            self._runner = web.AppRunner(app)
+            loop.run_until_complete(self._runner.setup())
+            loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        assert ready.wait(10)
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [r for r in self.received if r["json"]["event"] == name]
+
+    def wait_event(self, name: str, did: str, timeout: float = 20.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for r in self.events(name):
+                if r["json"]["call"]["did"] == did:
+                    return r
+            time.sleep(0.1)
+        raise AssertionError(f"no {name} for {did}; got {[r['json'] for r in self.received]}")
+
+
+def config(sip: int, http: int, pbx: int, hook: str) -> str:
+    return f"""
+[sip]
+listen = ["udp:127.0.0.1:{sip}"]
+shutdown_grace = "5s"
+
+[http]
+listen = "127.0.0.1:{http}"
+admin_token = "{ADMIN}"
+
+[store]
+url = "sqlite:///./var/calltrackd.db"
+
+[log]
+level = "info"
+
+[webhooks]
+backoff_base = "200ms"
+backoff_cap = "1s"
+
+[[carriers]]
+name = "loopback"
+addresses = ["127.0.0.0/8"]
+default_country = "RU"
+
+[[trackers]]
+id = "acme"
+public_key = "pk_acme"
+default_number = "{DEFAULT}"
+forward = ["sip:127.0.0.1:{pbx};transport=udp"]
+reservation_ttl = "6m"
+target_call_min_seconds = 1
+  [[trackers.pools]]
+  name = "web"
+  sources = ["*"]
+  numbers = {json.dumps(POOL)}
+  [[trackers.static]]
+  number = "{STATIC}"
+  channel = "billboard"
+  [[trackers.webhooks]]
+  url = "{hook}"
+  secret = "{SECRET}"
+"""
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver(free_port())
+    r.start()
+    yield r
+    r.stop()
+
+
+@dataclass
+class Env:
+    tmp: Path
+    daemon: Daemon
+    pbx: int
+    cfg: str
+
+
+@pytest.fixture
+def env(tmp_path: Path, receiver: Receiver) -> Iterator[Env]:
+    sip, http, pbx = free_port(), free_port(), free_port()
+    cfg = config(sip, http, pbx, receiver.url)
+    daemon = start_daemon(tmp_path, cfg, sip, http)
+    e = Env(tmp_path, daemon, pbx, cfg)
+    yield e
+    e.daemon.stop()
+
+
+def call(env: Env, sipp_factory: Callable[..., Sipp], did: str, ms: int = 1500) -> None:
+    pbx = sipp_factory("pbx", "uas_answer.xml", env.pbx, "-m", "1", "-timeout", "30s")
+    res = sipp_factory("carrier", "uac_call.xml", free_port(), "-s", did, "-m", "1",
+                       "-d", str(ms), "-timeout", "30s", "-timeout_error",
+                       remote=f"127.0.0.1:{env.daemon.sip_port}").wait(40)
+    assert res.ok, res.output
+    assert pbx.wait(10).ok
+
+
+def check_signature(delivery: dict[str, Any]) -> None:
+    headers = delivery["headers"]
+    assert verify(SECRET, delivery["body"], headers["X-Calltrackd-Signature"])
+    assert headers["X-Calltrackd-Delivery"] == delivery["json"]["event_id"]
+    assert headers["X-Calltrackd-Event"] == delivery["json"]["event"]
+
+
+def test_visitor_number_call_reaches_crm_with_visitor_data(
+    env: Env, receiver: Receiver, sipp_factory: Callable[..., Sipp]
+) -> None:
+    status, session = env.daemon.http("POST", "/v1/sessions", {
+        "tracker": "pk_acme", "session_id": None, "client_id": "GA1.2.111.222",
+        "ym_uid": "1690000000123", "utm_source": "google", "utm_medium": "cpc",
+        "utm_campaign": "spring", "utm_term": "buy sofa", "referrer": "https://www.google.com/",
+        "landing_page": "https://acme.example/sofas", "custom": {"product_id": "42"},
+    }, admin=False)
+    assert status == 200, session
+    assert session["kind"] == "dynamic" and session["number"] in POOL
+    call(env, sipp_factory, session["number"], 1500)
+    ended = receiver.wait_event("call.ended", session["number"])
+    check_signature(ended)
+    c = ended["json"]["call"]
+    assert c["caller"] == CALLER and c["outcome"] == "answered" and c["tracker"] == "acme"
+    assert abs(c["talk_seconds"] - 1.5) < 0.5
+    assert c["qualified"] is True and c["first_time_caller"] is True
+    att = c["attribution"]
+    assert att["kind"] == "dynamic"
+    assert att["session"]["id"] == session["session_id"]
+    assert att["session"]["client_id"] == "GA1.2.111.222"
+    assert att["session"]["utm_campaign"] == "spring"
+    assert att["session"]["custom"] == {"product_id": "42"}
+    # started and answered went out too, each with its own event id
+    started = receiver.wait_event("call.started", session["number"])
+    answered = receiver.wait_event("call.answered", session["number"])
+    ids = {started["json"]["event_id"], answered["json"]["event_id"], ended["json"]["event_id"]}
+    assert len(ids) == 3
+    # the CDR says the same
+    cdr = env.daemon.wait_call(lambda x: x["did"] == session["number"])
+    assert cdr["attribution"]["session"]["utm_campaign"] == "spring"
+
+
+def test_static_and_default_numbers_are_attributed(
+    env: Env, receiver: Receiver, sipp_factory: Callable[..., Sipp]
+) -> None:
+    call(env, sipp_factory, STATIC, 300)
+    static = receiver.wait_event("call.ended", STATIC)["json"]["call"]
+    assert static["attribution"]["kind"] == "static"
+    assert static["attribution"]["channel"] == "billboard"
+    assert static["first_time_caller"] is True
+    call(env, sipp_factory, DEFAULT, 300)
+    default = receiver.wait_event("call.ended", DEFAULT)["json"]["call"]
+    assert default["attribution"]["kind"] == "default"
+    assert default["first_time_caller"] is False  # the same caller called before
+
+
+def test_pool_exhaustion_gives_default_number(env: Env) -> None:
+    kinds = []
+    numbers = []
+    for _ in range(len(POOL) + 2):
+        status, s = env.daemon.http("POST", "/v1/sessions", {"tracker": "pk_acme"}, admin=False)
+        assert status == 200, s
+        kinds.append(s["kind"])
+        numbers.append(s["number"])
+    assert kinds.count("dynamic") == len(POOL)
+    assert sorted(n for n, k in zip(numbers, kinds, strict=True) if k == "dynamic") == POOL
+    assert [n for n, k in zip(numbers, kinds, strict=True) if k == "default"] == [DEFAULT] * 2
+
+
+def test_webhook_survives_failing_receiver_and_restart(
+    env: Env, receiver: Receiver, sipp_factory: Callable[..., Sipp]
+) -> None:
+    receiver.fail_first = 3  # down for the first three attempts
+    call(env, sipp_factory, STATIC, 300)
+    deadline = time.monotonic() + 15
+    while receiver.attempts < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert receiver.attempts >= 2, "the receiver was never tried"
+    assert env.daemon.stop() == 0  # restart with events still undelivered
+    env.daemon = start_daemon(env.tmp, env.cfg, env.daemon.sip_port, env.daemon.http_port)
+    receiver.wait_event("call.ended", STATIC, timeout=30)
+    time.sleep(1.0)  # anything resent would arrive now
+    by_event: dict[str, list[str]] = {}
+    for r in receiver.received:
+        check_signature(r)
+        by_event.setdefault(r["json"]["event"], []).append(r["json"]["event_id"])
+    # each event arrived once it was acknowledged, always under one event_id
+    assert sorted(by_event) == ["call.answered", "call.ended", "call.started"]
+    for ids in by_event.values():
+        assert len(set(ids)) == 1
+    assert receiver.attempts >= 3 + 3
