@@ -171,7 +171,7 @@ class Sipp:
         if remote:
             cmd.append(remote)
         self.cmd = cmd
-        self.out = open(tmp / f"{name}.out", "wb")  # noqa: SIM115 - closed in wait()
+        self.out = open(tmp / f"{name}.out", "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=tmp)
 
