@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import signal
 import time
 from typing import Any
@@ -92,7 +93,7 @@ class App:
     def extra_routes(self) -> list[web.RouteDef]:
         """Routes of the tracking API, when that module is present."""
         try:
-            from .http import tracking
+            tracking = importlib.import_module("calltrackd.http.tracking")
         except ImportError:
             return []
         routes: list[web.RouteDef] = tracking.routes()

@@ -437,11 +437,12 @@ class Call:
                             "Call-ID", "Max-Forwards", "Content-Length"):
                 req.headers.add(name, value)
         req.headers.set("Max-Forwards", old.headers.get("Max-Forwards") or "70")
-        value = authorization_for(challenge, "INVITE", req.uri, target.username,
-                                  target.password or "")
-        if value is None:
+        credentials = authorization_for(challenge, "INVITE", req.uri, target.username,
+                                        target.password or "")
+        if credentials is None:
             return False
-        req.headers.add("Authorization" if resp.status == 401 else "Proxy-Authorization", value)
+        req.headers.add("Authorization" if resp.status == 401 else "Proxy-Authorization",
+                        credentials)
         attempt.auth_tried = True
         attempt.provisional = False
         self.attempt = attempt
