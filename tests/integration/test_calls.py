@@ -16,6 +16,7 @@ from .conftest import ADMIN, CALLER, Daemon, Sipp, free_port, start_daemon
 DID_MAIN = "+74990000001"  # → PBX A
 DID_FAILOVER = "+74990000002"  # → PBX A, then PBX B
 DID_RING = "+74990000003"  # → PBX A, ring_timeout 2s
+DID_AUTH = "+74990000004"  # → a SIP account with digest credentials
 DID_UNKNOWN = "+74995555555"
 
 
@@ -82,6 +83,12 @@ public_key = "pk_ring"
 default_number = "{DID_RING}"
 forward = [{target(pbx_a)}]
 ring_timeout = "2s"
+
+[[trackers]]
+id = "auth"
+public_key = "pk_auth"
+default_number = "{DID_AUTH}"
+forward = [{{uri = {target(pbx_a)}, username = "acme", password = "s3cret"}}]
 """
 
 
@@ -208,6 +215,15 @@ def test_reinvite_during_call_is_relayed(plan: Plan, sipp_factory: Callable[...,
     assert res.ok, res.output  # the caller got the PBX's answer to the hold offer
     assert pbx.wait(10).ok  # the PBX got the hold offer
     assert finished(plan, DID_MAIN)["outcome"] == "answered"
+
+
+def test_sip_account_target_gets_digest_credentials(plan: Plan,
+                                                    sipp_factory: Callable[..., Sipp]) -> None:
+    account = uas(plan, sipp_factory, "uas_auth.xml")
+    res = uac(plan, sipp_factory, "uac_call.xml", DID_AUTH, "-d", "300").wait(40)
+    assert res.ok, res.output  # a 403 from the account (bad credentials) would fail this
+    assert account.wait(10).ok
+    assert finished(plan, DID_AUTH)["outcome"] == "answered"
 
 
 def test_unknown_did_gets_404(plan: Plan, sipp_factory: Callable[..., Sipp]) -> None:
