@@ -196,6 +196,9 @@ class Engine:
         except SipSyntaxError:
             self._respond(txn, req, 400)
             return
+        if ruri.scheme not in ("sip", "sips", "tel"):
+            self._respond(txn, req, 416)
+            return
         raw = (ruri.user if carrier.did_from == "ruri" else to.uri.user) or ""
         did = normalize(raw.split(";")[0], carrier.default_country)
         tracker = settings.tracker_by_did(did) if did else None
