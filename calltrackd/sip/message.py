@@ -133,8 +133,22 @@ def reason_phrase(status: int) -> str:
     return _REASONS.get(status, "Unknown")
 
 
+_CANONICAL_CACHE: dict[str, str] = {}
+
+
 def canonical_name(name: str) -> str:
     """`call-id` → `Call-ID`, `v` → `Via`, `content-length` → `Content-Length`."""
+    try:
+        return _CANONICAL_CACHE[name]
+    except KeyError:
+        pass
+    canon = _canonical(name)
+    if len(_CANONICAL_CACHE) < 4096:  # bounded: header names come from the network
+        _CANONICAL_CACHE[name] = canon
+    return canon
+
+
+def _canonical(name: str) -> str:
     if len(name) == 1:
         full = COMPACT.get(name.lower())
         if full:
