@@ -1,0 +1,42 @@
+"""A carrier and a PBX on IPv6 loopback: the call goes through and is recorded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .conftest import ADMIN, Sipp, free_port, start_daemon
+
+
+def test_call_over_ipv6(tmp_path: Path, sipp_factory: Callable[..., Sipp]) -> None:
+    sip, http, pbx = free_port(), free_port(), free_port()
+    daemon = start_daemon(tmp_path, f"""
+[sip]
+listen = ["udp:[::1]:{sip}", "tcp:[::1]:{sip}"]
+[http]
+listen = "127.0.0.1:{http}"
+admin_token = "{ADMIN}"
+[store]
+url = "sqlite:///./var/c.db"
+[[carriers]]
+name = "v6"
+addresses = ["::1/128"]
+[[trackers]]
+id = "v6"
+public_key = "pk_v6"
+default_number = "+74990000001"
+forward = ["sip:[::1]:{pbx};transport=udp"]
+""", sip, http)
+    try:
+        uas = sipp_factory("pbx", "uas_answer.xml", pbx, "-i", "::1", "-m", "1",
+                           "-timeout", "20s")
+        uac = sipp_factory("carrier", "uac_call.xml", free_port(), "-i", "::1", "-m", "1",
+                           "-d", "500", "-s", "+74990000001", "-timeout", "20s",
+                           "-timeout_error", remote=f"[::1]:{sip}")
+        res = uac.wait(30)
+        assert res.ok, res.output
+        assert uas.wait(10).ok
+        cdr = daemon.wait_call(lambda c: True)
+        assert cdr["outcome"] == "answered" and cdr["target"].startswith("sip:[::1]:")
+    finally:
+        daemon.stop()
