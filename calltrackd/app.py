@@ -23,6 +23,7 @@ from .config import ConfigError, Settings, load_config
 from .http.api import build_http_app
 from .metrics import Metrics
 from .recorder import Recorder
+from .sdnotify import Notifier
 from .sip.endpoint import TransactionLayer
 from .sip.transaction import TimerConfig
 from .store import create_store
@@ -61,6 +62,7 @@ class App:
         self._workers_stop = asyncio.Event()
         self._sip_up = False
         self._retrans_seen = 0
+        self.systemd = Notifier()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -82,6 +84,7 @@ class App:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.webhooks.run(self._workers_stop)))
         self._tasks.append(loop.create_task(self.tracking.run_flusher(self._workers_stop)))
+        self._tasks.append(loop.create_task(self.systemd.run_watchdog(self._workers_stop)))
         log.info(
             "calltrackd started",
             sip=[f"{x.transport}:{x.host}:{x.port}" for x in self.stack.listening],
@@ -89,6 +92,7 @@ class App:
             store=self.settings.store.url.split("@")[-1],
             trackers=len(self.settings.trackers),
         )
+        self.systemd.notify("READY=1", "STATUS=accepting calls")
 
     def extra_routes(self) -> list[web.RouteDef]:
         """Routes of the tracking API, when that module is present."""
@@ -102,6 +106,7 @@ class App:
     async def drain_and_stop(self) -> None:
         grace = self.settings.sip.shutdown_grace
         self.engine.draining = True
+        self.systemd.notify("STOPPING=1", f"STATUS=draining {self.engine.active_calls} calls")
         log.info("draining", active_calls=self.engine.active_calls, grace=grace)
         deadline = time.monotonic() + grace
         while self.engine.active_calls and time.monotonic() < deadline and not self.force.is_set():
@@ -123,6 +128,7 @@ class App:
         await self.stack.close()
         self._sip_up = False
         await self.store.close()
+        self.systemd.close()
         log.info("calltrackd stopped")
 
     # -- health and gauges -------------------------------------------------------------
@@ -163,19 +169,19 @@ class App:
     # -- reload ------------------------------------------------------------------------
 
     def reload(self) -> None:
-        path = self.settings.source
+        """SIGHUP: new trackers, pools, targets and webhooks; running calls keep theirs.
+        Listeners, store and HTTP address need a restart."""
+        self.systemd.notify("RELOADING=1")
         try:
-            new = load_config(path)
+            new = load_config(self.settings.source)
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration",
                       problems=exc.problems)
-            return
-        except OSError as exc:
-            log.error("reload refused, keeping the running configuration", error=str(exc))
-            return
-        self.settings = new
-        self.tracking.update_trackers(new.trackers)
-        log.info("configuration reloaded", trackers=len(new.trackers))
+        else:
+            self.settings = new
+            self.tracking.update_trackers(new.trackers)
+            log.info("configuration reloaded", trackers=len(new.trackers))
+        self.systemd.notify("READY=1")
 
 
 async def serve(settings: Settings, shutdown: asyncio.Event | None = None) -> int:

@@ -118,11 +118,11 @@ class Daemon:
 
 
 def start_daemon(tmp: Path, config_text: str, sip_port: int, http_port: int,
-                 timeout: float = 15.0) -> Daemon:
+                 timeout: float = 15.0, env: dict[str, str] | None = None) -> Daemon:
     cfg = tmp / "calltrackd.toml"
     cfg.write_text(config_text)
     log = tmp / "daemon.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "calltrackd", "run", "--config", str(cfg)],
