@@ -243,6 +243,10 @@ class Call:
         resp.headers.set("To", self.a.local)
         if 100 < status < 300 and req.method in ("INVITE", "UPDATE"):
             resp.headers.add("Contact", self.contact(self.a))
+            if req is self.invite:
+                # §12.1.1: the dialog's route set travels back in 1xx/2xx responses
+                for rr in req.headers.get_all("Record-Route"):
+                    resp.headers.add("Record-Route", rr)
         for name, value in (extra or {}).items():
             resp.headers.add(name, value)
         if body:
