@@ -49,6 +49,8 @@ class App:
         )
         self.stack = SipStack(layer, advertise=settings.sip.advertise)
         self.stack.taps.append(self.metrics.sip_tap)
+        if settings.log.level == "debug":
+            self.stack.taps.append(_sip_trace)
         wh = settings.webhooks
         self.webhooks = WebhookWorker(
             self.store, self._webhook_secret, on_result=self._webhook_result,
@@ -182,6 +184,14 @@ class App:
             self.tracking.update_trackers(new.trackers)
             log.info("configuration reloaded", trackers=len(new.trackers))
         self.systemd.notify("READY=1")
+
+
+_sip_log = structlog.get_logger("calltrackd.sip.trace")
+
+
+def _sip_trace(direction: str, data: bytes) -> None:
+    """Every SIP message, at debug level only (far too costly for production rates)."""
+    _sip_log.debug("sip " + direction, message=data.decode("utf-8", "replace"))
 
 
 async def serve(settings: Settings, shutdown: asyncio.Event | None = None) -> int:

@@ -3,6 +3,7 @@ over UDP and over TCP. Each test checks what SIPp saw and the CDR the API return
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -141,6 +142,15 @@ def test_answered_call_caller_hangs_up(plan: Plan, sipp_factory: Callable[..., S
     assert cdr["answered_at"] and cdr["ended_at"]
     status, one = plan.daemon.http("GET", f"/v1/calls/{cdr['id']}")
     assert status == 200 and one["id"] == cdr["id"]
+    # one log line at the start and one at the end of the call, SIP traces at debug level
+    lines = [json.loads(ln) for ln in plan.daemon.log_text().splitlines()
+             if ln.startswith("{") and cdr["id"] in ln]
+    events = {ln["event"]: ln for ln in lines}
+    assert events["call started"]["did"] == DID_MAIN
+    assert events["call started"]["caller"] == CALLER
+    ended = events["call ended"]
+    assert (ended["outcome"], ended["sip_code"], ended["hangup_by"]) == ("answered", 200, "caller")
+    assert '"event": "sip in"' in plan.daemon.log_text()
 
 
 def test_answered_call_callee_hangs_up(plan: Plan, sipp_factory: Callable[..., Sipp]) -> None:
