@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import signal
 import time
 from typing import Any
@@ -20,6 +19,7 @@ from aiohttp import web
 
 from .b2bua.engine import Engine
 from .config import ConfigError, Settings, load_config
+from .http import tracking as tracking_api
 from .http.api import build_http_app
 from .metrics import Metrics
 from .recorder import Recorder
@@ -74,7 +74,8 @@ class App:
         await self.stack.start([Listen(x.transport, x.host, x.port)
                                 for x in self.settings.sip.listen])
         self._sip_up = True
-        http = build_http_app(self, self.extra_routes())
+        http = build_http_app(self)
+        tracking_api.setup(http)
         self.http_runner = web.AppRunner(http, access_log=None, handle_signals=False)
         await self.http_runner.setup()
         site = web.TCPSite(self.http_runner, self.settings.http.host, self.settings.http.port,
@@ -95,15 +96,6 @@ class App:
             trackers=len(self.settings.trackers),
         )
         self.systemd.notify("READY=1", "STATUS=accepting calls")
-
-    def extra_routes(self) -> list[web.RouteDef]:
-        """Routes of the tracking API, when that module is present."""
-        try:
-            tracking = importlib.import_module("calltrackd.http.tracking")
-        except ImportError:
-            return []
-        routes: list[web.RouteDef] = tracking.routes()
-        return routes
 
     async def drain_and_stop(self) -> None:
         grace = self.settings.sip.shutdown_grace

@@ -120,7 +120,7 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def build_http_app(app: App, extra_routes: list[web.RouteDef] | None = None) -> web.Application:
+def build_http_app(app: App) -> web.Application:
     http = web.Application(middlewares=[errors], client_max_size=64 * 1024)
     http[APP] = app
     http.add_routes([
@@ -128,7 +128,6 @@ def build_http_app(app: App, extra_routes: list[web.RouteDef] | None = None) -> 
         web.get("/metrics", metrics),
         web.get("/v1/calls", list_calls),
         web.get("/v1/calls/{call_id}", get_call),
-        *(extra_routes or []),
     ])
     return http
 

@@ -1,0 +1,129 @@
+/* calltrackd site snippet: shows each visitor a tracking number of their own.
+ *   <script src="https://TRACKING-HOST/t.js" data-key="pk_acme" async></script>
+ * Options (data-* attributes): data-key (required: the tracker's public key),
+ * data-class (elements whose phone number is swapped; default "calltrackd-phone"),
+ * data-api (API origin; default: where this script came from).
+ * Any failure leaves the page as it was. Exposes window.calltrackd = {sessionId, number, kind}.
+ */
+(function () {
+  "use strict";
+  try {
+    var script = document.currentScript || document.querySelector("script[data-key]");
+    if (!script) return;
+    var key = script.getAttribute("data-key");
+    if (!key) return;
+    var cls = script.getAttribute("data-class") || "calltrackd-phone";
+    var api = (script.getAttribute("data-api") || new URL(script.src, location.href).origin)
+      .replace(/\/+$/, "");
+    var store = window.sessionStorage;
+    var SID = "calltrackd.sid", VISIT = "calltrackd.visit";
+    var state = window.calltrackd = { sessionId: null, number: null, kind: null };
+    var timer = null;
+
+    function get(k) { try { return store.getItem(k); } catch (e) { return null; } }
+    function set(k, v) { try { store.setItem(k, v); } catch (e) { /* private mode */ } }
+    function cookie(name) {
+      var m = document.cookie.match(new RegExp("(?:^|; )" + name + "=([^;]*)"));
+      return m ? decodeURIComponent(m[1]) : null;
+    }
+
+    // UTM parameters and the landing page are remembered for the whole visit
+    function visit() {
+      var saved = null;
+      try { saved = JSON.parse(get(VISIT) || "null"); } catch (e) { saved = null; }
+      var q = new URLSearchParams(location.search), utm = {}, any = false;
+      ["utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content"].forEach(function (n) {
+        var v = q.get(n);
+        if (v) { utm[n] = v; any = true; }
+      });
+      if (!saved || any) {
+        saved = { utm: utm, referrer: document.referrer || null, landing_page: location.href };
+        set(VISIT, JSON.stringify(saved));
+      }
+      return saved;
+    }
+
+    function body() {
+      var v = visit(), b = {
+        tracker: key, session_id: get(SID), referrer: v.referrer,
+        landing_page: v.landing_page, ym_uid: cookie("_ym_uid"),
+        client_id: cookie("_ga"), custom: window.calltrackdCustom || null
+      };
+      for (var n in v.utm) b[n] = v.utm[n];
+      return b;
+    }
+
+    function post(path, payload) {
+      return fetch(api + path, {
+        method: "POST", mode: "cors", credentials: "omit", keepalive: true,
+        headers: { "Content-Type": "application/json" },
+        body: payload ? JSON.stringify(payload) : "{}"
+      }).then(function (r) {
+        if (!r.ok) throw new Error("calltrackd: HTTP " + r.status);
+        return r.json();
+      });
+    }
+
+    // Renders `number` (E.164) in the digit pattern of `shown` ("+7 (499) 000-00-00").
+    function styled(shown, number) {
+      var digits = number.replace(/\D/g, ""), old = shown.replace(/\D/g, "");
+      if (old.length !== digits.length) {
+        if (old.length === digits.length - 1 && shown.indexOf("+") < 0) {
+          digits = digits.slice(1);  // national style without the country code
+        } else {
+          return number;
+        }
+      }
+      var i = 0;
+      return shown.replace(/\d/g, function () { return digits.charAt(i++); });
+    }
+
+    function swap(number) {
+      var nodes = document.getElementsByClassName(cls);
+      for (var n = 0; n < nodes.length; n++) {
+        var el = nodes[n];
+        var href = el.getAttribute && el.getAttribute("href");
+        if (href && /^tel:/i.test(href)) el.setAttribute("href", "tel:" + number);
+        var walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT, null);
+        var t;
+        while ((t = walker.nextNode())) {
+          if (/\d{2}/.test(t.nodeValue)) {
+            t.nodeValue = t.nodeValue.replace(/\+?\d[\d\s().\-]{5,}\d/, function (m) {
+              return styled(m, number);
+            });
+          }
+        }
+      }
+    }
+
+    function apply(a) {
+      if (!a || !a.number) return;
+      state.sessionId = a.session_id; state.number = a.number; state.kind = a.kind;
+      set(SID, a.session_id);
+      if (document.readyState === "loading") {
+        document.addEventListener("DOMContentLoaded", function () { swap(a.number); });
+      } else {
+        swap(a.number);
+      }
+      schedule(a.expires_at);
+    }
+
+    function schedule(expiresAt) {
+      if (timer) clearTimeout(timer);
+      var ttl = Date.parse(expiresAt) - Date.now();
+      var every = Math.max(15000, Math.min(60000, isNaN(ttl) ? 60000 : ttl / 3));
+      timer = setTimeout(ping, every);
+    }
+
+    function ping() {
+      if (!state.sessionId || document.visibilityState !== "visible") return;
+      post("/v1/sessions/" + encodeURIComponent(state.sessionId) + "/ping", null)
+        .then(apply, function () { post("/v1/sessions", body()).then(apply, function () {}); });
+    }
+
+    document.addEventListener("visibilitychange", function () {
+      if (document.visibilityState === "visible") ping();
+    });
+    state.ready = post("/v1/sessions", body()).then(apply, function () { /* page untouched */ });
+  } catch (e) { /* never break the page */ }
+})();

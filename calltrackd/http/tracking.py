@@ -1,0 +1,294 @@
+"""The tracking side of the HTTP API (SPEC §4): visitor sessions, the site snippet,
+statistics and the webhook admin. Thin: parse and validate, call the domain, answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import secrets
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ..store.base import StoreError
+from ..tracking.model import SessionAnswer, SessionInput, Tracker
+from .api import APP, ApiError, Handler, require_admin
+from .ratelimit import RateLimiter
+
+STATIC = Path(__file__).resolve().parent / "static"
+LIMITER: web.AppKey[RateLimiter] = web.AppKey("session_limiter", RateLimiter)
+
+_SHORT = ("client_id", "ym_uid", "utm_source", "utm_medium", "utm_campaign", "utm_term",
+          "utm_content")
+_LONG = ("referrer", "landing_page")
+MAX_SHORT = 256
+MAX_LONG = 2048
+MAX_CUSTOM = 2048
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _answer(a: SessionAnswer) -> web.Response:
+    return web.json_response({"session_id": a.session_id, "number": a.number, "kind": a.kind,
+                              "expires_at": _iso(a.expires_at)})
+
+
+def _invalid(field: str, message: str) -> ApiError:
+    return ApiError(400, "invalid_field", f"{field}: {message}")
+
+
+def parse_session_body(body: object) -> tuple[str, str | None, SessionInput]:
+    """(public key, session id, visitor fields) or ApiError naming the field.
+    Unknown keys are ignored so that newer snippets work with older daemons."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    key = body.get("tracker")
+    if not isinstance(key, str) or not key:
+        raise _invalid("tracker", "required: the tracker's public_key")
+    session_id = body.get("session_id")
+    if session_id is not None and (not isinstance(session_id, str) or len(session_id) > 64):
+        raise _invalid("session_id", "must be null or a session id string")
+    values: dict[str, Any] = {}
+    for name, limit in [(n, MAX_SHORT) for n in _SHORT] + [(n, MAX_LONG) for n in _LONG]:
+        value = body.get(name)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str) or len(value) > limit:
+            raise _invalid(name, f"must be a string of at most {limit} characters")
+        values[name] = value
+    custom = body.get("custom")
+    if custom is not None:
+        if not isinstance(custom, dict):
+            raise _invalid("custom", "must be an object")
+        if any(not isinstance(v, str | int | float | bool) and v is not None
+               for v in custom.values()):
+            raise _invalid("custom", "values must be strings, numbers, booleans or null")
+        if len(json.dumps(custom)) > MAX_CUSTOM:
+            raise _invalid("custom", f"must be at most {MAX_CUSTOM} bytes of JSON")
+        values["custom"] = custom
+    return key, session_id or None, SessionInput(**values)
+
+
+async def _json(request: web.Request) -> object:
+    try:
+        return await request.json(loads=json.loads)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+
+
+async def create_session(request: web.Request) -> web.Response:
+    app = request.app[APP]
+    key, session_id, fields = parse_session_body(await _json(request))
+    tracker = app.settings.tracker_by_key(key)
+    if tracker is None:
+        raise ApiError(404, "unknown_tracker", "tracker: no tracker has that public_key")
+    now = time.time()
+    if not await _is_renewal(request, session_id) and not request.app[LIMITER].allow(
+            _client(request), now):
+        answer = SessionAnswer("s_" + secrets.token_urlsafe(16), tracker.default_number,
+                               "default", now + tracker.reservation_ttl)
+    else:
+        answer = await app.tracking.create_session(tracker, fields, session_id, now)
+    app.metrics.reservations.labels(tracker.id, answer.kind).inc()
+    return _answer(answer)
+
+
+async def _is_renewal(request: web.Request, session_id: str | None) -> bool:
+    if session_id is None:
+        return False
+    try:
+        return await request.app[APP].store.get_session(session_id) is not None
+    except Exception:
+        return False
+
+
+def _client(request: web.Request) -> str:
+    # Behind a reverse proxy every visitor shares the proxy's address: put calltrackd's
+    # HTTP port on the edge, or raise http.session_rate_limit accordingly.
+    return request.remote or "unknown"
+
+
+async def ping(request: web.Request) -> web.Response:
+    app = request.app[APP]
+    try:
+        answer = await app.tracking.ping(request.match_info["session_id"])
+    except (StoreError, OSError, TimeoutError) as exc:
+        raise ApiError(503, "store_unavailable", f"the store did not answer: {exc}") from None
+    if answer is None:
+        raise ApiError(404, "unknown_session", "no live session with that id")
+    return _answer(answer)
+
+
+_SNIPPET: tuple[bytes, str] | None = None
+
+
+async def snippet(request: web.Request) -> web.Response:
+    global _SNIPPET
+    if _SNIPPET is None:
+        body = (STATIC / "t.js").read_bytes()
+        _SNIPPET = (body, '"' + hashlib.sha256(body).hexdigest()[:16] + '"')
+    body, etag = _SNIPPET
+    headers = {"ETag": etag, "Cache-Control": "public, max-age=300"}
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=body, content_type="application/javascript", charset="utf-8",
+                        headers=headers)
+
+
+# --- statistics ------------------------------------------------------------------------
+
+
+def _window(request: web.Request) -> tuple[datetime, datetime]:
+    from .api import _time_param
+
+    until = _time_param(request, "until") or datetime.now(UTC)
+    since = _time_param(request, "since") or until - timedelta(hours=24)
+    if since > until:
+        raise ApiError(400, "invalid_parameter", "since: must not be after until")
+    return since, until
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _source(src: str | None, medium: str | None) -> str:
+    return f"{src or '(direct)'}/{medium or '(none)'}"
+
+
+async def stats(request: web.Request) -> web.Response:
+    """Per tracker and source: calls, answered, missed, qualified, first-time callers;
+    coverage, accuracy (DOMAIN.md), pool size, peak and the recommended pool size."""
+    require_admin(request)
+    app = request.app[APP]
+    since, until = _window(request)
+    only = request.query.get("tracker") or None
+    calls = await app.store.call_stats(only, since, until)
+    visitors = await app.store.visitor_stats(only, since, until)
+    pools = await app.store.pool_stats(time.time(), since.timestamp())
+    out = []
+    for tracker in app.settings.trackers:
+        if only and tracker.id != only:
+            continue
+        out.append(_tracker_stats(tracker, calls, visitors, pools))
+    return web.json_response({"since": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                              "until": until.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                              "trackers": out})
+
+
+def _tracker_stats(tracker: Tracker, calls: list[Any], visitors: list[Any],
+                   pools: list[Any]) -> dict[str, Any]:
+    mine = [c for c in calls if c.tracker == tracker.id]
+    sources = []
+    totals = dict.fromkeys(("calls", "answered", "missed", "qualified", "first_time"), 0)
+    default_calls = 0
+    for c in mine:
+        row = {"source": (c.channel if c.kind == "static" else
+                          _source(c.utm_source, c.utm_medium) if c.kind in ("dynamic", "expired")
+                          else c.kind),
+               "kind": c.kind, "channel": c.channel, "utm_source": c.utm_source,
+               "utm_medium": c.utm_medium}
+        for k in totals:
+            row[k] = getattr(c, k)
+            totals[k] += getattr(c, k)
+        if c.kind == "default":
+            default_calls += c.calls
+        sources.append(row)
+    vis = [v for v in visitors if v.tracker == tracker.id]
+    all_visitors = sum(v.visitors for v in vis)
+    dynamic = sum(v.dynamic for v in vis)
+    pool_rows = [{
+        "pool": p.pool, "size": p.size, "free": p.free, "reserved": p.reserved,
+        "cooling": p.cooling, "peak": p.peak, "shortfall": p.shortfall,
+        "recommended_size": max(p.size if p.shortfall == 0 else 0, math.ceil(p.peak * 1.2)),
+    } for p in pools if p.tracker == tracker.id]
+    return {
+        "tracker": tracker.id,
+        **totals,
+        "visitors": all_visitors,
+        "coverage": _ratio(dynamic, all_visitors),
+        "accuracy": (round(1 - default_calls / totals["calls"], 4) if totals["calls"]
+                     else None),
+        "sources": sources,
+        "visitor_sources": [{"source": _source(v.utm_source, v.utm_medium),
+                             "visitors": v.visitors, "dynamic": v.dynamic,
+                             "coverage": _ratio(v.dynamic, v.visitors)} for v in vis],
+        "pools": pool_rows,
+    }
+
+
+# --- webhook admin ---------------------------------------------------------------------
+
+
+async def list_webhooks(request: web.Request) -> web.Response:
+    require_admin(request)
+    status = request.query.get("status") or None
+    if status not in (None, "pending", "delivered", "failed"):
+        raise ApiError(400, "invalid_parameter", "status: pending, delivered or failed")
+    limit_s = request.query.get("limit", "100")
+    if not limit_s.isdigit() or not 1 <= int(limit_s) <= 1000:
+        raise ApiError(400, "invalid_parameter", "limit: expected an integer 1..1000")
+    rows = await request.app[APP].store.list_deliveries(status, int(limit_s))
+    return web.json_response({"deliveries": [{
+        "id": d.id, "event_id": d.event_id, "event": d.event, "tracker": d.tracker,
+        "url": d.url, "status": d.status, "attempts": d.attempts, "last_error": d.last_error,
+        "created_at": _iso(d.created_at),
+        "next_attempt_at": _iso(d.next_attempt_at) if d.status == "pending" else None,
+    } for d in rows]})
+
+
+async def resend_webhook(request: web.Request) -> web.Response:
+    require_admin(request)
+    app = request.app[APP]
+    delivery_id = request.match_info["delivery_id"]
+    if not await app.store.requeue(delivery_id, time.time()):
+        raise ApiError(404, "not_found", "no failed or pending delivery with that id")
+    app.webhooks.notify()
+    return web.json_response({"id": delivery_id, "status": "pending"}, status=202)
+
+
+# --- CORS for browsers -----------------------------------------------------------------
+
+_CORS = {
+    "Access-Control-Allow-Origin": "*",  # sessions carry no cookies or credentials
+    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type",
+    "Access-Control-Max-Age": "86400",
+}
+
+
+def _public(path: str) -> bool:
+    return path.startswith("/v1/sessions") or path == "/t.js"
+
+
+@web.middleware
+async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not _public(request.path):
+        return await handler(request)
+    if request.method == "OPTIONS":
+        return web.Response(status=204, headers=_CORS)
+    response = await handler(request)
+    response.headers.update(_CORS)
+    return response
+
+
+def setup(http: web.Application) -> None:
+    """Register the routes, the CORS middleware and the session rate limiter."""
+    settings = http[APP].settings.http
+    http[LIMITER] = RateLimiter(settings.session_rate_limit, settings.session_rate_burst)
+    http.middlewares.insert(0, cors)  # outermost: error answers carry CORS headers too
+    http.add_routes([
+        web.get("/t.js", snippet),
+        web.post("/v1/sessions", create_session),
+        web.post("/v1/sessions/{session_id}/ping", ping),
+        web.get("/v1/stats", stats),
+        web.get("/v1/admin/webhooks", list_webhooks),
+        web.post("/v1/admin/webhooks/{delivery_id}/resend", resend_webhook),
+    ])
