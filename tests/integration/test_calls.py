@@ -219,7 +219,9 @@ def test_all_targets_failing_relays_last_code(plan: Plan,
     assert (cdr["outcome"], cdr["sip_code"]) == ("busy", 486)
 
 
-def test_reinvite_and_info_during_call_are_relayed(plan: Plan, sipp_factory: Callable[..., Sipp]) -> None:
+def test_reinvite_and_info_during_call_are_relayed(
+    plan: Plan, sipp_factory: Callable[..., Sipp]
+) -> None:
     pbx = uas(plan, sipp_factory, "uas_reinvite.xml")
     res = uac(plan, sipp_factory, "uac_reinvite.xml", DID_MAIN).wait(40)
     assert res.ok, res.output  # the caller got the PBX's answer to the hold offer
