@@ -5,6 +5,7 @@ Every process started here is bounded in time and stopped by the fixture that st
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 ADMIN = "test-admin-token"
@@ -224,3 +227,76 @@ def sipp_factory(tmp_path: Path) -> Iterator[Callable[..., Sipp]]:
     yield make
     for s in started:
         s.kill()
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that fails the first `fail_first` requests."""
+
+    port: int
+    fail_first: int = 0
+    received: list[dict[str, Any]] = field(default_factory=list)
+    attempts: int = 0
+    _loop: asyncio.AbstractEventLoop | None = None
+    _runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.attempts += 1
+        if self.attempts <= self.fail_first:
+            return web.Response(status=500, text="not now")
+        self.received.append({
+            "headers": dict(request.headers),
+            "body": body,
+            "json": json.loads(body),
+        })
+        return web.Response(status=204)
+
+    def start(self) -> None:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            app = web.Application()
+            app.router.add_post("/hook", self._handle)
+            self._runner = web.AppRunner(app)
+            loop.run_until_complete(self._runner.setup())
+            loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        assert ready.wait(10)
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [r for r in self.received if r["json"]["event"] == name]
+
+    def wait_event(self, name: str, did: str, timeout: float = 20.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for r in self.events(name):
+                if r["json"]["call"]["did"] == did:
+                    return r
+            time.sleep(0.1)
+        raise AssertionError(f"no {name} for {did}; got {[r['json'] for r in self.received]}")
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver(free_port())
+    r.start()
+    yield r
+    r.stop()
