@@ -1,0 +1,236 @@
+"""Two transaction layers talking through a fake link with a manual clock (h11-style
+pairing): a UAC core against a UAS core, with and without loss. No sockets, no mocks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from calltrackd.sip.endpoint import (
+    AckReceived,
+    Address,
+    Event,
+    MalformedMessage,
+    RequestReceived,
+    ResponseReceived,
+    TransactionLayer,
+    TransactionTimeout,
+    new_branch,
+)
+from calltrackd.sip.message import Headers, Request, Response, parse_message, response_for
+from calltrackd.sip.transaction import ClientInviteTransaction, ServerInviteTransaction
+
+UAC = Address("udp", "127.0.0.1", 5061)
+UAS = Address("udp", "127.0.0.1", 5060)
+
+
+@dataclass
+class Link:
+    """Carries datagrams between the two layers; `drop` decides which are lost."""
+
+    uac: TransactionLayer = field(default_factory=TransactionLayer)
+    uas: TransactionLayer = field(default_factory=TransactionLayer)
+    now: float = 0.0
+    sent: int = 0
+    drop_every: int = 0  # drop every n-th datagram (0: none)
+    uac_events: list[Event] = field(default_factory=list)
+    uas_events: list[Event] = field(default_factory=list)
+
+    def pump(self) -> None:
+        moved = True
+        while moved:
+            moved = False
+            for src, dst, src_addr, events in ((self.uac, self.uas, UAC, self.uas_events),
+                                               (self.uas, self.uac, UAS, self.uac_events)):
+                for data, _dest in src.transmits():
+                    moved = True
+                    self.sent += 1
+                    if self.drop_every and self.sent % self.drop_every == 0:
+                        continue
+                    events.extend(dst.receive(data, src_addr, self.now))
+
+    def advance(self, until: float) -> None:
+        """Run both layers' timers up to `until`, pumping after each step."""
+        while True:
+            deadlines = [t for t in (self.uac.get_timer(), self.uas.get_timer()) if t]
+            if not deadlines or min(deadlines) > until:
+                break
+            self.now = max(self.now, min(deadlines))
+            self.uac_events.extend(self.uac.handle_timer(self.now))
+            self.uas_events.extend(self.uas.handle_timer(self.now))
+            self.pump()
+        self.now = until
+
+
+def invite(method: str = "INVITE", cseq: int = 1, to_tag: str | None = None) -> Request:
+    h = Headers()
+    h.add("Via", f"SIP/2.0/UDP 127.0.0.1:5061;branch={new_branch()};rport")
+    h.add("Max-Forwards", "70")
+    h.add("From", "<sip:+79161234567@127.0.0.1>;tag=uac")
+    h.add("To", "<sip:+74990000001@127.0.0.1>" + (f";tag={to_tag}" if to_tag else ""))
+    h.add("Call-ID", "layer-1@test")
+    h.add("CSeq", f"{cseq} {method}")
+    h.add("Contact", "<sip:uac@127.0.0.1:5061>")
+    return Request(method, "sip:+74990000001@127.0.0.1", h, b"v=0\r\n" if method == "INVITE"
+                   else b"")
+
+
+def answer(link: Link, status: int, txn: ServerInviteTransaction) -> Response:
+    resp = response_for(txn.request, status)
+    resp.headers.set("To", (txn.request.headers.get("To") or "") + ";tag=uas")
+    link.uas.respond(txn, resp, link.now)
+    link.pump()
+    return resp
+
+
+def server_txn(link: Link) -> ServerInviteTransaction:
+    got = [e for e in link.uas_events if isinstance(e, RequestReceived)]
+    assert got, link.uas_events
+    txn = got[-1].transaction
+    assert isinstance(txn, ServerInviteTransaction)
+    return txn
+
+
+def statuses(link: Link) -> list[int]:
+    return [e.response.status for e in link.uac_events if isinstance(e, ResponseReceived)]
+
+
+def test_call_setup_and_ack_for_2xx_stops_retransmission() -> None:
+    link = Link()
+    req = invite()
+    ctxn = link.uac.send_request(req, UAS, link.now)
+    link.pump()
+    stxn = server_txn(link)
+    answer(link, 180, stxn)
+    link.now = 1.0
+    ok = answer(link, 200, stxn)
+    assert statuses(link) == [180, 200]
+    assert isinstance(ctxn, ClientInviteTransaction)
+    ack = invite("ACK", to_tag="uas")
+    link.uac.send_ack(ctxn, ack)
+    link.pump()
+    acks = [e for e in link.uas_events if isinstance(e, AckReceived)]
+    assert len(acks) == 1 and acks[0].transaction is stxn  # matched by Call-ID and CSeq
+    sent_before = link.sent
+    link.advance(40.0)
+    # no 2xx retransmissions after the ACK; both sides forgot the transactions
+    assert link.sent == sent_before
+    assert link.uac.transaction_count == 0 and link.uas.transaction_count == 0
+    assert ok.status == 200
+
+
+def test_every_other_datagram_lost_still_completes() -> None:
+    link = Link(drop_every=2)
+    req = invite()
+    ctxn = link.uac.send_request(req, UAS, link.now)
+    link.pump()
+    link.advance(0.6)  # Timer A brings the INVITE across
+    stxn = server_txn(link)
+    answer(link, 200, stxn)
+    link.advance(5.0)  # Timer G brings the 2xx across
+    assert 200 in statuses(link)
+    assert isinstance(ctxn, ClientInviteTransaction)
+    link.uac.send_ack(ctxn, invite("ACK", to_tag="uas"))
+    link.pump()
+    link.advance(20.0)  # the 2xx is retransmitted until one ACK gets through
+    assert any(isinstance(e, AckReceived) for e in link.uas_events)
+    assert link.uac.retransmissions > 0 and link.uas.retransmissions > 0
+    # a BYE over the same lossy link
+    bye = invite("BYE", cseq=2, to_tag="uas")
+    link.uac.send_request(bye, UAS, link.now)
+    link.pump()
+    link.advance(link.now + 2.0)
+    got = [e for e in link.uas_events if isinstance(e, RequestReceived)
+           and e.request.method == "BYE"]
+    assert len(got) == 1  # retransmissions were absorbed by the server transaction
+    link.uas.respond(got[0].transaction, response_for(got[0].request, 200), link.now)
+    link.pump()
+    link.advance(link.now + 10.0)
+    assert [s for s in statuses(link) if s == 200][-1] == 200
+    assert not any(isinstance(e, TransactionTimeout) and e.timer == "F"
+                   for e in link.uac_events)
+
+
+def test_cancel_is_matched_to_its_invite() -> None:
+    link = Link()
+    req = invite()
+    link.uac.send_request(req, UAS, link.now)
+    link.pump()
+    stxn = server_txn(link)
+    answer(link, 180, stxn)
+    h = Headers()
+    h.add("Via", req.headers.values("Via")[0])
+    for name in ("From", "To", "Call-ID"):
+        h.add(name, req.headers.get(name) or "")
+    h.add("CSeq", "1 CANCEL")
+    h.add("Max-Forwards", "70")
+    link.uac.send_request(Request("CANCEL", req.uri, h), UAS, link.now)
+    link.pump()
+    cancels = [e for e in link.uas_events if isinstance(e, RequestReceived)
+               and e.request.method == "CANCEL"]
+    assert len(cancels) == 1 and cancels[0].cancels is stxn
+
+
+def test_via_received_and_rport_are_stamped_and_responses_follow_rport() -> None:
+    layer = TransactionLayer()
+    req = invite()
+    source = Address("udp", "192.0.2.7", 40000)  # behind NAT: not what Via says
+    events = layer.receive(req.to_bytes(), source, 0.0)
+    (ev,) = events
+    assert isinstance(ev, RequestReceived)
+    via = ev.request.top_via
+    assert via.params["received"] == "192.0.2.7" and via.params["rport"] == "40000"
+    layer.respond(ev.transaction, response_for(ev.request, 100), 0.0)
+    ((data, dest),) = layer.transmits()
+    assert dest == source  # RFC 3581: back to the source port
+    resp = parse_message(data)
+    assert "rport=40000" in (resp.headers.get("Via") or "")
+
+
+def test_without_rport_responses_go_to_the_via_port() -> None:
+    layer = TransactionLayer()
+    req = invite()
+    req.headers.set("Via", "SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bKnorport")
+    (ev,) = layer.receive(req.to_bytes(), Address("udp", "127.0.0.1", 40000), 0.0)
+    assert isinstance(ev, RequestReceived)
+    layer.respond(ev.transaction, response_for(ev.request, 100), 0.0)
+    ((_, dest),) = layer.transmits()
+    assert dest == Address("udp", "127.0.0.1", 5099)
+
+
+def test_tcp_responses_reuse_the_connection() -> None:
+    layer = TransactionLayer()
+    req = invite()
+    req.headers.set("Via", "SIP/2.0/TCP 127.0.0.1:5061;branch=z9hG4bKtcp")
+    peer = Address("tcp", "127.0.0.1", 45678)
+    (ev,) = layer.receive(req.to_bytes(), peer, 0.0)
+    assert isinstance(ev, RequestReceived)
+    layer.respond(ev.transaction, response_for(ev.request, 486), 0.0)
+    ((_, dest),) = layer.transmits()
+    assert dest == peer
+
+
+def test_malformed_request_gets_400_when_a_response_can_be_formed() -> None:
+    layer = TransactionLayer()
+    bad = invite().to_bytes().replace(b"CSeq: 1 INVITE", b"CSeq: 1 BYE")
+    (ev,) = layer.receive(bad, UAC, 0.0)
+    assert isinstance(ev, MalformedMessage) and ev.answered == 400
+    ((data, dest),) = layer.transmits()
+    assert data.startswith(b"SIP/2.0 400 ") and dest == UAC
+    (ev,) = layer.receive(b"\x00\x01garbage\r\n\r\n", UAC, 0.0)
+    assert isinstance(ev, MalformedMessage) and ev.answered is None
+    assert layer.transmits() == []
+
+
+def test_one_timer_heap_for_many_transactions() -> None:
+    layer = TransactionLayer()
+    for i in range(2000):
+        req = invite("OPTIONS")
+        req.headers.set("Call-ID", f"many-{i}")
+        layer.send_request(req, UAS, now=i * 0.001)
+    layer.transmits()
+    assert layer.get_timer() == 0.5  # the earliest Timer E
+    events = layer.handle_timer(0.5)
+    assert events == [] and len(layer.transmits()) == 1  # only the one that was due
+    events = layer.handle_timer(100.0)
+    assert len([e for e in events if isinstance(e, TransactionTimeout)]) == 2000
+    assert layer.transaction_count == 0
