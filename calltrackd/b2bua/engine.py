@@ -127,6 +127,9 @@ class Engine:
             call, leg = found
             call.on_request(leg, txn, req)
             return
+        if not req.uri.lower().startswith(("sip:", "sips:", "tel:")):
+            self._respond(txn, req, 416)  # §8.2.2.1: a Request-URI scheme we do not serve
+            return
         if method == "INVITE":
             self._on_invite(event)
         elif method == "OPTIONS":
@@ -195,9 +198,6 @@ class Engine:
             from_ = req.from_
         except SipSyntaxError:
             self._respond(txn, req, 400)
-            return
-        if ruri.scheme not in ("sip", "sips", "tel"):
-            self._respond(txn, req, 416)
             return
         raw = (ruri.user if carrier.did_from == "ruri" else to.uri.user) or ""
         did = normalize(raw.split(";")[0], carrier.default_country)

@@ -534,8 +534,7 @@ def parse_message(
         try:
             SipURI.parse(uri)
         except SipSyntaxError as exc:
-            status = 416 if ":" in uri and not uri.lower().startswith("sip") else 400
-            raise ParseError(str(exc), status, partial=msg) from None
+            raise ParseError(str(exc), partial=msg) from None
 
     partial = msg if isinstance(msg, Request) else None
     for name in _REQUIRED:
@@ -575,6 +574,10 @@ def parse_message(
                     NameAddr.parse(value)
     except SipSyntaxError as exc:
         raise ParseError(str(exc), partial=partial) from None
+    except ParseError as exc:
+        if exc.partial is None and partial is not None:
+            raise ParseError(exc.reason, exc.status, partial) from None
+        raise
     return msg
 
 
