@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import time
 from typing import Any
@@ -95,6 +96,12 @@ class App:
             store=self.settings.store.url.split("@")[-1],
             trackers=len(self.settings.trackers),
         )
+        # Long-lived objects (config, modules) leave the collector's view, and young
+        # generations are collected less often: a full collection over tens of thousands
+        # of live transactions stalls the loop long enough to cause retransmissions.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         self.systemd.notify("READY=1", "STATUS=accepting calls")
 
     async def drain_and_stop(self) -> None:

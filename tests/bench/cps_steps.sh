@@ -13,8 +13,8 @@ S="$ROOT/tests/scenarios"
 sed -e 's/5060/15360/g; s/8080/18380/; s/5070/15370/; s/level = "info"/level = "warning"/' \
     -e 's/format = "console"/format = "json"/' "$ROOT/config/calltrackd.toml" > "$W/c.toml"
 (cd "$W" && exec "$PY" -m calltrackd run --config c.toml > d.log 2>&1) &
+PID=$!
 sleep 2
-PID=$(pgrep -f "calltrackd run --config c.toml" | head -1)
 sipp -sf "$S/uas_answer.xml" -i 127.0.0.1 -p 15370 -nostdin -bg -timeout 3600s >/dev/null 2>&1 || true
 HZ=$(getconf CLK_TCK)
 printf "%6s %7s %7s %8s %6s %8s\n" rate calls failed retrans cpu% rss_MB
