@@ -16,7 +16,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "WEBHOOK_RESULTS", "Metrics"]
 
 # INVITE handling is sub-millisecond when healthy; the tail shows queueing.
 _SIP_BUCKETS = (
@@ -47,6 +47,8 @@ class Metrics:
         self.webhook_deliveries = Counter("calltrackd_webhook_deliveries",
                                           "Webhook delivery attempts by result", ["result"],
                                           registry=r)
+        for result in WEBHOOK_RESULTS:  # series exist at 0 before the first delivery
+            self.webhook_deliveries.labels(result)
         self.webhook_queue = Gauge("calltrackd_webhook_queue", "Undelivered webhook events",
                                    registry=r)
         self.sip_retransmissions = Counter("calltrackd_sip_retransmissions",
@@ -63,7 +65,8 @@ class Metrics:
         """Counts a SIP message by method or status class without parsing it."""
         head = data[:12]
         if head.startswith(b"SIP/2.0 "):
-            kind = f"{chr(head[8])}xx" if len(head) > 8 else "xxx"
+            cls = head[8:9]
+            kind = f"{cls.decode()}xx" if cls in _STATUS_CLASSES else "other"
         else:
             sp = head.find(b" ")
             kind = head[:sp].decode("ascii", "replace") if sp > 0 else "other"
@@ -75,6 +78,8 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+WEBHOOK_RESULTS = ("ok", "retry", "failed")
+_STATUS_CLASSES = frozenset({b"1", b"2", b"3", b"4", b"5", b"6"})
 _KNOWN_METHODS = frozenset({
     "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE", "INFO", "PRACK", "REGISTER",
     "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH",
