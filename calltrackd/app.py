@@ -23,6 +23,7 @@ from .config import ConfigError, Settings, load_config
 from .http import tracking as tracking_api
 from .http.api import build_http_app
 from .metrics import Metrics
+from .overload import LoopLagMonitor
 from .recorder import Recorder
 from .sdnotify import Notifier
 from .sip.endpoint import TransactionLayer
@@ -59,12 +60,15 @@ class App:
             backoff=ExponentialJitterBackoff(base=wh.backoff_base, cap=wh.backoff_cap))
         self.recorder = Recorder(self.tracking, self.metrics, self.webhooks.notify)
         self.engine = Engine(self.stack, lambda: self.settings, self.recorder)
+        self.load = LoopLagMonitor()
+        self.engine.overloaded = lambda: self.load.overloaded
         self.http_runner: web.AppRunner | None = None
         self.http_port: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._workers_stop = asyncio.Event()
         self._sip_up = False
         self._retrans_seen = 0
+        self._rejects_seen = 0
         self.systemd = Notifier()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -75,6 +79,7 @@ class App:
         await self.stack.start([Listen(x.transport, x.host, x.port)
                                 for x in self.settings.sip.listen])
         self._sip_up = True
+        self.load.start()
         http = build_http_app(self)
         tracking_api.setup(http)
         self.http_runner = web.AppRunner(http, access_log=None, handle_signals=False)
@@ -126,6 +131,7 @@ class App:
             await asyncio.wait(self._tasks, timeout=10.0)
         if self.http_runner is not None:
             await self.http_runner.cleanup()
+        self.load.stop()
         await self.stack.close()
         self._sip_up = False
         await self.store.close()
@@ -148,6 +154,8 @@ class App:
     async def refresh_gauges(self) -> None:
         m = self.metrics
         m.active_calls.set(self.engine.active_calls)
+        m.overload_rejects.inc(self.engine.rejected_overload - self._rejects_seen)
+        self._rejects_seen = self.engine.rejected_overload
         retrans = self.stack.layer.retransmissions
         m.sip_retransmissions.inc(retrans - self._retrans_seen)
         self._retrans_seen = retrans

@@ -58,6 +58,7 @@ class Engine:
         self.dialogs: dict[tuple[str, str], tuple[Call, Leg]] = {}  # (Call-ID, our tag)
         self.draining = False
         self.rejected_overload = 0
+        self.overloaded: Callable[[], bool] = lambda: False
         stack.on_events = self.handle
 
     @property
@@ -180,7 +181,8 @@ class Engine:
             self._respond(txn, req, 503, {"Retry-After": "5"})
             return
         max_calls = settings.sip.max_calls
-        if max_calls and len(self.calls) >= max_calls:
+        if (max_calls and len(self.calls) >= max_calls) or self.overloaded():
+            # shed, don't queue: a late answer costs the calls already accepted
             self.rejected_overload += 1
             self._respond(txn, req, 503, {"Retry-After": "1"})
             return

@@ -40,6 +40,25 @@ def is_ipv6(host: str) -> bool:
         return False
 
 
+UDP_BUFFER = 4 * 1024 * 1024
+
+
+def _grow_buffers(sock: socket.socket) -> None:
+    """A burst of datagrams must wait in the kernel, not be dropped, while the loop
+    finishes what it is doing (the load shedder keeps that wait short). The kernel caps
+    SO_RCVBUF at net.core.rmem_max; SO_RCVBUFFORCE passes the cap when we may."""
+    for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
+                         (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
+        for opt in (force, plain):
+            if opt is None:
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, UDP_BUFFER)
+                break
+            except OSError:
+                continue
+
+
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, stack: SipStack) -> None:
         self.stack = stack
@@ -131,6 +150,8 @@ class SipStack:
                 )
                 self._udp.setdefault(family, proto)
                 sock = proto.transport.get_extra_info("socket") if proto.transport else None
+                if sock is not None:
+                    _grow_buffers(sock)
                 port = sock.getsockname()[1] if sock else spec.port
             elif spec.transport == "tcp":
                 server = await loop.create_server(
