@@ -153,6 +153,7 @@ class App:
 
     async def refresh_gauges(self) -> None:
         m = self.metrics
+        await self.health()  # sets calltrackd_store_up: scrapers need not call /healthz
         m.active_calls.set(self.engine.active_calls)
         m.overload_rejects.inc(self.engine.rejected_overload - self._rejects_seen)
         self._rejects_seen = self.engine.rejected_overload
