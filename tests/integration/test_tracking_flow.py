@@ -186,3 +186,66 @@ def test_webhook_survives_failing_receiver_and_restart(
     for ids in by_event.values():
         assert len(set(ids)) == 1
     assert receiver.attempts >= 3 + 3
+
+
+def test_stats_count_calls_coverage_accuracy_and_pool_use(
+    env: Env, receiver: Receiver, sipp_factory: Callable[..., Sipp]
+) -> None:
+    sessions = []
+    for source in ("google", "google", "yandex", "google"):  # 4 visitors, 3 pool numbers
+        status, s = env.daemon.http("POST", "/v1/sessions", {
+            "tracker": "pk_acme", "utm_source": source, "utm_medium": "cpc"}, admin=False)
+        assert status == 200
+        sessions.append(s)
+    assert [s["kind"] for s in sessions] == ["dynamic"] * 3 + ["default"]
+    call(env, sipp_factory, sessions[0]["number"], 1200)  # qualified (>= 1 s)
+    call(env, sipp_factory, DEFAULT, 200)  # a call to the default number: not qualified
+    receiver.wait_event("call.ended", DEFAULT)
+    status, body = env.daemon.http("GET", "/v1/stats?tracker=acme")
+    assert status == 200, body
+    (acme,) = body["trackers"]
+    assert (acme["calls"], acme["answered"], acme["missed"]) == (2, 2, 0)
+    assert acme["qualified"] == 1 and acme["first_time"] == 1
+    assert acme["visitors"] == 4 and acme["coverage"] == 0.75
+    assert acme["accuracy"] == 0.5  # 1 - calls to the default number / all calls
+    by_source = {s["source"]: s for s in acme["sources"]}
+    assert by_source["google/cpc"]["calls"] == 1 and by_source["default"]["calls"] == 1
+    (pool,) = acme["pools"]
+    assert (pool["size"], pool["reserved"], pool["free"]) == (3, 3, 0)
+    assert pool["peak"] == 3 and pool["shortfall"] == 1
+    assert pool["recommended_size"] == 4  # ceil(peak * 1.2)
+    status, _ = env.daemon.http("GET", "/v1/stats", admin=False)
+    assert status == 401
+
+
+def test_failed_webhook_is_listed_and_resent_by_the_admin_api(
+    tmp_path: Path, receiver: Receiver, sipp_factory: Callable[..., Sipp]
+) -> None:
+    sip, http, pbx = free_port(), free_port(), free_port()
+    cfg = config(sip, http, pbx, receiver.url).replace(
+        'backoff_cap = "1s"', 'backoff_cap = "1s"\nmax_age = "1s"')
+    env = Env(tmp_path, start_daemon(tmp_path, cfg, sip, http), pbx, cfg)
+    try:
+        receiver.fail_first = 10**6  # the CRM is down for good
+        call(env, sipp_factory, STATIC, 200)
+        deadline = time.monotonic() + 20
+        failed: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and len(failed) < 3:
+            status, body = env.daemon.http("GET", "/v1/admin/webhooks?status=failed")
+            assert status == 200
+            failed = body["deliveries"]
+            time.sleep(0.2)
+        assert sorted(d["event"] for d in failed) == ["call.answered", "call.ended",
+                                                       "call.started"]
+        assert all(d["attempts"] >= 1 and d["last_error"] for d in failed)
+        receiver.fail_first = 0
+        receiver.attempts = 0
+        ended = next(d for d in failed if d["event"] == "call.ended")
+        status, body = env.daemon.http("POST", f"/v1/admin/webhooks/{ended['id']}/resend")
+        assert status == 202, body
+        got = receiver.wait_event("call.ended", STATIC)
+        assert got["json"]["event_id"] == ended["event_id"]  # the same event, sent again
+        status, _ = env.daemon.http("POST", "/v1/admin/webhooks/dlv_nope/resend")
+        assert status == 404
+    finally:
+        env.daemon.stop()
