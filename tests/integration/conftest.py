@@ -60,6 +60,7 @@ class Daemon:
     config: Path
     log: Path
     extra: dict[str, Any] = field(default_factory=dict)
+    admin_token: str = ADMIN
 
     @property
     def base(self) -> str:
@@ -70,7 +71,7 @@ class Daemon:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method)
         if admin:
-            req.add_header("Authorization", f"Bearer {ADMIN}")
+            req.add_header("Authorization", f"Bearer {self.admin_token}")
         if data is not None:
             req.add_header("Content-Type", "application/json")
         for k, v in (headers or {}).items():
