@@ -1,0 +1,494 @@
+"""The shared store for several calltrackd nodes: Redis (redis.asyncio, hiredis parser).
+
+Same behaviour as the SQLite store, built so that any node can serve any request:
+- reservations are two sorted sets per pool (free numbers by the time they may be handed
+  out, held numbers by expiry) changed only by Lua scripts (`redis_lua.py`), so allocation
+  is atomic across nodes and takes the number idle longest;
+- the webhook outbox is a sorted set of due deliveries; handing deliveries out leases them
+  (their due time moves 60 s ahead in the same script), so two nodes polling together
+  never send the same delivery at once, and a node that dies mid-delivery leaves the
+  lease to expire and another node to retry. We chose the sorted-set lease over Streams
+  consumer groups because deliveries are rescheduled at arbitrary times (backoff), which
+  a stream models poorly (pending entries would have to be claimed and re-added);
+- a CDR and its outbox rows are written by one script, so they land together.
+
+Every Redis failure surfaces as StoreError within about a second (short socket timeouts):
+the tracking service then keeps records in memory and calls go on (fail open).
+Durability is Redis's: run it with `appendonly yes` (docs/redis.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from calltrackd.store import redis_lua as lua
+from calltrackd.store.base import (
+    CallStats,
+    PoolStats,
+    StoreError,
+    VisitorStats,
+    decode_call,
+    decode_cursor,
+    decode_session,
+    encode_call,
+    encode_cursor,
+    encode_session,
+    timestamp,
+)
+from calltrackd.tracking.model import (
+    CallRecord,
+    Hold,
+    Tracker,
+    VisitorSession,
+    WebhookDelivery,
+)
+
+T = TypeVar("T")
+SESSION_TTL = 30 * 86400
+LEASE = 60.0
+_MAX_LIMIT = 1000
+_SEP = "\x1f"
+
+
+def _hour(ts: float) -> str:
+    return str(int(ts // 3600))
+
+
+def _s(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _lower(value: str | None) -> str:
+    return (value or "").lower()
+
+
+class RedisStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._r: aioredis.Redis | None = None
+        self._scripts: dict[str, Any] = {}
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"store.url: not a redis URL: {url!r}")
+        return cls(url)
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    @property
+    def r(self) -> aioredis.Redis:
+        if self._r is None:
+            raise StoreError("store is closed")
+        return self._r
+
+    async def _do(self, aw: Awaitable[T] | Any) -> Any:
+        try:
+            return await aw
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    async def _script(self, name: str, *args: Any) -> Any:
+        return await self._do(self._scripts[name](args=list(args)))
+
+    async def open(self) -> None:
+        # a bounded pool where a burst of requests waits for a connection (up to 1 s)
+        # instead of opening hundreds or failing
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=64, timeout=1.0, socket_connect_timeout=0.5,
+            socket_timeout=1.0, health_check_interval=5)
+        self._r = aioredis.Redis.from_pool(pool)
+        for name in ("RESERVE", "RENEW", "RELEASE", "COUNTS", "SYNC_POOL", "DROP_POOL",
+                     "LEASE_DUE", "SAVE_CALL"):
+            self._scripts[name] = self._r.register_script(getattr(lua, name))
+
+    async def close(self) -> None:
+        if self._r is not None:
+            await self._r.aclose()
+            self._r = None
+
+    async def ping(self) -> None:
+        await self._do(self.r.ping())
+
+    # --- visitor sessions --------------------------------------------------------------
+
+    async def create_session(self, session: VisitorSession, dynamic: bool) -> None:
+        key = f"ctd:s:{session.id}"
+        vis = f"ctd:vis:{session.tracker}:{_hour(session.first_seen)}"
+        field = f"{_lower(session.utm_source)}{_SEP}{_lower(session.utm_medium)}"
+
+        async def run() -> None:
+            async with self.r.pipeline(transaction=True) as p:
+                p.hset(key, mapping={"data": encode_session(session), "dyn": int(dynamic)})
+                p.expire(key, SESSION_TTL)
+                p.hincrby(vis, field + f"{_SEP}all", 1)
+                if dynamic:
+                    p.hincrby(vis, field + f"{_SEP}dyn", 1)
+                p.expire(vis, 40 * 86400)
+                p.sadd("ctd:vtrackers", session.tracker)
+                await p.execute()
+
+        await self._do(run())
+
+    async def get_session(self, session_id: str) -> VisitorSession | None:
+        data = await self._do(self.r.hget(f"ctd:s:{session_id}", "data"))
+        return decode_session(_s(data) or "") if data else None
+
+    async def touch_session(self, session_id: str, now: float, dynamic: bool = False) -> None:
+        key = f"ctd:s:{session_id}"
+        raw = await self._do(self.r.hmget(key, ["data", "dyn"]))
+        if not raw[0]:
+            return
+        session = decode_session(_s(raw[0]) or "")
+        from dataclasses import replace
+
+        updated = replace(session, last_seen=max(session.last_seen, now))
+
+        async def run() -> None:
+            async with self.r.pipeline(transaction=True) as p:
+                p.hset(key, "data", encode_session(updated))
+                p.expire(key, SESSION_TTL)
+                if dynamic and _s(raw[1]) != "1":
+                    p.hset(key, "dyn", 1)
+                    field = f"{_lower(session.utm_source)}{_SEP}{_lower(session.utm_medium)}"
+                    p.hincrby(f"ctd:vis:{session.tracker}:{_hour(session.first_seen)}",
+                              field + f"{_SEP}dyn", 1)
+                await p.execute()
+
+        await self._do(run())
+
+    # --- reservations ------------------------------------------------------------------
+
+    async def sync_pools(self, trackers: Sequence[Tracker]) -> None:
+        keep = set()
+        for t in trackers:
+            for pool in t.pools:
+                key = f"{t.id}:{pool.name}"
+                keep.add(key)
+                await self._script("SYNC_POOL", key, t.id, pool.name, t.cooldown,
+                                   *pool.numbers)
+                await self._do(self.r.hset(
+                    "ctd:poolnames", key, json.dumps([t.id, pool.name])))
+        for raw in await self._do(self.r.smembers("ctd:pools")):
+            key = _s(raw) or ""
+            if key not in keep:
+                await self._script("DROP_POOL", key)
+                await self._do(self.r.hdel("ctd:poolnames", key))
+
+    @staticmethod
+    def _hold(raw: Any, tracker: str, pool: str) -> Hold | None:
+        if not raw:
+            return None
+        n, session, start, until = raw
+        return Hold(_s(n) or "", _s(session) or "", tracker, pool, float(start), float(until))
+
+    async def reserve(
+        self, tracker: str, pool: str, session_id: str, now: float, ttl: float
+    ) -> Hold | None:
+        raw = await self._script("RESERVE", f"{tracker}:{pool}", session_id, now, ttl,
+                                 _hour(now))
+        if not raw:
+            return None
+        return await self._hold_of(raw)
+
+    async def _hold_of(self, raw: Any) -> Hold | None:
+        number = _s(raw[0]) or ""
+        meta = await self._do(self.r.hmget(f"ctd:num:{number}", ["tracker", "pool"]))
+        return self._hold(raw, _s(meta[0]) or "", _s(meta[1]) or "")
+
+    async def renew(self, session_id: str, now: float, ttl: float) -> Hold | None:
+        raw = await self._script("RENEW", session_id, now, ttl, _hour(now))
+        return await self._hold_of(raw) if raw else None
+
+    async def release(self, session_id: str, now: float) -> bool:
+        return bool(await self._script("RELEASE", session_id, now))
+
+    async def holders(self, number: str, now: float) -> tuple[Hold | None, Hold | None]:
+        h = await self._do(self.r.hgetall(f"ctd:num:{number}"))
+        if not h:
+            return None, None
+        f = {_s(k): _s(v) for k, v in h.items()}
+        tracker, pool = f.get("tracker") or "", f.get("pool") or ""
+
+        def hold(prefix: str) -> Hold | None:
+            session = f.get(prefix)
+            if not session:
+                return None
+            return Hold(number, session, tracker, pool, float(f[f"{prefix}_start"] or 0),
+                        float(f[f"{prefix}_until"] or 0))
+
+        current, last = hold("cur"), hold("last")
+        if current is not None and current.until <= now:
+            return None, current  # lapsed: not yet moved by a script, but over
+        return current, last
+
+    async def pool_stats(self, now: float, since: float | None = None) -> list[PoolStats]:
+        names = await self._do(self.r.hgetall("ctd:poolnames"))
+        out = []
+        since_hour = int(since // 3600) if since is not None else None
+        for key_b, val in sorted(names.items()):
+            key = _s(key_b) or ""
+            tracker, pool = json.loads(_s(val) or "[]")
+            size, free, reserved, cooling = await self._script("COUNTS", key, now)
+            peaks = await self._do(self.r.hgetall(f"ctd:peak:{key}"))
+            shorts = await self._do(self.r.hgetall(f"ctd:short:{key}"))
+            p = {_s(k): int(v) for k, v in peaks.items()}
+            s = {_s(k): int(v) for k, v in shorts.items()}
+
+            def in_window(hour: str | None) -> bool:
+                return (hour is not None and hour != "all"
+                        and (since_hour is None or int(hour) >= since_hour))
+
+            out.append(PoolStats(
+                tracker=tracker, pool=pool, size=int(size), free=int(free),
+                reserved=int(reserved), cooling=int(cooling),
+                peak=max([v for h, v in p.items() if in_window(h)], default=0),
+                peak_all_time=p.get("all", 0),
+                shortfall=sum(v for h, v in s.items() if in_window(h)),
+            ))
+        return out
+
+    # --- caller history ----------------------------------------------------------------
+
+    async def caller_seen(self, tracker: str, caller: str) -> bool:
+        return bool(await self._do(self.r.sismember(f"ctd:callers:{tracker}", caller)))
+
+    async def record_caller(self, tracker: str, caller: str, now: float) -> None:
+        await self._do(self.r.sadd(f"ctd:callers:{tracker}", caller))
+
+    # --- call records ------------------------------------------------------------------
+
+    async def save_call(
+        self, record: CallRecord, deliveries: Sequence[WebhookDelivery] = ()
+    ) -> None:
+        args: list[Any] = [record.id, record.tracker, timestamp(record.started_at),
+                           record.caller if record.caller != "anonymous" else "",
+                           encode_call(record), len(deliveries)]
+        for d in deliveries:
+            args += [d.id, d.event_id, d.event, d.tracker, d.url, d.body, d.created_at,
+                     d.next_attempt_at]
+        await self._script("SAVE_CALL", *args)
+
+    async def get_call(self, call_id: str) -> CallRecord | None:
+        raw = await self._do(self.r.get(f"ctd:call:{call_id}"))
+        return decode_call(_s(raw) or "") if raw else None
+
+    async def _calls_in(self, tracker: str | None, since: datetime | None,
+                        until: datetime | None, top: float | str | None = None,
+                        batch: int = 500, offset: int = 0) -> list[tuple[str, float]]:
+        key = f"ctd:calls:{tracker}" if tracker else "ctd:calls"
+        hi: float | str = top if top is not None else (
+            f"({timestamp(until)}" if until else "+inf")
+        lo: float | str = timestamp(since) if since else "-inf"
+        rows = await self._do(self.r.zrevrangebyscore(
+            key, hi, lo, start=offset, num=batch, withscores=True))
+        return [(_s(m) or "", float(sc)) for m, sc in rows]
+
+    async def list_calls(
+        self,
+        tracker: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        outcome: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[CallRecord], str | None]:
+        limit = max(1, min(limit, _MAX_LIMIT))
+        after: tuple[float, str] | None = decode_cursor(cursor) if cursor else None
+        top: float | str | None = None
+        if after is not None:
+            top = after[0]
+            if until is not None and timestamp(until) <= after[0]:
+                top = f"({timestamp(until)}"
+        found: list[tuple[CallRecord, float]] = []
+        offset = 0
+        while len(found) <= limit:
+            rows = await self._calls_in(tracker, since, until, top, 500, offset)
+            if not rows:
+                break
+            offset += len(rows)
+            ids = [(cid, ts) for cid, ts in rows
+                   if after is None or ts < after[0] or (ts == after[0] and cid < after[1])]
+            if not ids:
+                continue
+            raws = await self._do(self.r.mget([f"ctd:call:{c}" for c, _ in ids]))
+            for (_cid, ts), raw in zip(ids, raws, strict=True):
+                if raw is None:
+                    continue
+                rec = decode_call(_s(raw) or "")
+                if outcome is None or rec.outcome == outcome:
+                    found.append((rec, ts))
+                    if len(found) > limit:
+                        break
+        page = found[:limit]
+        more = len(found) > limit
+        return [r for r, _ in page], (encode_cursor(page[-1][1], page[-1][0].id)
+                                      if more else None)
+
+    # --- webhook outbox ----------------------------------------------------------------
+
+    def _delivery(self, h: dict[Any, Any]) -> WebhookDelivery:
+        f = {_s(k): v for k, v in h.items()}
+
+        def s(name: str) -> str:
+            return _s(f.get(name)) or ""
+
+        return WebhookDelivery(
+            id=s("id"), event_id=s("event_id"), event=s("event"), tracker=s("tracker"),
+            url=s("url"), body=bytes(f.get("body") or b""),
+            created_at=float(s("created_at") or 0), attempts=int(s("attempts") or 0),
+            next_attempt_at=float(s("next_attempt_at") or 0),
+            status=s("status") or "pending",  # type: ignore[arg-type]
+            last_error=s("last_error") or None,
+        )
+
+    async def _deliveries(self, ids: Sequence[str]) -> list[WebhookDelivery]:
+        async def run() -> list[Any]:
+            async with self.r.pipeline(transaction=False) as p:
+                for i in ids:
+                    p.hgetall(f"ctd:dlv:{i}")
+                return list(await p.execute())
+
+        return [self._delivery(h) for h in await self._do(run()) if h]
+
+    async def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]:
+        ids = [_s(i) or "" for i in await self._script("LEASE_DUE", now, limit, LEASE)]
+        return await self._deliveries(ids) if ids else []
+
+    async def mark_delivered(self, delivery_id: str, now: float) -> None:
+        key = f"ctd:dlv:{delivery_id}"
+
+        async def run() -> None:
+            async with self.r.pipeline(transaction=True) as p:
+                p.hset(key, mapping={"status": "delivered", "last_error": ""})
+                p.hincrby(key, "attempts", 1)
+                p.zrem("ctd:outbox:due", delivery_id)
+                await p.execute()
+
+        await self._do(run())
+
+    async def reschedule(
+        self, delivery_id: str, attempts: int, next_attempt_at: float, error: str
+    ) -> None:
+        async def run() -> None:
+            async with self.r.pipeline(transaction=True) as p:
+                p.hset(f"ctd:dlv:{delivery_id}", mapping={
+                    "attempts": attempts, "next_attempt_at": next_attempt_at,
+                    "last_error": error})
+                p.zadd("ctd:outbox:due", {delivery_id: next_attempt_at})
+                await p.execute()
+
+        await self._do(run())
+
+    async def mark_failed(self, delivery_id: str, attempts: int, error: str) -> None:
+        async def run() -> None:
+            async with self.r.pipeline(transaction=True) as p:
+                p.hset(f"ctd:dlv:{delivery_id}", mapping={
+                    "status": "failed", "attempts": attempts, "last_error": error})
+                p.zrem("ctd:outbox:due", delivery_id)
+                await p.execute()
+
+        await self._do(run())
+
+    async def list_deliveries(self, status: str | None, limit: int) -> list[WebhookDelivery]:
+        out: list[WebhookDelivery] = []
+        offset = 0
+        while len(out) < limit:
+            ids = await self._do(self.r.zrevrange("ctd:outbox:all", offset, offset + 499))
+            if not ids:
+                break
+            offset += len(ids)
+            for d in await self._deliveries([_s(i) or "" for i in ids]):
+                if status is None or d.status == status:
+                    out.append(d)
+        return out[:limit]
+
+    async def requeue(self, delivery_id: str, now: float) -> bool:
+        key = f"ctd:dlv:{delivery_id}"
+        status = _s(await self._do(self.r.hget(key, "status")))
+        if status not in ("failed", "pending"):
+            return False
+
+        async def run() -> None:
+            async with self.r.pipeline(transaction=True) as p:
+                p.hset(key, mapping={"status": "pending", "next_attempt_at": now})
+                p.zadd("ctd:outbox:due", {delivery_id: now})
+                await p.execute()
+
+        await self._do(run())
+        return True
+
+    async def pending_count(self) -> int:
+        return int(await self._do(self.r.zcard("ctd:outbox:due")))
+
+    # --- statistics --------------------------------------------------------------------
+
+    async def call_stats(
+        self,
+        tracker: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[CallStats]:
+        """Aggregated from the CDRs in the window (one pass; admin use)."""
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        offset = 0
+        while True:
+            rows = await self._calls_in(tracker, since, until, None, 1000, offset)
+            if not rows:
+                break
+            offset += len(rows)
+            raws = await self._do(self.r.mget(
+                [f"ctd:call:{c}" for c, _ in rows]))
+            for raw in raws:
+                if raw is None:
+                    continue
+                rec = decode_call(_s(raw) or "")
+                att = rec.attribution
+                sess = att.session if att else None
+                key = (rec.tracker, att.kind if att else "none", att.channel if att else None,
+                       _lower(sess.utm_source) or None if sess else None,
+                       _lower(sess.utm_medium) or None if sess else None)
+                g = groups.setdefault(key, [0, 0, 0, 0, 0])
+                g[0] += 1
+                g[1] += rec.outcome == "answered"
+                g[2] += rec.outcome is not None and rec.outcome != "answered"
+                g[3] += rec.qualified is True
+                g[4] += rec.first_time_caller is True
+        return [CallStats(*k, *v) for k, v in sorted(groups.items(),
+                                                     key=lambda kv: (kv[0][0], -kv[1][0]))]
+
+    async def visitor_stats(
+        self,
+        tracker: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[VisitorStats]:
+        """From hourly counters (hour granularity, like the pools' peaks)."""
+        lo = int(timestamp(since) // 3600) if since else None
+        hi = math.ceil(timestamp(until) / 3600) if until else None
+        trackers = [tracker] if tracker else sorted(
+            _s(k) or "" for k in await self._do(self.r.smembers("ctd:vtrackers")))
+        acc: dict[tuple[str, str, str], list[int]] = {}
+        for t in trackers:
+            if lo is None or hi is None:
+                keys = [_s(k) or "" for k in await self._do(self.r.keys(f"ctd:vis:{t}:*"))]
+            else:
+                keys = [f"ctd:vis:{t}:{h}" for h in range(lo, hi)]
+            for key in keys:
+                counts = await self._do(self.r.hgetall(key))
+                for field_b, v in counts.items():
+                    src, med, what = (_s(field_b) or "").split(_SEP)
+                    g = acc.setdefault((t, src, med), [0, 0])
+                    g[0 if what == "all" else 1] += int(v)
+        return [VisitorStats(t, src or None, med or None, v[0], v[1])
+                for (t, src, med), v in sorted(acc.items(), key=lambda kv: (kv[0][0],
+                                                                             -kv[1][0]))]
