@@ -152,6 +152,9 @@ class Store(Protocol):
         """Make a failed (or pending) delivery due now; False if unknown or delivered."""
 
     async def pending_count(self) -> int: ...
+    async def unlease(self, delivery_ids: Sequence[str]) -> None:
+        """Rows `due_deliveries` handed out that the caller will not send now: due again
+        at once. A store without leases (SQLite) has nothing to do."""
 
     # --- statistics (/v1/stats) ------------------------------------------------------
     async def call_stats(

@@ -108,7 +108,7 @@ class RedisStore:
             socket_timeout=1.0, health_check_interval=5)
         self._r = aioredis.Redis.from_pool(pool)
         for name in ("RESERVE", "RENEW", "RELEASE", "COUNTS", "SYNC_POOL", "DROP_POOL",
-                     "LEASE_DUE", "SAVE_CALL"):
+                     "LEASE_DUE", "UNLEASE", "SAVE_CALL"):
             self._scripts[name] = self._r.register_script(getattr(lua, name))
 
     async def close(self) -> None:
@@ -426,6 +426,10 @@ class RedisStore:
 
         await self._do(run())
         return True
+
+    async def unlease(self, delivery_ids: Sequence[str]) -> None:
+        if delivery_ids:
+            await self._script("UNLEASE", *delivery_ids)
 
     async def pending_count(self) -> int:
         return int(await self._do(self.r.zcard("ctd:outbox:due")))

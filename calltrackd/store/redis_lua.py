@@ -164,6 +164,18 @@ end
 return ids
 """
 
+# Give back leased rows the worker did not start (endpoint busy, batch full): due again at
+# their own next attempt time. ARGV: delivery ids
+UNLEASE = """
+for _, id in ipairs(ARGV) do
+  if redis.call('ZSCORE', 'ctd:outbox:due', id) then
+    local at = redis.call('HGET', 'ctd:dlv:' .. id, 'next_attempt_at')
+    if at then redis.call('ZADD', 'ctd:outbox:due', tonumber(at), id) end
+  end
+end
+return 1
+"""
+
 # A CDR and its outbox rows in one step. KEYS: none.
 # ARGV: id, tracker, started_ts, caller, json, ndeliveries, then per delivery:
 #       id, event_id, event, tracker, url, body, created_at, next_attempt_at

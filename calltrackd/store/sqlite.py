@@ -546,6 +546,9 @@ class SqliteStore:
         )
         return changed > 0
 
+    async def unlease(self, delivery_ids: Sequence[str]) -> None:
+        return None  # due rows are not leased here: each poll sees them again
+
     async def pending_count(self) -> int:
         sql = "SELECT count(*) FROM deliveries WHERE status = 'pending'"
         n: int = (await self._read(lambda c: c.execute(sql).fetchone()))[0]
@@ -575,6 +578,7 @@ class SqliteStore:
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> list[VisitorStats]:
+        await self._flush_behind()  # sessions are written behind: count the newest too
         where, args = self._where(tracker, since, until, col="first_seen")
         sql = (
             f"SELECT tracker, utm_source, utm_medium, count(*), total(dynamic) FROM sessions{where}"

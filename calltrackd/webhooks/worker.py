@@ -29,7 +29,7 @@ import contextlib
 import functools
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Final, Literal, Protocol
 
@@ -82,6 +82,10 @@ class OutboxStore(Protocol):
     async def mark_failed(self, delivery_id: str, attempts: int, error: str) -> None: ...
 
     async def pending_count(self) -> int: ...
+
+    async def unlease(self, delivery_ids: Sequence[str]) -> None:
+        """Rows handed out by `due_deliveries` that will not be sent now: due again."""
+        ...
 
 
 class DeliveryInFlightError(RuntimeError):
@@ -234,18 +238,24 @@ class WebhookWorker:
             _log.warning("webhook_store_error", op="due_deliveries", exc_info=True)
             return False
         more = len(due) >= limit
+        skipped: list[str] = []
         for delivery in due:
             if delivery.id in self._in_flight or delivery.id in self._unrecorded:
                 continue
-            if len(self._in_flight) >= self._batch:
-                more = True
-                break
             key = endpoint_key(delivery.url)
-            if self._busy[key] >= self._per_endpoint:
-                more = True  # picked up when one of this endpoint's requests ends
+            if len(self._in_flight) >= self._batch or self._busy[key] >= self._per_endpoint:
+                more = True  # picked up when one of the running requests ends
+                skipped.append(delivery.id)
                 continue
             self._start(delivery, key)
         self._more_due = more
+        if skipped:
+            # a store that leased these rows to us (Redis) hands them out again now,
+            # not when the lease runs out
+            try:
+                await self._store.unlease(skipped)
+            except Exception:
+                _log.warning("webhook_store_error", op="unlease", exc_info=True)
         return True
 
     def _start(self, delivery: WebhookDelivery, key: str) -> None:

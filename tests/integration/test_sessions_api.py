@@ -17,7 +17,8 @@ POOL = [f"+7499100{i:04d}" for i in range(100)]
 DEFAULT = "+74990009999"
 
 
-def config(sip: int, http: int, rate: str = "session_rate_limit = 0") -> str:
+def config(sip: int, http: int, rate: str = "session_rate_limit = 0",
+           store: str = "sqlite:///./var/calltrackd.db") -> str:
     return f"""
 [sip]
 listen = ["udp:127.0.0.1:{sip}"]
@@ -26,7 +27,7 @@ listen = "127.0.0.1:{http}"
 admin_token = "{ADMIN}"
 {rate}
 [store]
-url = "sqlite:///./var/calltrackd.db"
+url = "{store}"
 [log]
 level = "warning"
 [[carriers]]
@@ -112,9 +113,9 @@ def test_cors_preflight_and_headers(daemon: Daemon) -> None:
         assert len(resp.read()) < 6000
 
 
-def test_1000_concurrent_visitors_against_a_pool_of_100(tmp_path: Path) -> None:
+def test_1000_concurrent_visitors_against_a_pool_of_100(tmp_path: Path, store_url: str) -> None:
     sip, http = free_port(), free_port()
-    text = config(sip, http).replace(
+    text = config(sip, http, store=store_url).replace(
         f"numbers = {json.dumps(POOL[:3])}", f'numbers = ["{DEFAULT[:-1]}8"]').replace(
         f"numbers = {json.dumps(POOL[3:])}", f"numbers = {json.dumps(POOL)}")
     daemon = start_daemon(tmp_path, text, sip, http)

@@ -24,7 +24,8 @@ DEFAULT = "+74990000010"
 STATIC = "+74990000100"
 
 
-def config(sip: int, http: int, pbx: int, hook: str) -> str:
+def config(sip: int, http: int, pbx: int, hook: str,
+           store: str = "sqlite:///./var/calltrackd.db") -> str:
     return f"""
 [sip]
 listen = ["udp:127.0.0.1:{sip}"]
@@ -35,7 +36,7 @@ listen = "127.0.0.1:{http}"
 admin_token = "{ADMIN}"
 
 [store]
-url = "sqlite:///./var/calltrackd.db"
+url = "{store}"
 
 [log]
 level = "info"
@@ -78,9 +79,9 @@ class Env:
 
 
 @pytest.fixture
-def env(tmp_path: Path, receiver: Receiver) -> Iterator[Env]:
+def env(tmp_path: Path, receiver: Receiver, store_url: str) -> Iterator[Env]:
     sip, http, pbx = free_port(), free_port(), free_port()
-    cfg = config(sip, http, pbx, receiver.url)
+    cfg = config(sip, http, pbx, receiver.url, store_url)
     daemon = start_daemon(tmp_path, cfg, sip, http)
     e = Env(tmp_path, daemon, pbx, cfg)
     yield e
@@ -219,10 +220,10 @@ def test_stats_count_calls_coverage_accuracy_and_pool_use(
 
 
 def test_failed_webhook_is_listed_and_resent_by_the_admin_api(
-    tmp_path: Path, receiver: Receiver, sipp_factory: Callable[..., Sipp]
+    tmp_path: Path, receiver: Receiver, sipp_factory: Callable[..., Sipp], store_url: str
 ) -> None:
     sip, http, pbx = free_port(), free_port(), free_port()
-    cfg = config(sip, http, pbx, receiver.url).replace(
+    cfg = config(sip, http, pbx, receiver.url, store_url).replace(
         'backoff_cap = "1s"', 'backoff_cap = "1s"\nmax_age = "1s"')
     env = Env(tmp_path, start_daemon(tmp_path, cfg, sip, http), pbx, cfg)
     try:

@@ -8,7 +8,7 @@ import json
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ class MemoryOutbox:
     def __init__(self) -> None:
         self.rows: dict[str, WebhookDelivery] = {}
         self.fail_reads = 0
+        self.unleased: list[str] = []
         self.fail_writes = 0
 
     def add(self, *deliveries: WebhookDelivery) -> None:
@@ -53,6 +54,9 @@ class MemoryOutbox:
             raise ConnectionError("store down")
         due = [d for d in self.rows.values() if d.status == "pending" and d.next_attempt_at <= now]
         return sorted(due, key=lambda d: d.created_at)[:limit]
+
+    async def unlease(self, delivery_ids: Sequence[str]) -> None:
+        self.unleased += list(delivery_ids)
 
     async def mark_delivered(self, delivery_id: str, now: float) -> None:
         self._write()

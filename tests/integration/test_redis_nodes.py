@@ -1,0 +1,155 @@
+"""calltrackd on the shared Redis store: fail-open while Redis is down under load, and two
+nodes behind Kamailio sharing visitors' reservations."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import ADMIN, CALLER, Daemon, Receiver, Redis, Sipp, free_port, start_daemon
+from .test_kamailio import start_kamailio
+
+POOL = [f"+7499301{i:04d}" for i in range(20)]
+STATIC = "+74993009999"
+
+
+def config(sip: int, http: int, pbx: int, store: str, hook: str | None = None) -> str:
+    webhook = f'\n  [[trackers.webhooks]]\n  url = "{hook}"\n  secret = "s3cret"' if hook else ""
+    return f"""
+[sip]
+listen = ["udp:127.0.0.1:{sip}"]
+shutdown_grace = "5s"
+[http]
+listen = "127.0.0.1:{http}"
+admin_token = "{ADMIN}"
+session_rate_limit = 0
+[store]
+url = "{store}"
+[log]
+level = "info"
+[webhooks]
+backoff_base = "200ms"
+backoff_cap = "2s"
+[[carriers]]
+name = "lo"
+addresses = ["127.0.0.0/8"]
+default_country = "RU"
+[[trackers]]
+id = "acme"
+public_key = "pk_acme"
+default_number = "+74993000000"
+forward = ["sip:127.0.0.1:{pbx};transport=udp"]
+  [[trackers.pools]]
+  name = "web"
+  sources = ["*"]
+  numbers = {json.dumps(POOL)}
+  [[trackers.static]]
+  number = "{STATIC}"
+  channel = "radio"{webhook}
+"""
+
+
+def all_calls(daemon: Daemon) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    cursor = ""
+    while True:
+        status, body = daemon.http("GET", f"/v1/calls?limit=1000&cursor={cursor}")
+        assert status == 200, body
+        out += body["calls"]
+        if not body["next_cursor"]:
+            return out
+        cursor = body["next_cursor"]
+
+
+def test_redis_down_for_10s_under_50_cps_loses_no_call_record_or_webhook(
+    tmp_path: Path, redis: Redis, receiver: Receiver, sipp_factory: Callable[..., Sipp]
+) -> None:
+    sip, http, pbx = free_port(), free_port(), free_port()
+    daemon = start_daemon(tmp_path, config(sip, http, pbx, redis.url, receiver.url), sip, http)
+    try:
+        calls = 50 * 22
+        uas = sipp_factory("pbx", "uas_answer.xml", pbx, "-m", str(calls), "-timeout", "90s")
+        uac = sipp_factory("carrier", "uac_call.xml", free_port(), "-s", STATIC, "-r", "50",
+                           "-m", str(calls), "-d", "1000", "-timeout", "90s", "-timeout_error",
+                           remote=f"127.0.0.1:{sip}")
+        time.sleep(5)
+        redis.kill()
+        time.sleep(1)
+        status, health = daemon.http("GET", "/healthz")
+        assert status == 503 and health["checks"]["store"].startswith("unavailable"), health
+        time.sleep(9)
+        redis.start()
+        res = uac.wait(120)
+        assert res.ok, res.output
+        assert int(res.stats["FailedCall(C)"]) == 0  # not one call failed
+        assert int(res.stats["SuccessfulCall(C)"]) == calls
+        assert uas.wait(30).ok
+        deadline = time.monotonic() + 60
+        records: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            records = [c for c in all_calls(daemon) if c["outcome"] is not None]
+            if len(records) >= calls:
+                break
+            time.sleep(1)
+        assert len(records) == calls  # every CDR reached Redis once it was back
+        assert {c["outcome"] for c in records} == {"answered"}
+        ended: set[str] = set()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(ended) < calls:
+            ended = {r["json"]["call"]["id"] for r in receiver.events("call.ended")}
+            time.sleep(0.5)
+        assert len(ended) == calls  # every call.ended webhook was delivered
+        assert daemon.http("GET", "/healthz")[0] == 200
+    finally:
+        daemon.stop()
+
+
+def test_reservation_on_node_a_attributes_a_call_landing_on_node_b(
+    tmp_path: Path, redis: Redis, sipp_factory: Callable[..., Sipp]
+) -> None:
+    if shutil.which("kamailio") is None and not Path("/usr/sbin/kamailio").exists():
+        pytest.fail("kamailio is not installed: run the README's test command")
+    pbx = free_port()
+    nodes = []
+    for name in ("a", "b"):
+        d = tmp_path / name
+        d.mkdir()
+        sip, http = free_port(), free_port()
+        nodes.append(start_daemon(d, config(sip, http, pbx, redis.url), sip, http))
+    a, b = nodes
+    kport = free_port()
+    kam, _ = start_kamailio(tmp_path, kport, [n.sip_port for n in nodes])
+    try:
+        landed_on_b = None
+        for i in range(20):
+            status, s = a.http("POST", "/v1/sessions", {
+                "tracker": "pk_acme", "client_id": f"GA1.2.{i}.1", "utm_source": "google",
+                "utm_medium": "cpc", "utm_campaign": f"c{i}"}, admin=False)
+            assert status == 200 and s["kind"] == "dynamic", s
+            uas = sipp_factory(f"pbx{i}", "uas_answer.xml", pbx, "-m", "1", "-timeout", "20s")
+            res = sipp_factory(f"carrier{i}", "uac_call.xml", free_port(), "-s", s["number"],
+                               "-m", "1", "-d", "200", "-timeout", "20s", "-timeout_error",
+                               remote=f"127.0.0.1:{kport}").wait(30)
+            assert res.ok, res.output
+            assert uas.wait(10).ok
+            cdr = a.wait_call(lambda c, n=s["number"]: c["did"] == n)
+            att = cdr["attribution"]
+            assert att["kind"] == "dynamic" and att["session"]["id"] == s["session_id"]
+            assert att["session"]["utm_campaign"] == f"c{i}"
+            assert cdr["caller"] == CALLER
+            if f'"{cdr["id"]}"' in b.log_text():
+                landed_on_b = cdr
+                break
+        assert landed_on_b is not None, "Kamailio never chose node B in 20 calls"
+    finally:
+        kam.terminate()
+        kam.wait(10)
+        for n in nodes:
+            n.stop(signal.SIGKILL)
