@@ -6,6 +6,8 @@ one process and the exposition carries only calltrackd's own series plus process
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -60,6 +62,8 @@ class Metrics:
         self.store_up = Gauge("calltrackd_store_up", "1 when the store answers", registry=r)
         self.cdr_backlog = Gauge("calltrackd_cdr_backlog",
                                  "Call records waiting for the store", registry=r)
+        # labels() takes a lock and builds a tuple; sip_tap runs for every datagram
+        self._sip_children: dict[tuple[str, str], Any] = {}
 
     def sip_tap(self, direction: str, data: bytes) -> None:
         """Counts a SIP message by method or status class without parsing it."""
@@ -72,7 +76,11 @@ class Metrics:
             kind = head[:sp].decode("ascii", "replace") if sp > 0 else "other"
             if kind not in _KNOWN_METHODS:
                 kind = "other"
-        self.sip_messages.labels(direction, kind).inc()
+        key = (direction, kind)
+        child = self._sip_children.get(key)
+        if child is None:
+            child = self._sip_children[key] = self.sip_messages.labels(direction, kind)
+        child.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -13,8 +13,8 @@ than `ring_timeout`, hands the call to the next target; a 6xx (global failure, R
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
-import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
+from .. import ids
 from ..sip.endpoint import Address, ClientTransaction, ServerTransaction, new_branch, new_tag
 from ..sip.message import Headers, Request, Response, response_for
 from ..sip.transaction import ClientInviteTransaction
@@ -173,7 +174,7 @@ class Call:
         started: float,
     ) -> None:
         self.engine = engine
-        self.id = "c_" + secrets.token_urlsafe(12)
+        self.id = "c_" + ids.token_urlsafe(12)
         self.info = CallInfo(
             id=self.id, tracker=tracker, did=did, caller=caller, carrier=carrier,
             started_at=datetime.fromtimestamp(started, UTC),
@@ -296,7 +297,7 @@ class Call:
 
     def _send_invite(self, target: ForwardTarget, uri: SipURI, addr: Address) -> None:
         inv = self.invite
-        leg = Leg(self, "b", secrets.token_urlsafe(16) + "@calltrackd", new_tag(), addr.transport)
+        leg = Leg(self, "b", ids.token_urlsafe(16) + "@calltrackd", new_tag(), addr.transport)
         leg.dest = addr
         host, _ = self.engine.stack.local_hostport(addr.transport, addr.host)
         ruri = uri if uri.user else uri.with_(user=self.info.did)
@@ -680,12 +681,19 @@ def _with_tag(value: str, tag: str) -> str:
     return f"{value};tag={tag}"
 
 
-def literal_address(uri: SipURI) -> Address | None:
-    """The address of a URI whose host is an IP literal; None when it needs DNS."""
-    host = uri.host_bare
+@functools.lru_cache(maxsize=4096)
+def _is_ip_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:
+        return False
+    return True
+
+
+def literal_address(uri: SipURI) -> Address | None:
+    """The address of a URI whose host is an IP literal; None when it needs DNS."""
+    host = uri.host_bare
+    if not _is_ip_literal(host):
         return None
     default = 5061 if uri.transport == "tls" else 5060
     return Address(uri.transport, host, uri.port or default)

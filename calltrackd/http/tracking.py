@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import secrets
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import ids
 from ..store.base import StoreError
 from ..tracking.model import SessionAnswer, SessionInput, Tracker
 from .api import APP, ApiError, Handler, require_admin
@@ -92,7 +92,7 @@ async def create_session(request: web.Request) -> web.Response:
     now = time.time()
     if not await _is_renewal(request, session_id) and not request.app[LIMITER].allow(
             _client(request), now):
-        answer = SessionAnswer("s_" + secrets.token_urlsafe(16), tracker.default_number,
+        answer = SessionAnswer("s_" + ids.token_urlsafe(16), tracker.default_number,
                                "default", now + tracker.reservation_ttl)
     else:
         answer = await app.tracking.create_session(tracker, fields, session_id, now)

@@ -7,8 +7,9 @@ Authorization / Proxy-Authorization value. Pure functions.
 from __future__ import annotations
 
 import hashlib
-import secrets
 from dataclasses import dataclass, field
+
+from .. import ids
 
 __all__ = ["Challenge", "authorization_for", "build_authorization", "parse_challenge"]
 
@@ -101,7 +102,7 @@ def build_authorization(
     def hx(s: str | bytes) -> str:
         return h(s.encode() if isinstance(s, str) else s).hexdigest()
 
-    cnonce = cnonce or secrets.token_hex(8)
+    cnonce = cnonce or ids.token_hex(8)
     ha1 = hx(f"{username}:{challenge.realm}:{password}")
     if challenge.algorithm.endswith("-SESS"):
         ha1 = hx(f"{ha1}:{challenge.nonce}:{cnonce}")

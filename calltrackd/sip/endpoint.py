@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import secrets
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from .. import ids
 from .message import ParseError, Request, Response, parse_message, response_for
 from .transaction import (
     Action,
@@ -110,11 +110,11 @@ Event: TypeAlias = (
 
 
 def new_branch() -> str:
-    return MAGIC + secrets.token_urlsafe(12)
+    return MAGIC + ids.token_urlsafe(12)
 
 
 def new_tag() -> str:
-    return secrets.token_hex(6)
+    return ids.token_hex(6)
 
 
 class TransactionLayer:

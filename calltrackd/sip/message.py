@@ -164,6 +164,34 @@ def is_token(text: str) -> bool:
     return bool(text) and all(c in _TOKEN_CHARS for c in text)
 
 
+_KEY_CACHE: dict[str, str] = {}
+
+
+def _key(name: str) -> str:
+    """The lower-case canonical name headers are stored under (cached)."""
+    try:
+        return _KEY_CACHE[name]
+    except KeyError:
+        pass
+    key = canonical_name(name).lower()
+    if len(_KEY_CACHE) < 4096:  # bounded: header names come from the network
+        _KEY_CACHE[name] = key
+    return key
+
+
+_GOOD_NAMES: set[str] = set()  # header names already seen to be tokens
+
+
+def _good_name(name: str) -> bool:
+    if name in _GOOD_NAMES:
+        return True
+    if not is_token(name):
+        return False
+    if len(_GOOD_NAMES) < 4096:
+        _GOOD_NAMES.add(name)
+    return True
+
+
 class ParseError(Exception):
     """The peer broke the grammar. `status` is what to answer (when a request)."""
 
@@ -193,7 +221,7 @@ class Headers:
         return len(self._items)
 
     def __contains__(self, name: str) -> bool:
-        key = canonical_name(name).lower()
+        key = _key(name)
         return any(item[0] == key for item in self._items)
 
     def copy(self) -> Headers:
@@ -202,7 +230,7 @@ class Headers:
         return new
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        key = canonical_name(name).lower()
+        key = _key(name)
         for item in self._items:
             if item[0] == key:
                 return item[2]
@@ -210,7 +238,7 @@ class Headers:
 
     def get_all(self, name: str) -> list[str]:
         """Every header line of that name (values not split at commas)."""
-        key = canonical_name(name).lower()
+        key = _key(name)
         return [item[2] for item in self._items if item[0] == key]
 
     def values(self, name: str) -> list[str]:
@@ -221,8 +249,7 @@ class Headers:
         return out
 
     def add(self, name: str, value: str) -> None:
-        canon = canonical_name(name)
-        self._items.append([canon.lower(), canon, value])
+        self._items.append([_key(name), canonical_name(name), value])
 
     def prepend(self, name: str, value: str) -> None:
         """Insert before the first header of that name (or at the top)."""
@@ -246,12 +273,12 @@ class Headers:
         self._items.append([key, canon, value])
 
     def remove(self, name: str) -> None:
-        key = canonical_name(name).lower()
+        key = _key(name)
         self._items = [x for x in self._items if x[0] != key]
 
     def pop_first_value(self, name: str) -> str | None:
         """Remove and return the first value of a list header (e.g. the top Via)."""
-        key = canonical_name(name).lower()
+        key = _key(name)
         for i, item in enumerate(self._items):
             if item[0] == key:
                 parts = split_list(item[2])
@@ -297,6 +324,9 @@ def split_list(line: str) -> list[str]:
     return [p for p in parts if p]
 
 
+_via_cache: dict[str, Via] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class Via:
     """One Via value: `SIP/2.0/UDP host:port;branch=...;rport`."""
@@ -308,6 +338,18 @@ class Via:
 
     @classmethod
     def parse(cls, text: str) -> Via:
+        # A Via's params are edited in place (received, rport), so cached parses are
+        # copied, not shared; still far cheaper than parsing again.
+        hit = _via_cache.get(text)
+        if hit is None:
+            hit = cls._parse(text)
+            if len(_via_cache) >= 8192:
+                _via_cache.clear()
+            _via_cache[text] = hit
+        return cls(hit.transport, hit.host, hit.port, dict(hit.params))
+
+    @classmethod
+    def _parse(cls, text: str) -> Via:
         proto, _, rest = text.strip().partition(" ")
         # sent-protocol may have LWS around the slashes (RFC 4475 §3.1.1.1)
         if proto.count("/") != 2:
@@ -503,7 +545,7 @@ def parse_message(
             headers.add(current[0], current[1])
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
-        if not colon or not is_token(name):
+        if not colon or not _good_name(name):
             raise ParseError(f"bad header line {line[:60]!r}")
         current = [name, value.strip()]
         count += 1
@@ -537,12 +579,15 @@ def parse_message(
             raise ParseError(str(exc), partial=msg) from None
 
     partial = msg if isinstance(msg, Request) else None
+    counts: dict[str, int] = {}
+    for item in headers._items:
+        counts[item[0]] = counts.get(item[0], 0) + 1
     for name in _REQUIRED:
-        if headers.get(name) is None:
+        if _key(name) not in counts:
             raise ParseError(f"missing {name}", partial=partial)
 
     # Content-Length (§18.3, §20.14): required on streams; on UDP it may be omitted.
-    cl_values = headers.get_all("Content-Length")
+    cl_values = headers.get_all("Content-Length") if "content-length" in counts else []
     if cl_values:
         if len(set(v.strip() for v in cl_values)) != 1 or not cl_values[0].strip().isdigit():
             raise ParseError("bad Content-Length", partial=partial)
@@ -558,17 +603,17 @@ def parse_message(
         _num, cseq_method = msg.cseq
         if isinstance(msg, Request) and cseq_method != msg.method:
             raise ParseError("CSeq method does not match the request", partial=partial)
-        if len(headers.get_all("CSeq")) > 1 or len(headers.get_all("Call-ID")) > 1:
+        if counts["cseq"] > 1 or counts["call-id"] > 1:
             raise ParseError("duplicate CSeq or Call-ID", partial=partial)
-        if len(headers.get_all("From")) > 1 or len(headers.get_all("To")) > 1:
+        if counts["from"] > 1 or counts["to"] > 1:
             raise ParseError("duplicate From or To", partial=partial)
         msg.vias  # noqa: B018 - validates every Via now
         msg.from_  # noqa: B018
         msg.to  # noqa: B018
-        mf = headers.get("Max-Forwards")
+        mf = headers.get("Max-Forwards") if "max-forwards" in counts else None
         if mf is not None and (not mf.isdigit() or int(mf) > 255):
             raise ParseError("bad Max-Forwards", partial=partial)
-        for ct in headers.get_all("Contact"):
+        for ct in headers.get_all("Contact") if "contact" in counts else ():
             if ct.strip() != "*":
                 for value in split_list(ct):
                     NameAddr.parse(value)

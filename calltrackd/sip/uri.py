@@ -6,9 +6,14 @@ into a 400.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 __all__ = ["NameAddr", "SipSyntaxError", "SipURI", "format_params", "parse_params"]
+
+
+T = TypeVar("T")
 
 
 class SipSyntaxError(ValueError):
@@ -16,6 +21,24 @@ class SipSyntaxError(ValueError):
 
 
 _HOST_BAD = set(' \t"<>@,;?\\')
+
+# Parsed values by their text. The same From/To/Contact/Request-URI text comes back in
+# every message of a dialog, so parsing each once saves a good share of the per-message
+# work. The objects are shared: treat them (and their `params`) as immutable; `with_tag`
+# and `with_` return copies. Cleared when full rather than LRU: cheap and good enough.
+_CACHE_MAX = 8192
+_uri_cache: dict[str, SipURI] = {}
+_addr_cache: dict[str, NameAddr] = {}
+
+
+def _cached(cache: dict[str, T], text: str, parse: Callable[[str], T]) -> T:
+    hit = cache.get(text)
+    if hit is None:
+        hit = parse(text)
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        cache[text] = hit
+    return hit
 
 
 def parse_params(text: str) -> dict[str, str | None]:
@@ -108,6 +131,10 @@ class SipURI:
 
     @classmethod
     def parse(cls, text: str) -> SipURI:
+        return _cached(_uri_cache, text, cls._parse)
+
+    @classmethod
+    def _parse(cls, text: str) -> SipURI:
         text = text.strip()
         scheme, colon, rest = text.partition(":")
         if not colon or not scheme or not scheme[0].isalpha():
@@ -188,6 +215,10 @@ class NameAddr:
 
     @classmethod
     def parse(cls, text: str) -> NameAddr:
+        return _cached(_addr_cache, text, cls._parse)
+
+    @classmethod
+    def _parse(cls, text: str) -> NameAddr:
         text = text.strip()
         if not text:
             raise SipSyntaxError("empty address")
@@ -227,6 +258,8 @@ class NameAddr:
 
 
 def _find_unquoted(text: str, ch: str) -> int:
+    if '"' not in text:
+        return text.find(ch)
     quoted = False
     escaped = False
     for i, c in enumerate(text):

@@ -8,6 +8,7 @@ layer's single timer re-armed with `loop.call_at` after every input. The transac
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import time
@@ -33,7 +34,9 @@ class Listen:
     port: int
 
 
+@functools.lru_cache(maxsize=4096)
 def is_ipv6(host: str) -> bool:
+    """Is this address literal IPv6 (cached: asked for every datagram sent)?"""
     try:
         return isinstance(ipaddress.ip_address(host.strip("[]")), ipaddress.IPv6Address)
     except ValueError:

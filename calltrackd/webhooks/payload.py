@@ -8,12 +8,13 @@ lets receivers deduplicate (SPEC §5, at-least-once).
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
 
 from calltrackd.tracking.model import CallRecord, WebhookDelivery, WebhookEndpoint
+
+from .. import ids
 
 __all__ = [
     "EVENTS",
@@ -31,11 +32,11 @@ _ID_BYTES: Final = 18
 
 
 def new_event_id() -> str:
-    return "evt_" + secrets.token_urlsafe(_ID_BYTES)
+    return "evt_" + ids.token_urlsafe(_ID_BYTES)
 
 
 def new_delivery_id() -> str:
-    return "dlv_" + secrets.token_urlsafe(_ID_BYTES)
+    return "dlv_" + ids.token_urlsafe(_ID_BYTES)
 
 
 def iso_utc(ts: float) -> str:
@@ -72,6 +73,10 @@ def build_deliveries(
     delivery: the worker finds secrets by (tracker, url), so a second row would only
     send the same event to the same place again.
     """
+    if event not in EVENTS:
+        raise ValueError(f"unknown webhook event {event!r}; expected one of {sorted(EVENTS)}")
+    if not any(event in e.events for e in endpoints):
+        return []  # nobody subscribed: no JSON to build
     event_id = new_event_id()
     body = event_body(event, event_id, record, now)
     out: list[WebhookDelivery] = []
