@@ -14,6 +14,9 @@ import time
 from collections.abc import Callable
 
 
+_ALPHA = 0.15  # weight of the newest lag sample
+
+
 class LoopLagMonitor:
     def __init__(self, *, interval: float = 0.01, high: float = 0.015, low: float = 0.005,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -37,7 +40,9 @@ class LoopLagMonitor:
 
     def observe(self, lag: float) -> None:
         """Fold one lag sample in (exposed for tests)."""
-        self.lag = 0.7 * self.lag + 0.3 * max(0.0, lag)
+        # slow enough that one stall (a GC pass, a disk hiccup) of up to 100 ms does not
+        # shed, fast enough that a loop falling behind for good sheds within ~0.2 s
+        self.lag = (1 - _ALPHA) * self.lag + _ALPHA * max(0.0, lag)
         if not self.overloaded and self.lag > self.high:
             self.overloaded = True
         elif self.overloaded and self.lag < self.low:

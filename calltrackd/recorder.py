@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,7 @@ class Recorder:
         self.tracking = tracking
         self.metrics = metrics
         self.notify_webhooks = notify_webhooks
-        self._chains: dict[str, asyncio.Task[None]] = {}
+        self._chains: dict[str, deque[tuple[Callable[[CallInfo, Any], Any], Any]]] = {}
         self.pending: set[asyncio.Task[None]] = set()
 
     # -- CallHooks ---------------------------------------------------------------------
@@ -66,26 +67,25 @@ class Recorder:
         # snapshot now: the call object moves on while earlier steps are still writing
         snapshot = (call.answered_at, call.ended_at, call.outcome, call.sip_code,
                     call.hangup_by, call.target)
-        previous = self._chains.get(call.id)
+        queue = self._chains.get(call.id)
+        if queue is not None:  # the call's writer task is still running: it takes this next
+            queue.append((step, snapshot))
+            return
+        queue = self._chains[call.id] = deque([(step, snapshot)])
 
         async def run() -> None:
-            if previous is not None:
-                await asyncio.gather(previous, return_exceptions=True)
-            try:
-                await step(call, snapshot)
-            except Exception:
-                log.exception("call record step failed", call=call.id)
+            # one task per call runs its steps in order (started → answered → ended)
+            while queue:
+                next_step, snap = queue.popleft()
+                try:
+                    await next_step(call, snap)
+                except Exception:
+                    log.exception("call record step failed", call=call.id)
+            del self._chains[call.id]
 
         task = asyncio.get_running_loop().create_task(run())
-        self._chains[call.id] = task
         self.pending.add(task)
-
-        def done(t: asyncio.Task[None]) -> None:
-            self.pending.discard(t)
-            if self._chains.get(call.id) is t:
-                del self._chains[call.id]
-
-        task.add_done_callback(done)
+        task.add_done_callback(self.pending.discard)
 
     async def _started(self, call: CallInfo, snap: tuple[Any, ...]) -> None:
         now = time.time()

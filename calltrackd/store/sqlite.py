@@ -110,6 +110,9 @@ def _delivery(row: tuple[Any, ...]) -> WebhookDelivery:
     )
 
 
+_SEEN_CALLERS_MAX = 100_000  # (tracker, caller) pairs remembered as seen (~15 MB)
+
+
 class SqliteStore:
     """`Store` over one SQLite file (or `:memory:` for tests)."""
 
@@ -125,6 +128,7 @@ class SqliteStore:
             raise ValueError(f"store.url: synchronous={synchronous!r}")
         self._flush_interval = flush_interval
         self._mem = MemoryState()
+        self._seen_callers: set[tuple[str, str]] = set()
         self._cdr_queue: list[_CdrItem] = []
         self._cdr_task: asyncio.Task[None] | None = None
         self._behind_task: asyncio.Task[None] | None = None
@@ -362,8 +366,18 @@ class SqliteStore:
     # --- caller history --------------------------------------------------------------
 
     async def caller_seen(self, tracker: str, caller: str) -> bool:
+        # Once seen, always seen (this store is one node's own): repeat callers are
+        # answered from memory without a trip to the reader thread.
+        key = (tracker, caller)
+        if key in self._seen_callers:
+            return True
         sql = "SELECT 1 FROM callers WHERE tracker = ? AND caller = ?"
-        return await self._read(lambda c: c.execute(sql, (tracker, caller)).fetchone() is not None)
+        seen = await self._read(lambda c: c.execute(sql, (tracker, caller)).fetchone() is not None)
+        if seen:
+            if len(self._seen_callers) >= _SEEN_CALLERS_MAX:
+                self._seen_callers.clear()
+            self._seen_callers.add(key)
+        return seen
 
     async def record_caller(self, tracker: str, caller: str, now: float) -> None:
         sql = "INSERT OR IGNORE INTO callers VALUES (?,?,?)"
