@@ -6,7 +6,7 @@ one process and the exposition carries only calltrackd's own series plus process
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -16,6 +16,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE_LATEST", "WEBHOOK_RESULTS", "Metrics"]
@@ -34,8 +35,10 @@ class Metrics:
         self.calls = Counter("calltrackd_calls", "Calls that reached routing, by outcome",
                              ["tracker", "outcome"], registry=r)
         self.active_calls = Gauge("calltrackd_active_calls", "Calls in progress", registry=r)
-        self.sip_messages = Counter("calltrackd_sip_messages", "SIP messages",
-                                    ["direction", "kind"], registry=r)
+        # counted in a plain dict (sip_tap runs for every datagram, a labelled Counter
+        # takes a lock per inc) and exposed by a collector at scrape time
+        self.sip_counts: dict[tuple[str, str], int] = {}
+        r.register(_SipMessages(self.sip_counts))
         self.invite_seconds = Histogram(
             "calltrackd_invite_seconds", "Time from INVITE received to INVITE forwarded",
             buckets=_SIP_BUCKETS, registry=r)
@@ -62,28 +65,47 @@ class Metrics:
         self.store_up = Gauge("calltrackd_store_up", "1 when the store answers", registry=r)
         self.cdr_backlog = Gauge("calltrackd_cdr_backlog",
                                  "Call records waiting for the store", registry=r)
-        # labels() takes a lock and builds a tuple; sip_tap runs for every datagram
-        self._sip_children: dict[tuple[str, str], Any] = {}
 
     def sip_tap(self, direction: str, data: bytes) -> None:
         """Counts a SIP message by method or status class without parsing it."""
-        head = data[:12]
-        if head.startswith(b"SIP/2.0 "):
-            cls = head[8:9]
-            kind = f"{cls.decode()}xx" if cls in _STATUS_CLASSES else "other"
-        else:
-            sp = head.find(b" ")
-            kind = head[:sp].decode("ascii", "replace") if sp > 0 else "other"
-            if kind not in _KNOWN_METHODS:
-                kind = "other"
+        head = data[:9]
+        kind = _KINDS.get(head)
+        if kind is None:
+            kind = _kind(head)
+            if len(_KINDS) < 1024:  # bounded: the bytes come from the network
+                _KINDS[head] = kind
         key = (direction, kind)
-        child = self._sip_children.get(key)
-        if child is None:
-            child = self._sip_children[key] = self.sip_messages.labels(direction, kind)
-        child.inc()
+        counts = self.sip_counts
+        counts[key] = counts.get(key, 0) + 1
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+_KINDS: dict[bytes, str] = {}
+
+
+def _kind(head: bytes) -> str:
+    if head.startswith(b"SIP/2.0 "):
+        cls = head[8:9]
+        return f"{cls.decode()}xx" if cls in _STATUS_CLASSES else "other"
+    sp = head.find(b" ")
+    kind = head[:sp].decode("ascii", "replace") if sp > 0 else "other"
+    return kind if kind in _KNOWN_METHODS else "other"
+
+
+class _SipMessages:
+    """calltrackd_sip_messages_total from `Metrics.sip_counts`."""
+
+    def __init__(self, counts: dict[tuple[str, str], int]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("calltrackd_sip_messages", "SIP messages",
+                                     labels=["direction", "kind"])
+        for (direction, kind), value in list(self.counts.items()):
+            family.add_metric([direction, kind], value)
+        yield family
 
 
 WEBHOOK_RESULTS = ("ok", "retry", "failed")

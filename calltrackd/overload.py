@@ -13,7 +13,6 @@ import asyncio
 import time
 from collections.abc import Callable
 
-
 _ALPHA = 0.15  # weight of the newest lag sample
 
 

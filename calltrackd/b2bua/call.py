@@ -175,6 +175,7 @@ class Call:
     ) -> None:
         self.engine = engine
         self.id = "c_" + ids.token_urlsafe(12)
+        self._log: Any = None
         self.info = CallInfo(
             id=self.id, tracker=tracker, did=did, caller=caller, carrier=carrier,
             started_at=datetime.fromtimestamp(started, UTC),
@@ -207,7 +208,12 @@ class Call:
 
     @property
     def log(self) -> Any:
-        return log.bind(call=self.id, did=self.info.did, caller=self.info.caller)
+        # bound once per call: bind() builds a new logger and context dict every time
+        bound = self._log
+        if bound is None:
+            bound = self._log = log.bind(call=self.id, did=self.info.did,
+                                         caller=self.info.caller)
+        return bound
 
     def now(self) -> float:
         return self.engine.stack.clock()
