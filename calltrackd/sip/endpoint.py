@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 from .. import ids
 from .message import ParseError, Request, Response, parse_message, response_for
@@ -49,10 +49,12 @@ ClientTransaction: TypeAlias = ClientInviteTransaction | ClientNonInviteTransact
 ServerTransaction: TypeAlias = ServerInviteTransaction | ServerNonInviteTransaction
 
 
-@dataclass(frozen=True, slots=True)
-class Address:
+class Address(NamedTuple):
     """Where a message came from or goes to. For TCP, host/port name the peer's end
-    of the connection, so answering to the source reuses the connection."""
+    of the connection, so answering to the source reuses the connection.
+
+    A named tuple of atomic values: the cyclic GC stops tracking it, and every message
+    and transaction holds a few."""
 
     transport: str  # "udp" | "tcp" | "tls"
     host: str

@@ -208,7 +208,9 @@ class Headers:
     __slots__ = ("_items",)
 
     def __init__(self, items: list[tuple[str, str]] | None = None) -> None:
-        self._items: list[list[str]] = []  # [lower, Canonical, value]
+        # (lower, Canonical, value): tuples of strings, which the cyclic GC stops tracking,
+        # so messages held by transactions (up to 32 s) cost the collector nothing
+        self._items: list[tuple[str, str, str]] = []
         if items:
             for name, value in items:
                 self.add(name, value)
@@ -226,7 +228,7 @@ class Headers:
 
     def copy(self) -> Headers:
         new = Headers()
-        new._items = [list(i) for i in self._items]
+        new._items = list(self._items)
         return new
 
     def get(self, name: str, default: str | None = None) -> str | None:
@@ -249,7 +251,7 @@ class Headers:
         return out
 
     def add(self, name: str, value: str) -> None:
-        self._items.append([_key(name), canonical_name(name), value])
+        self._items.append((_key(name), canonical_name(name), value))
 
     def prepend(self, name: str, value: str) -> None:
         """Insert before the first header of that name (or at the top)."""
@@ -257,9 +259,9 @@ class Headers:
         key = canon.lower()
         for i, item in enumerate(self._items):
             if item[0] == key:
-                self._items.insert(i, [key, canon, value])
+                self._items.insert(i, (key, canon, value))
                 return
-        self._items.insert(0, [key, canon, value])
+        self._items.insert(0, (key, canon, value))
 
     def set(self, name: str, value: str) -> None:
         """Replace every header of that name by one, keeping the first one's position."""
@@ -267,10 +269,10 @@ class Headers:
         key = canon.lower()
         for i, item in enumerate(self._items):
             if item[0] == key:
-                item[2] = value
+                self._items[i] = (key, item[1], value)
                 self._items[i + 1 :] = [x for x in self._items[i + 1 :] if x[0] != key]
                 return
-        self._items.append([key, canon, value])
+        self._items.append((key, canon, value))
 
     def remove(self, name: str) -> None:
         key = _key(name)
@@ -284,7 +286,7 @@ class Headers:
                 parts = split_list(item[2])
                 first = parts[0] if parts else None
                 if len(parts) > 1:
-                    item[2] = ", ".join(parts[1:])
+                    self._items[i] = (key, item[1], ", ".join(parts[1:]))
                 else:
                     del self._items[i]
                 return first
