@@ -20,6 +20,7 @@ from aiohttp import web
 
 from .b2bua.engine import Engine
 from .config import ConfigError, Settings, load_config
+from .gcpolicy import CollectorPolicy
 from .http import tracking as tracking_api
 from .http.api import build_http_app
 from .metrics import Metrics
@@ -61,6 +62,7 @@ class App:
         self.recorder = Recorder(self.tracking, self.metrics, self.webhooks.notify)
         self.engine = Engine(self.stack, lambda: self.settings, self.recorder)
         self.load = LoopLagMonitor()
+        self.gc_policy = CollectorPolicy(lambda: self.engine.active_calls)
         self.engine.overloaded = lambda: self.load.overloaded
         self.http_runner: web.AppRunner | None = None
         self.http_port: int | None = None
@@ -101,12 +103,11 @@ class App:
             store=self.settings.store.url.split("@")[-1],
             trackers=len(self.settings.trackers),
         )
-        # Long-lived objects (config, modules) leave the collector's view, and young
-        # generations are collected less often: a full collection over tens of thousands
-        # of live transactions stalls the loop long enough to cause retransmissions.
+        # Long-lived objects (config, modules) leave the collector's view for good.
         gc.collect()
         gc.freeze()
-        gc.set_threshold(50_000, 20, 100)
+        # then no automatic collections: see gcpolicy.py
+        self._tasks.append(loop.create_task(self.gc_policy.run(self._workers_stop)))
         self.systemd.notify("READY=1", "STATUS=accepting calls")
 
     async def drain_and_stop(self) -> None:
