@@ -81,6 +81,7 @@ class App:
         await self.stack.start([Listen(x.transport, x.host, x.port)
                                 for x in self.settings.sip.listen])
         self._sip_up = True
+        self.load.probes = self.stack.queue_probes
         self.load.start()
         http = build_http_app(self)
         tracking_api.setup(http)
@@ -158,6 +159,8 @@ class App:
         m.active_calls.set(self.engine.active_calls)
         m.overload_rejects.inc(self.engine.rejected_overload - self._rejects_seen)
         self._rejects_seen = self.engine.rejected_overload
+        m.sip_queue_delay.set(self.load.queue_delay)
+        m.loop_lag.set(self.load.lag)
         retrans = self.stack.layer.retransmissions
         m.sip_retransmissions.inc(retrans - self._retrans_seen)
         self._retrans_seen = retrans

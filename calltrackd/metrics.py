@@ -62,6 +62,11 @@ class Metrics:
         self.overload_rejects = Counter("calltrackd_overload_rejected",
                                         "INVITEs answered 503 because of load or drain",
                                         registry=r)
+        self.sip_queue_delay = Gauge("calltrackd_sip_queue_delay_seconds",
+                                     "Time a datagram waits in the SIP UDP receive queue "
+                                     "(the load shedder's signal)", registry=r)
+        self.loop_lag = Gauge("calltrackd_loop_lag_seconds",
+                              "How late the event loop runs its timers (smoothed)", registry=r)
         self.store_up = Gauge("calltrackd_store_up", "1 when the store answers", registry=r)
         self.cdr_backlog = Gauge("calltrackd_cdr_backlog",
                                  "Call records waiting for the store", registry=r)

@@ -2,9 +2,20 @@
 with Retry-After) instead of queueing, so every accepted call keeps its timers and the
 dispatcher sends the excess to another node.
 
-The signal is the loop's own lag: a timer asks to run every `interval` seconds and
-measures how late it runs. A smoothed lag above `high` turns shedding on; it turns off
-again below `low` (hysteresis, so the node does not flap).
+Two signals, either of which sheds:
+
+- the loop's own lag: a timer asks to run every `interval` seconds and measures how late
+  it runs. A smoothed lag above `high` turns shedding on; it turns off again below `low`
+  (hysteresis, so the node does not flap). This catches a loop that is stalled.
+- the time a datagram waits in the SIP socket's receive queue (`QueueDelayProbe`). A loop
+  that is merely saturated runs its timers on time (uvloop reads a bounded batch of
+  datagrams per turn), while the kernel queue in front of it grows by seconds: at twice
+  the sustainable rate the lag stayed under 1 ms and INVITEs waited 16 s for their 100
+  Trying. So a tiny datagram stamped with the time is sent to our own SIP socket; it
+  waits in the same queue as the INVITEs, and when it comes out its age is the queueing
+  delay. Shedding starts when that delay stays above `queue_high` for `queue_hold`
+  seconds (a single stall that the loop then catches up on sheds nothing) and ends when
+  a probe comes back under `queue_low`.
 """
 
 from __future__ import annotations
@@ -13,18 +24,29 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from .transport.probe import QueueDelayProbe
+
 _ALPHA = 0.15  # weight of the newest lag sample
 
 
 class LoopLagMonitor:
     def __init__(self, *, interval: float = 0.01, high: float = 0.015, low: float = 0.005,
+                 queue_high: float = 0.05, queue_low: float = 0.01, queue_hold: float = 0.1,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.interval = interval
         self.high = high
         self.low = low
+        self.queue_high = queue_high
+        self.queue_low = queue_low
+        self.queue_hold = queue_hold
         self.clock = clock
         self.lag = 0.0  # smoothed, seconds
+        self.queue_delay = 0.0  # seconds, the latest estimate over all probes
+        self.probes: list[QueueDelayProbe] = []
         self.overloaded = False
+        self._lagging = False
+        self._queueing = False
+        self._queue_high_since: float | None = None
         self._expected = 0.0
         self._handle: asyncio.TimerHandle | None = None
 
@@ -42,13 +64,30 @@ class LoopLagMonitor:
         # slow enough that one stall (a GC pass, a disk hiccup) of up to 100 ms does not
         # shed, fast enough that a loop falling behind for good sheds within ~0.2 s
         self.lag = (1 - _ALPHA) * self.lag + _ALPHA * max(0.0, lag)
-        if not self.overloaded and self.lag > self.high:
-            self.overloaded = True
-        elif self.overloaded and self.lag < self.low:
-            self.overloaded = False
+        if not self._lagging and self.lag > self.high:
+            self._lagging = True
+        elif self._lagging and self.lag < self.low:
+            self._lagging = False
+        self.overloaded = self._lagging or self._queueing
+
+    def observe_queue(self, delay: float, now: float) -> None:
+        """Fold one queueing-delay estimate in (exposed for tests)."""
+        self.queue_delay = delay
+        if delay > self.queue_high:
+            if self._queue_high_since is None:
+                self._queue_high_since = now
+            if now - self._queue_high_since >= self.queue_hold:
+                self._queueing = True
+        else:
+            self._queue_high_since = None
+            if delay < self.queue_low:
+                self._queueing = False
+        self.overloaded = self._lagging or self._queueing
 
     def _tick(self) -> None:
         now = self.clock()
+        if self.probes:
+            self.observe_queue(max(p.tick(now) for p in self.probes), now)
         self.observe(now - self._expected)
         self._expected = now + self.interval
         self._handle = asyncio.get_running_loop().call_later(self.interval, self._tick)

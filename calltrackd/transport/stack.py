@@ -20,6 +20,7 @@ import structlog
 
 from ..sip.endpoint import Address, Event, TransactionLayer
 from ..sip.message import ParseError, StreamFramer
+from .probe import PROBE_MARK, QueueDelayProbe
 
 log = structlog.get_logger("calltrackd.sip")
 
@@ -66,11 +67,15 @@ class _Udp(asyncio.DatagramProtocol):
     def __init__(self, stack: SipStack) -> None:
         self.stack = stack
         self.transport: asyncio.DatagramTransport | None = None
+        self.probe: QueueDelayProbe | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if data and data[0] == PROBE_MARK and self.probe is not None \
+                and self.probe.received(data, self.stack.clock()):
+            return
         host = str(addr[0])
         if host.startswith("::ffff:"):
             host = host[7:]
@@ -139,6 +144,8 @@ class SipStack:
         self._timer_at: float | None = None
         self._local_ip_cache: dict[tuple[str, int], str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._probe_socks: list[socket.socket] = []
+        self.queue_probes: list[QueueDelayProbe] = []  # one per UDP socket, for the shedder
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -155,6 +162,7 @@ class SipStack:
                 sock = proto.transport.get_extra_info("socket") if proto.transport else None
                 if sock is not None:
                     _grow_buffers(sock)
+                    self._add_probe(proto, sock, family)
                 port = sock.getsockname()[1] if sock else spec.port
             elif spec.transport == "tcp":
                 server = await loop.create_server(
@@ -166,6 +174,25 @@ class SipStack:
             else:
                 raise ValueError(f"transport {spec.transport} is not supported yet")
             self._listen.append(Listen(spec.transport, spec.host, port))
+
+    def _add_probe(self, proto: _Udp, sock: socket.socket, family: int) -> None:
+        """A queue-delay probe for this socket, sent from a socket of our own."""
+        host, port = sock.getsockname()[:2]
+        if host in ("0.0.0.0", "::"):
+            host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+        try:
+            sender = socket.socket(family, socket.SOCK_DGRAM)
+            sender.setblocking(False)
+        except OSError as exc:
+            log.warning("no queue-delay probe", error=str(exc))
+            return
+        self._probe_socks.append(sender)
+
+        def send(data: bytes) -> None:
+            sender.sendto(data, (host, port))
+
+        proto.probe = QueueDelayProbe(send)
+        self.queue_probes.append(proto.probe)
 
     def stop_listening(self) -> None:
         """Stop accepting TCP connections; UDP stays open for running calls."""
@@ -184,6 +211,10 @@ class SipStack:
             if proto.transport:
                 proto.transport.close()
         self._udp.clear()
+        for sender in self._probe_socks:
+            sender.close()
+        self._probe_socks.clear()
+        self.queue_probes.clear()
 
     @property
     def listening(self) -> list[Listen]:
