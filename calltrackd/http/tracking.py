@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import ids
+from .. import ids, jsonx
 from ..store.base import StoreError
 from ..tracking.model import SessionAnswer, SessionInput, Tracker
 from .api import APP, ApiError, Handler, require_admin
@@ -37,7 +37,7 @@ def _iso(ts: float) -> str:
 
 def _answer(a: SessionAnswer) -> web.Response:
     return web.json_response({"session_id": a.session_id, "number": a.number, "kind": a.kind,
-                              "expires_at": _iso(a.expires_at)})
+                              "expires_at": _iso(a.expires_at)}, dumps=jsonx.dumps)
 
 
 def _invalid(field: str, message: str) -> ApiError:

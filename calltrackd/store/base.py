@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from calltrackd import jsonx
 from calltrackd.tracking.model import (
     Attribution,
     CallRecord,
@@ -187,8 +188,15 @@ def _dt(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value is not None else None
 
 
+_SESSION_FIELDS = tuple(f.name for f in fields(VisitorSession))
+
+
 def session_to_dict(session: VisitorSession) -> dict[str, Any]:
-    return asdict(session)
+    # by hand: dataclasses.asdict deep-copies and costs 11 us a session (0.9 us here),
+    # and a call's record is encoded at each of its steps
+    data = {name: getattr(session, name) for name in _SESSION_FIELDS}
+    data["custom"] = dict(session.custom)
+    return data
 
 
 def session_from_dict(data: dict[str, Any]) -> VisitorSession:
@@ -196,7 +204,7 @@ def session_from_dict(data: dict[str, Any]) -> VisitorSession:
 
 
 def encode_session(session: VisitorSession) -> str:
-    return json.dumps(session_to_dict(session), separators=(",", ":"), default=str)
+    return jsonx.dumps(session_to_dict(session))
 
 
 def decode_session(text: str) -> VisitorSession:
@@ -231,7 +239,7 @@ def encode_call(record: CallRecord) -> str:
         },
     }
     # default=str: a custom value JSON cannot carry is stored as text, never refused
-    return json.dumps(data, separators=(",", ":"), default=str)
+    return jsonx.dumps(data)
 
 
 def decode_call(text: str) -> CallRecord:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from calltrackd.store.base import PoolStats
 from calltrackd.tracking.allocator import Allocator, NumberState, UsageBucket
@@ -79,7 +79,7 @@ class MemoryState:
         """Cache a session read from the backend (a newer unsaved touch wins)."""
         touched = self._pending.touches.get(session.id)
         if touched is not None and touched[0] > session.last_seen:
-            session = replace(session, last_seen=touched[0])
+            session = session.seen(touched[0])
         self._put(session)
         return session
 
@@ -101,12 +101,12 @@ class MemoryState:
     def touch_session(self, session_id: str, now: float, dynamic: bool) -> None:
         cached = self._cache.get(session_id)
         if cached is not None and now > cached.last_seen:
-            self._cache[session_id] = replace(cached, last_seen=now)
+            self._cache[session_id] = cached.seen(now)
         p = self._pending
         new = p.sessions.get(session_id)
         if new is not None:
             s, d = new
-            p.sessions[session_id] = (replace(s, last_seen=max(now, s.last_seen)), d or dynamic)
+            p.sessions[session_id] = (s.seen(max(now, s.last_seen)), d or dynamic)
         else:
             seen, d = p.touches.get(session_id, (now, dynamic))
             p.touches[session_id] = (max(seen, now), d or dynamic)

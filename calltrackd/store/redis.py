@@ -149,9 +149,8 @@ class RedisStore:
         if not raw[0]:
             return
         session = decode_session(_s(raw[0]) or "")
-        from dataclasses import replace
 
-        updated = replace(session, last_seen=max(session.last_seen, now))
+        updated = session.seen(max(session.last_seen, now))
 
         async def run() -> None:
             async with self.r.pipeline(transaction=True) as p:

@@ -92,6 +92,13 @@ class VisitorSession:
     first_seen: float = 0.0  # unix seconds
     last_seen: float = 0.0
 
+    def seen(self, at: float) -> VisitorSession:
+        """This session last seen at `at` (by hand: dataclasses.replace costs 3 us)."""
+        return VisitorSession(
+            self.id, self.tracker, self.client_id, self.ym_uid, self.utm_source,
+            self.utm_medium, self.utm_campaign, self.utm_term, self.utm_content,
+            self.referrer, self.landing_page, self.custom, self.first_seen, at)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
