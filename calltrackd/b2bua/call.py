@@ -24,7 +24,7 @@ import structlog
 
 from .. import ids
 from ..sip.endpoint import Address, ClientTransaction, ServerTransaction, new_branch, new_tag
-from ..sip.message import Headers, Request, Response, response_for
+from ..sip.message import Headers, Request, Response, Via, response_for
 from ..sip.transaction import ClientInviteTransaction
 from ..sip.uri import NameAddr, SipSyntaxError, SipURI
 from ..tracking.model import ForwardTarget, HangupBy, Outcome, Tracker
@@ -114,7 +114,7 @@ class Leg:
         assert self.dest is not None
         host, port = stack.local_hostport(self.transport, self.dest.host)
         h = Headers()
-        h.add("Via", f"SIP/2.0/{self.transport.upper()} {host}:{port};branch={new_branch()};rport")
+        h.add("Via", Via.own(self.transport, host, port, new_branch()))
         for route in self.route_set:
             h.add("Route", route)
         h.add("Max-Forwards", "70")

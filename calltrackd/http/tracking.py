@@ -4,6 +4,7 @@ statistics and the webhook admin. Thin: parse and validate, call the domain, ans
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -31,8 +32,14 @@ MAX_LONG = 2048
 MAX_CUSTOM = 2048
 
 
+@functools.lru_cache(maxsize=64)
+def _iso_second(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # every answer in the same second carries the same text: formatted once
+    return _iso_second(int(ts))
 
 
 def _answer(a: SessionAnswer) -> web.Response:

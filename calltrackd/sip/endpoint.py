@@ -203,6 +203,7 @@ class TransactionLayer:
             at, _, txn = heapq.heappop(heap)
             if txn.deadline != at or txn.terminated:
                 continue  # stale entry: the deadline moved or the transaction ended
+            txn.scheduled = None
             events.extend(self._run(txn, txn.on_timer(now)))
         return events
 
@@ -276,7 +277,8 @@ class TransactionLayer:
 
     def _schedule(self, txn: Transaction) -> None:
         at = txn.deadline
-        if at is not None:
+        if at is not None and at != txn.scheduled:  # not again for an unchanged deadline
+            txn.scheduled = at
             heapq.heappush(self._heap, (at, next(self._seq), txn))
 
     def _forget(self, txn: Transaction) -> None:

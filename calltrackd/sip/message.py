@@ -351,6 +351,17 @@ class Via:
         return cls(hit.transport, hit.host, hit.port, dict(hit.params))
 
     @classmethod
+    def own(cls, transport: str, host: str, port: int, branch: str) -> str:
+        """The text of a Via we put on a request we send, its parse cached ahead: the
+        responses to that request come back with it on top."""
+        text = f"SIP/2.0/{transport.upper()} {host}:{port};branch={branch};rport"
+        if len(_via_cache) >= 8192:
+            _via_cache.clear()
+        _via_cache[text] = cls(transport.upper(), host.lower(), port,
+                               {"branch": branch, "rport": None})
+        return text
+
+    @classmethod
     def _parse(cls, text: str) -> Via:
         proto, _, rest = text.strip().partition(" ")
         # sent-protocol may have LWS around the slashes (RFC 4475 §3.1.1.1)
@@ -518,6 +529,33 @@ def _split_head(data: bytes) -> tuple[bytes, bytes]:
     raise ParseError("no end of headers")
 
 
+_NAMES: dict[str, tuple[str, str]] = {}  # raw header name -> (key, Canonical), good only
+
+
+def _name_entry(raw: str, line: str) -> tuple[str, str]:
+    """Check a header name not seen before and remember it (bounded: from the network)."""
+    name = raw.rstrip(" \t")
+    if not _good_name(name):
+        raise ParseError(f"bad header line {line[:60]!r}")
+    entry = (_key(name), canonical_name(name))
+    if len(_NAMES) < 4096:
+        _NAMES[raw] = entry
+    return entry
+
+
+def _unfold(lines: list[str]) -> list[str]:
+    """Join continuation lines (leading SP/HTAB, RFC 3261 §7.3.1) to their header line."""
+    out = [lines[0]]
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            if len(out) == 1:
+                raise ParseError("continuation line before any header")
+            out[-1] = out[-1].rstrip(" \t") + " " + line.strip()
+        else:
+            out.append(line)
+    return out
+
+
 def parse_message(
     data: bytes, *, max_size: int = MAX_MESSAGE_SIZE, stream: bool = False
 ) -> Request | Response:
@@ -535,26 +573,23 @@ def parse_message(
     lines = head.replace("\r\n", "\n").split("\n")
     start = lines[0]
     headers = Headers()
-    current: list[str] | None = None
-    count = 0
+    items = headers._items
+    counts: dict[str, int] = {}
+    if "\n " in head or "\n\t" in head:
+        lines = _unfold(lines)
+    if len(lines) > MAX_HEADERS + 1:
+        raise ParseError("too many headers", 513)
+    names = _NAMES
     for line in lines[1:]:
-        if line[:1] in (" ", "\t"):
-            if current is None:
-                raise ParseError("continuation line before any header")
-            current[1] += " " + line.strip()
-            continue
-        if current is not None:
-            headers.add(current[0], current[1])
         name, colon, value = line.partition(":")
-        name = name.rstrip(" \t")
-        if not colon or not _good_name(name):
+        if not colon:
             raise ParseError(f"bad header line {line[:60]!r}")
-        current = [name, value.strip()]
-        count += 1
-        if count > MAX_HEADERS:
-            raise ParseError("too many headers", 513)
-    if current is not None:
-        headers.add(current[0], current[1])
+        known = names.get(name)
+        if known is None:
+            known = _name_entry(name, line)
+        key = known[0]
+        items.append((key, known[1], value.strip()))
+        counts[key] = counts.get(key, 0) + 1
 
     msg: Request | Response
     if start.startswith("SIP/"):
@@ -581,9 +616,6 @@ def parse_message(
             raise ParseError(str(exc), partial=msg) from None
 
     partial = msg if isinstance(msg, Request) else None
-    counts: dict[str, int] = {}
-    for item in headers._items:
-        counts[item[0]] = counts.get(item[0], 0) + 1
     for name in _REQUIRED:
         if _key(name) not in counts:
             raise ParseError(f"missing {name}", partial=partial)

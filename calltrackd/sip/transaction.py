@@ -103,7 +103,8 @@ class TransactionError(Exception):
 class Transaction:
     """Timer bookkeeping shared by the four machines."""
 
-    __slots__ = ("_timers", "key", "reliable", "request", "state", "timers", "user")
+    __slots__ = ("_timers", "key", "reliable", "request", "scheduled", "state", "timers",
+                 "user")
     kind = "transaction"
 
     def __init__(self, request: Request, key: str, reliable: bool, timers: TimerConfig) -> None:
@@ -114,6 +115,7 @@ class Transaction:
         self.state = State.TRYING
         self._timers: dict[str, float] = {}
         self.user: object = None  # the TU's handle (e.g. the call leg); never read here
+        self.scheduled: float | None = None  # the layer's bookkeeping: its timer-heap entry
 
     @property
     def deadline(self) -> float | None:

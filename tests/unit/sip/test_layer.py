@@ -234,3 +234,13 @@ def test_one_timer_heap_for_many_transactions() -> None:
     events = layer.handle_timer(100.0)
     assert len([e for e in events if isinstance(e, TransactionTimeout)]) == 2000
     assert layer.transaction_count == 0
+
+
+def test_own_via_is_cached_as_it_would_parse() -> None:
+    from calltrackd.sip.message import Via, _via_cache
+
+    for host, port in (("127.0.0.1", 5060), ("[2001:DB8::1]", 5062), ("Node-A.Example", 5080)):
+        text = Via.own("udp", host, port, "z9hG4bKabc")
+        cached = _via_cache.pop(text)
+        assert cached == Via._parse(text)
+        assert Via.parse(text) == cached  # and the cache keeps returning copies of it
