@@ -146,6 +146,8 @@ class SipStack:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probe_socks: list[socket.socket] = []
         self.queue_probes: list[QueueDelayProbe] = []  # one per UDP socket, for the shedder
+        # datagrams queued in this loop turn, sent together at its end (see _send_udp)
+        self._udp_out: list[tuple[asyncio.DatagramTransport, bytes, tuple[str, int]]] = []
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -200,6 +202,7 @@ class SipStack:
             server.close()
 
     async def close(self) -> None:
+        self._send_udp()
         if self._timer:
             self._timer.cancel()
         for server in self._tcp_servers:
@@ -258,6 +261,15 @@ class SipStack:
         self._timer = loop.call_at(loop.time() + delay, self._on_timer)
         self._timer_at = at
 
+    def _send_udp(self) -> None:
+        """Send the datagrams of this loop turn together. A datagram to a peer that sleeps
+        costs a wake-up (on this VM ~25 us of our time, more than all else we do per
+        message); back to back, the first wakes the peer and the rest find it running."""
+        out, self._udp_out = self._udp_out, []
+        for transport, data, addr in out:
+            if not transport.is_closing():
+                transport.sendto(data, addr)
+
     def send_raw(self, data: bytes, dest: Address) -> None:
         for tap in self.taps:
             tap("out", data)
@@ -267,7 +279,9 @@ class SipStack:
             if proto is None or proto.transport is None:
                 log.warning("no udp socket for destination", dest=str(dest))
                 return
-            proto.transport.sendto(data, (dest.host.strip("[]"), dest.port))
+            if not self._udp_out:
+                (self._loop or asyncio.get_running_loop()).call_soon(self._send_udp)
+            self._udp_out.append((proto.transport, data, (dest.host.strip("[]"), dest.port)))
             return
         key = (dest.host.strip("[]"), dest.port)
         conn = self._tcp_conns.get(key)
