@@ -16,7 +16,6 @@ goes to whoever held the number when it rang.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 
 from calltrackd.tracking.model import (
@@ -30,11 +29,21 @@ from calltrackd.tracking.model import (
 _ANONYMOUS = frozenset({"", "anonymous", "unknown", "unavailable", "restricted", "private"})
 
 
-@functools.lru_cache(maxsize=1024)
-def _roles(tracker: Tracker) -> tuple[dict[str, str], frozenset[str]]:
-    """(static number → channel, pool numbers) of a tracker; trackers are frozen."""
+_Roles = tuple[dict[str, str], frozenset[str]]
+_roles_cache: dict[int, tuple[Tracker, _Roles]] = {}
+
+
+def _roles(tracker: Tracker) -> _Roles:
+    """(static number → channel, pool numbers) of a tracker; trackers are frozen.
+    Cached by identity, not by hash: hashing a tracker hashes its every pool number."""
+    hit = _roles_cache.get(id(tracker))
+    if hit is not None and hit[0] is tracker:
+        return hit[1]
     static = {s.number: s.channel for s in tracker.static}
     pooled = frozenset(n for pool in tracker.pools for n in pool.numbers)
+    if len(_roles_cache) >= 1024:  # trackers replaced by reloads
+        _roles_cache.clear()
+    _roles_cache[id(tracker)] = (tracker, (static, pooled))
     return static, pooled
 
 
