@@ -49,10 +49,12 @@ class LoopLagMonitor:
         self._queue_high_since: float | None = None
         self._expected = 0.0
         self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         self._expected = self.clock() + self.interval
-        self._handle = asyncio.get_running_loop().call_later(self.interval, self._tick)
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_later(self.interval, self._tick)
 
     def stop(self) -> None:
         if self._handle is not None:
@@ -90,4 +92,5 @@ class LoopLagMonitor:
             self.observe_queue(max(p.tick(now) for p in self.probes), now)
         self.observe(now - self._expected)
         self._expected = now + self.interval
-        self._handle = asyncio.get_running_loop().call_later(self.interval, self._tick)
+        if self._loop is not None:
+            self._handle = self._loop.call_later(self.interval, self._tick)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from .aio import bounded
 from .b2bua.call import CallInfo
 from .tracking.attribution import qualified
 from .tracking.model import Attribution, CallRecord
@@ -38,6 +39,7 @@ class Recorder:
         self.notify_webhooks = notify_webhooks
         self._chains: dict[str, deque[tuple[Callable[[CallInfo, Any], Any], Any]]] = {}
         self.pending: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- CallHooks ---------------------------------------------------------------------
 
@@ -83,18 +85,19 @@ class Recorder:
                     log.exception("call record step failed", call=call.id)
             del self._chains[call.id]
 
-        task = asyncio.get_running_loop().create_task(run())
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()  # once: each call asks getpid() on 3.11
+        task = self._loop.create_task(run())
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
 
     async def _started(self, call: CallInfo, snap: tuple[Any, ...]) -> None:
         now = time.time()
         try:
-            # asyncio.timeout, not wait_for: no task of its own for a lookup that is
-            # usually answered from memory without ever suspending
-            async with asyncio.timeout(ATTRIBUTION_BUDGET):
-                attribution, first_time = await self.tracking.attribute(
-                    call.tracker, call.did, call.caller, now)
+            assert self._loop is not None
+            attribution, first_time = await bounded(
+                self._loop, self.tracking.attribute(call.tracker, call.did, call.caller, now),
+                ATTRIBUTION_BUDGET)
         except Exception as exc:  # store down, too slow, or a bug: forward unattributed
             reason = "timeout" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}"
             log.warning("attribution failed", call=call.id, reason=reason)

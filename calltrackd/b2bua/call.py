@@ -282,7 +282,7 @@ class Call:
             if addr is not None:
                 self._send_invite(target, uri, addr)
             else:
-                asyncio.get_running_loop().create_task(self._resolve_and_send(target, uri))
+                self.engine.stack.loop.create_task(self._resolve_and_send(target, uri))
             return
         self._fail()
 
@@ -328,7 +328,7 @@ class Call:
         self.state = "calling"
         self._transmit_invite(attempt, req)
         ring = self.info.tracker.ring_timeout
-        attempt.timer = asyncio.get_running_loop().call_later(
+        attempt.timer = self.engine.stack.loop.call_later(
             ring, self._ring_timeout, attempt)
         self.engine.hooks.call_forwarded(self.info, time.monotonic() - self.mono_start)
 
@@ -458,7 +458,7 @@ class Call:
         attempt.provisional = False
         self.attempt = attempt
         self._transmit_invite(attempt, req)
-        attempt.timer = asyncio.get_running_loop().call_later(
+        attempt.timer = self.engine.stack.loop.call_later(
             self.info.tracker.ring_timeout, self._ring_timeout, attempt)
         return True
 
@@ -485,7 +485,7 @@ class Call:
         self.log.info("call answered", target=attempt.target.uri)
         self.engine.hooks.call_answered(self.info)
         limit = self.engine.settings().sip.max_call_duration
-        self.end_timer = asyncio.get_running_loop().call_later(limit, self._max_duration)
+        self.end_timer = self.engine.stack.loop.call_later(limit, self._max_duration)
 
     def _send_ack(self, leg: Leg, txn: ClientInviteTransaction, cseq: int, body: bytes = b"",
                   content_type: str | None = None) -> None:

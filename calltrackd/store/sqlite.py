@@ -168,6 +168,8 @@ class SqliteStore:
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
         self._open = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_batch = 0.0  # loop time the last CDR batch was taken
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -200,13 +202,15 @@ class SqliteStore:
         if not self._open or self._writer is None or self._wconn is None:
             raise StoreError("store is closed")
         conn = self._wconn
-        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, conn)
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._writer, fn, conn)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if not self._open or self._reader is None or self._rconn is None:
             raise StoreError("store is closed")
         conn = self._rconn
-        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, conn)
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._reader, fn, conn)
 
     @staticmethod
     def _tx(conn: sqlite3.Connection, body: Callable[[], None]) -> None:
@@ -222,7 +226,7 @@ class SqliteStore:
         memory = self.path == ":memory:"
         if not memory:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()  # kept: save_call runs per call step
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._reader = self._writer if memory else ThreadPoolExecutor(1, "sqlite-reader")
         try:
@@ -434,7 +438,8 @@ class SqliteStore:
             for d in deliveries
         ]
         caller = None if is_anonymous(record.caller) else (record.tracker, record.caller, row[2])
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        assert self._loop is not None
+        done: asyncio.Future[None] = self._loop.create_future()
         self._cdr_queue.append((row, drows, caller, done))
         if self._cdr_task is None or self._cdr_task.done():
             self._cdr_task = asyncio.create_task(self._drain_calls(), name="sqlite-cdrs")
@@ -444,9 +449,15 @@ class SqliteStore:
 
     async def _drain_calls(self) -> None:
         while self._cdr_queue:
-            # gather for a moment: a batch of one costs the writer thread and the loop as
-            # many hand-overs as a batch of sixty (3,000 records/s came in ~1,000 batches)
-            await asyncio.sleep(CDR_BATCH_WINDOW)
+            # at most one batch per window: under load the records of the window share a
+            # write (a batch of one costs the writer thread and the loop as many
+            # hand-overs as a batch of sixty; 3,000 records/s came in ~1,000 batches);
+            # a lone record after a quiet spell is written at once
+            assert self._loop is not None
+            wait = self._last_batch + CDR_BATCH_WINDOW - self._loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._last_batch = self._loop.time()
             batch, self._cdr_queue = self._cdr_queue, []
             try:
                 errors = await self._write(functools.partial(self._write_calls, batch))

@@ -220,6 +220,13 @@ class SipStack:
         self.queue_probes.clear()
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the stack runs on (kept: asking asyncio costs a getpid() on 3.11)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    @property
     def listening(self) -> list[Listen]:
         return list(self._listen)
 
@@ -256,7 +263,7 @@ class SipStack:
             if self._timer_at is not None and self._timer_at <= at:
                 return  # the armed timer fires first and re-arms after
             self._timer.cancel()
-        loop = self._loop or asyncio.get_running_loop()
+        loop = self.loop
         delay = max(0.0, at - self.clock())
         self._timer = loop.call_at(loop.time() + delay, self._on_timer)
         self._timer_at = at
@@ -280,7 +287,7 @@ class SipStack:
                 log.warning("no udp socket for destination", dest=str(dest))
                 return
             if not self._udp_out:
-                (self._loop or asyncio.get_running_loop()).call_soon(self._send_udp)
+                self.loop.call_soon(self._send_udp)
             self._udp_out.append((proto.transport, data, (dest.host.strip("[]"), dest.port)))
             return
         key = (dest.host.strip("[]"), dest.port)
@@ -293,11 +300,11 @@ class SipStack:
             pending.append(data)
             return
         self._tcp_pending[key] = [data]
-        loop = self._loop or asyncio.get_running_loop()
+        loop = self.loop
         loop.create_task(self._connect(key, dest))
 
     async def _connect(self, key: tuple[str, int], dest: Address) -> None:
-        loop = self._loop or asyncio.get_running_loop()
+        loop = self.loop
         try:
             _, proto = await asyncio.wait_for(
                 loop.create_connection(lambda: _Tcp(self, Address("tcp", *key)), *key), 5.0

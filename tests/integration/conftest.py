@@ -101,9 +101,11 @@ class Daemon:
         seen: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
             seen = self.calls(**params)
-            for call in seen:
-                if call["outcome"] is not None and pred(call):
-                    return call
+            for call in seen:  # newest first: the newest match, once it has finished
+                if pred(call):
+                    if call["outcome"] is not None:
+                        return call
+                    break  # still being written: not an older call instead
             time.sleep(0.1)
         raise AssertionError(f"no matching finished call; saw {seen}")
 
