@@ -1,6 +1,6 @@
 """Webhook deliveries per second from one calltrackd node.
 
-    /work/venv/bin/python tests/bench/bench_webhooks.py [--calls 6000] [--rate 400] \\
+    .venv/bin/python tests/bench/bench_webhooks.py [--calls 6000] [--rate 400] \\
         [--concurrency 4,32]
 
 Runs a local aiohttp receiver (answers 204 at once, checks the signature of the first

@@ -1,6 +1,6 @@
 """Memory per concurrent call: calltrackd holding 10,000 calls up at once.
 
-    /work/venv/bin/python tests/bench/hold_calls.py [--calls 10000] [--rate 500] [--hold 60]
+    .venv/bin/python tests/bench/hold_calls.py [--calls 10000] [--rate 500] [--hold 60]
 
 Starts calltrackd (routing only: every call dials a static number; `[sip] max_calls = 0`,
 the embedded store) and a SIPp PBX (tests/bench/scenarios/uas_answer_rr.xml), then one

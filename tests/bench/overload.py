@@ -1,6 +1,6 @@
 """Overload is shed, not queued: calltrackd offered twice its sustainable rate.
 
-    /work/venv/bin/python tests/bench/overload.py [--sustainable 400] [--factor 2] \\
+    .venv/bin/python tests/bench/overload.py [--sustainable 400] [--factor 2] \\
         [--seconds 30] [--recovery-seconds 30]
 
 Starts calltrackd (routing only, a static number, the embedded store) and a SIPp PBX,
