@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +15,8 @@ from typing import Any
 from aiohttp import web
 
 from .. import ids, jsonx
-from ..store.base import StoreError
+from ..store.base import PoolStats, StoreError
+from ..tracking.allocator import match_pool
 from ..tracking.model import SessionAnswer, SessionInput, Tracker
 from .api import APP, ApiError, Handler, require_admin
 from .ratelimit import RateLimiter
@@ -97,8 +97,9 @@ async def create_session(request: web.Request) -> web.Response:
     if tracker is None:
         raise ApiError(404, "unknown_tracker", "tracker: no tracker has that public_key")
     now = time.time()
-    if not await _is_renewal(request, session_id) and not request.app[LIMITER].allow(
-            _client(request), now):
+    limiter = request.app[LIMITER]
+    if (limiter.enabled and not await _is_renewal(request, tracker, session_id)
+            and not limiter.allow(_client(request), now)):
         answer = SessionAnswer("s_" + ids.token_urlsafe(16), tracker.default_number,
                                "default", now + tracker.reservation_ttl)
     else:
@@ -107,13 +108,16 @@ async def create_session(request: web.Request) -> web.Response:
     return _answer(answer)
 
 
-async def _is_renewal(request: web.Request, session_id: str | None) -> bool:
+async def _is_renewal(request: web.Request, tracker: Tracker, session_id: str | None) -> bool:
+    # Only a session of this tracker is renewed (the service starts a fresh one for any
+    # other id): a bot must not pass the limit with a session id of another site.
     if session_id is None:
         return False
     try:
-        return await request.app[APP].store.get_session(session_id) is not None
+        session = await request.app[APP].store.get_session(session_id)
     except Exception:
         return False
+    return session is not None and session.tracker == tracker.id
 
 
 def _client(request: web.Request) -> str:
@@ -211,10 +215,11 @@ def _tracker_stats(tracker: Tracker, calls: list[Any], visitors: list[Any],
     vis = [v for v in visitors if v.tracker == tracker.id]
     all_visitors = sum(v.visitors for v in vis)
     dynamic = sum(v.dynamic for v in vis)
+    served = _pool_visitors(tracker, vis)
     pool_rows = [{
         "pool": p.pool, "size": p.size, "free": p.free, "reserved": p.reserved,
         "cooling": p.cooling, "peak": p.peak, "shortfall": p.shortfall,
-        "recommended_size": max(p.size if p.shortfall == 0 else 0, math.ceil(p.peak * 1.2)),
+        "recommended_size": recommended_size(p, *served.get(p.pool, (0, 0))),
     } for p in pools if p.tracker == tracker.id]
     return {
         "tracker": tracker.id,
@@ -229,6 +234,33 @@ def _tracker_stats(tracker: Tracker, calls: list[Any], visitors: list[Any],
                              "coverage": _ratio(v.dynamic, v.visitors)} for v in vis],
         "pools": pool_rows,
     }
+
+
+def _pool_visitors(tracker: Tracker, vis: list[Any]) -> dict[str, tuple[int, int]]:
+    """Pool name → (visitors of the sources it serves, those of them given a number)."""
+    out: dict[str, tuple[int, int]] = {}
+    for v in vis:
+        pool = match_pool(tracker.pools, v.utm_source, v.utm_medium)
+        if pool is not None:
+            seen, dynamic = out.get(pool.name, (0, 0))
+            out[pool.name] = (seen + v.visitors, dynamic + v.dynamic)
+    return out
+
+
+def recommended_size(pool: PoolStats, visitors: int, dynamic: int) -> int:
+    """Numbers the pool needs: its peak concurrent demand + 20% (DOMAIN.md).
+
+    Without shortfall the demand is the peak of concurrent reservations, so an idle pool
+    of 100 whose peak was 10 is told 12. When visitors were turned away the peak is
+    only the pool's size: the demand is then estimated as peak ÷ the pool's coverage
+    (the share of its visitors that got a number), e.g. a pool of 10 that served 50% of
+    its visitors is told ceil(10 / 0.5 * 1.2) = 24. That is a floor, as coverage counts a
+    visitor served later in the visit and shortages fall at the busiest hours.
+    """
+    # in integers, ceil(a / b) = -(-a // b): no float rounding up an exact figure
+    if pool.shortfall and 0 < dynamic < visitors:
+        return -(-pool.peak * visitors * 6 // (dynamic * 5))
+    return -(-pool.peak * 6 // 5)
 
 
 # --- webhook admin ---------------------------------------------------------------------
@@ -268,6 +300,7 @@ _CORS = {
     "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
     "Access-Control-Allow-Headers": "Content-Type",
     "Access-Control-Max-Age": "86400",
+    "Access-Control-Expose-Headers": "Date",  # the snippet times pings by our clock
 }
 
 

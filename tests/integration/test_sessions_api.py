@@ -132,7 +132,8 @@ def test_1000_concurrent_visitors_against_a_pool_of_100(tmp_path: Path, store_ur
 
 
 async def _storm(base: str, n: int) -> list[dict[str, Any]]:
-    connector = aiohttp.TCPConnector(limit=100)
+    # no connection limit: all n requests are open at once, each on its own connection
+    connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as s:
         async def one(i: int) -> dict[str, Any]:
             async with s.post(f"{base}/v1/sessions",
@@ -161,5 +162,39 @@ def test_rate_limit_gives_default_number_not_an_error(tmp_path: Path) -> None:
         # a visitor renewing its own session is not a new session: not limited
         status, again = post(daemon, {"tracker": "pk_acme", "session_id": first["session_id"]})
         assert status == 200 and again["number"] == first["number"]
+    finally:
+        assert daemon.stop() == 0
+
+
+OTHER_SITE = """
+[[trackers]]
+id = "other"
+public_key = "pk_other"
+default_number = "+74990008888"
+forward = ["sip:127.0.0.1:5070"]
+  [[trackers.pools]]
+  name = "web"
+  sources = ["*"]
+  numbers = ["+74990008001"]
+"""
+
+
+def test_a_session_of_another_site_does_not_pass_the_rate_limit(tmp_path: Path) -> None:
+    sip, http = free_port(), free_port()
+    daemon = start_daemon(tmp_path, config(
+        sip, http, "session_rate_limit = 6\nsession_rate_burst = 3") + OTHER_SITE, sip, http)
+    try:
+        status, elsewhere = post(daemon, {"tracker": "pk_other"})
+        assert status == 200 and elsewhere["kind"] == "dynamic"
+        kinds = [post(daemon, {"tracker": "pk_acme"})[1]["kind"] for _ in range(3)]
+        assert kinds == ["dynamic"] * 2 + ["default"]  # one bucket per address
+        # an id from the other site is no renewal here: limited like a new visitor
+        status, bot = post(daemon, {"tracker": "pk_acme",
+                                    "session_id": elsewhere["session_id"]})
+        assert status == 200 and bot["kind"] == "default" and bot["number"] == DEFAULT
+        # while the other site's visitor still renews its own session
+        status, again = post(daemon, {"tracker": "pk_other",
+                                      "session_id": elsewhere["session_id"]})
+        assert status == 200 and again["number"] == elsewhere["number"]
     finally:
         assert daemon.stop() == 0

@@ -60,7 +60,9 @@
         body: payload ? JSON.stringify(payload) : "{}"
       }).then(function (r) {
         if (!r.ok) throw new Error("calltrackd: HTTP " + r.status);
-        return r.json();
+        // the server's clock: the visitor's may be off by minutes
+        var now = Date.parse(r.headers.get("Date") || "");
+        return r.json().then(function (a) { a.now = isNaN(now) ? Date.now() : now; return a; });
       });
     }
 
@@ -82,8 +84,13 @@
       var nodes = document.getElementsByClassName(cls);
       for (var n = 0; n < nodes.length; n++) {
         var el = nodes[n];
-        var href = el.getAttribute && el.getAttribute("href");
-        if (href && /^tel:/i.test(href)) el.setAttribute("href", "tel:" + number);
+        // the marked element's link: itself, one around it or ones inside it
+        var links = [].slice.call(el.getElementsByTagName("a"));
+        var outer = el.closest && el.closest("a");
+        if (outer) links.push(outer);
+        links.forEach(function (a) {
+          if (/^tel:/i.test(a.getAttribute("href") || "")) a.setAttribute("href", "tel:" + number);
+        });
         var walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT, null);
         var t;
         while ((t = walker.nextNode())) {
@@ -105,14 +112,10 @@
       } else {
         swap(a.number);
       }
-      schedule(a.expires_at);
-    }
-
-    function schedule(expiresAt) {
       if (timer) clearTimeout(timer);
-      var ttl = Date.parse(expiresAt) - Date.now();
-      var every = Math.max(15000, Math.min(60000, isNaN(ttl) ? 60000 : ttl / 3));
-      timer = setTimeout(ping, every);
+      // a third of the reservation, so a slow ping still finds it held; a second at least
+      var ttl = Date.parse(a.expires_at) - a.now;
+      timer = setTimeout(ping, Math.max(1000, Math.min(60000, isNaN(ttl) ? 60000 : ttl / 3)));
     }
 
     function ping() {
