@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -150,6 +151,41 @@ def start_daemon(tmp: Path, config_text: str, sip_port: int, http_port: int,
     raise AssertionError(f"daemon not healthy in {timeout}s:\n{daemon.log_text()}")
 
 
+# one entry of SIPp's -trace_msg file; the byte count gives the message's exact extent.
+# Not anchored at a line start: SIPp's "message lost" note has no newline after it.
+_TRACE_ENTRY = re.compile(rb"-{47} [^\n]*\n(?:UDP|TCP) message (sent|received) "
+                          rb"(?:\[(\d+)\] bytes :|\((\d+) bytes\):)\n\n")
+
+
+@dataclass(frozen=True)
+class SipTrace:
+    """One SIP message as SIPp sent or received it, byte for byte."""
+
+    sent: bool
+    raw: bytes
+
+    @property
+    def start_line(self) -> str:
+        return self.raw.split(b"\r\n", 1)[0].decode(errors="replace")
+
+    @property
+    def body(self) -> bytes:
+        return self.raw.partition(b"\r\n\r\n")[2]
+
+    def header(self, name: str) -> str | None:
+        head = self.raw.partition(b"\r\n\r\n")[0].decode(errors="replace")
+        for line in head.split("\r\n")[1:]:
+            key, sep, value = line.partition(":")
+            if sep and key.strip().lower() == name.lower():
+                return value.strip()
+        return None
+
+    @property
+    def cseq_method(self) -> str:
+        parts = (self.header("CSeq") or "").split()
+        return parts[-1] if parts else ""
+
+
 @dataclass
 class SippResult:
     returncode: int
@@ -215,6 +251,13 @@ class Sipp:
     def messages(self) -> str:
         path = self.tmp / f"{self.name}_messages.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def traces(self) -> list[SipTrace]:
+        """Every SIP message in the -trace_msg file, in order (lost ones included)."""
+        path = self.tmp / f"{self.name}_messages.log"
+        data = path.read_bytes() if path.exists() else b""
+        return [SipTrace(m[1] == b"sent", data[m.end():m.end() + int(m[2] or m[3])])
+                for m in _TRACE_ENTRY.finditer(data)]
 
 
 @pytest.fixture
