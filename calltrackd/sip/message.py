@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .uri import NameAddr, SipSyntaxError, SipURI, format_params, parse_params
+from .uri import TOKEN_CHARS, NameAddr, SipSyntaxError, SipURI, format_params, parse_params
 
 __all__ = [
     "Headers",
@@ -85,9 +85,6 @@ LIST_HEADERS = frozenset(
     }
 )
 
-_TOKEN_CHARS = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
-)
 
 _REASONS = {
     100: "Trying",
@@ -161,7 +158,7 @@ def _canonical(name: str) -> str:
 
 
 def is_token(text: str) -> bool:
-    return bool(text) and all(c in _TOKEN_CHARS for c in text)
+    return bool(text) and all(c in TOKEN_CHARS for c in text)
 
 
 _KEY_CACHE: dict[str, str] = {}
@@ -434,7 +431,11 @@ class Message:
     @property
     def vias(self) -> list[Via]:
         if self._vias is None:
-            self._vias = [Via.parse(v) for v in self.headers.values("Via")]
+            try:
+                self._vias = [Via.parse(v) for v in self.headers.values("Via")]
+            except SipSyntaxError as exc:
+                # callers routing a response (a 400 for a partial request) expect ParseError
+                raise ParseError(str(exc)) from None
         return self._vias
 
     @property
@@ -556,6 +557,17 @@ def _unfold(lines: list[str]) -> list[str]:
     return out
 
 
+def _loose_request(parts: list[str], headers: Headers, counts: dict[str, int]) -> Request | None:
+    """A request line with stray SP inside or after it (RFC 4475 lwsruri, lwsstart, trws) is
+    still a request we can answer 400 to, when the headers a response copies are there."""
+    words = [p for p in parts if p]
+    if len(words) < 3 or words[-1] != VERSION or not is_token(words[0]):
+        return None
+    if any(_key(name) not in counts for name in _REQUIRED):
+        return None
+    return Request(words[0], " ".join(words[1:-1]), headers)
+
+
 def parse_message(
     data: bytes, *, max_size: int = MAX_MESSAGE_SIZE, stream: bool = False
 ) -> Request | Response:
@@ -603,7 +615,8 @@ def parse_message(
     else:
         parts = start.split(" ")
         if len(parts) != 3:
-            raise ParseError(f"bad request line {start[:60]!r}")
+            raise ParseError(f"bad request line {start[:60]!r}",
+                             partial=_loose_request(parts, headers, counts))
         method, uri, version = parts
         if not is_token(method):
             raise ParseError(f"bad method {method[:20]!r}")
@@ -660,6 +673,9 @@ def parse_message(
     return msg
 
 
+_CL_INITIALS = frozenset("cClL")  # a line that could be Content-Length starts so
+
+
 class StreamFramer:
     """Cuts a TCP/TLS byte stream into messages by Content-Length (RFC 3261 §18.3)."""
 
@@ -683,13 +699,17 @@ class StreamFramer:
             head = bytes(self._buf[:end]).decode("utf-8", "replace")
             length = None
             for line in head.split("\r\n")[1:]:
+                if line[:1] not in _CL_INITIALS:
+                    continue
                 name, colon, value = line.partition(":")
                 if colon and name.strip().lower() in ("content-length", "l"):
                     value = value.strip()
                     if not value.isdigit():
                         raise ParseError("bad Content-Length on a stream")
+                    if length is not None and int(value) != length:
+                        # RFC 4475 mcl01: no way to know where this message ends
+                        raise ParseError("conflicting Content-Length on a stream")
                     length = int(value)
-                    break
             if length is None:
                 raise ParseError("missing Content-Length on a stream")
             total = end + 4 + length

@@ -10,7 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-__all__ = ["NameAddr", "SipSyntaxError", "SipURI", "format_params", "parse_params"]
+__all__ = [
+    "TOKEN_CHARS",
+    "NameAddr",
+    "SipSyntaxError",
+    "SipURI",
+    "format_params",
+    "parse_params",
+]
 
 
 T = TypeVar("T")
@@ -21,6 +28,11 @@ class SipSyntaxError(ValueError):
 
 
 _HOST_BAD = set(' \t"<>@,;?\\')
+
+# RFC 3261 §25.1 token: methods, header names, and unquoted display-name words
+TOKEN_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
+)
 
 # Parsed values by their text. The same From/To/Contact/Request-URI text comes back in
 # every message of a dialog, so parsing each once saves a good share of the per-message
@@ -149,11 +161,13 @@ class SipURI:
             return cls(scheme=scheme, opaque=rest)
         if any(c in " \t<>" for c in rest):
             raise SipSyntaxError(f"whitespace or angle bracket in URI {text!r}")
-        rest, qmark, headers = rest.partition("?")
+        # "@" appears nowhere else unescaped, while the user part may hold "?" and ";"
+        # (RFC 4475 intmeth, semiuri): split the userinfo off before the headers
         userinfo: str | None = None
-        at = rest.rfind("@")
+        at = rest.find("@")
         if at >= 0:
             userinfo, rest = rest[:at], rest[at + 1 :]
+        rest, qmark, headers = rest.partition("?")
         hostport, _, params_s = rest.partition(";")
         host, port = _parse_hostport(hostport)
         user = password = None
@@ -228,9 +242,7 @@ class NameAddr:
             if gt < 0:
                 raise SipSyntaxError(f"unterminated <...> in {text!r}")
             display = text[:lt].strip() or None
-            if display and display.startswith('"') and not (
-                display.endswith('"') and len(display) > 1
-            ):
+            if display is not None and not _good_display(display):
                 raise SipSyntaxError(f"bad display name in {text!r}")
             uri = SipURI.parse(text[lt + 1 : gt])
             rest = text[gt + 1 :].strip()
@@ -255,6 +267,15 @@ class NameAddr:
     def __str__(self) -> str:
         disp = f"{self.display} " if self.display else ""
         return f"{disp}<{self.uri}>{format_params(self.params)}"
+
+
+def _good_display(display: str) -> bool:
+    """A quoted-string, or tokens separated by LWS (RFC 3261 §25.1). Unquoted "Bell,
+    Alexander" (RFC 4475 baddn) would be copied unquoted into the messages we send.
+    Unquoted UTF-8 words pass: out of grammar, but common, and they split nothing."""
+    if display[0] == '"':
+        return len(display) > 1 and display[-1] == '"'
+    return all(c in TOKEN_CHARS or c in " \t" or c > "\x7f" for c in display)
 
 
 def _find_unquoted(text: str, ch: str) -> int:
