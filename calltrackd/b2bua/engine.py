@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("calltrackd.b2bua")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
+DRAIN_RETRY_AFTER = {"Retry-After": "5"}  # seconds; another node takes the call meanwhile
 
 
 class CallHooks(Protocol):
@@ -134,6 +135,9 @@ class Engine:
         if method == "INVITE":
             self._on_invite(event)
         elif method == "OPTIONS":
+            if self.draining:  # a dispatcher probing us takes this node out of its set
+                self._respond(txn, req, 503, DRAIN_RETRY_AFTER)
+                return
             resp = response_for(req, 200)
             resp.headers.add("Allow", ALLOW)
             resp.headers.add("Accept", "application/sdp")
@@ -178,7 +182,7 @@ class Engine:
             self._respond(txn, req, 403)
             return
         if self.draining:
-            self._respond(txn, req, 503, {"Retry-After": "5"})
+            self._respond(txn, req, 503, DRAIN_RETRY_AFTER)
             return
         max_calls = settings.sip.max_calls
         if (max_calls and len(self.calls) >= max_calls) or self.overloaded():

@@ -4,6 +4,7 @@ against the Redis store on a real redis-server (started by conftest.py)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -172,3 +173,74 @@ async def test_stats_from_calls_and_visitors(store: Store) -> None:
     assert (vis.utm_source, vis.utm_medium, vis.visitors, vis.dynamic) == ("google", "cpc", 2, 1)
 
 
+# --- the webhook outbox ------------------------------------------------------------------
+# Redis leases the rows due_deliveries hands out (another node must not send them too) and
+# SQLite does not; `take` gives them back, so each poll below sees the outbox as it stands.
+
+
+async def take(store: Store, now: float, limit: int = 10) -> list[str]:
+    due = await store.due_deliveries(now, limit)
+    await store.unlease([d.id for d in due])
+    return [d.id for d in due]
+
+
+async def test_outbox_hands_out_due_events_longest_due_first_as_enqueued(store: Store) -> None:
+    late = replace(delivery("d_late", at=100.0), next_attempt_at=105.0)
+    started = delivery("d_2", "call.started", at=102.0)
+    await store.save_call(call("c_1"), [late, delivery("d_1", at=101.0), started])
+    assert await store.pending_count() == 3
+    assert await take(store, 100.5) == []
+    assert await take(store, 102.0) == ["d_1", "d_2"]
+    assert await take(store, 110.0, limit=2) == ["d_1", "d_2"]
+    assert await take(store, 110.0) == ["d_1", "d_2", "d_late"]
+    due = {d.id: d for d in await store.due_deliveries(110.0, 10)}
+    assert due["d_2"] == started and due["d_late"] == late  # every field, the body's bytes
+
+
+async def test_delivered_event_is_never_handed_out_or_resent_again(store: Store) -> None:
+    await store.save_call(call("c_1"), [delivery("d_1"), delivery("d_2")])
+    await store.mark_delivered("d_1", 150.0)
+    assert await take(store, 200.0) == ["d_2"]
+    assert await store.pending_count() == 1
+    [done] = await store.list_deliveries("delivered", 10)
+    assert (done.id, done.status, done.attempts, done.last_error) == ("d_1", "delivered", 1, None)
+    assert not await store.requeue("d_1", 300.0)
+    # the CDR written again (a retried write) brings its events along: they stay as they are
+    await store.save_call(call("c_1", outcome="answered"), [delivery("d_1"), delivery("d_2")])
+    assert await take(store, 300.0) == ["d_2"]
+    assert await store.pending_count() == 1
+
+
+async def test_failed_attempt_waits_for_its_retry_time_keeping_count_and_error(
+    store: Store
+) -> None:
+    await store.save_call(call("c_1"), [delivery("d_1", at=100.0)])
+    assert [d.id for d in await store.due_deliveries(100.0, 10)] == ["d_1"]  # being sent
+    await store.reschedule("d_1", 1, 160.0, "HTTP 503")
+    assert await take(store, 159.0) == []
+    [retry] = await store.due_deliveries(160.0, 10)
+    assert (retry.attempts, retry.next_attempt_at, retry.last_error, retry.status) == (
+        1, 160.0, "HTTP 503", "pending")
+    await store.reschedule("d_1", 2, 220.0, "timeout")
+    await store.save_call(call("c_1", outcome="answered"), [delivery("d_1", at=100.0)])
+    assert await take(store, 219.0) == []  # the backoff holds, the CDR's rewrite aside
+    assert await take(store, 220.0) == ["d_1"]
+    assert await store.pending_count() == 1
+    assert await store.list_deliveries("failed", 10) == []
+
+
+async def test_given_up_event_is_listed_failed_and_resent_on_request(store: Store) -> None:
+    await store.save_call(call("c_1"), [delivery("d_1", at=100.0), delivery("d_2", at=101.0)])
+    await store.mark_failed("d_1", 12, "gave up after 24h")
+    assert await take(store, 1000.0) == ["d_2"]
+    assert await store.pending_count() == 1
+    [failed] = await store.list_deliveries("failed", 10)
+    assert (failed.id, failed.status, failed.attempts, failed.last_error) == (
+        "d_1", "failed", 12, "gave up after 24h")
+    assert await store.requeue("d_1", 2000.0)
+    assert await store.list_deliveries("failed", 10) == []
+    assert await store.pending_count() == 2
+    assert await take(store, 1999.0) == ["d_2"]
+    assert await take(store, 2000.0) == ["d_2", "d_1"]
+    assert not await store.requeue("d_unknown", 2000.0)
+    assert [d.id for d in await store.list_deliveries(None, 10)] == ["d_2", "d_1"]  # newest
