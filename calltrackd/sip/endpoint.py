@@ -144,7 +144,9 @@ class TransactionLayer:
         except ParseError as exc:
             answered = None
             req = exc.partial
-            if req is not None and req.method != "ACK":
+            # without a Via there is nowhere to send an answer (§18.2.2): a datagram of
+            # three words is not a request to answer 505 to
+            if req is not None and req.method != "ACK" and req.headers.get_all("Via"):
                 try:
                     resp = response_for(req, exc.status, None)
                     self._out.append((resp.to_bytes(), self._response_address(req, source)))
@@ -297,9 +299,10 @@ class TransactionLayer:
     def _server_key(req: Request, method: str) -> str:
         via = req.top_via
         branch = via.branch
-        if branch and branch.startswith(MAGIC):
+        if branch and len(branch) > len(MAGIC) and branch.startswith(MAGIC):
             return f"{branch}|{via.host}:{via.port}|{method}"
-        # RFC 2543 peers (§17.2.3): match on the request's identifying fields
+        # RFC 2543 peers (§17.2.3), and a bare magic cookie that makes no branch unique
+        # (RFC 4475 §3.1.2.15 badbranch): match on the request's identifying fields
         from_tag = req.from_.tag
         return f"{req.call_id}|{req.cseq[0]}|{from_tag}|{via.host}:{via.port}|{method}"
 

@@ -244,3 +244,24 @@ def test_own_via_is_cached_as_it_would_parse() -> None:
         cached = _via_cache.pop(text)
         assert cached == Via._parse(text)
         assert Via.parse(text) == cached  # and the cache keeps returning copies of it
+
+
+def test_three_words_of_junk_get_no_answer() -> None:
+    layer = TransactionLayer()
+    events = layer.receive(b"hello there friend", Address("udp", "192.0.2.1", 5060), 0.0)
+    assert [type(e) for e in events] == [MalformedMessage]
+    assert list(layer.transmits()) == []
+
+
+def test_bare_magic_cookie_branch_is_not_taken_as_unique() -> None:
+    def options(call_id: str) -> bytes:
+        return (f"OPTIONS sip:x@192.0.2.9 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK\r\n"
+                f"From: <sip:a@192.0.2.1>;tag=1\r\nTo: <sip:x@192.0.2.9>\r\nCall-ID: {call_id}\r\n"
+                "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+
+    layer = TransactionLayer()
+    src = Address("udp", "192.0.2.1", 5060)
+    first = layer.receive(options("one@x"), src, 0.0)
+    second = layer.receive(options("two@x"), src, 0.0)
+    # two requests, two transactions: the second is not swallowed as a retransmission
+    assert len(first) == 1 and len(second) == 1
