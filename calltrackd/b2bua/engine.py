@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("calltrackd.b2bua")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
+# standard methods a B2BUA in front of PBXes does not serve (RFC 3261, 3265, 3428, 3515, 3903)
+OTHER_METHODS = frozenset({"REGISTER", "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH"})
 DRAIN_RETRY_AFTER = {"Retry-After": "5"}  # seconds; another node takes the call meanwhile
 
 
@@ -132,6 +134,11 @@ class Engine:
         if not req.uri.lower().startswith(("sip:", "sips:", "tel:")):
             self._respond(txn, req, 416)  # §8.2.2.1: a Request-URI scheme we do not serve
             return
+        if method != "INVITE":  # an INVITE is checked after the carrier ACL
+            require = req.headers.values("Require")
+            if require:  # §8.2.2.3: we support no extension a request may require
+                self._respond(txn, req, 420, {"Unsupported": ", ".join(require)})
+                return
         if method == "INVITE":
             self._on_invite(event)
         elif method == "OPTIONS":
@@ -146,7 +153,8 @@ class Engine:
         elif method in ("BYE", "UPDATE", "INFO", "PRACK"):
             self._respond(txn, req, 481)
         else:
-            resp = response_for(req, 405)
+            # §8.2.1: a method we know but do not serve is 405, one we do not know 501
+            resp = response_for(req, 405 if method in OTHER_METHODS else 501)
             resp.headers.add("Allow", ALLOW)
             self._add_to_tag(resp)
             self.stack.layer.respond(txn, resp, self.stack.clock())
@@ -191,9 +199,13 @@ class Engine:
             self._respond(txn, req, 503, {"Retry-After": "1"})
             return
         mf = req.headers.get("Max-Forwards")
-        if mf is not None and int(mf) <= 0:
-            self._respond(txn, req, 483)
-            return
+        if mf is not None:
+            if not mf.strip().isdigit():
+                self._respond(txn, req, 400)
+                return
+            if int(mf) <= 0:
+                self._respond(txn, req, 483)
+                return
         require = [v.lower() for v in req.headers.values("Require")]
         if require:
             self._respond(txn, req, 420, {"Unsupported": ", ".join(require)})

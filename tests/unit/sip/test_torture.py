@@ -105,7 +105,7 @@ a=rtpmap:31 LPC
 # §3.1.1.2 Wide range of valid characters: a token method with every non-alphanumeric
 # token character (% is no escape there), a URI user with '?' and a password, a quoted
 # NUL/BEL/DEL, multi-token display name, UTF-8 parameter and header values. A UAS answers
-# 501 listing what it understands. Ours: 405 with Allow (a method outside our list).
+# 501 listing what it understands. Ours: 501 with Allow.
 INTMETH = crlf("""!interesting-Method0123456789_*+`.%indeed'~ sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com SIP/2.0
 Via: SIP/2.0/TCP host1.example.com;branch=z9hG4bK-.!%66*_+`'~
 To: "BEL:\\\x07 NUL:\\\x00 DEL:\\\x7f" <sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*@example.com>
@@ -152,7 +152,7 @@ L:0
 
 # §3.1.1.5 Use of % when it is not an escape: the method RE%47IST%45R is unknown (not
 # REGISTER), the display names are "%Z%45", C%6Fntact is an extension header, so two
-# Contact values, not three. An endpoint rejects it with 501. Ours: 405 with Allow.
+# Contact values, not three. An endpoint rejects it with 501. Ours: 501 with Allow.
 ESC02 = crlf("""RE%47IST%45R sip:registrar.example.com SIP/2.0
 To: "%Z%45" <sip:resource@example.com>
 From: "%Z%45" <sip:resource@example.com>;tag=f232jadfj23
@@ -694,8 +694,8 @@ l: 0
 """)
 
 # §3.3.5 Unknown Proxy-Require and Require values: a UAS answers 420 with Unsupported. Ours:
-# parses; the engine checks Require on INVITE only, so this OPTIONS is answered 200 (see
-# the report of issue 2) and the status is not pinned here.
+# parses; 420 naming the Require values (we are the UAS of an OPTIONS; Proxy-Require is a
+# proxy's business, not a B2BUA's).
 BEXT01 = crlf("""OPTIONS sip:user@example.com SIP/2.0
 To: sip:j_user@example.com
 From: sip:caller@example.net;tag=242etr
@@ -887,10 +887,10 @@ m=audio 49217 RTP/AVP 0
 
 TORTURE: dict[str, Torture] = {
     "wsinv": Torture("3.1.1.1", WSINV, answer=481),
-    "intmeth": Torture("3.1.1.2", INTMETH, answer=405),
+    "intmeth": Torture("3.1.1.2", INTMETH, answer=501),
     "esc01": Torture("3.1.1.3", ESC01, answer=404),
     "escnull": Torture("3.1.1.4", ESCNULL, answer=405),
-    "esc02": Torture("3.1.1.5", ESC02, answer=405),
+    "esc02": Torture("3.1.1.5", ESC02, answer=501),
     "lwsdisp": Torture("3.1.1.6", LWSDISP, answer=200),
     "longreq": Torture("3.1.1.7", LONGREQ, answer=404),
     "dblreq": Torture("3.1.1.8", DBLREQ, answer=405),
@@ -923,7 +923,7 @@ TORTURE: dict[str, Torture] = {
     "unkscm": Torture("3.3.2", UNKSCM, answer=416),
     "novelsc": Torture("3.3.3", NOVELSC, answer=416),
     "unksm2": Torture("3.3.4", UNKSM2, answer=405),
-    "bext01": Torture("3.3.5", BEXT01, answer=ANY),
+    "bext01": Torture("3.3.5", BEXT01, answer=420),
     "invut": Torture("3.3.6", INVUT, answer=404),
     "regaut01": Torture("3.3.7", REGAUT01, answer=405),
     "multi01": Torture("3.3.8", MULTI01, 400, True, 400),
