@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import structlog
 
 from .. import ids
+from ..sip.dialog import TARGET_REFRESH, Dialog, DialogError, make_cancel
 from ..sip.endpoint import Address, ClientTransaction, ServerTransaction, new_branch, new_tag
-from ..sip.message import Headers, Request, Response, Via, response_for
+from ..sip.message import Request, Response, Via, response_for
 from ..sip.transaction import ClientInviteTransaction
-from ..sip.uri import NameAddr, SipSyntaxError, SipURI
+from ..sip.uri import SipSyntaxError, SipURI
 from ..tracking.model import ForwardTarget, HangupBy, Outcome, Tracker
 
 if TYPE_CHECKING:
@@ -70,78 +71,27 @@ class CallInfo:
 
 
 class Leg:
-    """One dialog of the call (RFC 3261 §12), from our side."""
+    """One side of the call: its dialog (RFC 3261 §12) and how we reach the peer."""
 
-    __slots__ = (
-        "call",
-        "call_id",
-        "cseq",
-        "dest",
-        "local",
-        "local_tag",
-        "remote",
-        "remote_cseq",
-        "remote_tag",
-        "remote_target",
-        "route_set",
-        "side",
-        "transport",
-    )
+    __slots__ = ("call", "dest", "dialog", "side", "transport")
 
-    def __init__(self, call: Call, side: Literal["a", "b"], call_id: str, local_tag: str,
+    def __init__(self, call: Call, side: Literal["a", "b"], dialog: Dialog,
                  transport: str) -> None:
         self.call = call
         self.side = side
-        self.call_id = call_id
-        self.local_tag = local_tag
-        self.remote_tag: str | None = None
-        self.local = ""  # our From/To value, with our tag
-        self.remote = ""  # theirs, with their tag once known
-        self.remote_target = ""
-        self.route_set: list[str] = []
-        self.cseq = 1
-        self.remote_cseq = 0
+        self.dialog = dialog
         self.transport = transport
         self.dest: Address | None = None
 
     def request(self, method: str, body: bytes = b"", content_type: str | None = None,
                 cseq: int | None = None) -> Request:
-        """An in-dialog request toward the peer (§12.2.1.1, loose routing only)."""
-        if cseq is None:
-            self.cseq += 1
-            cseq = self.cseq
-        stack = self.call.engine.stack
+        """An in-dialog request toward the peer, with our Via (and Contact, when the
+        request refreshes the target) for the way it goes out."""
         assert self.dest is not None
-        host, port = stack.local_hostport(self.transport, self.dest.host)
-        h = Headers()
-        h.add("Via", Via.own(self.transport, host, port, new_branch()))
-        for route in self.route_set:
-            h.add("Route", route)
-        h.add("Max-Forwards", "70")
-        h.add("From", self.local)
-        h.add("To", self.remote)
-        h.add("Call-ID", self.call_id)
-        h.add("CSeq", f"{cseq} {method}")
-        if method in ("INVITE", "UPDATE"):
-            h.add("Contact", self.call.contact(self))
-        if content_type and body:
-            h.add("Content-Type", content_type)
-        return Request(method, self.remote_target, h, body)
-
-    def learn_remote(self, msg: Request | Response, *, is_uas: bool) -> None:
-        """Remote target and route set from the dialog-creating message (§12.1)."""
-        self.refresh_target(msg)
-        rr = msg.headers.values("Record-Route")
-        self.route_set = rr if is_uas else list(reversed(rr))
-
-    def refresh_target(self, msg: Request | Response) -> None:
-        """Target refresh (§12.2): a new Contact replaces the remote target only."""
-        contact = msg.headers.values("Contact")
-        if contact:
-            try:
-                self.remote_target = str(NameAddr.parse(contact[0]).uri)
-            except SipSyntaxError:
-                pass
+        host, port = self.call.engine.stack.local_hostport(self.transport, self.dest.host)
+        via = Via.own(self.transport, host, port, new_branch())
+        contact = self.call.contact(self) if method in TARGET_REFRESH else None
+        return self.dialog.request(method, via, contact, body, content_type, cseq)
 
 
 @dataclass(slots=True)
@@ -185,13 +135,9 @@ class Call:
         self.source = source
         self.mono_start = time.monotonic()
         self.state: State = "routing"
-        self.a = Leg(self, "a", invite.call_id, new_tag(), source.transport)
-        self.a.remote = invite.headers.get("From") or ""
-        self.a.local = _with_tag(invite.headers.get("To") or "", self.a.local_tag)
-        self.a.learn_remote(invite, is_uas=True)
-        self.a.remote_tag = invite.from_.tag
-        self.a.remote_cseq = invite.cseq[0]
-        self.a.dest = self._a_dest()
+        self.a = Leg(self, "a", Dialog.uas(invite, new_tag()), source.transport)
+        # an unresolvable next hop (a name) falls back to where the INVITE came from
+        self.a.dest = self._peer_address(self.a) or source
         self.b: Leg | None = None
         self.targets = list(tracker.forward)
         self.attempt: Attempt | None = None
@@ -202,7 +148,7 @@ class Call:
         self.relays: dict[int, tuple[ServerTransaction, Request]] = {}  # id(client txn)
         self.a_ack_pending: Response | None = None  # late offer: B's ACK waits for A's body
         transaction.user = self.a
-        engine.register_dialog(self.a.call_id, self.a.local_tag, self, self.a)
+        engine.register_dialog(self.a.dialog.call_id, self.a.dialog.local_tag, self, self.a)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -224,22 +170,22 @@ class Call:
         return f"<sip:calltrackd@{host}:{port};transport={leg.transport}>"
 
     def dialog_keys(self) -> list[tuple[str, str]]:
-        keys = [(self.a.call_id, self.a.local_tag)]
+        keys = [(self.a.dialog.call_id, self.a.dialog.local_tag)]
         if self.b is not None:
-            keys.append((self.b.call_id, self.b.local_tag))
+            keys.append((self.b.dialog.call_id, self.b.dialog.local_tag))
         return keys
 
-    def _a_dest(self) -> Address:
-        """Where in-dialog requests to the caller go: first Route, else Contact; an
-        unresolvable host (a name) falls back to where the INVITE came from."""
-        uri_s = self.a.route_set[0] if self.a.route_set else self.a.remote_target
+    @staticmethod
+    def _peer_address(leg: Leg) -> Address | None:
+        """Where in-dialog requests to the peer go (first route, else remote target) when
+        that is an IP literal on the leg's transport; None when it would take DNS or
+        another transport, and the leg keeps the address it has."""
         try:
-            uri = NameAddr.parse(uri_s).uri if "<" in uri_s else SipURI.parse(uri_s)
-            addr = literal_address(uri)
+            addr = literal_address(leg.dialog.next_hop())
         except SipSyntaxError:
-            addr = None
-        if addr is None or addr.transport != self.source.transport:
-            return self.source
+            return None
+        if addr is None or addr.transport != leg.transport:
+            return None
         return addr
 
     def _respond_a(self, status: int, reason: str | None = None, body: bytes = b"",
@@ -247,7 +193,7 @@ class Call:
                    txn: ServerTransaction | None = None, request: Request | None = None) -> None:
         req = request or self.invite
         resp = response_for(req, status, reason)
-        resp.headers.set("To", self.a.local)
+        resp.headers.set("To", self.a.dialog.local)
         if 100 < status < 300 and req.method in ("INVITE", "UPDATE"):
             resp.headers.add("Contact", self.contact(self.a))
             if req is self.invite:
@@ -303,25 +249,29 @@ class Call:
 
     def _send_invite(self, target: ForwardTarget, uri: SipURI, addr: Address) -> None:
         inv = self.invite
-        leg = Leg(self, "b", ids.token_urlsafe(16) + "@calltrackd", new_tag(), addr.transport)
-        leg.dest = addr
         host, _ = self.engine.stack.local_hostport(addr.transport, addr.host)
         ruri = uri if uri.user else uri.with_(user=self.info.did)
         ruri = ruri.with_(headers=None)
-        leg.remote_target = str(ruri)
         from_ = inv.from_
         caller_user = from_.uri.user or "anonymous"
         disp = f"{from_.display} " if from_.display else ""
-        leg.local = f"{disp}<sip:{caller_user}@{host}>;tag={leg.local_tag}"
-        leg.remote = f"<sip:{self.info.did}@{ruri.host}{f':{ruri.port}' if ruri.port else ''}>"
+        tag = new_tag()
+        dialog = Dialog(
+            ids.token_urlsafe(16) + "@calltrackd", tag,
+            f"{disp}<sip:{caller_user}@{host}>;tag={tag}",
+            f"<sip:{self.info.did}@{ruri.host}{f':{ruri.port}' if ruri.port else ''}>",
+            str(ruri),
+        )
+        leg = Leg(self, "b", dialog, addr.transport)
+        leg.dest = addr
         mf = inv.headers.get("Max-Forwards")
-        req = leg.request("INVITE", inv.body, inv.headers.get("Content-Type"), cseq=leg.cseq)
+        req = leg.request("INVITE", inv.body, inv.headers.get("Content-Type"))
         req.headers.set("Max-Forwards", str(int(mf) - 1 if mf else 69))
         req.headers.add("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO")
         req.headers.add("X-Calltrackd-Call", self.id)
         req.headers.add("User-Agent", self.engine.settings().sip.user_agent)
         self.b = leg
-        self.engine.register_dialog(leg.call_id, leg.local_tag, self, leg)
+        self.engine.register_dialog(dialog.call_id, tag, self, leg)
         attempt = Attempt(target=target, leg=leg, invite=req)
         self.attempt = attempt
         self.info.target = target.uri
@@ -356,17 +306,7 @@ class Call:
         if not attempt.provisional:
             attempt.cancel_pending = True  # §9.1: CANCEL only after a provisional
             return
-        req = attempt.invite
-        h = Headers()
-        h.add("Via", req.headers.values("Via")[0])
-        for route in req.headers.get_all("Route"):
-            h.add("Route", route)
-        h.add("Max-Forwards", "70")
-        h.add("From", req.headers.get("From") or "")
-        h.add("To", req.headers.get("To") or "")
-        h.add("Call-ID", req.call_id)
-        h.add("CSeq", f"{req.cseq[0]} CANCEL")
-        cancel = Request("CANCEL", req.uri, h)
+        cancel = make_cancel(attempt.invite)
         assert attempt.leg.dest is not None
         txn = self.engine.stack.layer.send_request(cancel, attempt.leg.dest, self.now())
         txn.user = None
@@ -404,10 +344,7 @@ class Call:
                 return
             if code == 100 or self.state == "ended":
                 return
-            tag = resp.to.tag
-            if tag:
-                leg.remote_tag = tag
-                leg.remote = resp.headers.get("To") or leg.remote
+            leg.dialog.receive_response(resp)
             self.state = "early"
             self._respond_a(code, resp.reason, resp.body, resp.headers.get("Content-Type"))
             return
@@ -416,6 +353,7 @@ class Call:
         if code < 300:
             self._on_answer(attempt, resp)
             return
+        leg.dialog.receive_response(resp)
         self.attempt = None
         if code in (401, 407) and attempt.target.username and not attempt.auth_tried:
             if self._authenticate(attempt, resp):
@@ -441,8 +379,7 @@ class Call:
             return False
         old = attempt.invite
         leg = attempt.leg
-        leg.cseq += 1
-        req = leg.request("INVITE", old.body, old.headers.get("Content-Type"), cseq=leg.cseq)
+        req = leg.request("INVITE", old.body, old.headers.get("Content-Type"))
         for name, value in old.headers:
             if name not in ("Via", "CSeq", "Content-Type", "Contact", "Route", "From", "To",
                             "Call-ID", "Max-Forwards", "Content-Length"):
@@ -465,10 +402,8 @@ class Call:
     def _on_answer(self, attempt: Attempt, resp: Response) -> None:
         leg = attempt.leg
         assert isinstance(attempt.txn, ClientInviteTransaction)
-        leg.remote_tag = resp.to.tag
-        leg.remote = resp.headers.get("To") or leg.remote
-        leg.learn_remote(resp, is_uas=False)
-        leg.dest = self._leg_dest(leg) or leg.dest
+        leg.dialog.receive_response(resp)
+        leg.dest = self._peer_address(leg) or leg.dest
         attempt.answered = True
         if self.state == "ended":
             self._ack_and_bye(leg, attempt.txn, resp)
@@ -494,26 +429,13 @@ class Call:
         self.engine.stack.flush()
 
     def _ack_and_bye(self, leg: Leg, txn: ClientInviteTransaction, resp: Response) -> None:
-        leg.remote_tag = resp.to.tag
-        leg.remote = resp.headers.get("To") or leg.remote
-        leg.learn_remote(resp, is_uas=False)
-        leg.dest = self._leg_dest(leg) or leg.dest
+        leg.dialog.receive_response(resp)
+        leg.dest = self._peer_address(leg) or leg.dest
         try:
             self._send_ack(leg, txn, txn.request.cseq[0])
         except Exception:  # the transaction may already hold an ACK
             pass
         self._send_bye(leg)
-
-    def _leg_dest(self, leg: Leg) -> Address | None:
-        uri_s = leg.route_set[0] if leg.route_set else leg.remote_target
-        try:
-            uri = NameAddr.parse(uri_s).uri if "<" in uri_s else SipURI.parse(uri_s)
-        except SipSyntaxError:
-            return None
-        addr = literal_address(uri)
-        if addr is not None and leg.dest is not None and addr.transport != leg.dest.transport:
-            return None
-        return addr
 
     def _send_bye(self, leg: Leg) -> None:
         if leg.dest is None:
@@ -544,12 +466,11 @@ class Call:
     def on_request(self, leg: Leg, txn: ServerTransaction, req: Request) -> None:
         other = self.b if leg is self.a else self.a
         method = req.method
-        if req.cseq[0] < leg.remote_cseq and method != "ACK":
-            self._respond_other(txn, req, leg, 500)
+        try:
+            leg.dialog.receive_request(req)
+        except DialogError as exc:
+            self._respond_other(txn, req, leg, exc.status)
             return
-        leg.remote_cseq = max(leg.remote_cseq, req.cseq[0])
-        if method in ("INVITE", "UPDATE"):
-            leg.refresh_target(req)
         if method == "BYE":
             self._respond_other(txn, req, leg, 200)
             if self.state != "ended":
@@ -581,7 +502,7 @@ class Call:
             self.relays.pop(id(txn), None)
         if isinstance(txn, ClientInviteTransaction) and 200 <= resp.status < 300:
             self._send_ack(leg, txn, txn.request.cseq[0])
-            leg.refresh_target(resp)  # a re-INVITE 2xx is a target refresh (§12.2.1.2)
+        leg.dialog.receive_response(resp)  # a re-INVITE's or UPDATE's 2xx refreshes the target
         if resp.status == 100:
             return
         self._respond_other(origin_txn, origin_req, origin_leg, resp.status, resp.reason,
@@ -681,10 +602,6 @@ def _outcome_for(code: int) -> Outcome:
     if code in (408, 480, 487):
         return "no_answer"
     return "failed"
-
-
-def _with_tag(value: str, tag: str) -> str:
-    return f"{value};tag={tag}"
 
 
 @functools.lru_cache(maxsize=4096)

@@ -141,15 +141,19 @@ class Dialog:
                 self.remote_tag = None
                 self._set_route_set(())
                 return
-            tag = response.to.tag
-            if not tag and status < 200:
-                return  # a provisional without a To tag creates no dialog (§12.1)
+            headers = response.headers
+            to = headers.get("To") or ""
+            tag = NameAddr.parse(to).tag
+            if status < 200 and (not tag or tag == self.remote_tag):
+                # no To tag: no dialog (§12.1); the same tag again (183, then 180): the
+                # early dialog it made stands
+                return
             # a 1xx makes an early dialog; the 2xx recomputes it (§13.2.2.4), and may carry
             # another tag than the 1xx when a proxy forked: the one that answered wins
             self.remote_tag = tag
-            self.remote = response.headers.get("To") or self.remote
+            self.remote = to or self.remote
             self.refresh_target(response)
-            self._set_route_set(response.headers.values("Record-Route")[::-1])
+            self._set_route_set(headers.values("Record-Route")[::-1])
             if status >= 200:
                 self._forming = False
         elif 200 <= status < 300 and method in TARGET_REFRESH:
