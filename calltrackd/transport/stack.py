@@ -63,6 +63,10 @@ def _grow_buffers(sock: socket.socket) -> None:
                 continue
 
 
+# datagrams sent when they are ready instead of at the end of the loop turn (see send_raw)
+_SEND_AT_ONCE = (b"SIP/2.0 100 ", b"INVITE ")
+
+
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, stack: SipStack) -> None:
         self.stack = stack
@@ -286,9 +290,20 @@ class SipStack:
             if proto is None or proto.transport is None:
                 log.warning("no udp socket for destination", dest=str(dest))
                 return
+            addr = (dest.host.strip("[]"), dest.port)
+            if data.startswith(_SEND_AT_ONCE):
+                # a new call's first answer (100 Trying) and the INVITE we forward: their
+                # wait is the call's set-up time, and a turn of the loop under load lasts
+                # milliseconds. What this turn queued before them goes first (order per
+                # peer is kept); one wake-up per call is cheap next to that wait.
+                if self._udp_out:
+                    self._send_udp()
+                if not proto.transport.is_closing():
+                    proto.transport.sendto(data, addr)
+                return
             if not self._udp_out:
                 self.loop.call_soon(self._send_udp)
-            self._udp_out.append((proto.transport, data, (dest.host.strip("[]"), dest.port)))
+            self._udp_out.append((proto.transport, data, addr))
             return
         key = (dest.host.strip("[]"), dest.port)
         conn = self._tcp_conns.get(key)
