@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from . import sip
 from .b2bua.engine import Engine
 from .config import ConfigError, Settings, load_config
 from .gcpolicy import CollectorPolicy
@@ -103,6 +104,7 @@ class App:
             http=f"{self.settings.http.host}:{self.http_port}",
             store=self.settings.store.url.split("@")[-1],
             trackers=len(self.settings.trackers),
+            sip_core=sip.NATIVE,
         )
         # Long-lived objects (config, modules) leave the collector's view for good.
         gc.collect()

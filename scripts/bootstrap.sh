@@ -47,10 +47,25 @@ ensure_venv() {
       "$py" -m venv "$VENV"
     fi
   fi
-  local stamp="$VENV/.installed-$(sha1sum "$ROOT/pyproject.toml" | cut -c1-12)-$1"
+  local stamp="$VENV/.installed-$(sha1sum "$ROOT/pyproject.toml" | cut -c1-12)-${1//,/-}"
   if [ ! -e "$stamp" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
     "$VENV/bin/python" -m pip install -q -e "$ROOT[$1]"
     touch "$stamp"
   fi
+}
+
+# build_native — compiles the SIP core with mypyc (scripts/build_native.py) when a source
+# changed: a C compiler and Python's headers are installed where missing; if the build
+# still fails, calltrackd runs as pure Python (the same code, slower) and says so.
+build_native() {
+  apt_need gcc:gcc
+  if ! "$VENV/bin/python" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+    echo "installing system packages: python3-dev" >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+      python3-dev >/dev/null || true
+  fi
+  "$VENV/bin/python" "$ROOT/scripts/build_native.py" || true
 }

@@ -1,1 +1,53 @@
+"""The sans-I/O SIP core.
 
+Its hot modules may be compiled with mypyc (scripts/build_native.py), as .so files beside
+their sources. Python would import such a file even after its source changed, so the
+compiled modules are used only while every source still has the hash recorded at build
+time; otherwise the sources are loaded instead (in dependency order, before anything
+imports the compiled ones) and `NATIVE` says why. CALLTRACKD_PURE_PYTHON=1 in the
+environment asks for the sources all the same (to rule the compiled code out of a bug hunt).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+# compiled, in dependency order (each imports only those before it)
+COMPILED = ("uri", "message", "transaction", "dialog", "endpoint")
+STAMP = "native.json"
+
+NATIVE: str  # "compiled", "pure python", or "pure python (...)": for logs and benchmarks
+
+
+def _select() -> str:
+    here = Path(__file__).parent
+    so = {p.name.split(".", 1)[0] for p in here.glob("*.so")}
+    if not so:
+        return "pure python"
+    try:
+        stamp = json.loads((here / STAMP).read_text())
+        fresh = all(stamp.get(name) == hashlib.sha256((here / f"{name}.py").read_bytes())
+                    .hexdigest() for name in COMPILED) and set(COMPILED) <= so
+    except (OSError, ValueError):
+        fresh = False
+    asked = os.environ.get("CALLTRACKD_PURE_PYTHON", "") not in ("", "0")
+    if fresh and not asked:
+        return "compiled"
+    for name in COMPILED:
+        spec = importlib.util.spec_from_file_location(f"{__name__}.{name}", here / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    if asked:
+        return "pure python (CALLTRACKD_PURE_PYTHON)"
+    return "pure python (the compiled modules are older than their sources: " \
+        "run scripts/build_native.py)"
+
+
+NATIVE = _select()

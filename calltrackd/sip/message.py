@@ -666,9 +666,9 @@ def parse_message(
                     NameAddr.parse(value)
     except SipSyntaxError as exc:
         raise ParseError(str(exc), partial=partial) from None
-    except ParseError as exc:
-        if exc.partial is None and partial is not None:
-            raise ParseError(exc.reason, exc.status, partial) from None
+    except ParseError as perr:  # its own name: one variable of two types does not compile
+        if perr.partial is None and partial is not None:
+            raise ParseError(perr.reason, perr.status, partial) from None
         raise
     return msg
 

@@ -304,8 +304,8 @@ def histogram_quantile(before: dict[float, float], after: dict[float, float],
 def code_version(python: str = sys.executable) -> str:
     """calltrackd's version and the git revision of the working tree (-dirty if edited)."""
     try:
-        ver = subprocess.run([python, "-c", "import importlib.metadata as m;"
-                              "print(m.version('calltrackd'))"],
+        ver = subprocess.run([python, "-c", "import importlib.metadata as m, calltrackd.sip as s;"
+                              "print(m.version('calltrackd'), '-', s.NATIVE)"],
                              capture_output=True, text=True, timeout=30).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         ver = "?"
