@@ -1262,7 +1262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(SYSTEMS),
                     help=f"comma-separated subset of {','.join(SYSTEMS)}")
     ap.add_argument("--rates", help="calls/s for every system (overrides the per-system lists)")
-    ap.add_argument("--calltrackd-rates", default="100,200,300,400,500,600,800,1000,1200,1500")
+    ap.add_argument("--calltrackd-rates",
+                    default="100,200,400,500,600,800,1000,1100,1200,1300,1400,1600")
     ap.add_argument("--sippy-rates", default="100,150,200,250,300,400")
     ap.add_argument("--kamailio-rates", default="1000,2000,3000,4000,5000,6000")
     ap.add_argument("--latency-at", type=int, default=500,

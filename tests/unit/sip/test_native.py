@@ -35,8 +35,9 @@ def package_with_fake_build(tmp: Path, *, fresh: bool) -> Path:
 
 
 def run(root: Path, code: str, **env: str) -> str:
+    base = {k: v for k, v in os.environ.items() if k != "CALLTRACKD_PURE_PYTHON"}
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(root), **env}, timeout=60)
+                         env={**base, "PYTHONPATH": str(root), **env}, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
