@@ -9,7 +9,10 @@ rows were written, when a finished delivery frees room while more was due, else 
 `poll_interval` — and starts one task per delivery, at most `per_endpoint_concurrency` per
 endpoint (scheme, host, port, path) and `batch` in all. A row's id stays in `in_flight` from
 the moment it is picked until its outcome is written, so a row that is still due in the
-store is never sent twice at once.
+store is never sent twice at once. A read of the outbox takes a while (another thread), and
+an outcome written meanwhile is not in it: the ids settled while a poll reads are skipped
+by that poll, or an acknowledged row would come back as pending and be sent again (a
+backlog drained with ~10% duplicates so).
 
 Every attempt is signed at send time with the endpoint's *current* secret (a rotated secret
 applies to retries), and ends in one store write: `mark_delivered` on 2xx, `reschedule`
@@ -162,6 +165,7 @@ class WebhookWorker:
         self._unrecorded: dict[str, _Write] = {}
         self._wakeup = asyncio.Event()
         self._more_due = False
+        self._settled: set[str] | None = None  # outcomes written during a poll's read
 
     # --- public -------------------------------------------------------------------------
 
@@ -211,7 +215,7 @@ class WebhookWorker:
         try:
             return await self._attempt(delivery)
         finally:
-            self._in_flight.discard(delivery.id)
+            self._settle(delivery.id)
 
     async def aclose(self) -> None:
         """Close the HTTP session if this worker created it."""
@@ -232,15 +236,21 @@ class WebhookWorker:
         known = len(self._in_flight) + len(self._unrecorded)
         # Rows already in flight are still due in the store: ask past them.
         limit = self._batch + known
+        self._settled = set()
         try:
             due = await self._store.due_deliveries(self._clock(), limit)
         except Exception:
             _log.warning("webhook_store_error", op="due_deliveries", exc_info=True)
             return False
+        finally:
+            settled, self._settled = self._settled, None
         more = len(due) >= limit
         skipped: list[str] = []
         for delivery in due:
             if delivery.id in self._in_flight or delivery.id in self._unrecorded:
+                continue
+            if delivery.id in settled:
+                more = True  # the read may predate its outcome: look again next poll
                 continue
             key = endpoint_key(delivery.url)
             if len(self._in_flight) >= self._batch or self._busy[key] >= self._per_endpoint:
@@ -271,12 +281,17 @@ class WebhookWorker:
         except Exception:
             _log.exception("webhook_delivery_crashed", delivery_id=delivery.id)
         finally:
-            self._in_flight.discard(delivery.id)
+            self._settle(delivery.id)
             self._busy[key] -= 1
             if self._busy[key] <= 0:
                 del self._busy[key]
             if self._more_due:
                 self._wakeup.set()
+
+    def _settle(self, delivery_id: str) -> None:
+        self._in_flight.discard(delivery_id)
+        if self._settled is not None:
+            self._settled.add(delivery_id)
 
     async def _drain(self) -> None:
         if not self._tasks:

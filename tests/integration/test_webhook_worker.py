@@ -130,3 +130,30 @@ async def test_event_survives_receiver_outage_and_restart_and_arrives_once(
         assert body == delivery.body
         assert headers["X-Calltrackd-Delivery"] == delivery.event_id
         assert verify(SECRET, body, headers["X-Calltrackd-Signature"])
+
+
+async def test_a_backlog_drains_without_sending_an_acknowledged_event_twice(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    # Polls read the outbox while deliveries finish: a row acknowledged during a read comes
+    # back from it as still pending, and must not be sent again.
+    node = Node(tmp_path / "calltrackd.db")
+    await node.start()
+    endpoint = [WebhookEndpoint(receiver.url, SECRET)]
+    events = 600
+
+    async def save(i: int) -> None:
+        record = CallRecord(id=f"c_{i}", tracker="acme", did="+74990000001",
+                            caller="+79161234567", started_at=datetime.now(UTC),
+                            outcome="answered")
+        await node.store.save_call(record, build_deliveries("call.started", record, endpoint,
+                                                            time.time()))
+        node.worker.notify()  # as the daemon does after each write, while others are sent
+
+    for start in range(0, events, 50):
+        await asyncio.gather(*(save(i) for i in range(start, start + 50)))
+    ids = lambda: {h["X-Calltrackd-Delivery"] for h, _, _ in receiver.seen}  # noqa: E731
+    await wait_until(lambda: len(ids()) == events, within=30)
+    await asyncio.sleep(0.3)
+    await node.shutdown()
+    assert len(receiver.seen) == events, f"{len(receiver.seen) - events} sent twice"
