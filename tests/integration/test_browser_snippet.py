@@ -41,6 +41,7 @@ CUSTOM_CLASS = """<!doctype html>
 <html><head><meta charset="utf-8"><title>Acme</title>
 <script src="{api}/t.js" data-key="pk_acme" data-class="acme-tel" async></script></head>
 <body><p id="ours" class="acme-tel">(499) 000-00-10</p>
+<p id="trunk" class="acme-tel">8 (499) 000-00-10</p>
 <p id="default-class" class="calltrackd-phone">+7 (499) 000-00-10</p></body></html>"""
 NESTED = """<!doctype html>
 <html><head><meta charset="utf-8"><title>Acme</title>""" + SNIPPET + """</head>
@@ -218,6 +219,15 @@ def test_a_site_may_mark_its_phone_numbers_with_its_own_class(browser_env: Env) 
     d = number[2:]
     assert ours == f"({d[:3]}) {d[3:6]}-{d[6:8]}-{d[8:]}"  # national style, as the page had
     assert other == "+7 (499) 000-00-10"  # the default class means nothing on this site
+
+
+def test_a_number_written_with_the_national_8_keeps_it(browser_env: Env) -> None:
+    with browser_page(browser_env.daemon.base) as (page, site):
+        page.goto(f"{site}/custom", timeout=20000)
+        number = shown_number(page)
+        trunk = page.locator("#trunk").inner_text()
+    d = number[2:]
+    assert trunk == f"8 ({d[:3]}) {d[3:6]}-{d[6:8]}-{d[8:]}"  # not "7 (499) ..."
 
 
 def test_tel_links_around_and_inside_the_marked_element_call_the_visitor_number(

@@ -69,7 +69,10 @@
     // Renders `number` (E.164) in the digit pattern of `shown` ("+7 (499) 000-00-00").
     function styled(shown, number) {
       var digits = number.replace(/\D/g, ""), old = shown.replace(/\D/g, "");
-      if (old.length !== digits.length) {
+      if (old.length === digits.length && shown.indexOf("+") < 0 && old.charAt(0) === "8" &&
+          digits.charAt(0) === "7") {
+        digits = "8" + digits.slice(1);  // Russia and Kazakhstan dial +7 as 8 at home
+      } else if (old.length !== digits.length) {
         if (old.length === digits.length - 1 && shown.indexOf("+") < 0) {
           digits = digits.slice(1);  // national style without the country code
         } else {
