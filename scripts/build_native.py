@@ -14,7 +14,6 @@ sources still match it (calltrackd/sip/__init__.py).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -24,14 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SIP = ROOT / "calltrackd" / "sip"
 sys.path.insert(0, str(ROOT))
-from calltrackd.sip import COMPILED, STAMP  # noqa: E402
+from calltrackd.sip import COMPILED, STAMP, build_is_fresh, source_hashes  # noqa: E402
 
 SOURCES = [f"calltrackd/sip/{name}.py" for name in COMPILED]
 GROUP = "calltrackd.sip.native"  # the shared library: calltrackd/sip/native__mypyc*.so
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def built_files() -> list[Path]:
@@ -42,16 +37,6 @@ def clean() -> None:
     for path in built_files():
         path.unlink(missing_ok=True)
     shutil.rmtree(ROOT / "build" / "native", ignore_errors=True)
-
-
-def up_to_date() -> bool:
-    try:
-        stamp = json.loads((SIP / STAMP).read_text())
-    except (OSError, ValueError):
-        return False
-    return stamp == {name: digest(SIP / f"{name}.py") for name in COMPILED} and all(
-        any(p.name.startswith(f"{name}.") and p.suffix == ".so" for p in SIP.iterdir())
-        for name in COMPILED)
 
 
 def build() -> None:
@@ -65,8 +50,7 @@ def build() -> None:
     setup(name="calltrackd-native", ext_modules=extensions, script_args=[
         "-q", "build_ext", "--inplace", "--build-temp", "build/native/temp",
         "--build-lib", "build/native/lib"])
-    (SIP / STAMP).write_text(json.dumps(
-        {name: digest(SIP / f"{name}.py") for name in COMPILED}, indent=1) + "\n")
+    (SIP / STAMP).write_text(json.dumps(source_hashes(SIP), indent=1) + "\n")
 
 
 def main() -> int:
@@ -77,7 +61,7 @@ def main() -> int:
     if args.clean:
         clean()
         return 0
-    if not args.force and up_to_date():
+    if not args.force and build_is_fresh(SIP):
         return 0
     try:
         build()

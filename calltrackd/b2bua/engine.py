@@ -134,11 +134,9 @@ class Engine:
         if not req.uri.lower().startswith(("sip:", "sips:", "tel:")):
             self._respond(txn, req, 416)  # §8.2.2.1: a Request-URI scheme we do not serve
             return
-        if method != "INVITE":  # an INVITE is checked after the carrier ACL
-            require = req.headers.values("Require")
-            if require:  # §8.2.2.3: we support no extension a request may require
-                self._respond(txn, req, 420, {"Unsupported": ", ".join(require)})
-                return
+        # an INVITE is checked after the carrier ACL
+        if method != "INVITE" and self._refused_require(txn, req):
+            return
         if method == "INVITE":
             self._on_invite(event)
         elif method == "OPTIONS":
@@ -158,6 +156,13 @@ class Engine:
             resp.headers.add("Allow", ALLOW)
             self._add_to_tag(resp)
             self.stack.layer.respond(txn, resp, self.stack.clock())
+
+    def _refused_require(self, txn: ServerTransaction, req: Request) -> bool:
+        """§8.2.2.3: we support no extension a request may require; 420 if it names one."""
+        require = [v.lower() for v in req.headers.values("Require")]
+        if require:
+            self._respond(txn, req, 420, {"Unsupported": ", ".join(require)})
+        return bool(require)
 
     def _respond(
         self, txn: ServerTransaction, req: Request, status: int, extra: dict[str, str] | None = None
@@ -206,9 +211,7 @@ class Engine:
             if int(mf) <= 0:
                 self._respond(txn, req, 483)
                 return
-        require = [v.lower() for v in req.headers.values("Require")]
-        if require:
-            self._respond(txn, req, 420, {"Unsupported": ", ".join(require)})
+        if self._refused_require(txn, req):
             return
         try:
             ruri = SipURI.parse(req.uri)

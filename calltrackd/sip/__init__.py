@@ -24,17 +24,28 @@ STAMP = "native.json"
 NATIVE: str  # "compiled", "pure python", or "pure python (...)": for logs and benchmarks
 
 
+def source_hashes(here: Path) -> dict[str, str]:
+    """What the build records in STAMP: the sha256 of every compiled module's source."""
+    return {name: hashlib.sha256((here / f"{name}.py").read_bytes()).hexdigest()
+            for name in COMPILED}
+
+
+def build_is_fresh(here: Path) -> bool:
+    """Every compiled module is there and was built from the sources as they are now."""
+    so = {p.name.split(".", 1)[0] for p in here.glob("*.so")}
+    if not set(COMPILED) <= so:
+        return False
+    try:
+        return bool(json.loads((here / STAMP).read_text()) == source_hashes(here))
+    except (OSError, ValueError):
+        return False
+
+
 def _select() -> str:
     here = Path(__file__).parent
-    so = {p.name.split(".", 1)[0] for p in here.glob("*.so")}
-    if not so:
+    if not any(here.glob("*.so")):
         return "pure python"
-    try:
-        stamp = json.loads((here / STAMP).read_text())
-        fresh = all(stamp.get(name) == hashlib.sha256((here / f"{name}.py").read_bytes())
-                    .hexdigest() for name in COMPILED) and set(COMPILED) <= so
-    except (OSError, ValueError):
-        fresh = False
+    fresh = build_is_fresh(here)
     asked = os.environ.get("CALLTRACKD_PURE_PYTHON", "") not in ("", "0")
     if fresh and not asked:
         return "compiled"

@@ -5,7 +5,6 @@ garbage: importing one would fail, so a passing import proves the sources were l
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,7 +14,7 @@ import sysconfig
 from pathlib import Path
 
 import calltrackd
-from calltrackd.sip import COMPILED, STAMP
+from calltrackd.sip import COMPILED, STAMP, source_hashes
 
 SUFFIX = sysconfig.get_config_var("EXT_SUFFIX")
 
@@ -26,8 +25,7 @@ def package_with_fake_build(tmp: Path, *, fresh: bool) -> Path:
     sip = tmp / "calltrackd" / "sip"
     for name in COMPILED:
         (sip / f"{name}{SUFFIX}").write_bytes(b"not a shared object")
-    stamp = {name: hashlib.sha256((sip / f"{name}.py").read_bytes()).hexdigest()
-             for name in COMPILED}
+    stamp = source_hashes(sip)
     if not fresh:
         stamp["message"] = "0" * 64  # message.py was edited after the build
     (sip / STAMP).write_text(json.dumps(stamp))
