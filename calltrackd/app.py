@@ -22,8 +22,10 @@ from . import sip
 from .b2bua.engine import Engine
 from .config import ConfigError, Settings, load_config
 from .gcpolicy import CollectorPolicy
+from .http import recordings as recordings_api
 from .http import tracking as tracking_api
 from .http.api import build_http_app
+from .media.service import Media
 from .metrics import Metrics
 from .overload import LoopLagMonitor
 from .recorder import Recorder
@@ -47,6 +49,7 @@ class App:
         self.metrics = Metrics()
         self.store = create_store(settings.store.url)
         self.tracking = TrackingService(self.store, settings.trackers)
+        self.media = Media(settings.media, self.metrics)  # rtpengine client, recordings
         layer = TransactionLayer(
             TimerConfig(settings.sip.t1, settings.sip.t2, settings.sip.t4),
             settings.sip.max_message_size,
@@ -86,6 +89,7 @@ class App:
         self.load.start()
         http = build_http_app(self)
         tracking_api.setup(http)
+        recordings_api.setup(http)
         self.http_runner = web.AppRunner(http, access_log=None, handle_signals=False)
         await self.http_runner.setup()
         site = web.TCPSite(self.http_runner, self.settings.http.host, self.settings.http.port,
@@ -98,6 +102,7 @@ class App:
         self._tasks.append(loop.create_task(self.webhooks.run(self._workers_stop)))
         self._tasks.append(loop.create_task(self.tracking.run_flusher(self._workers_stop)))
         self._tasks.append(loop.create_task(self.systemd.run_watchdog(self._workers_stop)))
+        self._tasks.append(loop.create_task(self.media.run(self._workers_stop)))
         log.info(
             "calltrackd started",
             sip=[f"{x.transport}:{x.host}:{x.port}" for x in self.stack.listening],
@@ -136,6 +141,7 @@ class App:
         if self.http_runner is not None:
             await self.http_runner.cleanup()
         self.load.stop()
+        self.media.close()
         await self.stack.close()
         self._sip_up = False
         await self.store.close()
@@ -153,7 +159,9 @@ class App:
         except Exception as exc:
             checks["store"] = f"unavailable: {type(exc).__name__}: {exc}"[:200]
             self.metrics.store_up.set(0)
-        return all(v == "ok" for v in checks.values()), checks
+        ok = all(v == "ok" for v in checks.values())
+        checks.update(await self.media.health())  # reported, not fatal: calls go direct
+        return ok, checks
 
     async def refresh_gauges(self) -> None:
         m = self.metrics

@@ -7,6 +7,7 @@ Unknown keys are errors: a typo must not silently fall back to a default.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import tomllib
@@ -26,9 +27,11 @@ __all__ = [
     "HttpSettings",
     "ListenAddress",
     "LogSettings",
+    "MediaSettings",
     "Settings",
     "SipSettings",
     "StoreSettings",
+    "TrackerMedia",
     "WebhookSettings",
     "default_settings",
     "load_config",
@@ -102,6 +105,42 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TrackerMedia:
+    """A tracker's `media` and `record` keys."""
+
+    mode: Literal["direct", "anchor"] = "direct"
+    record: bool = False
+
+
+ICE_MODES = ("remove", "force", "default", "optional", "force-relay")
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSettings:
+    """`[media]`: rtpengine instances and what the ng client passes them."""
+
+    rtpengine: tuple[tuple[str, int], ...] = ()
+    timeout: float = 1.0  # a command's budget: answer or error within it
+    retransmit: float = 0.25  # an unanswered request is sent again after this
+    tries: int = 3  # sends to one instance before the next is asked
+    recheck: float = 10.0  # an instance that failed is skipped this long
+    direction: tuple[str, ...] = ()  # two rtpengine interface names: caller, callee side
+    ice: str | None = "remove"
+    flags: tuple[str, ...] = ()
+    replace: tuple[str, ...] = ("origin", "session connection")
+    spool_dir: str = "/var/spool/rtpengine"  # rtpengine's recording-dir
+    recordings_dir: str = "./var/recordings"
+    recording_retention: float = 90 * 86400.0  # 0: keep forever
+    trackers: dict[str, TrackerMedia] = field(default_factory=dict, compare=False)
+
+    def for_tracker(self, tracker_id: str) -> TrackerMedia:
+        return self.trackers.get(tracker_id, _DIRECT)
+
+
+_DIRECT = TrackerMedia()
+
+
+@dataclass(frozen=True, slots=True)
 class Carrier:
     name: str
     networks: tuple[IPNetwork, ...]
@@ -119,6 +158,7 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     log: LogSettings = field(default_factory=LogSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    media: MediaSettings = field(default_factory=MediaSettings)
     carriers: tuple[Carrier, ...] = ()
     trackers: tuple[Tracker, ...] = ()
     source: str | None = None  # the file it came from; None for built-in defaults
@@ -422,6 +462,79 @@ def _webhooks(c: _Checker, data: object) -> WebhookSettings:
     )
 
 
+def _state_dir(store_url: str) -> str:
+    """Where the daemon keeps its files: the SQLite store's directory, else ./var."""
+    if store_url.startswith("sqlite://"):
+        path = store_url[len("sqlite://"):].partition("?")[0]
+        if path.startswith(("/./", "/../")):
+            path = path[1:]
+        if path and path != "/:memory:":
+            return str(Path(path).parent)
+    return "./var"
+
+
+def _media(c: _Checker, data: object, store_url: str) -> MediaSettings:
+    d = c.table(data, "media", {"rtpengine", "timeout", "retransmit", "tries", "recheck",
+                                "direction", "ice", "flags", "replace", "spool_dir",
+                                "recordings_dir", "recording_retention"})
+    b = MediaSettings()
+    instances = []
+    for k, v in c.str_list(d, "media", "rtpengine"):
+        transport, sep, rest = v.partition(":")
+        if not sep or transport != "udp":
+            c.fail(k, f"expected \"udp:HOST:PORT\" (rtpengine's listen-ng), got {v!r}")
+            continue
+        host, port = _hostport(c, k, rest)
+        if host is not None and port:
+            instances.append((host, port))
+    direction = tuple(v for _, v in c.str_list(d, "media", "direction"))
+    if direction and len(direction) != 2:
+        c.fail("media.direction", "expected two interface names (the caller's side, the "
+                                  f"callee's side), got {len(direction)}")
+    ice = c.choice(d, "media", "ice", (*ICE_MODES, "keep"), "remove")
+    timeout = c.duration(d, "media", "timeout", b.timeout)
+    retransmit = c.duration(d, "media", "retransmit", b.retransmit)
+    if "timeout" in d and timeout <= 0:
+        c.fail("media.timeout", "must be more than 0")
+    if "retransmit" in d and not 0 < retransmit <= timeout:
+        c.fail("media.retransmit", f"must be more than 0 and at most media.timeout "
+                                   f"({timeout:g}s)")
+    state = _state_dir(store_url)
+    return MediaSettings(
+        rtpengine=tuple(instances),
+        timeout=timeout,
+        retransmit=retransmit,
+        tries=c.get(d, "media", "tries", int, b.tries,
+                    lambda v: None if 1 <= v <= 10 else "expected 1..10"),
+        recheck=c.duration(d, "media", "recheck", b.recheck),
+        direction=direction,
+        ice=None if ice == "keep" else ice,
+        flags=tuple(v for _, v in c.str_list(d, "media", "flags")),
+        replace=tuple(v for _, v in c.str_list(d, "media", "replace"))
+        if "replace" in d else b.replace,
+        spool_dir=c.get(d, "media", "spool_dir", str, b.spool_dir,
+                        lambda v: None if v.strip() else "must not be empty"),
+        recordings_dir=c.get(d, "media", "recordings_dir", str,
+                             str(Path(state) / "recordings"),
+                             lambda v: None if v.strip() else "must not be empty"),
+        recording_retention=c.duration(d, "media", "recording_retention",
+                                       b.recording_retention),
+    )
+
+
+def _tracker_media(c: _Checker, key: str, d: dict[str, Any], media: MediaSettings
+                   ) -> TrackerMedia | None:
+    if "media" not in d and "record" not in d:
+        return None
+    mode = c.choice(d, key, "media", ("direct", "anchor"), "direct")
+    record = c.get(d, key, "record", bool, False)
+    if mode == "anchor" and not media.rtpengine:
+        c.fail(f"{key}.media", "\"anchor\" needs [media] rtpengine = [\"udp:HOST:PORT\"]")
+    if record and mode != "anchor":
+        c.fail(f"{key}.record", "recording needs the media anchored: set media = \"anchor\"")
+    return TrackerMedia(mode, record)  # type: ignore[arg-type]
+
+
 def _carrier(c: _Checker, key: str, d: dict[str, Any]) -> Carrier | None:
     c.table(d, key, {"name", "addresses", "did_from", "default_country"})
     name = c.get(d, key, "name", str, "")
@@ -478,7 +591,7 @@ def _forward(c: _Checker, key: str, item: object) -> ForwardTarget | None:
 def _tracker(c: _Checker, key: str, d: dict[str, Any]) -> Tracker | None:
     c.table(d, key, {"id", "public_key", "reservation_ttl", "cooldown", "attribution_grace",
                      "target_call_min_seconds", "default_number", "forward", "ring_timeout",
-                     "pools", "static", "webhooks"})
+                     "pools", "static", "webhooks", "media", "record"})
     ident = c.get(d, key, "id", str, "")
     pk = c.get(d, key, "public_key", str, "")
     for name, value in (("id", ident), ("public_key", pk)):
@@ -561,12 +674,15 @@ def _tracker(c: _Checker, key: str, d: dict[str, Any]) -> Tracker | None:
 
 def parse_config(data: dict[str, Any], *, source: str | None = None) -> Settings:
     c = _Checker()
-    c.table(data, "", {"sip", "http", "store", "log", "webhooks", "carriers", "trackers"})
+    c.table(data, "", {"sip", "http", "store", "log", "webhooks", "carriers", "trackers",
+                       "media"})
     sip = _sip(c, data.get("sip", {}))
     http = _http(c, data.get("http", {}))
     store = _store(c, data.get("store", {}))
     log = _log(c, data.get("log", {}))
     webhooks = _webhooks(c, data.get("webhooks", {}))
+    media = _media(c, data.get("media", {}), store.url)
+    policies: dict[str, TrackerMedia] = {}
     carriers = [x for k, d in c.tables(data, "", "carriers") if (x := _carrier(c, k, d))]
     trackers = []
     seen_did: dict[str, str] = {}
@@ -574,8 +690,11 @@ def parse_config(data: dict[str, Any], *, source: str | None = None) -> Settings
     seen_key: set[str] = set()
     for k, d in c.tables(data, "", "trackers"):
         t = _tracker(c, k, d)
+        policy = _tracker_media(c, k, d, media)
         if t is None:
             continue
+        if policy is not None:
+            policies[t.id] = policy
         if t.id in seen_id:
             c.fail(f"{k}.id", f"tracker id {t.id!r} is used twice")
         if t.public_key in seen_key:
@@ -593,7 +712,8 @@ def parse_config(data: dict[str, Any], *, source: str | None = None) -> Settings
         trackers.append(t)
     if c.problems:
         raise ConfigError(c.problems)
-    return Settings(sip=sip, http=http, store=store, log=log, webhooks=webhooks,
+    media = dataclasses.replace(media, trackers=policies)
+    return Settings(sip=sip, http=http, store=store, log=log, webhooks=webhooks, media=media,
                     carriers=tuple(carriers), trackers=tuple(trackers), source=source)
 
 

@@ -70,6 +70,21 @@ class Metrics:
         self.store_up = Gauge("calltrackd_store_up", "1 when the store answers", registry=r)
         self.cdr_backlog = Gauge("calltrackd_cdr_backlog",
                                  "Call records waiting for the store", registry=r)
+        # media through rtpengine (calltrackd/media/)
+        self.media_anchored = Counter("calltrackd_media_anchored_calls",
+                                      "Calls whose media went through rtpengine",
+                                      ["tracker"], registry=r)
+        self.recordings = Counter("calltrackd_recordings",
+                                  "Call recordings stored, by result (wav, pcap, failed)",
+                                  ["result"], registry=r)
+        for result in ("wav", "pcap", "failed"):
+            self.recordings.labels(result)
+        self.rtpengine_errors = Counter("calltrackd_rtpengine_errors",
+                                        "rtpengine ng commands that failed, by kind",
+                                        ["instance", "command", "kind"], registry=r)
+        self.rtpengine_up = Gauge("calltrackd_rtpengine_up",
+                                  "1 while the rtpengine instance answers", ["instance"],
+                                  registry=r)
 
     def sip_tap(self, direction: str, data: bytes) -> None:
         """Counts a SIP message by method or status class without parsing it."""

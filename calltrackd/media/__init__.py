@@ -1,0 +1,1 @@
+"""Media through rtpengine: the ng control client, recording conversion and storage."""

@@ -1,0 +1,82 @@
+"""The media side of the daemon as one object for app.py: the ng client (when `[media]
+rtpengine` is set), the recordings store and its retention, rtpengine's health."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from .ng import NgClient, OfferOptions
+from .store import RecordingInfo, RecordingStore
+
+if TYPE_CHECKING:
+    from ..config import MediaSettings, TrackerMedia
+    from ..metrics import Metrics
+
+__all__ = ["Media", "rtpengine_health"]
+
+
+class Media:
+    def __init__(self, settings: MediaSettings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.client: NgClient | None = None
+        if settings.rtpengine:
+            self.client = NgClient(
+                settings.rtpengine, timeout=settings.timeout, retransmit=settings.retransmit,
+                tries=settings.tries, recheck=settings.recheck,
+                options=OfferOptions(settings.direction, settings.ice, settings.flags,
+                                     settings.replace),
+                on_error=self._error)
+        self.recordings = RecordingStore(settings.recordings_dir,
+                                         retention=settings.recording_retention,
+                                         spool=settings.spool_dir)
+
+    def policy(self, tracker_id: str) -> TrackerMedia:
+        return self.settings.for_tracker(tracker_id)
+
+    def anchored(self, tracker_id: str) -> None:
+        """Counts a call whose offer and answer went through rtpengine."""
+        if self.metrics is not None:
+            self.metrics.media_anchored.labels(tracker_id).inc()
+
+    async def collect(self, call_id: str, rtp_call_id: str | None = None, *,
+                      wait: float = 10.0) -> RecordingInfo | None:
+        """After the call's `delete`: its recording converted and stored (counted)."""
+        info = await self.recordings.import_call(call_id, rtp_call_id, wait=wait)
+        if self.metrics is not None:
+            self.metrics.recordings.labels("failed" if info is None else info.format).inc()
+        return info
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.recordings.run_retention(stop)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+    async def health(self) -> dict[str, str]:
+        """{"rtpengine": ...} when rtpengine is configured, else nothing."""
+        if self.client is None:
+            return {}
+        status = await rtpengine_health(self.client)
+        if self.metrics is not None:
+            for name in self.client.instances:
+                self.metrics.rtpengine_up.labels(name).set(1 if self.client.alive(name) else 0)
+        return {"rtpengine": status}
+
+    def _error(self, instance: str, command: str, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.rtpengine_errors.labels(instance, command, kind).inc()
+
+
+async def rtpengine_health(client: NgClient) -> str:
+    """"ok" when every instance answers `ping` within the client's budget, else which
+    did not ("udp:10.0.0.5:2223 timeout: ...; 1 of 2 up")."""
+    results = await client.check()
+    bad = {name: why for name, why in results.items() if why != "ok"}
+    if not bad:
+        return "ok"
+    up = len(results) - len(bad)
+    return ("; ".join(f"{name} {why}" for name, why in bad.items())
+            + f"; {up} of {len(results)} up")[:300]
