@@ -1,5 +1,9 @@
 """The media side of the daemon as one object for app.py: the ng client (when `[media]
-rtpengine` is set), the recordings store and its retention, rtpengine's health."""
+rtpengine` is set), the recordings store and its retention, rtpengine's health.
+
+Built once at start: `[media]` changes need a restart. A tracker's `media`/`record` are
+read per call from the current settings (`settings.media.for_tracker(id)`), so SIGHUP
+changes them for new calls."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from .ng import NgClient, OfferOptions
 from .store import RecordingInfo, RecordingStore
 
 if TYPE_CHECKING:
-    from ..config import MediaSettings, TrackerMedia
+    from ..config import MediaSettings
     from ..metrics import Metrics
 
 __all__ = ["Media", "rtpengine_health"]
@@ -31,9 +35,6 @@ class Media:
         self.recordings = RecordingStore(settings.recordings_dir,
                                          retention=settings.recording_retention,
                                          spool=settings.spool_dir)
-
-    def policy(self, tracker_id: str) -> TrackerMedia:
-        return self.settings.for_tracker(tracker_id)
 
     def anchored(self, tracker_id: str) -> None:
         """Counts a call whose offer and answer went through rtpengine."""
