@@ -155,7 +155,7 @@ async def test_ping_query_and_errors_of_a_real_rtpengine(rtpengine: Rtpengine) -
 async def test_rtpengine_stopped_mid_call_fails_within_the_budget(rtpengine: Rtpengine) -> None:
     caller = await phone()
     budget = 0.5
-    client = client_for(rtpengine, timeout=budget, retransmit=0.1)
+    client = client_for(rtpengine, timeout=budget, retransmit=0.1, recheck=1.0)
     try:
         await client.offer("c_stop", "caller-tag", sdp(caller.port, "0 8", "caller"))
         rtpengine.stop()
@@ -171,6 +171,11 @@ async def test_rtpengine_stopped_mid_call_fails_within_the_budget(rtpengine: Rtp
         with pytest.raises(NgUnavailable):
             await client.offer("c_later", "caller-tag", sdp(caller.port, "0 8", "c"))
         assert (await client.check())[client.instances[0]] != "ok"
+        # back on the same port: after `recheck` new calls are offered to it again
+        rtpengine.start()
+        await asyncio.sleep(1.1)
+        offer = await client.offer("c_back", "caller-tag", sdp(caller.port, "0 8", "c"))
+        assert media_port(offer.sdp) != caller.port
     finally:
         client.close()
         caller.transport.close()
