@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar, cast
 import phonenumbers
 
 from . import __version__
+from .tracking.allocator import pattern_problem
 from .tracking.model import ForwardTarget, Pool, StaticNumber, Tracker, WebhookEndpoint
 
 __all__ = [
@@ -591,7 +592,7 @@ def _forward(c: _Checker, key: str, item: object) -> ForwardTarget | None:
 def _tracker(c: _Checker, key: str, d: dict[str, Any]) -> Tracker | None:
     c.table(d, key, {"id", "public_key", "reservation_ttl", "cooldown", "attribution_grace",
                      "target_call_min_seconds", "default_number", "forward", "ring_timeout",
-                     "pools", "static", "webhooks", "media", "record"})
+                     "pools", "static", "webhooks", "media", "record", "returning_window"})
     ident = c.get(d, key, "id", str, "")
     pk = c.get(d, key, "public_key", str, "")
     for name, value in (("id", ident), ("public_key", pk)):
@@ -618,7 +619,12 @@ def _tracker(c: _Checker, key: str, d: dict[str, Any]) -> Tracker | None:
         pname = c.get(pd, pkey, "name", str, "")
         if not pname:
             c.fail(f"{pkey}.name", "required")
-        sources = tuple(v.strip().lower() for _, v in c.str_list(pd, pkey, "sources")) or ("*",)
+        listed = c.str_list(pd, pkey, "sources")
+        for entry_key, pattern in listed:
+            why = pattern_problem(pattern)
+            if why:
+                c.fail(entry_key, why)
+        sources = tuple(v.strip().lower() for _, v in listed) or ("*",)
         numbers = [c.e164(k, v) for k, v in c.str_list(pd, pkey, "numbers")]
         if "numbers" not in pd or not pd["numbers"]:
             c.fail(f"{pkey}.numbers", "a pool needs at least one number")
@@ -666,6 +672,7 @@ def _tracker(c: _Checker, key: str, d: dict[str, Any]) -> Tracker | None:
         attribution_grace=c.duration(d, key, "attribution_grace", base.attribution_grace),
         target_call_min_seconds=float(tmin),
         ring_timeout=c.duration(d, key, "ring_timeout", base.ring_timeout),
+        returning_window=c.duration(d, key, "returning_window", base.returning_window),
         pools=tuple(pools),
         static=tuple(static),
         webhooks=tuple(hooks),

@@ -24,8 +24,8 @@ from .ratelimit import RateLimiter
 STATIC = Path(__file__).resolve().parent / "static"
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("session_limiter", RateLimiter)
 
-_SHORT = ("client_id", "ym_uid", "utm_source", "utm_medium", "utm_campaign", "utm_term",
-          "utm_content")
+_SHORT = ("client_id", "ym_uid", "visitor_id", "ga_session_id", "utm_source", "utm_medium",
+          "utm_campaign", "utm_term", "utm_content")
 _LONG = ("referrer", "landing_page")
 MAX_SHORT = 256
 MAX_LONG = 2048
@@ -70,17 +70,39 @@ def parse_session_body(body: object) -> tuple[str, str | None, SessionInput]:
         if not isinstance(value, str) or len(value) > limit:
             raise _invalid(name, f"must be a string of at most {limit} characters")
         values[name] = value
-    custom = body.get("custom")
+    custom = _custom(body)
     if custom is not None:
-        if not isinstance(custom, dict):
-            raise _invalid("custom", "must be an object")
-        if any(not isinstance(v, str | int | float | bool) and v is not None
-               for v in custom.values()):
-            raise _invalid("custom", "values must be strings, numbers, booleans or null")
-        if len(json.dumps(custom)) > MAX_CUSTOM:
-            raise _invalid("custom", f"must be at most {MAX_CUSTOM} bytes of JSON")
         values["custom"] = custom
     return key, session_id or None, SessionInput(**values)
+
+
+def _custom(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The body's `custom` object (None when absent) or ApiError."""
+    custom = body.get("custom")
+    if custom is None:
+        return None
+    if not isinstance(custom, dict):
+        raise _invalid("custom", "must be an object")
+    if any(not isinstance(v, str | int | float | bool) and v is not None
+           for v in custom.values()):
+        raise _invalid("custom", "values must be strings, numbers, booleans or null")
+    if len(json.dumps(custom)) > MAX_CUSTOM:
+        raise _invalid("custom", f"must be at most {MAX_CUSTOM} bytes of JSON")
+    return custom
+
+
+def parse_ping_body(raw: bytes) -> dict[str, Any] | None:
+    """The page's newest `custom` from a ping's body (optional: empty, `{}` or
+    `{"custom": {...}}`), or ApiError."""
+    if not raw.strip():
+        return None
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    return _custom(body)
 
 
 async def _json(request: web.Request) -> object:
@@ -128,8 +150,9 @@ def _client(request: web.Request) -> str:
 
 async def ping(request: web.Request) -> web.Response:
     app = request.app[APP]
+    custom = parse_ping_body(await request.read())
     try:
-        answer = await app.tracking.ping(request.match_info["session_id"])
+        answer = await app.tracking.ping(request.match_info["session_id"], custom)
     except (StoreError, OSError, TimeoutError) as exc:
         raise ApiError(503, "store_unavailable", f"the store did not answer: {exc}") from None
     if answer is None:

@@ -20,6 +20,7 @@ from calltrackd.tracking.model import (
     Attribution,
     CallRecord,
     Hold,
+    LastVisit,
     Tracker,
     VisitorSession,
     WebhookDelivery,
@@ -84,6 +85,29 @@ class Store(Protocol):
     async def get_session(self, session_id: str) -> VisitorSession | None: ...
     async def touch_session(self, session_id: str, now: float, dynamic: bool = False) -> None:
         """Record activity (`last_seen`); `dynamic` marks that it now holds a pool number."""
+
+    # --- visits: custom updates, returning visitors (tracking/visits.py) -------------
+    async def update_session(self, session: VisitorSession) -> None:
+        """Replace a stored session's data (the page's newer `custom`); `last_seen`
+        only moves forward."""
+
+    async def note_visit(self, tracker: str, keys: Sequence[str], visit: LastVisit,
+                         keep: float) -> None:
+        """Remember `visit` as the latest of the visitor known by each of `keys`
+        ("v:<visitor_id>", "ga:<client id>", "ym:<ym_uid>") for `keep` seconds."""
+
+    async def last_visit(self, tracker: str, keys: Sequence[str]) -> LastVisit | None:
+        """The latest visit noted under any of `keys`."""
+
+    async def reserve_number(
+        self, tracker: str, pool: str, number: str, session_id: str, now: float, ttl: float,
+        previous: str | None = None,
+    ) -> Hold | None:
+        """Atomically give the session this number of the pool until `now + ttl` when it
+        is free (nobody holds it and its cool-down passed), or when it is held, or was
+        held last, by `previous` (the same visitor's earlier session, whose hold ends).
+        None: the number is taken or not the pool's."""
+    # --- end of visits ---------------------------------------------------------------
 
     # --- reservations ----------------------------------------------------------------
     async def sync_pools(self, trackers: Sequence[Tracker]) -> None:
@@ -199,8 +223,26 @@ def session_to_dict(session: VisitorSession) -> dict[str, Any]:
     return data
 
 
+_SESSION_NAMES = frozenset(_SESSION_FIELDS)
+
+
 def session_from_dict(data: dict[str, Any]) -> VisitorSession:
+    # keys this build does not know (a newer one wrote them) are left out; missing ones
+    # (an older one wrote it: no source, medium, channel, ...) take their defaults
+    if not _SESSION_NAMES.issuperset(data):
+        data = {k: v for k, v in data.items() if k in _SESSION_NAMES}
     return VisitorSession(**data)
+
+
+def session_stats_source(session: VisitorSession) -> tuple[str | None, str | None]:
+    """(source, medium) a session is counted under in statistics: as classified, or its
+    UTM tags for sessions stored before classification existed; lowercased. Direct is
+    (None, None), as a session without UTM tags always was."""
+    if session.source == "(direct)":
+        return None, None
+    src = session.source if session.source is not None else session.utm_source
+    med = session.medium if session.source is not None else session.utm_medium
+    return (src.strip().lower() if src else None, med.strip().lower() if med else None)
 
 
 def encode_session(session: VisitorSession) -> str:

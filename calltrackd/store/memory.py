@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from calltrackd.store.base import PoolStats
 from calltrackd.tracking.allocator import Allocator, NumberState, UsageBucket
-from calltrackd.tracking.model import Hold, Tracker, VisitorSession
+from calltrackd.tracking.model import Hold, LastVisit, Tracker, VisitorSession
 
 _SESSION_CACHE = 50_000
 
@@ -28,10 +28,12 @@ class Changes:
     usage: list[UsageBucket] = field(default_factory=list)
     sessions: dict[str, tuple[VisitorSession, bool]] = field(default_factory=dict)  # new
     touches: dict[str, tuple[float, bool]] = field(default_factory=dict)  # last_seen, dynamic
+    updates: dict[str, VisitorSession] = field(default_factory=dict)  # data replaced
+    visits: dict[tuple[str, str], LastVisit] = field(default_factory=dict)  # (tracker, key)
 
     def __bool__(self) -> bool:
         return bool(self.numbers or self.gone_numbers or self.usage or self.sessions
-                    or self.touches)
+                    or self.touches or self.updates or self.visits)
 
 
 class MemoryState:
@@ -39,6 +41,7 @@ class MemoryState:
         self.alloc = Allocator()
         self._cache: OrderedDict[str, VisitorSession] = OrderedDict()
         self._cache_size = session_cache
+        self._visits: OrderedDict[tuple[str, str], LastVisit] = OrderedDict()
         self._saved: list[NumberState] | None = None  # applied at the first sync
         self._saved_usage: list[UsageBucket] = []
         self._pending = Changes()
@@ -49,7 +52,8 @@ class MemoryState:
 
     def backlog(self) -> int:
         p = self._pending
-        return len(self.alloc.dirty) + len(p.sessions) + len(p.touches)
+        return (len(self.alloc.dirty) + len(p.sessions) + len(p.touches) + len(p.updates)
+                + len(p.visits))
 
     # --- write-behind ----------------------------------------------------------------
 
@@ -72,6 +76,12 @@ class MemoryState:
         for sid, (seen, d) in failed.touches.items():
             prev = p.touches.get(sid, (seen, d))
             p.touches[sid] = (max(seen, prev[0]), d or prev[1])
+        for sid, session in failed.updates.items():
+            p.updates.setdefault(sid, session)
+        for vkey, visit in failed.visits.items():
+            newer = p.visits.get(vkey)
+            if newer is None or newer.at < visit.at:
+                p.visits[vkey] = visit
 
     # --- sessions --------------------------------------------------------------------
 
@@ -96,7 +106,9 @@ class MemoryState:
     def get_session(self, session_id: str) -> VisitorSession | None:
         """The session if in memory; None means: ask the backend."""
         new = self._pending.sessions.get(session_id)
-        return new[0] if new is not None else self._cache.get(session_id)
+        if new is not None:
+            return new[0]
+        return self._cache.get(session_id) or self._pending.updates.get(session_id)
 
     def touch_session(self, session_id: str, now: float, dynamic: bool) -> None:
         cached = self._cache.get(session_id)
@@ -110,6 +122,52 @@ class MemoryState:
         else:
             seen, d = p.touches.get(session_id, (now, dynamic))
             p.touches[session_id] = (max(seen, now), d or dynamic)
+
+    # --- visits: custom updates, returning visitors ----------------------------------
+
+    def update_session(self, session: VisitorSession) -> None:
+        p = self._pending
+        new = p.sessions.get(session.id)
+        cached = self._cache.get(session.id)
+        if cached is not None and cached.last_seen > session.last_seen:
+            session = session.seen(cached.last_seen)
+        self._put(session)
+        if new is not None:
+            p.sessions[session.id] = (session, new[1])
+        else:
+            p.updates[session.id] = session
+
+    def note_visit(self, tracker: str, keys: Sequence[str], visit: LastVisit) -> None:
+        for key in keys:
+            self._visits[(tracker, key)] = visit
+            self._visits.move_to_end((tracker, key))
+            self._pending.visits[(tracker, key)] = visit
+        while len(self._visits) > self._cache_size:
+            self._visits.popitem(last=False)
+
+    def last_visit(self, tracker: str, keys: Sequence[str]
+                   ) -> tuple[LastVisit | None, list[str]]:
+        """(the latest visit in memory, the keys memory does not know: ask the backend)."""
+        best, unknown = None, []
+        for key in keys:
+            visit = self._visits.get((tracker, key))
+            if visit is None:
+                unknown.append(key)
+            elif best is None or visit.at > best.at:
+                best = visit
+        return best, unknown
+
+    def remember_visit(self, tracker: str, key: str, visit: LastVisit) -> None:
+        """Cache a visit read from the backend (a newer one noted meanwhile wins)."""
+        mine = self._visits.get((tracker, key))
+        if mine is None or mine.at < visit.at:
+            self._visits[(tracker, key)] = visit
+
+    def reserve_number(self, tracker: str, pool: str, number: str, session_id: str,
+                       now: float, ttl: float, previous: str | None) -> Hold | None:
+        return self.alloc.take((tracker, pool), number, session_id, now, ttl, previous)
+
+    # --- end of visits ---------------------------------------------------------------
 
     # --- reservations ----------------------------------------------------------------
 

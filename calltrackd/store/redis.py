@@ -40,11 +40,13 @@ from calltrackd.store.base import (
     encode_call,
     encode_cursor,
     encode_session,
+    session_stats_source,
     timestamp,
 )
 from calltrackd.tracking.model import (
     CallRecord,
     Hold,
+    LastVisit,
     Tracker,
     VisitorSession,
     WebhookDelivery,
@@ -67,8 +69,9 @@ def _s(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _lower(value: str | None) -> str:
-    return (value or "").lower()
+def _stats_field(session: VisitorSession) -> str:
+    src, med = session_stats_source(session)
+    return f"{src or ''}{_SEP}{med or ''}"
 
 
 class RedisStore:
@@ -107,8 +110,8 @@ class RedisStore:
             self.url, max_connections=64, timeout=1.0, socket_connect_timeout=0.5,
             socket_timeout=1.0, health_check_interval=5)
         self._r = aioredis.Redis.from_pool(pool)
-        for name in ("RESERVE", "RENEW", "RELEASE", "COUNTS", "SYNC_POOL", "DROP_POOL",
-                     "LEASE_DUE", "UNLEASE", "SAVE_CALL"):
+        for name in ("RESERVE", "RESERVE_NUMBER", "RENEW", "RELEASE", "COUNTS", "SYNC_POOL",
+                     "DROP_POOL", "LEASE_DUE", "UNLEASE", "SAVE_CALL"):
             self._scripts[name] = self._r.register_script(getattr(lua, name))
 
     async def close(self) -> None:
@@ -124,7 +127,7 @@ class RedisStore:
     async def create_session(self, session: VisitorSession, dynamic: bool) -> None:
         key = f"ctd:s:{session.id}"
         vis = f"ctd:vis:{session.tracker}:{_hour(session.first_seen)}"
-        field = f"{_lower(session.utm_source)}{_SEP}{_lower(session.utm_medium)}"
+        field = _stats_field(session)
 
         async def run() -> None:
             async with self.r.pipeline(transaction=True) as p:
@@ -158,12 +161,61 @@ class RedisStore:
                 p.expire(key, SESSION_TTL)
                 if dynamic and _s(raw[1]) != "1":
                     p.hset(key, "dyn", 1)
-                    field = f"{_lower(session.utm_source)}{_SEP}{_lower(session.utm_medium)}"
+                    field = _stats_field(session)
                     p.hincrby(f"ctd:vis:{session.tracker}:{_hour(session.first_seen)}",
                               field + f"{_SEP}dyn", 1)
                 await p.execute()
 
         await self._do(run())
+
+    # --- visits: custom updates, returning visitors -------------------------------------
+    # ctd:visitor:{tracker}:{key} STRING "session|number|at", expiring after `keep`
+
+    async def update_session(self, session: VisitorSession) -> None:
+        key = f"ctd:s:{session.id}"
+        raw = await self._do(self.r.hget(key, "data"))
+        if not raw:
+            return
+        stored = decode_session(_s(raw) or "")
+        updated = session.seen(max(stored.last_seen, session.last_seen))
+        await self._do(self.r.hset(key, "data", encode_session(updated)))
+
+    async def note_visit(self, tracker: str, keys: Sequence[str], visit: LastVisit,
+                         keep: float) -> None:
+        value = f"{visit.session_id}|{visit.number or ''}|{visit.at!r}"
+        seconds = max(1, math.ceil(keep))
+
+        async def run() -> None:
+            async with self.r.pipeline(transaction=False) as p:
+                for k in keys:
+                    p.set(f"ctd:visitor:{tracker}:{k}", value, ex=seconds)
+                await p.execute()
+
+        await self._do(run())
+
+    async def last_visit(self, tracker: str, keys: Sequence[str]) -> LastVisit | None:
+        if not keys:
+            return None
+        raws = await self._do(self.r.mget([f"ctd:visitor:{tracker}:{k}" for k in keys]))
+        best = None
+        for raw in raws:
+            if raw is None:
+                continue
+            session_id, number, at = (_s(raw) or "").split("|")
+            visit = LastVisit(session_id, number or None, float(at))
+            if best is None or visit.at > best.at:
+                best = visit
+        return best
+
+    async def reserve_number(
+        self, tracker: str, pool: str, number: str, session_id: str, now: float, ttl: float,
+        previous: str | None = None,
+    ) -> Hold | None:
+        raw = await self._script("RESERVE_NUMBER", f"{tracker}:{pool}", number, session_id,
+                                 now, ttl, _hour(now), previous or "")
+        return self._hold(raw, tracker, pool) if raw else None
+
+    # --- end of visits -------------------------------------------------------------------
 
     # --- reservations ------------------------------------------------------------------
 
@@ -457,9 +509,9 @@ class RedisStore:
                 rec = decode_call(_s(raw) or "")
                 att = rec.attribution
                 sess = att.session if att else None
+                src, med = session_stats_source(sess) if sess else (None, None)
                 key = (rec.tracker, att.kind if att else "none", att.channel if att else None,
-                       _lower(sess.utm_source) or None if sess else None,
-                       _lower(sess.utm_medium) or None if sess else None)
+                       src, med)
                 g = groups.setdefault(key, [0, 0, 0, 0, 0])
                 g[0] += 1
                 g[1] += rec.outcome == "answered"

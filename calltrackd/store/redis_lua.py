@@ -80,6 +80,31 @@ end
 return take(P, free[1], session, now, ttl, hour)
 """
 
+# A given number for a returning visitor: free (nobody holds it, cool-down passed), or held
+# now or last by `previous`, the visitor's earlier session (its hold ends now).
+# ARGV: P, number, session, now, ttl, hour, previous ('' for none)
+RESERVE_NUMBER = _EXPIRE + """
+local P, n, session = ARGV[1], ARGV[2], ARGV[3]
+local now, ttl, hour, prev = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local k = 'ctd:num:' .. n
+local h = redis.call('HMGET', k, 'tracker', 'pool')
+if not h[1] or (h[1] .. ':' .. h[2]) ~= P then return nil end
+expire(P, now)
+h = redis.call('HMGET', k, 'cur', 'cur_start', 'last')
+if h[1] == session then return renew(session, now, ttl, hour) end
+if h[1] then
+  if prev == '' or h[1] ~= prev then return nil end
+  redis.call('HSET', k, 'last', h[1], 'last_start', h[2], 'last_until', now)
+  redis.call('HDEL', k, 'cur', 'cur_start', 'cur_until')
+  redis.call('ZREM', 'ctd:held:' .. P, n)
+else
+  local at = redis.call('ZSCORE', 'ctd:free:' .. P, n)
+  if not at then return nil end
+  if tonumber(at) > now and (prev == '' or h[3] ~= prev) then return nil end
+end
+return take(P, n, session, now, ttl, hour)
+"""
+
 # ARGV: session, now, ttl, hour
 RENEW = _EXPIRE + """
 return renew(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4])

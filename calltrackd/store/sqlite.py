@@ -19,6 +19,7 @@ import contextlib
 import functools
 import operator
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
@@ -40,6 +41,7 @@ from calltrackd.store.base import (
     encode_call,
     encode_cursor,
     encode_session,
+    session_stats_source,
     timestamp,
 )
 from calltrackd.store.memory import MemoryState
@@ -48,6 +50,7 @@ from calltrackd.tracking.attribution import is_anonymous
 from calltrackd.tracking.model import (
     CallRecord,
     Hold,
+    LastVisit,
     Tracker,
     VisitorSession,
     WebhookDelivery,
@@ -93,6 +96,9 @@ CREATE TABLE IF NOT EXISTS sessions (
   first_seen REAL NOT NULL, last_seen REAL NOT NULL, dynamic INTEGER NOT NULL,
   data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS sessions_by_first_seen ON sessions (first_seen);
+CREATE TABLE IF NOT EXISTS visitors (
+  tracker TEXT NOT NULL, key TEXT NOT NULL, session_id TEXT NOT NULL, number TEXT,
+  at REAL NOT NULL, expires REAL NOT NULL, PRIMARY KEY (tracker, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS numbers (
   number TEXT PRIMARY KEY, tracker TEXT NOT NULL, pool TEXT NOT NULL,
   holder TEXT, held_since REAL, expires_at REAL,
@@ -126,10 +132,6 @@ _CdrItem = tuple[
     tuple[Any, ...], list[tuple[Any, ...]], tuple[str, str, float] | None, asyncio.Future[None]
 ]
 _MAX_LIMIT = 1000
-
-
-def _lower(value: str | None) -> str | None:
-    return value.strip().lower() if value else None
 
 
 def _delivery(row: tuple[Any, ...]) -> WebhookDelivery:
@@ -170,6 +172,8 @@ class SqliteStore:
         self._open = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_batch = 0.0  # loop time the last CDR batch was taken
+        self._visit_keep = 0.0  # the longest returning_window noted
+        self._last_prune = 0.0
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -305,6 +309,9 @@ class SqliteStore:
         ch = self._mem.take_changes()
         if not ch:
             return
+        prune_visits = None
+        if ch.visits and self._last_prune + 3600 < (now := time.time()):
+            self._last_prune, prune_visits = now, now  # visitors past returning_window
 
         def write(conn: sqlite3.Connection) -> None:
             def body() -> None:
@@ -319,10 +326,21 @@ class SqliteStore:
                     "INSERT INTO sessions VALUES {values} ON CONFLICT (id) DO UPDATE"
                     " SET last_seen = max(last_seen, excluded.last_seen),"
                     " dynamic = max(dynamic, excluded.dynamic)", 8,
-                    [(s.id, s.tracker, _lower(s.utm_source), _lower(s.utm_medium),
+                    [(s.id, s.tracker, *session_stats_source(s),
                       s.first_seen, s.last_seen, int(d), encode_session(s))
                      for s, d in ch.sessions.values()],
                 )
+                _execute_rows(
+                    conn,
+                    "UPDATE sessions SET data = t.column2 FROM (VALUES {values}) AS t"
+                    " WHERE sessions.id = t.column1", 2,
+                    [(sid, encode_session(s)) for sid, s in ch.updates.items()],
+                )
+                _execute_rows(conn, "INSERT OR REPLACE INTO visitors VALUES {values}", 6,
+                              [(t, k, v.session_id, v.number, v.at, v.at + self._visit_keep)
+                               for (t, k), v in ch.visits.items()])
+                if prune_visits is not None:
+                    conn.execute("DELETE FROM visitors WHERE expires < ?", (prune_visits,))
                 _execute_rows(
                     conn,
                     "UPDATE sessions SET last_seen = max(sessions.last_seen, t.column2),"
@@ -364,6 +382,45 @@ class SqliteStore:
         self._check_open()
         self._mem.touch_session(session_id, now, dynamic)
         self._kick()
+
+    # --- visits: custom updates, returning visitors (in memory, written behind) -------
+
+    async def update_session(self, session: VisitorSession) -> None:
+        self._check_open()
+        self._mem.update_session(session)
+        self._kick()
+
+    async def note_visit(self, tracker: str, keys: Sequence[str], visit: LastVisit,
+                         keep: float) -> None:
+        self._check_open()
+        self._visit_keep = max(self._visit_keep, keep)
+        self._mem.note_visit(tracker, keys, visit)
+        self._kick()
+
+    async def last_visit(self, tracker: str, keys: Sequence[str]) -> LastVisit | None:
+        best, unknown = self._mem.last_visit(tracker, keys)
+        if unknown:
+            marks = ",".join("?" * len(unknown))
+            sql = (f"SELECT key, session_id, number, at FROM visitors"
+                   f" WHERE tracker = ? AND key IN ({marks})")
+            rows = await self._read(lambda c: c.execute(sql, (tracker, *unknown)).fetchall())
+            for key, session_id, number, at in rows:
+                visit = LastVisit(session_id, number, at)
+                self._mem.remember_visit(tracker, key, visit)
+                if best is None or visit.at > best.at:
+                    best = visit
+        return best
+
+    async def reserve_number(
+        self, tracker: str, pool: str, number: str, session_id: str, now: float, ttl: float,
+        previous: str | None = None,
+    ) -> Hold | None:
+        self._check_open()
+        hold = self._mem.reserve_number(tracker, pool, number, session_id, now, ttl, previous)
+        self._kick()
+        return hold
+
+    # --- end of visits ---------------------------------------------------------------
 
     # --- reservations (in memory, persisted behind) ----------------------------------
 
@@ -426,8 +483,7 @@ class SqliteStore:
         row = (
             record.id, record.tracker, timestamp(record.started_at), record.outcome,
             att.kind if att else None, att.channel if att else None,
-            _lower(session.utm_source) if session else None,
-            _lower(session.utm_medium) if session else None,
+            *(session_stats_source(session) if session else (None, None)),
             None if record.qualified is None else int(record.qualified),
             None if record.first_time_caller is None else int(record.first_time_caller),
             encode_call(record),

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from calltrackd.tracking.model import Hold, Pool
+from calltrackd.tracking.sources import CHANNELS, channel_of
 
 PoolKey = tuple[str, str]  # (tracker id, pool name)
 
@@ -42,19 +43,46 @@ def source_key(utm_source: str | None, utm_medium: str | None) -> str:
     return f"{utm_source.strip().lower()}/{(utm_medium or '(none)').strip().lower()}"
 
 
+def pattern_problem(pattern: str) -> str | None:
+    """Why a pool's `sources` entry can never match a visit (None: it can).
+
+    Entries: "*", a channel ("paid", "organic", "social", "referral", "email", "direct",
+    "other"), "source/medium", "source/*", "*/medium" or "*/*"."""
+    p = pattern.strip().lower()
+    if p == "*" or p in CHANNELS:
+        return None
+    source, slash, medium = p.partition("/")
+    if not slash:
+        return (f"{pattern!r} can never match: use \"{p}/*\" (any medium of that source), "
+                f"\"*/{p}\" (that medium from any source), a channel "
+                f"({', '.join(CHANNELS)}), \"source/medium\" or \"*\"")
+    if not source or not medium or "/" in medium:
+        return (f"{pattern!r} can never match: expected \"source/medium\" with either "
+                "part \"*\" (\"google/*\", \"*/cpc\")")
+    return None
+
+
 def match_pool(
-    pools: Sequence[Pool], utm_source: str | None, utm_medium: str | None
+    pools: Sequence[Pool], source: str | None, medium: str | None,
+    channel: str | None = None,
 ) -> Pool | None:
     """The first pool in config order whose sources name this visitor's traffic.
 
-    Entries are "source/medium", "source/*" or "*", compared case-insensitively.
+    `source`/`medium` are the visit's (classified, or its UTM tags; none is
+    "(direct)/(none)"); `channel` defaults to the one they give. Entries are "*", a
+    channel, "source/medium", "source/*", "*/medium" or "*/*", compared
+    case-insensitively.
     """
-    key = source_key(utm_source, utm_medium)
-    src = key.split("/", 1)[0]
+    key = source_key(source, medium)
+    src, med = key.split("/", 1)
+    ch = channel or channel_of(src, med)
     for pool in pools:
         for pattern in pool.sources:
             p = pattern.strip().lower()
-            if p == "*" or p == key or p == f"{src}/*":
+            if p == "*" or p == key or p == ch:
+                return pool
+            ps, _, pm = p.partition("/")
+            if (ps == "*" or ps == src) and (pm == "*" or pm == med):
                 return pool
     return None
 
@@ -233,6 +261,29 @@ class Allocator:
         pool.shortfall_total += 1
         self._bucket(pool, now)[1] += 1
         return None
+
+    def take(self, key: PoolKey, number: str, session_id: str, now: float, ttl: float,
+             previous: str | None = None) -> Hold | None:
+        """Reserve this number of the pool for the session when it is free (nobody holds
+        it and its cool-down passed), or when `previous` holds it or held it last (the
+        same visitor's earlier session: its hold ends now). None otherwise."""
+        pool = self._pools.get(key)
+        num = pool.numbers.get(number) if pool is not None else None
+        if pool is None or num is None:
+            return None
+        self._expire(pool, now)
+        if num.holder == session_id:
+            return self.renew(session_id, now, ttl)
+        if num.holder is not None:
+            if previous is None or num.holder != previous:
+                return None
+            self._free(pool, num, now)  # handed over to the visitor's new session
+        elif previous is None or num.last_holder != previous:
+            if num.last_holder is not None and num.released_at + pool.cooldown > now:
+                return None  # still cooling for someone else
+        num.version += 1  # its idle entry is superseded
+        self._compact(pool)
+        return self._take(pool, num, session_id, now, ttl)
 
     def renew(self, session_id: str, now: float, ttl: float) -> Hold | None:
         """Extend the session's reservation to `now + ttl`, keeping its number.

@@ -31,7 +31,7 @@ class ForwardTarget:
 @dataclass(frozen=True, slots=True)
 class Pool:
     name: str
-    sources: tuple[str, ...]  # "utm_source/utm_medium", "google/*" or "*"
+    sources: tuple[str, ...]  # "google/cpc", "google/*", "*/cpc", a channel ("organic"), "*"
     numbers: tuple[str, ...]  # E.164
 
 
@@ -59,6 +59,8 @@ class Tracker:
     attribution_grace: float = 86400.0
     target_call_min_seconds: float = 30.0
     ring_timeout: float = 30.0
+    # a visitor seen again within this time gets the number they held last, if it is free
+    returning_window: float = 30 * 86400.0
     pools: tuple[Pool, ...] = ()
     static: tuple[StaticNumber, ...] = ()
     webhooks: tuple[WebhookEndpoint, ...] = ()
@@ -77,6 +79,9 @@ class Tracker:
 
 @dataclass(frozen=True, slots=True)
 class VisitorSession:
+    """One visit. `source`, `medium`, `channel` are as the server classified the arrival
+    (tracking/sources.py); None in sessions stored before classification existed."""
+
     id: str
     tracker: str
     client_id: str | None = None
@@ -91,19 +96,30 @@ class VisitorSession:
     custom: dict[str, Any] = field(default_factory=dict)
     first_seen: float = 0.0  # unix seconds
     last_seen: float = 0.0
+    source: str | None = None  # "google", "vk.com", "(direct)"
+    medium: str | None = None  # "organic", "social", "(none)"
+    channel: str | None = None  # paid | organic | social | referral | email | direct | other
+    visitor_id: str | None = None  # the snippet's first-party visitor id
+    ga_session_id: str | None = None  # GA4's session id (the _ga_<container> cookie)
 
     def seen(self, at: float) -> VisitorSession:
         """This session last seen at `at` (by hand: dataclasses.replace costs 3 us)."""
         return VisitorSession(
             self.id, self.tracker, self.client_id, self.ym_uid, self.utm_source,
             self.utm_medium, self.utm_campaign, self.utm_term, self.utm_content,
-            self.referrer, self.landing_page, self.custom, self.first_seen, at)
+            self.referrer, self.landing_page, self.custom, self.first_seen, at,
+            self.source, self.medium, self.channel, self.visitor_id, self.ga_session_id)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "client_id": self.client_id,
             "ym_uid": self.ym_uid,
+            "visitor_id": self.visitor_id,
+            "ga_session_id": self.ga_session_id,
+            "source": self.source,
+            "medium": self.medium,
+            "channel": self.channel,
             "utm_source": self.utm_source,
             "utm_medium": self.utm_medium,
             "utm_campaign": self.utm_campaign,
@@ -118,18 +134,22 @@ class VisitorSession:
 @dataclass(frozen=True, slots=True)
 class Attribution:
     kind: AttributionKind
-    channel: str | None = None
+    channel: str | None = None  # a static number's channel name
     session: VisitorSession | None = None
     # Set when attribution could not be computed (store down or too slow): the call was
     # forwarded unattributed and the record says why.
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "kind": self.kind,
-            "channel": self.channel,
-            "session": self.session.to_json() if self.session else None,
-        }
+        s = self.session
+        out: dict[str, Any] = {"kind": self.kind}
+        # channel, source, medium at the top: a static number's channel name, else the
+        # visit's classified ones (None for default and none)
+        out["channel"] = self.channel if self.channel is not None else (
+            s.channel if s else None)
+        out["source"] = s.source if s else None
+        out["medium"] = s.medium if s else None
+        out["session"] = s.to_json() if s else None
         if self.error:
             out["error"] = self.error
         return out
@@ -213,7 +233,10 @@ class WebhookDelivery:
 
 @dataclass(frozen=True, slots=True)
 class SessionInput:
-    """What the site snippet sends about a visitor (`POST /v1/sessions`, SPEC §4)."""
+    """What the site snippet sends about a visitor (`POST /v1/sessions`, SPEC §4).
+
+    `source`, `medium`, `channel` are not sent: the service fills them in by classifying
+    the UTM tags, the landing page and the referrer (tracking/sources.py)."""
 
     client_id: str | None = None
     ym_uid: str | None = None
@@ -224,7 +247,22 @@ class SessionInput:
     utm_content: str | None = None
     referrer: str | None = None
     landing_page: str | None = None
-    custom: dict[str, Any] = field(default_factory=dict)
+    custom: dict[str, Any] | None = None  # None: not sent (keep the session's)
+    visitor_id: str | None = None
+    ga_session_id: str | None = None
+    source: str | None = None
+    medium: str | None = None
+    channel: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LastVisit:
+    """What the store remembers of a visitor (by client_id, ym_uid or visitor_id): their
+    latest session and the pool number it held last (None: it never held one)."""
+
+    session_id: str
+    number: str | None
+    at: float  # unix seconds
 
 
 @dataclass(frozen=True, slots=True)

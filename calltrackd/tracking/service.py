@@ -17,25 +17,28 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
 from calltrackd.store.base import Store
 from calltrackd.tracking import attribution as attr
+from calltrackd.tracking import visits
 from calltrackd.tracking.allocator import match_pool
 from calltrackd.tracking.model import (
     Attribution,
     CallRecord,
     Hold,
+    LastVisit,
     SessionAnswer,
     SessionInput,
     Tracker,
     VisitorSession,
     WebhookDelivery,
 )
+from calltrackd.tracking.sources import Source
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +54,13 @@ def new_session_id() -> str:
 class _Pending:
     record: CallRecord  # the newest version of the CDR
     deliveries: tuple[WebhookDelivery, ...]  # every delivery not yet written, in order
+
+
+_Utm = tuple[str | None, str | None, str | None, str | None, str | None]
+
+
+def _utm(v: SessionInput | VisitorSession) -> _Utm:
+    return v.utm_source, v.utm_medium, v.utm_campaign, v.utm_term, v.utm_content
 
 
 class TrackingService:
@@ -110,40 +120,80 @@ class TrackingService:
     async def create_session(
         self, tracker: Tracker, fields: SessionInput, session_id: str | None, now: float
     ) -> SessionAnswer:
-        """A number for a visitor: the one its live session holds, a free pool number,
-        or the default number. Never raises for a store failure (default number)."""
+        """A number for a visitor: the one its live visit holds, a free pool number (the
+        one a returning visitor held last, when free), or the default number. An arrival
+        from a new source starts a new visit (tracking/visits.py). Never raises for a
+        store failure (default number)."""
         try:
             await self.sync_pools()
+            fields = visits.with_landing_utm(fields)
+            arrival = visits.classify_input(fields)
+            current = None
             if session_id and _SESSION_ID.fullmatch(session_id):
-                session = await self.store.get_session(session_id)
-                if session is not None and session.tracker == tracker.id:
-                    return await self._refresh(tracker, session, now)
-            session = VisitorSession(
-                id=new_session_id(),
-                tracker=tracker.id,
-                client_id=fields.client_id,
-                ym_uid=fields.ym_uid,
-                utm_source=fields.utm_source,
-                utm_medium=fields.utm_medium,
-                utm_campaign=fields.utm_campaign,
-                utm_term=fields.utm_term,
-                utm_content=fields.utm_content,
-                referrer=fields.referrer,
-                landing_page=fields.landing_page,
-                custom=dict(fields.custom),
-                first_seen=now,
-                last_seen=now,
-            )
-            hold = await self._reserve(tracker, session, now)
+                found = await self.store.get_session(session_id)
+                if found is not None and found.tracker == tracker.id:
+                    current = found
+            if current is not None and not visits.starts_new_visit(current, fields, arrival):
+                return await self._continue(tracker, current, fields.custom, now)
+            keys = visits.visitor_keys(fields.client_id, fields.ym_uid, fields.visitor_id)
+            last, last_session = await self._returning(tracker, keys, now)
+            if (current is None and last_session is not None
+                    and last_session.last_seen + tracker.reservation_ttl > now
+                    and not visits.starts_new_visit(last_session, fields, arrival)):
+                # the visitor's visit is still on (a new tab, the same ad again): it goes on
+                return await self._continue(tracker, last_session, fields.custom, now)
+            session = self._new_session(tracker, fields, arrival, last_session, now)
+            previous = current.id if current is not None else (last.session_id if last else None)
+            hold = await self._reserve(tracker, session, now, last, previous)
+            if current is not None:
+                await self.store.release(current.id, now)  # no-op when handed over
             await self.store.create_session(session, dynamic=hold is not None)
+            if keys:
+                number = hold.number if hold else (last.number if last else None)
+                await self.store.note_visit(tracker.id, keys, LastVisit(session.id, number, now),
+                                            tracker.returning_window)
             return self._answer(tracker, session.id, hold, now)
         except Exception as exc:
             log.warning("tracking.session_failed", tracker=tracker.id, error=repr(exc))
             return self._answer(tracker, session_id or new_session_id(), None, now)
 
-    async def ping(self, session_id: str) -> SessionAnswer | None:
+    @staticmethod
+    def _new_session(tracker: Tracker, fields: SessionInput, arrival: Source,
+                     last: VisitorSession | None, now: float) -> VisitorSession:
+        source: str = arrival.source
+        medium: str = arrival.medium
+        channel: str = arrival.channel
+        utm = _utm(fields)
+        if last is not None and visits.inherits(arrival, last):
+            # a direct return keeps the last non-direct source, campaign and keyword
+            source, medium, channel = visits.session_source(last)
+            utm = _utm(last)
+        return VisitorSession(
+            new_session_id(), tracker.id, fields.client_id, fields.ym_uid, *utm,
+            fields.referrer, fields.landing_page, dict(fields.custom or {}), now, now,
+            source, medium, channel, fields.visitor_id, fields.ga_session_id)
+
+    async def _returning(self, tracker: Tracker, keys: list[str], now: float
+                         ) -> tuple[LastVisit | None, VisitorSession | None]:
+        """The visitor's last visit within the tracker's `returning_window`."""
+        if not keys:
+            return None, None
+        last = await self.store.last_visit(tracker.id, keys)
+        if last is None:
+            return None, None
+        session = await self.store.get_session(last.session_id)
+        seen = max(last.at, session.last_seen if session else 0.0)
+        if now - seen > tracker.returning_window:
+            return None, None
+        if session is not None and session.tracker != tracker.id:
+            session = None
+        return last, session
+
+    async def ping(self, session_id: str, custom: dict[str, Any] | None = None
+                   ) -> SessionAnswer | None:
         """The visitor is still active: extend its reservation (or find it a number
-        again). None for an unknown session; store failures raise."""
+        again), and take the page's newest `custom`. None for an unknown session; store
+        failures raise."""
         if not _SESSION_ID.fullmatch(session_id):
             return None
         await self.sync_pools()
@@ -151,7 +201,14 @@ class TrackingService:
         tracker = self._by_id.get(session.tracker) if session else None
         if session is None or tracker is None:
             return None
-        return await self._refresh(tracker, session, self._clock())
+        return await self._continue(tracker, session, custom, self._clock())
+
+    async def _continue(self, tracker: Tracker, session: VisitorSession,
+                        custom: dict[str, Any] | None, now: float) -> SessionAnswer:
+        if custom is not None and custom != session.custom:
+            session = replace(session, custom=dict(custom))
+            await self.store.update_session(session)
+        return await self._refresh(tracker, session, now)
 
     async def _refresh(
         self, tracker: Tracker, session: VisitorSession, now: float
@@ -159,13 +216,28 @@ class TrackingService:
         hold = await self.store.renew(session.id, now, tracker.reservation_ttl)
         if hold is None:
             hold = await self._reserve(tracker, session, now)
+            keys = visits.keys_of(session)
+            if hold is not None and keys:
+                await self.store.note_visit(tracker.id, keys,
+                                            LastVisit(session.id, hold.number, now),
+                                            tracker.returning_window)
         await self.store.touch_session(session.id, now, dynamic=hold is not None)
         return self._answer(tracker, session.id, hold, now)
 
-    async def _reserve(self, tracker: Tracker, session: VisitorSession, now: float) -> Hold | None:
-        pool = match_pool(tracker.pools, session.utm_source, session.utm_medium)
+    async def _reserve(self, tracker: Tracker, session: VisitorSession, now: float,
+                       last: LastVisit | None = None, previous: str | None = None
+                       ) -> Hold | None:
+        source, medium, channel = visits.session_source(session)
+        pool = match_pool(tracker.pools, source, medium, channel)
         if pool is None:
             return None
+        if last is not None and last.number is not None and last.number in pool.numbers:
+            # the number this visitor held last, when it is free (or still theirs)
+            hold = await self.store.reserve_number(
+                tracker.id, pool.name, last.number, session.id, now, tracker.reservation_ttl,
+                previous)
+            if hold is not None:
+                return hold
         return await self.store.reserve(
             tracker.id, pool.name, session.id, now, tracker.reservation_ttl
         )

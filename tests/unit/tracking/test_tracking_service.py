@@ -1,5 +1,6 @@
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,11 @@ TRACKER = Tracker(
 )
 GOOGLE = SessionInput(client_id="GA1.2.111.222", utm_source="google", utm_medium="cpc",
                       utm_campaign="spring", custom={"product_id": "42"})
+
+
+def visitor(n: int) -> SessionInput:
+    """GOOGLE's visit by another person (visitors are told apart by their ids)."""
+    return replace(GOOGLE, client_id=f"GA1.2.{n}.1")
 
 
 class Clock:
@@ -233,13 +239,13 @@ async def test_config_reload_adds_numbers_to_the_pool(
     small = Tracker(id="acme", public_key="pk_acme", default_number="+74990000000", forward=(),
                     pools=(Pool("paid", ("*",), POOL[:1]),))
     service.update_trackers([small])
-    assert (await service.create_session(small, GOOGLE, None, clock.now)).kind == "dynamic"
-    assert (await service.create_session(small, GOOGLE, None, clock.now)).kind == "default"
+    assert (await service.create_session(small, visitor(1), None, clock.now)).kind == "dynamic"
+    assert (await service.create_session(small, visitor(2), None, clock.now)).kind == "default"
     bigger = Tracker(id="acme", public_key="pk_acme", default_number="+74990000000", forward=(),
                      pools=(Pool("paid", ("*",), POOL[:2]),))
     service.update_trackers([bigger])
     assert service.tracker_by_key("pk_acme") is bigger
-    assert (await service.create_session(bigger, GOOGLE, None, clock.now)).number == POOL[1]
+    assert (await service.create_session(bigger, visitor(3), None, clock.now)).number == POOL[1]
 
 
 async def test_shutdown_flush_writes_deferred_records_once_the_store_answers(
@@ -282,8 +288,8 @@ class Gauges:
 async def test_gauges_show_pool_states_and_coverage(
     service: TrackingService, store: SqliteStore, clock: Clock
 ) -> None:
-    for _ in range(3):
-        await service.create_session(TRACKER, GOOGLE, None, clock.now)
+    for n in range(3):
+        await service.create_session(TRACKER, visitor(n), None, clock.now)
     await service.create_session(TRACKER, SessionInput(utm_source="bing", utm_medium="cpc"),
                                  None, clock.now)
     await store.close()  # sessions are written behind; closing flushes them

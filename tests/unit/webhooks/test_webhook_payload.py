@@ -19,6 +19,7 @@ CALL_KEYS = {
 SESSION_KEYS = {
     "id", "client_id", "ym_uid", "utm_source", "utm_medium", "utm_campaign", "utm_term",
     "utm_content", "referrer", "landing_page", "custom",
+    "source", "medium", "channel", "visitor_id", "ga_session_id",  # (added) as classified
 }  # fmt: skip
 
 
@@ -38,7 +39,7 @@ def test_body_has_exactly_the_spec_keys(record: CallRecord) -> None:
     assert doc["occurred_at"] == "2026-11-22T10:03:12.250Z"
     assert set(doc["call"]) == CALL_KEYS
     attribution = doc["call"]["attribution"]
-    assert set(attribution) == {"kind", "channel", "session"}
+    assert set(attribution) == {"kind", "channel", "source", "medium", "session"}
     assert set(attribution["session"]) == SESSION_KEYS
     assert attribution["session"]["utm_term"] == "купить диван"
     assert doc["call"]["ended_at"] == "2026-11-22T10:03:12.200Z"
