@@ -71,22 +71,25 @@ class Rules:
     _hosts: dict[str, tuple[bool, _HostRule | None]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path | None = None) -> Rules:
-        """The rules of `path`, or the packaged `sources.toml`. Raises ValueError naming
-        the entry when the file is malformed."""
-        if path is None:
-            text = resources.files("calltrackd.tracking").joinpath("sources.toml").read_text()
-            name = "sources.toml"
-        else:
-            text, name = path.read_text(), str(path)
-        try:
-            return cls.from_dict(tomllib.loads(text))
-        except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{name}: {exc}") from None
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Rules:
+    def load(cls, extra: Path | None = None) -> Rules:
+        """The packaged `sources.toml`, with the rules of `extra` (a file of the same
+        shape) before them: its entries win where both name a click id, host or medium.
+        Raises ValueError naming the file and the entry when one is malformed."""
+        packaged = resources.files("calltrackd.tracking").joinpath("sources.toml")
+        files = [(str(extra), extra.read_text())] if extra is not None else []
+        files.append(("sources.toml", packaged.read_text()))
         rules = cls()
+        for name, text in files:
+            try:
+                rules.add(tomllib.loads(text))
+            except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError,
+                    AttributeError) as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        return rules
+
+    def add(self, data: Mapping[str, Any]) -> None:
+        """Add the rules of one file (entries already known keep their first rule)."""
+        rules = self
         for channel, media in data.get("channels", {}).items():
             ch = _channel(channel)
             for m in media:
@@ -113,7 +116,6 @@ class Rules:
                     rules.apps.setdefault(str(app).lower(), rule)
         for d in data.get("ignore", []):
             rules._add_domain(d, None)
-        return rules
 
     def _add_domain(self, domain: object, rule: _HostRule | None) -> None:
         if not isinstance(domain, str) or not domain.strip(". *"):
