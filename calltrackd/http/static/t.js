@@ -3,7 +3,10 @@
  * Options (data-* attributes): data-key (required: the tracker's public key),
  * data-class (elements whose phone number is swapped; default "calltrackd-phone"),
  * data-api (API origin; default: where this script came from).
- * Any failure leaves the page as it was. Exposes window.calltrackd = {sessionId, number, kind}.
+ * It sends the landing page's address (with its query) and the referrer; calltrackd names the
+ * traffic source. window.calltrackdCustom (e.g. {product_id: "42"}) goes with every request
+ * and is re-sent when the page changes it. Any failure leaves the page as it was.
+ * Exposes window.calltrackd = {sessionId, number, kind, visitorId, setCustom(obj)}.
  */
 (function () {
   "use strict";
@@ -16,9 +19,9 @@
     var api = (script.getAttribute("data-api") || new URL(script.src, location.href).origin)
       .replace(/\/+$/, "");
     var store = window.sessionStorage;
-    var SID = "calltrackd.sid", VISIT = "calltrackd.visit";
+    var SID = "calltrackd.sid", VISIT = "calltrackd.visit", VID = "calltrackd.vid";
     var state = window.calltrackd = { sessionId: null, number: null, kind: null };
-    var timer = null;
+    var timer = null, sentCustom = null;
 
     function get(k) { try { return store.getItem(k); } catch (e) { return null; } }
     function set(k, v) { try { store.setItem(k, v); } catch (e) { /* private mode */ } }
@@ -27,29 +30,69 @@
       return m ? decodeURIComponent(m[1]) : null;
     }
 
-    // UTM parameters and the landing page are remembered for the whole visit
+    // a first-party visitor id (cookie and localStorage), so a returning visitor is known
+    function visitorId() {
+      var id = cookie("_ctd_vid"), local = null;
+      try { local = window.localStorage.getItem(VID); } catch (e) { local = null; }
+      id = id || local;
+      if (!/^[A-Za-z0-9_-]{8,64}$/.test(id || "")) {
+        var b = new Uint8Array(16);
+        crypto.getRandomValues(b);
+        id = "v" + [].map.call(b, function (x) { return (x + 256).toString(16).slice(1); }).join("");
+      }
+      try { window.localStorage.setItem(VID, id); } catch (e) { /* private mode */ }
+      document.cookie = "_ctd_vid=" + id + "; path=/; max-age=34560000; SameSite=Lax";
+      return id;
+    }
+
+    // GA4's session id: _ga_<container> = "GS1.1.<session>.<n>..." or "GS2.1.s<session>$o<n>..."
+    function gaSession() {
+      var m = document.cookie.match(/(?:^|; )_ga_[A-Za-z0-9]+=GS\d\.\d\.s?(\d+)/);
+      return m ? m[1] : null;
+    }
+
+    function bare(host) { return host.replace(/^www\./, ""); }
+
+    // a new arrival: tags or a click id in the address, or a referrer from another site
+    function arrived() {
+      if (/(^|[?&])(utm_[a-z]+|[a-z_]*clid|gbraid|wbraid|li_fat_id|epik|srsltid|mc_cid|_hsenc|mkt_tok)=/i
+          .test(location.search)) return true;
+      var ref = "";
+      try { ref = document.referrer ? bare(new URL(document.referrer).hostname) : ""; } catch (e) { ref = ""; }
+      var own = bare(location.hostname);
+      return !!ref && ref !== own && !own.endsWith("." + ref) && !ref.endsWith("." + own);
+    }
+
+    // UTM parameters, the landing page and its referrer are remembered for the whole visit
     function visit() {
       var saved = null;
       try { saved = JSON.parse(get(VISIT) || "null"); } catch (e) { saved = null; }
-      var q = new URLSearchParams(location.search), utm = {}, any = false;
+      var q = new URLSearchParams(location.search), utm = {};
       ["utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content"].forEach(function (n) {
         var v = q.get(n);
-        if (v) { utm[n] = v; any = true; }
+        if (v) utm[n] = v;
       });
-      if (!saved || any) {
+      if (!saved || arrived()) {
         saved = { utm: utm, referrer: document.referrer || null, landing_page: location.href };
         set(VISIT, JSON.stringify(saved));
       }
       return saved;
     }
 
+    function custom() {
+      var c = window.calltrackdCustom;
+      return c && typeof c === "object" ? JSON.stringify(c) : null;
+    }
+
     function body() {
       var v = visit(), b = {
         tracker: key, session_id: get(SID), referrer: v.referrer,
         landing_page: v.landing_page, ym_uid: cookie("_ym_uid"),
-        client_id: cookie("_ga"), custom: window.calltrackdCustom || null
+        client_id: cookie("_ga"), visitor_id: state.visitorId, ga_session_id: gaSession(),
+        custom: window.calltrackdCustom || null
       };
       for (var n in v.utm) b[n] = v.utm[n];
+      sentCustom = custom();
       return b;
     }
 
@@ -123,13 +166,24 @@
 
     function ping() {
       if (!state.sessionId || document.visibilityState !== "visible") return;
-      post("/v1/sessions/" + encodeURIComponent(state.sessionId) + "/ping", null)
+      var c = custom(), changed = c !== null && c !== sentCustom;
+      if (changed) sentCustom = c;
+      post("/v1/sessions/" + encodeURIComponent(state.sessionId) + "/ping",
+           changed ? { custom: window.calltrackdCustom } : null)
         .then(apply, function () { post("/v1/sessions", body()).then(apply, function () {}); });
     }
+
+    // the page attached other data (a product viewed in a single-page shop): send it now
+    state.setCustom = function (obj) { window.calltrackdCustom = obj; ping(); };
+    setInterval(function () {
+      var c = custom();
+      if (c !== null && c !== sentCustom) ping();
+    }, 2000);
 
     document.addEventListener("visibilitychange", function () {
       if (document.visibilityState === "visible") ping();
     });
+    state.visitorId = visitorId();
     state.ready = post("/v1/sessions", body()).then(apply, function () { /* page untouched */ });
   } catch (e) { /* never break the page */ }
 })();
