@@ -62,12 +62,13 @@ def styled(number: str) -> str:
 class Site:
     """The client's website on its own origin (so the snippet's requests are cross-origin)."""
 
-    def __init__(self, api: str) -> None:
+    def __init__(self, api: str, pages: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.api = api
+        self.pages = pages or PAGES
 
     async def _page(self, request: web.Request) -> web.Response:
-        page = PAGES[request.path].replace("{api}", self.api)
+        page = self.pages[request.path].replace("{api}", self.api)
         resp = web.Response(text=page, content_type="text/html")
         resp.set_cookie("_ga", "GA1.2.111.222")
         resp.set_cookie("_ym_uid", "1690000000123")
@@ -79,7 +80,7 @@ class Site:
         def run() -> None:
             self.loop = asyncio.new_event_loop()
             app = web.Application()
-            for path in PAGES:
+            for path in self.pages:
                 app.router.add_get(path, self._page)
             self.runner = web.AppRunner(app)
             self.loop.run_until_complete(self.runner.setup())
@@ -115,11 +116,12 @@ def browser_env(tmp_path: Path, receiver: Receiver) -> Iterator[Env]:
 
 
 @contextmanager
-def browser_page(api: str) -> Iterator[tuple[Any, str]]:
-    """A fresh headless Chromium tab and the site's origin (its pages load /t.js from `api`)."""
+def browser_page(api: str, pages: dict[str, str] | None = None) -> Iterator[tuple[Any, str]]:
+    """A fresh headless Chromium tab and the site's origin (its pages load /t.js from `api`;
+    `pages`: path → HTML instead of this module's pages)."""
     from playwright.sync_api import sync_playwright
 
-    with Site(api) as site, sync_playwright() as pw:
+    with Site(api, pages) as site, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
             yield browser.new_page(), f"http://127.0.0.1:{site.port}"
