@@ -45,7 +45,8 @@ def test_slow_store_leaves_the_call_answered_and_the_cdr_unattributed(
         assert paused_at <= started < paused_at + 0.5, slow
         assert answered - started < 0.45 and answered < paused_at + PAUSE, slow
         assert slow["outcome"] == "answered"
-        assert slow["attribution"] == {"kind": "none", "channel": None, "session": None,
+        assert slow["attribution"] == {"kind": "none", "channel": None, "source": None,
+                                       "medium": None, "session": None,
                                        "error": "attribution timeout"}
         assert slow["first_time_caller"] is None  # unknown: the store was not asked in time
         # the same number dialled with Redis answering again: the visitor was there all along
