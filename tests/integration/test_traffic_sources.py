@@ -205,3 +205,23 @@ def wait_reserved(daemon: Daemon, count: int, timeout: float = 30.0) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"still reserved: {pools}")
+
+
+def test_a_ping_may_carry_the_pages_custom_data_and_bad_bodies_get_400(env: Env) -> None:
+    a = visit(env.daemon, 7, {"landing_page": f"{SITE}/", "custom": {"product_id": "1"}})
+    path = f"/v1/sessions/{a['session_id']}/ping"
+    status, b = env.daemon.http("POST", path, {"custom": {"product_id": "2"}}, admin=False)
+    assert status == 200 and b["number"] == a["number"]
+    for bad, field in [({"custom": [1]}, "custom"), ({"custom": {"a": {"b": 1}}}, "custom")]:
+        status, err = env.daemon.http("POST", path, bad, admin=False)
+        assert status == 400 and err["error"]["message"].startswith(field), err
+    status, err = env.daemon.http("POST", path, None, admin=False,
+                                  headers={"Content-Type": "application/json"})
+    assert status == 200  # no body: a plain ping
+    status, err = env.daemon.http("POST", "/v1/sessions", {"tracker": "pk_acme",
+                                  "visitor_id": ["x"]}, admin=False)
+    assert status == 400 and err["error"]["message"].startswith("visitor_id:"), err
+    status, b = env.daemon.http("POST", "/v1/sessions", {"tracker": "pk_acme",
+                                "landing_page": "http://[::1/broken", "referrer": "::::"},
+                                admin=False)
+    assert status == 200 and b["kind"] == "dynamic"  # what cannot be read counts as direct
