@@ -21,6 +21,7 @@ import phonenumbers
 from . import __version__
 from .tracking.allocator import pattern_problem
 from .tracking.model import ForwardTarget, Pool, StaticNumber, Tracker, WebhookEndpoint
+from .tracking.sources import Rules
 
 __all__ = [
     "Carrier",
@@ -589,10 +590,30 @@ def _forward(c: _Checker, key: str, item: object) -> ForwardTarget | None:
     return ForwardTarget(uri=uri, username=user, password=password)
 
 
-def _tracker(c: _Checker, key: str, d: dict[str, Any]) -> Tracker | None:
+def _source_rules(c: _Checker, d: dict[str, Any], key: str, base: Path | None) -> str | None:
+    """A tracker's own traffic-source rules file (absolute, or relative to the config
+    file), checked by reading it."""
+    raw = c.get(d, key, "source_rules", str, "")
+    if not raw:
+        return None
+    path = Path(raw)
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    try:
+        Rules.load(path)
+    except OSError as exc:
+        c.fail(f"{key}.source_rules", f"cannot read {str(path)!r}: {exc.strerror or exc}")
+    except ValueError as exc:
+        c.fail(f"{key}.source_rules", str(exc))
+    return str(path)
+
+
+def _tracker(c: _Checker, key: str, d: dict[str, Any],
+             config_dir: Path | None = None) -> Tracker | None:
     c.table(d, key, {"id", "public_key", "reservation_ttl", "cooldown", "attribution_grace",
                      "target_call_min_seconds", "default_number", "forward", "ring_timeout",
-                     "pools", "static", "webhooks", "media", "record", "returning_window"})
+                     "pools", "static", "webhooks", "media", "record", "returning_window",
+                     "source_rules"})
     ident = c.get(d, key, "id", str, "")
     pk = c.get(d, key, "public_key", str, "")
     for name, value in (("id", ident), ("public_key", pk)):
@@ -657,6 +678,7 @@ def _tracker(c: _Checker, key: str, d: dict[str, Any]) -> Tracker | None:
             else:
                 events.append(v)
         hooks.append(WebhookEndpoint(url, secret, tuple(events) if "events" in wd else EVENTS))
+    rules_path = _source_rules(c, d, key, config_dir)
     base = Tracker(id="", public_key="", default_number="", forward=())
     tmin = c.get(d, key, "target_call_min_seconds", (int, float), 30.0,
                  lambda v: None if v >= 0 else "must not be negative")
@@ -673,6 +695,7 @@ def _tracker(c: _Checker, key: str, d: dict[str, Any]) -> Tracker | None:
         target_call_min_seconds=float(tmin),
         ring_timeout=c.duration(d, key, "ring_timeout", base.ring_timeout),
         returning_window=c.duration(d, key, "returning_window", base.returning_window),
+        source_rules=rules_path,
         pools=tuple(pools),
         static=tuple(static),
         webhooks=tuple(hooks),
@@ -696,7 +719,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None) -> Settings
     seen_id: set[str] = set()
     seen_key: set[str] = set()
     for k, d in c.tables(data, "", "trackers"):
-        t = _tracker(c, k, d)
+        t = _tracker(c, k, d, Path(source).parent if source else None)
         policy = _tracker_media(c, k, d, media)
         if t is None:
             continue

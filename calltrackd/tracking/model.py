@@ -61,6 +61,8 @@ class Tracker:
     ring_timeout: float = 30.0
     # a visitor seen again within this time gets the number they held last, if it is free
     returning_window: float = 30 * 86400.0
+    # a file of traffic-source rules read before the packaged ones (tracking/sources.py)
+    source_rules: str | None = None
     pools: tuple[Pool, ...] = ()
     static: tuple[StaticNumber, ...] = ()
     webhooks: tuple[WebhookEndpoint, ...] = ()

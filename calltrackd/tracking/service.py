@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
@@ -38,7 +39,7 @@ from calltrackd.tracking.model import (
     VisitorSession,
     WebhookDelivery,
 )
-from calltrackd.tracking.sources import Source
+from calltrackd.tracking.sources import RULES, Rules, Source
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +55,17 @@ def new_session_id() -> str:
 class _Pending:
     record: CallRecord  # the newest version of the CDR
     deliveries: tuple[WebhookDelivery, ...]  # every delivery not yet written, in order
+
+
+def _load_rules(tracker: Tracker) -> Rules:
+    # checked when the configuration was read; a file broken since then is logged and the
+    # packaged rules serve until it is fixed and reloaded
+    assert tracker.source_rules is not None
+    try:
+        return Rules.load(Path(tracker.source_rules))
+    except (OSError, ValueError) as exc:
+        log.error("tracking.source_rules_unreadable", tracker=tracker.id, error=str(exc))
+        return RULES
 
 
 _Utm = tuple[str | None, str | None, str | None, str | None, str | None]
@@ -90,6 +102,12 @@ class TrackingService:
         self._trackers = tuple(trackers)
         self._by_id = {t.id: t for t in self._trackers}
         self._by_key = {t.public_key: t for t in self._trackers}
+        self._rules = {t.id: _load_rules(t) for t in self._trackers if t.source_rules}
+
+    def rules(self, tracker: Tracker) -> Rules:
+        """The traffic-source rules of a tracker: its `source_rules` file before the
+        packaged ones, or the packaged ones."""
+        return self._rules.get(tracker.id, RULES)
 
     @property
     def trackers(self) -> tuple[Tracker, ...]:
@@ -127,22 +145,24 @@ class TrackingService:
         try:
             await self.sync_pools()
             fields = visits.with_landing_utm(fields)
-            arrival = visits.classify_input(fields)
+            rules = self.rules(tracker)
+            arrival = visits.classify_input(fields, rules)
             current = None
             if session_id and _SESSION_ID.fullmatch(session_id):
                 found = await self.store.get_session(session_id)
                 if found is not None and found.tracker == tracker.id:
                     current = found
-            if current is not None and not visits.starts_new_visit(current, fields, arrival):
+            if current is not None and not visits.starts_new_visit(current, fields, arrival,
+                                                                   rules):
                 return await self._continue(tracker, current, fields.custom, now)
             keys = visits.visitor_keys(fields.client_id, fields.ym_uid, fields.visitor_id)
             last, last_session = await self._returning(tracker, keys, now)
             if (current is None and last_session is not None
                     and last_session.last_seen + tracker.reservation_ttl > now
-                    and not visits.starts_new_visit(last_session, fields, arrival)):
+                    and not visits.starts_new_visit(last_session, fields, arrival, rules)):
                 # the visitor's visit is still on (a new tab, the same ad again): it goes on
                 return await self._continue(tracker, last_session, fields.custom, now)
-            session = self._new_session(tracker, fields, arrival, last_session, now)
+            session = self._new_session(tracker, fields, arrival, last_session, now, rules)
             previous = current.id if current is not None else (last.session_id if last else None)
             hold = await self._reserve(tracker, session, now, last, previous)
             if current is not None:
@@ -159,14 +179,14 @@ class TrackingService:
 
     @staticmethod
     def _new_session(tracker: Tracker, fields: SessionInput, arrival: Source,
-                     last: VisitorSession | None, now: float) -> VisitorSession:
+                     last: VisitorSession | None, now: float, rules: Rules) -> VisitorSession:
         source: str = arrival.source
         medium: str = arrival.medium
         channel: str = arrival.channel
         utm = _utm(fields)
-        if last is not None and visits.inherits(arrival, last):
+        if last is not None and visits.inherits(arrival, last, rules):
             # a direct return keeps the last non-direct source, campaign and keyword
-            source, medium, channel = visits.session_source(last)
+            source, medium, channel = visits.session_source(last, rules)
             utm = _utm(last)
         return VisitorSession(
             new_session_id(), tracker.id, fields.client_id, fields.ym_uid, *utm,
@@ -227,7 +247,7 @@ class TrackingService:
     async def _reserve(self, tracker: Tracker, session: VisitorSession, now: float,
                        last: LastVisit | None = None, previous: str | None = None
                        ) -> Hold | None:
-        source, medium, channel = visits.session_source(session)
+        source, medium, channel = visits.session_source(session, self.rules(tracker))
         pool = match_pool(tracker.pools, source, medium, channel)
         if pool is None:
             return None

@@ -17,7 +17,7 @@ import re
 from dataclasses import replace
 
 from calltrackd.tracking.model import SessionInput, VisitorSession
-from calltrackd.tracking.sources import RULES, Source, classify, query_of, utm_of
+from calltrackd.tracking.sources import RULES, Rules, Source, classify, query_of, utm_of
 
 _GA_COOKIE = re.compile(r"GA\d+\.\d+\.(\d+\.\d+)")
 _UTM = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
@@ -32,23 +32,24 @@ def with_landing_utm(fields: SessionInput) -> SessionInput:
     return replace(fields, **tags) if tags else fields  # type: ignore[arg-type]
 
 
-def classify_input(fields: SessionInput) -> Source:
-    return classify(fields.utm_source, fields.utm_medium, fields.landing_page, fields.referrer)
+def classify_input(fields: SessionInput, rules: Rules = RULES) -> Source:
+    return classify(fields.utm_source, fields.utm_medium, fields.landing_page, fields.referrer,
+                    rules)
 
 
-def session_source(session: VisitorSession) -> tuple[str, str, str]:
+def session_source(session: VisitorSession, rules: Rules = RULES) -> tuple[str, str, str]:
     """(source, medium, channel) of a session; classified again for sessions stored
     before classification existed."""
     if session.source is not None and session.medium is not None and session.channel:
         return session.source, session.medium, session.channel
     s = classify(session.utm_source, session.utm_medium, session.landing_page,
-                 session.referrer)
+                 session.referrer, rules)
     return s.source, s.medium, s.channel
 
 
-def click_id(url: str | None) -> str | None:
+def click_id(url: str | None, rules: Rules = RULES) -> str | None:
     """The click id ("gclid=...") of a landing page's address, UTM tags or not."""
-    click = RULES.click(query_of(url))
+    click = rules.click(query_of(url))
     return click[2] if click else None
 
 
@@ -57,24 +58,25 @@ def is_new_source(arrival: Source) -> bool:
     return arrival.how not in ("direct", "internal")
 
 
-def starts_new_visit(session: VisitorSession, fields: SessionInput, arrival: Source) -> bool:
+def starts_new_visit(session: VisitorSession, fields: SessionInput, arrival: Source,
+                     rules: Rules = RULES) -> bool:
     """Does this arrival end the visit of `session` and start a new one?"""
     if not is_new_source(arrival):
         return False
     if fields.landing_page == session.landing_page and fields.referrer == session.referrer:
         return False  # the same arrival again: a reload, or the snippet on the next page
-    source, medium, _ = session_source(session)
+    source, medium, _ = session_source(session, rules)
     before = (source, medium, session.utm_campaign, session.utm_term, session.utm_content,
-              click_id(session.landing_page))
+              click_id(session.landing_page, rules))
     now = (arrival.source, arrival.medium, fields.utm_campaign, fields.utm_term,
-           fields.utm_content, click_id(fields.landing_page))
+           fields.utm_content, click_id(fields.landing_page, rules))
     return before != now
 
 
-def inherits(arrival: Source, last: VisitorSession | None) -> bool:
+def inherits(arrival: Source, last: VisitorSession | None, rules: Rules = RULES) -> bool:
     """A direct arrival of a known visitor keeps their last visit's non-direct source."""
     return (last is not None and not is_new_source(arrival)
-            and session_source(last)[2] != "direct")
+            and session_source(last, rules)[2] != "direct")
 
 
 def visitor_keys(client_id: str | None, ym_uid: str | None,

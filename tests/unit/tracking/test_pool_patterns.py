@@ -4,6 +4,7 @@ that can never match; a given number handed back to a returning visitor."""
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +135,27 @@ def test_cooling_number_goes_back_only_to_its_last_holder() -> None:
     assert a.take(KEY, "+1", "s_stranger", 20.0, 10.0) is None
     hold = a.take(KEY, "+1", "s_again", 20.0, 10.0, previous="s_first")
     assert hold is not None and hold.number == "+1"
+
+
+def test_check_config_reads_a_trackers_source_rules_and_names_the_key(tmp_path: Path) -> None:
+    base = tmp_path
+    (base / "good.toml").write_text('search = [{ source = "kagi", domains = ["kagi.com"] }]\n')
+    (base / "bad.toml").write_text('click_ids = [{ param = "x" }]\n')
+    text = """
+[[trackers]]
+id = "acme"
+public_key = "pk_acme"
+default_number = "+74990000000"
+forward = ["sip:127.0.0.1:5070"]
+source_rules = "{rules}"
+"""
+    ok = parse_config(tomllib.loads(text.replace("{rules}", "good.toml")),
+                      source=str(base / "calltrackd.toml"))
+    assert ok.trackers[0].source_rules == str(base / "good.toml")  # next to the config
+    for name, message in (("bad.toml", "click_ids[0]: needs param, source and medium"),
+                          ("missing.toml", "cannot read")):
+        with pytest.raises(ConfigError) as exc:
+            parse_config(tomllib.loads(text.replace("{rules}", name)),
+                         source=str(base / "calltrackd.toml"))
+        (problem,) = exc.value.problems
+        assert problem.startswith("trackers[0].source_rules: ") and message in problem, problem

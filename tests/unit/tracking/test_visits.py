@@ -178,3 +178,32 @@ def test_visitor_keys_name_the_same_person_across_cookie_domains() -> None:
         "v:v_abc", "ga:111.222", "ym:1690000000123"]
     assert visitor_keys("GA1.3.111.222", None, None) == ["ga:111.222"]
     assert visitor_keys(None, None, None) == []
+
+
+async def test_a_trackers_own_rule_file_names_its_partners_and_payment_pages(
+    tmp_path: Path,
+) -> None:
+    rules = tmp_path / "acme-sources.toml"
+    rules.write_text('social = [{ source = "sofa-club", domains = ["sofa-club.example"] }]\n'
+                     'ignore = ["pay.acme-bank.example"]\n')
+    tracker = replace(TRACKER, source_rules=str(rules))
+    store = SqliteStore.from_url(f"sqlite://{tmp_path}/own.db")
+    await store.open()
+    try:
+        service = TrackingService(store, [tracker], clock=lambda: T0)
+        a = await service.create_session(
+            tracker, SessionInput(visitor_id="v1", landing_page=f"{SITE}/",
+                                  referrer="https://www.sofa-club.example/t/1"), None, T0)
+        assert await session_of(service, a.session_id) == ("sofa-club", "social", "social")
+        # back from the bank's payment page: the same visit
+        b = await service.create_session(
+            tracker, SessionInput(visitor_id="v1", landing_page=f"{SITE}/thanks",
+                                  referrer="https://pay.acme-bank.example/3ds"), a.session_id,
+            T0 + 60)
+        assert b.session_id == a.session_id
+        # the packaged rules still apply
+        c = await service.create_session(
+            tracker, replace(ORGANIC, visitor_id="v2"), None, T0)
+        assert await session_of(service, c.session_id) == ("google", "organic", "organic")
+    finally:
+        await store.close()
