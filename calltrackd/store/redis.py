@@ -19,6 +19,8 @@ Durability is Redis's: run it with `appendonly yes` (docs/redis.md).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
 from collections.abc import Awaitable, Sequence
@@ -57,6 +59,8 @@ SESSION_TTL = 30 * 86400
 LEASE = 60.0
 _MAX_LIMIT = 1000
 _SEP = "\x1f"
+_NOTES_WINDOW = 0.05  # seconds visit notes wait to share a write
+_NOTES_MAX = 100_000
 
 
 def _hour(ts: float) -> str:
@@ -79,6 +83,9 @@ class RedisStore:
         self.url = url
         self._r: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
+        # visit notes waiting to be written in one pipeline: key → (value, seconds)
+        self._notes: dict[str, tuple[str, int]] = {}
+        self._notes_task: asyncio.Task[None] | None = None
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -116,6 +123,8 @@ class RedisStore:
 
     async def close(self) -> None:
         if self._r is not None:
+            with contextlib.suppress(StoreError):
+                await self._flush_notes()
             await self._r.aclose()
             self._r = None
 
@@ -182,23 +191,54 @@ class RedisStore:
 
     async def note_visit(self, tracker: str, keys: Sequence[str], visit: LastVisit,
                          keep: float) -> None:
+        # written behind, batched: under a burst of new visitors a round trip each would
+        # hold a pool connection per request (a returning visitor's note is a nicety; a
+        # node killed within the batch window loses at most those notes)
         value = f"{visit.session_id}|{visit.number or ''}|{visit.at!r}"
         seconds = max(1, math.ceil(keep))
+        for k in keys:
+            self._notes[f"ctd:visitor:{tracker}:{k}"] = (value, seconds)
+        while len(self._notes) > _NOTES_MAX:
+            del self._notes[next(iter(self._notes))]
+        if self._notes_task is None or self._notes_task.done():
+            self._notes_task = asyncio.create_task(self._notes_loop(), name="redis-notes")
+
+    async def _notes_loop(self) -> None:
+        delay = _NOTES_WINDOW
+        while self._notes and self._r is not None:
+            await asyncio.sleep(delay)
+            try:
+                await self._flush_notes()
+                delay = _NOTES_WINDOW
+            except StoreError:
+                delay = min(delay * 2, 5.0)  # Redis away: retried, newer notes win
+
+    async def _flush_notes(self) -> None:
+        notes, self._notes = self._notes, {}
+        if not notes:
+            return
 
         async def run() -> None:
             async with self.r.pipeline(transaction=False) as p:
-                for k in keys:
-                    p.set(f"ctd:visitor:{tracker}:{k}", value, ex=seconds)
+                for key, (value, seconds) in notes.items():
+                    p.set(key, value, ex=seconds)
                 await p.execute()
 
-        await self._do(run())
+        try:
+            await self._do(run())
+        except StoreError:
+            for key, entry in notes.items():
+                self._notes.setdefault(key, entry)
+            raise
 
     async def last_visit(self, tracker: str, keys: Sequence[str]) -> LastVisit | None:
         if not keys:
             return None
-        raws = await self._do(self.r.mget([f"ctd:visitor:{tracker}:{k}" for k in keys]))
+        names = [f"ctd:visitor:{tracker}:{k}" for k in keys]
+        pending = [self._notes[n][0] for n in names if n in self._notes]
+        stored = [] if len(pending) == len(names) else await self._do(self.r.mget(names))
         best = None
-        for raw in raws:
+        for raw in [*pending, *stored]:
             if raw is None:
                 continue
             session_id, number, at = (_s(raw) or "").split("|")

@@ -195,13 +195,19 @@ class TrackingService:
 
     async def _returning(self, tracker: Tracker, keys: list[str], now: float
                          ) -> tuple[LastVisit | None, VisitorSession | None]:
-        """The visitor's last visit within the tracker's `returning_window`."""
+        """The visitor's last visit within the tracker's `returning_window`; (None, None)
+        when unknown, or when the store could not say in time (the visitor is then served
+        as a new one: a lookup must not cost them a number)."""
         if not keys:
             return None, None
-        last = await self.store.last_visit(tracker.id, keys)
-        if last is None:
+        try:
+            last = await self.store.last_visit(tracker.id, keys)
+            if last is None:
+                return None, None
+            session = await self.store.get_session(last.session_id)
+        except Exception as exc:
+            log.warning("tracking.returning_lookup_failed", tracker=tracker.id, error=repr(exc))
             return None, None
-        session = await self.store.get_session(last.session_id)
         seen = max(last.at, session.last_seen if session else 0.0)
         if now - seen > tracker.returning_window:
             return None, None
