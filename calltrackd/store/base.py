@@ -140,6 +140,9 @@ class Store(Protocol):
         """Pending deliveries with `next_attempt_at <= now`, longest due first."""
 
     async def mark_delivered(self, delivery_id: str, now: float) -> None: ...
+    async def mark_delivered_many(self, delivery_ids: Sequence[str], now: float) -> None:
+        """`mark_delivered` for several rows (one batched request) in one write."""
+
     async def reschedule(
         self, delivery_id: str, attempts: int, next_attempt_at: float, error: str
     ) -> None: ...
@@ -147,7 +150,7 @@ class Store(Protocol):
     async def list_deliveries(
         self, status: str | None, limit: int
     ) -> list[WebhookDelivery]:
-        """Newest first."""
+        """Newest first. Rows of every kind (webhook, ga4, metrica, telegram, slack)."""
 
     async def requeue(self, delivery_id: str, now: float) -> bool:
         """Make a failed (or pending) delivery due now; False if unknown or delivered."""

@@ -178,7 +178,7 @@ return 1
 
 # A CDR and its outbox rows in one step. KEYS: none.
 # ARGV: id, tracker, started_ts, caller, json, ndeliveries, then per delivery:
-#       id, event_id, event, tracker, url, body, created_at, next_attempt_at
+#       id, event_id, event, tracker, url, body, created_at, next_attempt_at, kind
 SAVE_CALL = """
 local id, tracker, ts, caller, data = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 redis.call('SET', 'ctd:call:' .. id, data)
@@ -194,11 +194,11 @@ for _ = 1, n do
     redis.call('HSET', k, 'id', did, 'event_id', ARGV[i + 1], 'event', ARGV[i + 2],
       'tracker', ARGV[i + 3], 'url', ARGV[i + 4], 'body', ARGV[i + 5],
       'created_at', ARGV[i + 6], 'next_attempt_at', ARGV[i + 7], 'attempts', 0,
-      'status', 'pending', 'last_error', '')
+      'status', 'pending', 'last_error', '', 'kind', ARGV[i + 8])
     redis.call('ZADD', 'ctd:outbox:due', tonumber(ARGV[i + 7]), did)
     redis.call('ZADD', 'ctd:outbox:all', tonumber(ARGV[i + 6]), did)
   end
-  i = i + 8
+  i = i + 9
 end
 return 1
 """
