@@ -394,7 +394,10 @@ class WebhookWorker:
             self._queued.add(row.id)
             touched.add(dest.key)
         for key in touched:
-            self._pump(self._keys[key])
+            k = self._keys[key]
+            # a full read may have left more of this key's rows in the store
+            k.behind = k.behind or full
+            self._pump(k)
         if give_back:
             # a store that leased these rows to us (Redis) hands them out again now,
             # not when the lease runs out

@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 import calltrackd
 from calltrackd.tracking.model import WebhookDelivery
 from calltrackd.webhooks.backoff import ExponentialJitterBackoff
+from calltrackd.webhooks.destinations import WebhookDestination, endpoint_key
 from calltrackd.webhooks.payload import new_delivery_id, new_event_id
 from calltrackd.webhooks.signing import verify
 from calltrackd.webhooks.worker import DeliveryInFlightError, OutboxStore, WebhookWorker
@@ -103,6 +104,7 @@ class Receiver:
     # Answers in order: a status, or (status, headers); 200 once the script runs out.
     script: list[int | tuple[int, dict[str, str]]] = field(default_factory=list)
     delay: float = 0.0
+    gate: asyncio.Event | None = None  # when set up: requests wait until it is set
     requests: list[Received] = field(default_factory=list)
     active: Counter[str] = field(default_factory=Counter)
     max_active: Counter[str] = field(default_factory=Counter)
@@ -123,6 +125,8 @@ class Receiver:
         self.max_total = max(self.max_total, self.active.total())
         try:
             await asyncio.sleep(self.delay)
+            if self.gate is not None:
+                await self.gate.wait()
         finally:
             self.active[request.path] -= 1
         answer = self.script.pop(0) if self.script else 200
@@ -463,3 +467,79 @@ async def test_cancelling_run_during_the_drain_abandons_requests_but_keeps_the_e
         await task
     await wait_until(lambda: not h.worker.in_flight, within=1.0)
     assert h.store.rows[d.id].status == "pending"  # sent again after the restart
+
+
+# --- keeping up: reads, adaptive windows, batches ------------------------------------------
+
+
+async def test_a_stream_to_a_saturated_endpoint_costs_no_store_reads(
+    receiver: Receiver, make: Callable[..., Harness]
+) -> None:
+    receiver.gate = asyncio.Event()  # the receiver holds every request until released
+    h = make(per_endpoint_concurrency=2, initial_concurrency=2, poll_interval=30.0)
+    first = [delivery(receiver.url()) for _ in range(2)]
+    h.store.add(*first)
+    h.start()
+    await wait_until(lambda: len(receiver.requests) == 2)
+    reads = h.worker.polls
+    stream = [delivery(receiver.url()) for _ in range(200)]
+    for d in stream:  # as the daemon does after each CDR write: both slots are busy
+        h.store.add(d)
+        h.worker.notify([d])
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.1)
+    assert h.worker.polls == reads  # nothing could start: nothing was read
+    receiver.gate.set()
+    await wait_until(lambda: all(r.status == "delivered" for r in h.store.rows.values()),
+                     within=20)
+    assert len(receiver.requests) == 202
+    # one read takes a ready queue's worth of rows (256), not one per event
+    assert h.worker.polls - reads <= 3
+
+
+async def test_the_window_grows_while_rows_wait_and_halves_when_the_receiver_fails(
+    receiver: Receiver, make: Callable[..., Harness]
+) -> None:
+    receiver.delay = 0.05
+    h = make(per_endpoint_concurrency=8, initial_concurrency=1, poll_interval=0.2)
+    h.store.add(*(delivery(receiver.url()) for _ in range(400)))
+    h.start()
+    key = endpoint_key(receiver.url())
+    await wait_until(lambda: h.worker.window(key) == 8.0, within=30)
+    await wait_until(lambda: all(r.status == "delivered" for r in h.store.rows.values()),
+                     within=30)
+    assert receiver.max_active["/hook"] == 8  # grew to the ceiling, never past it
+
+    receiver.script = [500] * 20  # the receiver starts failing
+    failing = [delivery(receiver.url()) for _ in range(20)]
+    h.store.add(*failing)
+    h.worker.notify(failing)
+    await wait_until(lambda: not receiver.script, within=30)
+    window = h.worker.window(key)
+    assert window is not None and window <= 4.0  # halved (at most once per round trip)
+    await wait_until(lambda: all(r.status == "delivered" for r in h.store.rows.values()),
+                     within=30)
+
+
+async def test_a_batching_endpoint_gets_json_arrays_signed_over_the_whole_body(
+    receiver: Receiver, make: Callable[..., Harness]
+) -> None:
+    h = make(resolve=lambda row: WebhookDestination(row.url, SECRET, batch=10),
+             initial_concurrency=4)
+    rows = [delivery(receiver.url()) for _ in range(25)]
+    h.store.add(*rows)
+    h.start()
+    await wait_until(lambda: all(r.status == "delivered" for r in h.store.rows.values()))
+    sizes = []
+    seen = []
+    for req in receiver.requests:
+        events = json.loads(req.body)
+        assert isinstance(events, list)
+        assert req.headers["X-Calltrackd-Batch"] == str(len(events))
+        assert verify(SECRET, req.body, req.headers["X-Calltrackd-Signature"])
+        assert req.body == b"[" + b",".join(
+            next(r.body for r in rows if r.event_id == e["event_id"]) for e in events) + b"]"
+        sizes.append(len(events))
+        seen += [e["event_id"] for e in events]
+    assert sorted(sizes) == [5, 10, 10]
+    assert sorted(seen) == sorted(r.event_id for r in rows)  # each event once
