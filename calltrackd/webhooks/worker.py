@@ -355,7 +355,7 @@ class WebhookWorker:
         if not await self._flush_unrecorded():
             self._poll_wanted = True
             return False
-        self._drop_stale()
+        await self._drop_stale()
         known = len(self._in_flight) + len(self._unrecorded) + len(self._queued)
         # Rows in flight or queued are still due in a store without leases: ask past them.
         limit = known + READ_AHEAD
@@ -410,14 +410,22 @@ class WebhookWorker:
     def _ready_cap(self, k: _Key, dest: Destination) -> int:
         return max(READ_AHEAD, 2 * k.limit * dest.batch)
 
-    def _drop_stale(self) -> None:
-        """Rows that waited in a ready queue past READY_TTL go back to the store."""
+    async def _drop_stale(self) -> None:
+        """Rows that waited in a ready queue past READY_TTL go back to the store (and, on a
+        store that leases them, to every node) before their lease runs out."""
         cutoff = time.monotonic() - READY_TTL
+        dropped: list[str] = []
         for k in self._keys.values():
             while k.ready and k.ready[0][2] < cutoff:
                 row, _, _ = k.ready.popleft()
                 self._queued.discard(row.id)
+                dropped.append(row.id)
                 k.behind = True
+        if dropped:
+            try:
+                await self._store.unlease(dropped)
+            except Exception:
+                _log.warning("webhook_store_error", op="unlease", exc_info=True)
 
     async def _give_back_ready(self) -> None:
         ids = list(self._queued)

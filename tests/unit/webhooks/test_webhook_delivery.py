@@ -543,3 +543,30 @@ async def test_a_batching_endpoint_gets_json_arrays_signed_over_the_whole_body(
         seen += [e["event_id"] for e in events]
     assert sorted(sizes) == [5, 10, 10]
     assert sorted(seen) == sorted(r.event_id for r in rows)  # each event once
+
+
+async def test_a_row_its_destination_refuses_is_marked_failed_and_counted_not_sent(
+    receiver: Receiver, make: Callable[..., Harness]
+) -> None:
+    from calltrackd.exports.ga4 import Ga4Destination
+    from calltrackd.tracking.model import Ga4Export
+
+    export = Ga4Export("G-TEST123", "api-secret", base_url=receiver.base_url)
+    skipped: list[tuple[str, str]] = []
+    h = make(resolve=lambda row: Ga4Destination(export), on_skip=lambda k, r: skipped.append(
+        (k, r)))
+    now = time.time()
+    fresh = dataclasses.replace(delivery("ga4:G-TEST123"), kind="ga4", body=json.dumps(
+        {"client_id": "1.2", "timestamp_micros": int(now * 1e6), "events": []}).encode())
+    old = dataclasses.replace(fresh, id=new_delivery_id(), body=json.dumps(
+        {"client_id": "1.2", "timestamp_micros": int((now - 73 * 3600) * 1e6),
+         "events": []}).encode())
+    h.store.add(fresh, old)
+    h.start()
+    await wait_until(lambda: h.store.rows[fresh.id].status == "delivered"
+                     and h.store.rows[old.id].status == "failed")
+    assert h.store.rows[old.id].last_error == "older than GA4's 72-hour window"
+    assert skipped == [("ga4", "older than GA4's 72-hour window")]
+    (req,) = receiver.requests
+    assert req.path == "/mp/collect" and req.body == fresh.body
+    assert h.results == ["ok"]  # the skipped row is not a delivery attempt
