@@ -277,10 +277,7 @@ async def list_webhooks(request: web.Request) -> web.Response:
     kind = request.query.get("kind") or None
     if kind not in (None, "webhook", "ga4", "metrica", "telegram", "slack"):
         raise ApiError(400, "invalid_parameter", "kind: webhook, ga4, metrica, telegram or slack")
-    limit = int(limit_s)
-    rows = await request.app[APP].store.list_deliveries(status, limit if kind is None else 1000)
-    if kind is not None:
-        rows = [d for d in rows if d.kind == kind][:limit]
+    rows = await request.app[APP].store.list_deliveries(status, int(limit_s), kind)
     return web.json_response({"deliveries": [{
         "id": d.id, "kind": d.kind, "event_id": d.event_id, "event": d.event,
         "tracker": d.tracker, "url": d.url, "status": d.status, "attempts": d.attempts,

@@ -148,9 +148,9 @@ class Store(Protocol):
     ) -> None: ...
     async def mark_failed(self, delivery_id: str, attempts: int, error: str) -> None: ...
     async def list_deliveries(
-        self, status: str | None, limit: int
+        self, status: str | None, limit: int, kind: str | None = None
     ) -> list[WebhookDelivery]:
-        """Newest first. Rows of every kind (webhook, ga4, metrica, telegram, slack)."""
+        """Newest first; of one kind (webhook, ga4, metrica, telegram, slack) or all."""
 
     async def requeue(self, delivery_id: str, now: float) -> bool:
         """Make a failed (or pending) delivery due now; False if unknown or delivered."""

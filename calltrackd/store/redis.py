@@ -413,7 +413,8 @@ class RedisStore:
 
         await self._do(run())
 
-    async def list_deliveries(self, status: str | None, limit: int) -> list[WebhookDelivery]:
+    async def list_deliveries(self, status: str | None, limit: int,
+                              kind: str | None = None) -> list[WebhookDelivery]:
         out: list[WebhookDelivery] = []
         offset = 0
         while len(out) < limit:
@@ -422,7 +423,8 @@ class RedisStore:
                 break
             offset += len(ids)
             for d in await self._deliveries([_s(i) or "" for i in ids]):
-                if status is None or d.status == status:
+                if (status is None or d.status == status) and (kind is None
+                                                                or d.kind == kind):
                     out.append(d)
         return out[:limit]
 

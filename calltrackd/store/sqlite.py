@@ -635,9 +635,11 @@ class SqliteStore:
         )
 
     async def list_deliveries(
-        self, status: str | None, limit: int
+        self, status: str | None, limit: int, kind: str | None = None
     ) -> list[WebhookDelivery]:
-        where, args = ("WHERE status = ?", (status,)) if status else ("", ())
+        conds = [(c, v) for c, v in (("status = ?", status), ("kind = ?", kind)) if v]
+        where = ("WHERE " + " AND ".join(c for c, _ in conds)) if conds else ""
+        args = tuple(v for _, v in conds)
         sql = f"SELECT {_DELIVERY_COLS} FROM deliveries {where} ORDER BY created_at DESC, id DESC"
         limit = max(1, min(limit, _MAX_LIMIT))
         rows = await self._read(lambda c: c.execute(sql + " LIMIT ?", (*args, limit)).fetchall())

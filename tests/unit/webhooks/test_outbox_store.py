@@ -68,6 +68,8 @@ async def test_rows_keep_their_kind_through_the_outbox(store: Store) -> None:
     assert listed == {"d_hook": ("webhook", "delivered"), "d_ga": ("ga4", "delivered"),
                       "d_ym": ("metrica", "pending"), "d_tg": ("telegram", "failed")}
     assert [d.attempts for d in await store.list_deliveries("delivered", 10)] == [1, 1]
+    assert [d.id for d in await store.list_deliveries(None, 10, "metrica")] == ["d_ym"]
+    assert [d.id for d in await store.list_deliveries("delivered", 10, "ga4")] == ["d_ga"]
     assert await store.requeue("d_tg", 200.0)
     assert {d.id for d in await store.due_deliveries(200.0, 10)} == {"d_ym", "d_tg"}
 
