@@ -102,6 +102,14 @@ class AlertDestination:
             url, secret, body = self.alert.url, self.alert.url, row.body
         return Prepared(Request(url, body, headers, secrets=(secret,)), [row])
 
+    def retry_after(self, body: bytes) -> float | None:
+        """Telegram says how long to wait in the body of a 429 (`parameters.retry_after`)."""
+        try:
+            value = json.loads(body)["parameters"]["retry_after"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        return float(value) if isinstance(value, int | float) and value >= 0 else None
+
     def accepted(self, status: int, body: bytes) -> str | None:
         if not 200 <= status < 300:
             if self.alert.kind == "telegram":

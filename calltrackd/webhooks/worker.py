@@ -608,6 +608,9 @@ class WebhookWorker:
                 retry_after = None
                 if resp.status in RETRY_AFTER_STATUSES:
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock())
+                    told = getattr(dest, "retry_after", None)  # a service's own way to say it
+                    if retry_after is None and callable(told):
+                        retry_after = told(body)
                 return resp.status, redact(error, req.secrets), retry_after
         except TimeoutError:
             return None, f"timeout after {self._timeout:g}s", None

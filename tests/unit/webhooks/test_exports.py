@@ -223,6 +223,9 @@ def test_alerts_go_only_for_missed_calls_in_the_shape_of_each_service(
     assert dest.accepted(200, b'{"ok":false}') is not None
     assert dest.accepted(400, b'{"ok":false,"description":"chat not found"}') == (
         "HTTP 400: chat not found")
+    assert dest.retry_after(b'{"ok":false,"error_code":429,"parameters":{"retry_after":7}}') \
+        == 7.0
+    assert dest.retry_after(b"nonsense") is None
 
 
 # --- configuration -------------------------------------------------------------------------
