@@ -591,37 +591,48 @@ class WebhookWorker:
         """(status, error or None if acknowledged, Retry-After seconds)."""
         req: Request | None = prepared.request
         assert req is not None
-        try:
-            async with self._get_session().post(
-                req.url,
-                data=req.body,
-                headers=req.headers,
-                # A redirect is not an acknowledgement, and following one would send the
-                # event somewhere the configuration does not name.
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
-            ) as resp:
-                body = await resp.content.read(64 * 1024)
-                error = dest.accepted(resp.status, body)
-                if error is None:
-                    return resp.status, None, None
-                retry_after = None
-                if resp.status in RETRY_AFTER_STATUSES:
-                    retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock())
-                    told = getattr(dest, "retry_after", None)  # a service's own way to say it
-                    if retry_after is None and callable(told):
-                        retry_after = told(body)
-                return resp.status, redact(error, req.secrets), retry_after
-        except TimeoutError:
-            return None, f"timeout after {self._timeout:g}s", None
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
-            return None, redact(f"{type(exc).__name__}: {exc}", req.secrets), None
+        for _ in range(2):
+            try:
+                return await self._post(req, dest)
+            except aiohttp.ServerDisconnectedError:
+                # A kept-alive connection the receiver closed just as we reused it: once more
+                # on a new one (at-least-once: it may have been processed; receivers dedupe).
+                continue
+            except TimeoutError:
+                return None, f"timeout after {self._timeout:g}s", None
+            except (aiohttp.ClientError, OSError, ValueError) as exc:
+                return None, redact(f"{type(exc).__name__}: {exc}", req.secrets), None
+        return None, "ServerDisconnectedError: the receiver closed the connection", None
+
+    async def _post(
+        self, req: Request, dest: Destination
+    ) -> tuple[int | None, str | None, float | None]:
+        async with self._get_session().post(
+            req.url,
+            data=req.body,
+            headers=req.headers,
+            # A redirect is not an acknowledgement, and following one would send the
+            # event somewhere the configuration does not name.
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
+        ) as resp:
+            body = await resp.content.read(64 * 1024)
+            error = dest.accepted(resp.status, body)
+            if error is None:
+                return resp.status, None, None
+            retry_after = None
+            if resp.status in RETRY_AFTER_STATUSES:
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock())
+                told = getattr(dest, "retry_after", None)  # a service's own way to say it
+                if retry_after is None and callable(told):
+                    retry_after = told(body)
+            return resp.status, redact(error, req.secrets), retry_after
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 # keep-alive: connections to a receiver are reused between requests
-                connector=aiohttp.TCPConnector(limit=self._batch, keepalive_timeout=30.0),
+                connector=aiohttp.TCPConnector(limit=self._batch, keepalive_timeout=15.0),
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
             )
         return self._session

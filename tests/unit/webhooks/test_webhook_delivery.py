@@ -105,6 +105,7 @@ class Receiver:
     script: list[int | tuple[int, dict[str, str]]] = field(default_factory=list)
     delay: float = 0.0
     gate: asyncio.Event | None = None  # when set up: requests wait until it is set
+    hang_up: int = 0  # close the connection without answering, this many times
     requests: list[Received] = field(default_factory=list)
     active: Counter[str] = field(default_factory=Counter)
     max_active: Counter[str] = field(default_factory=Counter)
@@ -117,6 +118,11 @@ class Receiver:
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.requests.append(Received(request.path, dict(request.headers), body))
+        if self.hang_up > 0:
+            self.hang_up -= 1
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=204)
         self.arrived.set()
         self.active[request.path] += 1
         self.max_active[request.path] = max(
@@ -570,3 +576,16 @@ async def test_a_row_its_destination_refuses_is_marked_failed_and_counted_not_se
     (req,) = receiver.requests
     assert req.path == "/mp/collect" and req.body == fresh.body
     assert h.results == ["ok"]  # the skipped row is not a delivery attempt
+
+
+async def test_a_kept_alive_connection_closed_by_the_receiver_is_retried_at_once(
+    receiver: Receiver, make: Callable[..., Harness]
+) -> None:
+    h = make()
+    first = delivery(receiver.url())
+    assert (await h.worker.deliver_once(first)).result == "ok"  # a connection to keep
+    receiver.hang_up = 1  # the receiver closes it as the next request arrives
+    d = delivery(receiver.url())
+    outcome = await h.worker.deliver_once(d)
+    assert (outcome.result, outcome.attempts) == ("ok", 1)  # one attempt, on a new connection
+    assert [r.body for r in receiver.requests] == [first.body, d.body, d.body]
