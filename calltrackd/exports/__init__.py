@@ -13,7 +13,6 @@ when they are due (GA4: 72 hours; Metrica: 21 days; the worker marks them failed
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,13 +28,9 @@ from calltrackd.webhooks.destinations import Destination, WebhookDestination
 from calltrackd.webhooks.payload import build_deliveries, new_delivery_id, new_event_id
 
 from . import alerts, ga4, metrica
+from .settings import alert_name
 
 __all__ = ["OutboxDestinations", "OutboxRows", "alert_name", "export_rows"]
-
-
-def alert_name(url: str) -> str:
-    """A stable, non-secret name for a Slack webhook URL (the URL itself is the secret)."""
-    return hashlib.sha256(url.encode()).hexdigest()[:12]
 
 
 def _row(kind: str, ref: str, record: CallRecord, event_id: str, body: bytes, now: float,

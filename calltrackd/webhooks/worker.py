@@ -18,12 +18,10 @@ has more for it, so a steady stream to a saturated endpoint costs no reads at al
 reads are one per ready queue's worth of deliveries, whatever the backlog (with one
 endpoint at 300 events/s the old poll re-read the due rows for every new event).
 
-The window is adaptive per key (AIMD, like TCP's congestion window): it starts at
-`initial_concurrency`, grows by one per acknowledged request while rows wait for it
-(slow start) and by one per window of requests after the first failure, never past
-`per_endpoint_concurrency`, and is halved, at most once per round trip, by a failure or
-timeout. Answers much slower than the fastest seen stop it growing. One HTTP session with
-keep-alive serves every request.
+The window of requests in flight is adaptive per key (`window.py`, AIMD like TCP's): it
+starts at `initial_concurrency`, grows while rows wait for it, never past
+`per_endpoint_concurrency`, and is halved by failures. One HTTP session with keep-alive
+serves every request.
 
 A row's id stays in `in_flight` from the moment it is taken from a ready queue until its
 outcome is written, and in `_queued` while it waits in one, so a row that is still due in
@@ -52,9 +50,9 @@ import contextlib
 import functools
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
-from typing import Final, Literal, Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
+from typing import Final
 
 import aiohttp
 import structlog
@@ -72,6 +70,8 @@ from .destinations import (
     endpoint_key,
     redact,
 )
+from .outbox import DeliveryInFlightError, DeliveryOutcome, OutboxStore, Result, SecretLookup
+from .window import AdaptiveWindow
 
 __all__ = [
     "USER_AGENT",
@@ -84,99 +84,28 @@ __all__ = [
     "endpoint_key",
 ]
 
-Result = Literal["ok", "retry", "failed"]
-# (tracker id, endpoint url) -> the endpoint's current secret; None once it left the config.
-SecretLookup = Callable[[str, str], str | None]
-
 ENDPOINT_REMOVED: Final = "endpoint removed"
 READY_TTL: Final = 20.0  # seconds a row read from the store may wait to be sent
 READ_AHEAD: Final = 256  # rows a poll reads beyond those it already holds
 _STORE_RETRY_CAP: Final = 30.0  # longest pause between polls while the store fails
 _DRAIN_SLACK: Final = 1.0  # beyond `timeout`, for the store write after the last answer
-_SLOW: Final = 2.0  # an answer slower than this many times the fastest: no growth
 
 _log = structlog.get_logger()
 
 
-class OutboxStore(Protocol):
-    """The part of the store the worker uses (calltrackd/store implements it)."""
-
-    async def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]:
-        """Pending rows with next_attempt_at <= now, oldest first."""
-        ...
-
-    async def mark_delivered(self, delivery_id: str, now: float) -> None: ...
-
-    async def reschedule(
-        self, delivery_id: str, attempts: int, next_attempt_at: float, error: str
-    ) -> None: ...
-
-    async def mark_failed(self, delivery_id: str, attempts: int, error: str) -> None: ...
-
-    async def pending_count(self) -> int: ...
-
-    async def unlease(self, delivery_ids: Sequence[str]) -> None:
-        """Rows handed out by `due_deliveries` that will not be sent now: due again."""
-        ...
-
-
-class DeliveryInFlightError(RuntimeError):
-    """`deliver_once` was asked for a delivery that is being sent or recorded right now."""
-
-    def __init__(self, delivery_id: str) -> None:
-        super().__init__(f"delivery {delivery_id} is in flight")
-        self.delivery_id = delivery_id
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryOutcome:
-    """What one attempt came to for one row."""
-
-    delivery_id: str
-    result: Result
-    attempts: int  # attempts made so far, this one included
-    status: int | None = None  # the receiver's HTTP status; None if it never answered
-    error: str | None = None
-    next_attempt_at: float | None = None  # set when result == "retry"
-    recorded: bool = True  # False: the store write failed and is retried before next poll
-    kind: str = "webhook"
-
-
 class _Key:
-    """One destination key: its ready queue and its window of requests in flight."""
+    """One destination key: its ready queue, its requests in flight and their window."""
 
-    __slots__ = ("behind", "busy", "last_cut", "limit", "min_rtt", "ready", "threshold",
-                 "window")
+    __slots__ = ("behind", "busy", "ready", "win")
 
     def __init__(self, window: float, limit: int) -> None:
         self.ready: deque[tuple[WebhookDelivery, Destination, float]] = deque()
         self.busy = 0
-        self.window = window
-        self.limit = limit  # the ceiling (the destination's own or the configured maximum)
-        self.threshold = float(limit)  # slow start below it
-        self.min_rtt = float("inf")
-        self.last_cut = 0.0  # monotonic time of the last decrease
+        self.win = AdaptiveWindow(window, limit)
         self.behind = False  # the store holds due rows for this key not in `ready`
 
     def room(self) -> int:
-        return max(0, min(int(self.window), self.limit) - self.busy)
-
-    def acknowledged(self, rtt: float, waiting: bool) -> None:
-        self.min_rtt = min(self.min_rtt, rtt)
-        if not waiting or rtt > _SLOW * self.min_rtt + 0.05:
-            return  # nobody waited for the slot, or the receiver is queueing: hold
-        if self.window < self.threshold:
-            self.window += 1.0
-        else:
-            self.window += 1.0 / self.window
-        self.window = min(self.window, float(self.limit))
-
-    def failed(self, started: float, now: float) -> None:
-        if started < self.last_cut:
-            return  # sent before the last decrease: that one already answered for it
-        self.last_cut = now
-        self.window = max(1.0, self.window / 2)
-        self.threshold = max(2.0, self.window)
+        return max(0, self.win.size - self.busy)
 
 
 _Write = Callable[[], Awaitable[None]]
@@ -255,7 +184,7 @@ class WebhookWorker:
     def window(self, key: str) -> float | None:
         """The current concurrency window of a destination key (None: never seen)."""
         k = self._keys.get(key)
-        return None if k is None else min(k.window, float(k.limit))
+        return None if k is None else min(k.win.window, float(k.win.limit))
 
     def notify(self, rows: Iterable[WebhookDelivery] | None = None) -> None:
         """New rows were committed: read the store now if one of them can be sent now."""
@@ -348,7 +277,7 @@ class WebhookWorker:
         k = self._keys.get(dest.key)
         if k is None:
             limit = dest.concurrency or self._per_endpoint
-            k = self._keys[dest.key] = _Key(float(min(self._initial, limit)), limit)
+            k = self._keys[dest.key] = _Key(float(self._initial), limit)
         return k
 
     async def _poll(self) -> bool:
@@ -411,7 +340,7 @@ class WebhookWorker:
         return True
 
     def _ready_cap(self, k: _Key, dest: Destination) -> int:
-        return max(READ_AHEAD, 2 * k.limit * dest.batch)
+        return max(READ_AHEAD, 2 * k.win.limit * dest.batch)
 
     async def _drop_stale(self) -> None:
         """Rows that waited in a ready queue past READY_TTL go back to the store (and, on a
@@ -534,9 +463,9 @@ class WebhookWorker:
         ended = time.monotonic()
         if k is not None:
             if error is None:
-                k.acknowledged(ended - started, waiting)
+                k.win.acknowledged(ended - started, waiting)
             elif status is None or status >= 500 or status == 429:
-                k.failed(started, ended)
+                k.win.failed(started, ended)
         now = self._clock()
         if error is None:
             ids = [r.id for r in prepared.send]
