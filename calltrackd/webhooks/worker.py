@@ -293,11 +293,18 @@ class WebhookWorker:
         limit = known + READ_AHEAD
         self._settled = set()
         self.polls += 1
+        # The read sees every due row, unless it is full: what keys were behind before it
+        # is forgotten then. A notify while it reads (rows it may not see) sets them again.
+        before = {key for key, k in self._keys.items() if k.behind}
+        for k in self._keys.values():
+            k.behind = False
         try:
             due = await self._store.due_deliveries(self._clock(), limit)
         except Exception:
             _log.warning("webhook_store_error", op="due_deliveries", exc_info=True)
             self._poll_wanted = True
+            for key in before:
+                self._keys[key].behind = True
             return False
         finally:
             settled, self._settled = self._settled, None
@@ -305,8 +312,9 @@ class WebhookWorker:
         now_mono = time.monotonic()
         give_back: list[str] = []
         touched: set[str] = set()
-        for k in self._keys.values():
-            k.behind = full and k.behind
+        if full:
+            for key in before:
+                self._keys[key].behind = True
         for row in due:
             if row.id in self._in_flight or row.id in self._unrecorded or row.id in self._queued:
                 continue

@@ -39,6 +39,8 @@ class MemoryOutbox:
         self.fail_reads = 0
         self.unleased: list[str] = []
         self.fail_writes = 0
+        # when set up: a read sees the outbox as it is, then waits for this before it answers
+        self.read_gate: asyncio.Event | None = None
 
     def add(self, *deliveries: WebhookDelivery) -> None:
         for d in deliveries:
@@ -54,6 +56,8 @@ class MemoryOutbox:
             self.fail_reads -= 1
             raise ConnectionError("store down")
         due = [d for d in self.rows.values() if d.status == "pending" and d.next_attempt_at <= now]
+        if self.read_gate is not None:
+            await self.read_gate.wait()
         return sorted(due, key=lambda d: d.created_at)[:limit]
 
     async def unlease(self, delivery_ids: Sequence[str]) -> None:
@@ -589,3 +593,27 @@ async def test_a_kept_alive_connection_closed_by_the_receiver_is_retried_at_once
     outcome = await h.worker.deliver_once(d)
     assert (outcome.result, outcome.attempts) == ("ok", 1)  # one attempt, on a new connection
     assert [r.body for r in receiver.requests] == [first.body, d.body, d.body]
+
+
+async def test_an_event_for_a_busy_endpoint_notified_during_a_read_is_not_forgotten(
+    receiver: Receiver, make: Callable[..., Harness]
+) -> None:
+    receiver.gate = asyncio.Event()
+    h = make(per_endpoint_concurrency=1, initial_concurrency=1, poll_interval=30.0)
+    first = delivery(receiver.url("/a"))
+    h.store.add(first)
+    h.start()
+    await wait_until(lambda: len(receiver.requests) == 1)  # /a's only slot is busy
+    h.store.read_gate = asyncio.Event()
+    other = delivery(receiver.url("/b"))
+    h.store.add(other)
+    h.worker.notify([other])  # a new endpoint: a read starts, and sees the outbox now
+    await asyncio.sleep(0.05)
+    late = delivery(receiver.url("/a"))
+    h.store.add(late)
+    h.worker.notify([late])  # /a is busy: nothing to read now, but it has more
+    h.store.read_gate.set()
+    receiver.gate.set()
+    # the read did not see `late`; /a's slot frees and it is read then (not at the tick)
+    await wait_until(lambda: all(r.status == "delivered" for r in h.store.rows.values()),
+                     within=10)
