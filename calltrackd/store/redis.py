@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Collection, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -360,8 +360,10 @@ class RedisStore:
 
         return [self._delivery(h) for h in await self._do(run()) if h]
 
-    async def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]:
-        ids = [_s(i) or "" for i in await self._script("LEASE_DUE", now, limit, LEASE)]
+    async def due_deliveries(self, now: float, limit: int,
+                             exclude_urls: Collection[str] = ()) -> list[WebhookDelivery]:
+        ids = [_s(i) or "" for i in await self._script("LEASE_DUE", now, limit, LEASE,
+                                                        *exclude_urls)]
         return await self._deliveries(ids) if ids else []
 
     async def mark_delivered(self, delivery_id: str, now: float) -> None:

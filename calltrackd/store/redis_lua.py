@@ -154,10 +154,33 @@ return 1
 
 # The outbox lease: due deliveries are pushed `lease` seconds into the future as they are
 # handed out, so another node polling at the same moment does not send them too.
-# ARGV: now, limit, lease
+# ARGV: now, limit, lease, then the urls (destinations) whose rows the caller does not want
+# now (their queues are full): skipped, at most 5,000 looked at, so that a backlog of one
+# endpoint does not hide the rows of the others.
 LEASE_DUE = """
 local now, limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local ids = redis.call('ZRANGEBYSCORE', 'ctd:outbox:due', '-inf', now, 'LIMIT', 0, limit)
+local ids
+if #ARGV <= 3 then
+  ids = redis.call('ZRANGEBYSCORE', 'ctd:outbox:due', '-inf', now, 'LIMIT', 0, limit)
+else
+  local skip = {}
+  for i = 4, #ARGV do skip[ARGV[i]] = true end
+  ids = {}
+  local offset, looked = 0, 0
+  while #ids < limit and looked < 5000 do
+    local chunk = redis.call('ZRANGEBYSCORE', 'ctd:outbox:due', '-inf', now, 'LIMIT', offset, 500)
+    if #chunk == 0 then break end
+    for _, id in ipairs(chunk) do
+      looked = looked + 1
+      local url = redis.call('HGET', 'ctd:dlv:' .. id, 'url')
+      if not (url and skip[url]) then
+        ids[#ids + 1] = id
+        if #ids >= limit then break end
+      end
+    end
+    offset = offset + #chunk
+  end
+end
 for _, id in ipairs(ids) do
   redis.call('ZADD', 'ctd:outbox:due', now + lease, id)
 end

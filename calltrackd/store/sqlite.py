@@ -19,7 +19,7 @@ import contextlib
 import functools
 import operator
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from datetime import datetime
@@ -588,13 +588,16 @@ class SqliteStore:
     async def _execute(self, sql: str, args: tuple[Any, ...]) -> int:
         return await self._write(lambda c: c.execute(sql, args).rowcount)
 
-    async def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]:
+    async def due_deliveries(self, now: float, limit: int,
+                             exclude_urls: Collection[str] = ()) -> list[WebhookDelivery]:
+        excluded = tuple(exclude_urls)
         sql = (
             f"SELECT {_DELIVERY_COLS} FROM deliveries INDEXED BY deliveries_pending_due"
-            " WHERE status = 'pending'"
-            " AND next_attempt_at <= ? ORDER BY next_attempt_at, created_at LIMIT ?"
+            " WHERE status = 'pending' AND next_attempt_at <= ?"
+            + (f" AND url NOT IN ({','.join('?' * len(excluded))})" if excluded else "")
+            + " ORDER BY next_attempt_at, created_at LIMIT ?"
         )
-        rows = await self._read(lambda c: c.execute(sql, (now, limit)).fetchall())
+        rows = await self._read(lambda c: c.execute(sql, (now, *excluded, limit)).fetchall())
         return [_delivery(r) for r in rows]
 
     async def mark_delivered(self, delivery_id: str, now: float) -> None:

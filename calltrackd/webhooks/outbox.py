@@ -19,7 +19,9 @@ class OutboxStore(Protocol):
     """The part of the store the worker uses (calltrackd/store implements it)."""
 
     async def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]:
-        """Pending rows with next_attempt_at <= now, oldest first."""
+        """Pending rows with next_attempt_at <= now, oldest first. A store may also take
+        `exclude_urls` (rows of those urls are left out); the worker then passes the
+        destinations whose ready queues are full."""
         ...
 
     async def mark_delivered(self, delivery_id: str, now: float) -> None: ...

@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -173,6 +174,7 @@ class WebhookWorker:
         self._acks: list[tuple[list[str], float, asyncio.Future[bool]]] = []
         self._ack_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._excludes = "exclude_urls" in inspect.signature(store.due_deliveries).parameters
 
     # --- public -------------------------------------------------------------------------
 
@@ -298,8 +300,18 @@ class WebhookWorker:
         before = {key for key, k in self._keys.items() if k.behind}
         for k in self._keys.values():
             k.behind = False
+        # destinations with enough in their ready queue are left out of the read: a backlog
+        # of one must not hide the rows of the others (an alert behind a CRM's)
+        full_urls: set[str] = set()
+        for k in self._keys.values():
+            if k.ready and len(k.ready) >= self._sated(k, k.ready[0][1]):
+                full_urls.update(row.url for row, _, _ in k.ready)
         try:
-            due = await self._store.due_deliveries(self._clock(), limit)
+            if full_urls and self._excludes:
+                due = await self._store.due_deliveries(  # type: ignore[call-arg]
+                    self._clock(), limit, exclude_urls=full_urls)
+            else:
+                due = await self._store.due_deliveries(self._clock(), limit)
         except Exception:
             _log.warning("webhook_store_error", op="due_deliveries", exc_info=True)
             self._poll_wanted = True
@@ -338,6 +350,9 @@ class WebhookWorker:
             # a full read may have left more of this key's rows in the store
             k.behind = k.behind or full
             self._pump(k)
+        if give_back and full and self._excludes:
+            # the read was filled by a destination that has enough now: read past it
+            self._want_poll()
         if give_back:
             # a store that leased these rows to us (Redis) hands them out again now,
             # not when the lease runs out
@@ -349,6 +364,10 @@ class WebhookWorker:
 
     def _ready_cap(self, k: _Key, dest: Destination) -> int:
         return max(READ_AHEAD, 2 * k.win.limit * dest.batch)
+
+    def _sated(self, k: _Key, dest: Destination) -> int:
+        """Rows in a ready queue from which a read leaves its destination out."""
+        return min(self._ready_cap(k, dest), max(16, 2 * k.win.limit * dest.batch))
 
     async def _drop_stale(self) -> None:
         """Rows that waited in a ready queue past READY_TTL go back to the store (and, on a

@@ -107,3 +107,13 @@ INSERT INTO deliveries VALUES ('d_old', 'evt_old', 'call.ended', 'acme',
     await again.open()
     assert len(await again.list_deliveries(None, 10)) == 2
     await again.close()
+
+
+async def test_due_rows_of_excluded_destinations_are_left_out(store: Store) -> None:
+    rows = [row(f"d_a{i}", "webhook", "https://crm.example/a", at=100.0 + i) for i in range(5)]
+    rows.append(row("d_tg", "telegram", "telegram:-100", at=200.0))
+    await store.save_call(CALL, rows)
+    due = await store.due_deliveries(300.0, 3, exclude_urls={"https://crm.example/a"})
+    assert [d.id for d in due] == ["d_tg"]  # not hidden behind the older rows of /a
+    await store.unlease(["d_tg"])
+    assert [d.id for d in await store.due_deliveries(300.0, 3)] == ["d_a0", "d_a1", "d_a2"]

@@ -8,7 +8,7 @@ import json
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,11 +51,13 @@ class MemoryOutbox:
             self.fail_writes -= 1
             raise ConnectionError("store down")
 
-    async def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]:
+    async def due_deliveries(self, now: float, limit: int,
+                             exclude_urls: Collection[str] = ()) -> list[WebhookDelivery]:
         if self.fail_reads:
             self.fail_reads -= 1
             raise ConnectionError("store down")
-        due = [d for d in self.rows.values() if d.status == "pending" and d.next_attempt_at <= now]
+        due = [d for d in self.rows.values() if d.status == "pending" and d.next_attempt_at <= now
+               and d.url not in exclude_urls]
         if self.read_gate is not None:
             await self.read_gate.wait()
         return sorted(due, key=lambda d: d.created_at)[:limit]
@@ -617,3 +619,20 @@ async def test_an_event_for_a_busy_endpoint_notified_during_a_read_is_not_forgot
     # the read did not see `late`; /a's slot frees and it is read then (not at the tick)
     await wait_until(lambda: all(r.status == "delivered" for r in h.store.rows.values()),
                      within=10)
+
+
+async def test_a_backlog_of_one_endpoint_does_not_hide_the_events_of_another(
+    receiver: Receiver, make: Callable[..., Harness]
+) -> None:
+    receiver.gate = asyncio.Event()  # the CRM at /a is stuck
+    h = make(per_endpoint_concurrency=1, initial_concurrency=1, poll_interval=30.0)
+    backlog = [delivery(receiver.url("/a"), created_at=time.time() - 60) for _ in range(1000)]
+    h.store.add(*backlog)
+    h.start()
+    await wait_until(lambda: len(receiver.requests) == 1)
+    alert = delivery(receiver.url("/b"))  # newer than the whole backlog
+    h.store.add(alert)
+    h.worker.notify([alert])
+    await wait_until(lambda: any(r.path == "/b" for r in receiver.requests), within=10)
+    assert [r.path for r in receiver.requests] == ["/a", "/b"]
+    receiver.gate.set()
