@@ -21,6 +21,7 @@ from aiohttp import web
 from . import sip
 from .b2bua.engine import Engine
 from .config import ConfigError, Settings, load_config
+from .exports import OutboxDestinations, OutboxRows
 from .gcpolicy import CollectorPolicy
 from .http import recordings as recordings_api
 from .http import tracking as tracking_api
@@ -61,9 +62,14 @@ class App:
         wh = settings.webhooks
         self.webhooks = WebhookWorker(
             self.store, self._webhook_secret, on_result=self._webhook_result,
-            per_endpoint_concurrency=wh.concurrency, timeout=wh.timeout, max_age=wh.max_age,
-            backoff=ExponentialJitterBackoff(base=wh.backoff_base, cap=wh.backoff_cap))
-        self.recorder = Recorder(self.tracking, self.metrics, self.webhooks.notify)
+            per_endpoint_concurrency=wh.concurrency, initial_concurrency=wh.initial_concurrency,
+            timeout=wh.timeout, max_age=wh.max_age,
+            backoff=ExponentialJitterBackoff(base=wh.backoff_base, cap=wh.backoff_cap),
+            resolve=OutboxDestinations(lambda: self.settings.trackers),
+            on_outcome=self.metrics.outbox_outcome, on_skip=self.metrics.outbox_skip)
+        outbox = OutboxRows(lambda: self.settings.http.public_url, self.metrics.outbox_skip)
+        self.recorder = Recorder(self.tracking, self.metrics, self.webhooks.notify,
+                                 outbox.rows)
         self.engine = Engine(self.stack, lambda: self.settings, self.recorder)
         self.load = LoopLagMonitor()
         self.gc_policy = CollectorPolicy(lambda: self.engine.active_calls)

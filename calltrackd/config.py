@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar, cast
 import phonenumbers
 
 from . import __version__
+from .exports.settings import alert_settings, analytics_settings, http_url_problem
 from .tracking.allocator import pattern_problem
 from .tracking.model import ForwardTarget, Pool, StaticNumber, Tracker, WebhookEndpoint
 from .tracking.sources import Rules
@@ -84,6 +85,7 @@ class HttpSettings:
     admin_token: str | None = None
     session_rate_limit: float = 20.0  # new sessions per minute per client IP; 0: off
     session_rate_burst: int = 10
+    public_url: str | None = None  # how users reach this daemon (links in alerts, exports)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +105,8 @@ class WebhookSettings:
     backoff_base: float = 5.0
     backoff_cap: float = 3600.0
     max_age: float = 86400.0  # retried at least this long before marked failed
-    concurrency: int = 4  # requests in flight per endpoint
+    concurrency: int = 32  # requests in flight per endpoint at most (the adaptive ceiling)
+    initial_concurrency: int = 4  # where each endpoint's adaptive window starts
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,7 +410,7 @@ def _sip(c: _Checker, data: object) -> SipSettings:
 
 def _http(c: _Checker, data: object) -> HttpSettings:
     d = c.table(data, "http", {"listen", "admin_token", "session_rate_limit",
-                               "session_rate_burst"})
+                               "session_rate_burst", "public_url"})
     base = HttpSettings()
     host, port = base.host, base.port
     if "listen" in d:
@@ -425,6 +428,7 @@ def _http(c: _Checker, data: object) -> HttpSettings:
                                        lambda v: None if v >= 0 else "must not be negative")),
         session_rate_burst=c.get(d, "http", "session_rate_burst", int, 10,
                                  lambda v: None if v >= 1 else "must be at least 1"),
+        public_url=c.get(d, "http", "public_url", str, None, http_url_problem),
     )
 
 
@@ -452,15 +456,24 @@ def _log(c: _Checker, data: object) -> LogSettings:
 
 def _webhooks(c: _Checker, data: object) -> WebhookSettings:
     d = c.table(data, "webhooks", {"timeout", "backoff_base", "backoff_cap", "max_age",
-                                   "concurrency"})
+                                   "concurrency", "initial_concurrency"})
     b = WebhookSettings()
+    concurrency = c.get(d, "webhooks", "concurrency", int, b.concurrency,
+                        lambda v: None if 1 <= v <= 1024 else "expected 1..1024")
+    initial = c.get(d, "webhooks", "initial_concurrency", int, min(b.initial_concurrency,
+                                                                    concurrency),
+                    lambda v: None if v >= 1 else "must be at least 1")
+    if initial > concurrency:
+        c.fail("webhooks.initial_concurrency",
+               f"must not exceed webhooks.concurrency ({concurrency})")
+        initial = concurrency
     return WebhookSettings(
+        initial_concurrency=initial,
         timeout=c.duration(d, "webhooks", "timeout", b.timeout),
         backoff_base=c.duration(d, "webhooks", "backoff_base", b.backoff_base),
         backoff_cap=c.duration(d, "webhooks", "backoff_cap", b.backoff_cap),
         max_age=c.duration(d, "webhooks", "max_age", b.max_age),
-        concurrency=c.get(d, "webhooks", "concurrency", int, b.concurrency,
-                          lambda v: None if v >= 1 else "must be at least 1"),
+        concurrency=concurrency,
     )
 
 
@@ -613,7 +626,7 @@ def _tracker(c: _Checker, key: str, d: dict[str, Any],
     c.table(d, key, {"id", "public_key", "reservation_ttl", "cooldown", "attribution_grace",
                      "target_call_min_seconds", "default_number", "forward", "ring_timeout",
                      "pools", "static", "webhooks", "media", "record", "returning_window",
-                     "source_rules"})
+                     "source_rules", "analytics", "alerts"})
     ident = c.get(d, key, "id", str, "")
     pk = c.get(d, key, "public_key", str, "")
     for name, value in (("id", ident), ("public_key", pk)):
@@ -664,7 +677,7 @@ def _tracker(c: _Checker, key: str, d: dict[str, Any],
             static.append(StaticNumber(num, channel))
     hooks = []
     for wkey, wd in c.tables(d, key, "webhooks"):
-        c.table(wd, wkey, {"url", "secret", "events"})
+        c.table(wd, wkey, {"url", "secret", "events", "batch"})
         url = c.get(wd, wkey, "url", str, "")
         if not re.match(r"^https?://[^\s/]+", url):
             c.fail(f"{wkey}.url", f"expected an http:// or https:// URL, got {url!r}")
@@ -677,7 +690,10 @@ def _tracker(c: _Checker, key: str, d: dict[str, Any],
                 c.fail(k, f"unknown event {v!r} ({', '.join(EVENTS)})")
             else:
                 events.append(v)
-        hooks.append(WebhookEndpoint(url, secret, tuple(events) if "events" in wd else EVENTS))
+        batch = c.get(wd, wkey, "batch", int, 1,
+                      lambda v: None if 1 <= v <= 1000 else "expected 1..1000 events per request")
+        hooks.append(WebhookEndpoint(url, secret, tuple(events) if "events" in wd else EVENTS,
+                                     batch))
     rules_path = _source_rules(c, d, key, config_dir)
     base = Tracker(id="", public_key="", default_number="", forward=())
     tmin = c.get(d, key, "target_call_min_seconds", (int, float), 30.0,
@@ -699,6 +715,9 @@ def _tracker(c: _Checker, key: str, d: dict[str, Any],
         pools=tuple(pools),
         static=tuple(static),
         webhooks=tuple(hooks),
+        # [[trackers.analytics]] and [[trackers.alerts]]: calltrackd/exports/settings.py
+        analytics=analytics_settings(c, key, d),
+        alerts=alert_settings(c, key, d),
     )
 
 

@@ -56,6 +56,14 @@ class Metrics:
             self.webhook_deliveries.labels(result)
         self.webhook_queue = Gauge("calltrackd_webhook_queue", "Undelivered webhook events",
                                    registry=r)
+        # the outbox by kind (webhook, ga4, metrica, telegram, slack)
+        self.outbox_deliveries = Counter("calltrackd_outbox_deliveries",
+                                         "Outbox rows by kind and attempt result",
+                                         ["kind", "result"], registry=r)
+        self.outbox_skipped = Counter("calltrackd_outbox_skipped",
+                                      "Calls not exported, by kind and reason (no analytics "
+                                      "client id, older than the service accepts)",
+                                      ["kind", "reason"], registry=r)
         self.sip_retransmissions = Counter("calltrackd_sip_retransmissions",
                                            "SIP retransmissions sent by our transactions",
                                            registry=r)
@@ -85,6 +93,12 @@ class Metrics:
         self.rtpengine_up = Gauge("calltrackd_rtpengine_up",
                                   "1 while the rtpengine instance answers", ["instance"],
                                   registry=r)
+
+    def outbox_outcome(self, kind: str, result: str) -> None:
+        self.outbox_deliveries.labels(kind, result).inc()
+
+    def outbox_skip(self, kind: str, reason: str) -> None:
+        self.outbox_skipped.labels(kind, reason).inc()
 
     def sip_tap(self, direction: str, data: bytes) -> None:
         """Counts a SIP message by method or status class without parsing it."""

@@ -19,7 +19,7 @@ import structlog
 from .aio import bounded
 from .b2bua.call import CallInfo
 from .tracking.attribution import qualified
-from .tracking.model import Attribution, CallRecord
+from .tracking.model import Attribution, CallRecord, Tracker, WebhookDelivery
 from .webhooks.payload import build_deliveries
 
 if TYPE_CHECKING:
@@ -29,14 +29,20 @@ if TYPE_CHECKING:
 log = structlog.get_logger("calltrackd.recorder")
 
 ATTRIBUTION_BUDGET = 0.25  # seconds: a slow store must not delay the call's record
+OutboxRowsFn = Callable[[str, CallRecord, Tracker, float], list[WebhookDelivery]]
 
 
 class Recorder:
     def __init__(self, tracking: TrackingService, metrics: Metrics,
-                 notify_webhooks: Callable[[], None] = lambda: None) -> None:
+                 notify_webhooks: Callable[[list[WebhookDelivery]], None] = lambda rows: None,
+                 outbox_rows: OutboxRowsFn | None = None) -> None:
         self.tracking = tracking
         self.metrics = metrics
         self.notify_webhooks = notify_webhooks
+        # the outbox rows of a CDR change (webhooks; the app adds analytics and alerts)
+        self.outbox_rows: OutboxRowsFn = outbox_rows or (
+            lambda event, record, tracker, now: build_deliveries(
+                event, record, tracker.webhooks, now))
         self._chains: dict[str, deque[tuple[Callable[[CallInfo, Any], Any], Any]]] = {}
         self.pending: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -114,10 +120,10 @@ class Recorder:
 
     async def _save(self, call: CallInfo, snap: tuple[Any, ...], event: str) -> None:
         record = self.record(call, snap)
-        deliveries = build_deliveries(event, record, call.tracker.webhooks, time.time())
+        deliveries = self.outbox_rows(event, record, call.tracker, time.time())
         await self.tracking.record_call(record, deliveries)
         if deliveries:
-            self.notify_webhooks()
+            self.notify_webhooks(deliveries)
 
     @staticmethod
     def record(call: CallInfo, snap: tuple[Any, ...] | None = None) -> CallRecord:

@@ -309,10 +309,14 @@ async def list_webhooks(request: web.Request) -> web.Response:
     limit_s = request.query.get("limit", "100")
     if not limit_s.isdigit() or not 1 <= int(limit_s) <= 1000:
         raise ApiError(400, "invalid_parameter", "limit: expected an integer 1..1000")
-    rows = await request.app[APP].store.list_deliveries(status, int(limit_s))
+    kind = request.query.get("kind") or None
+    if kind not in (None, "webhook", "ga4", "metrica", "telegram", "slack"):
+        raise ApiError(400, "invalid_parameter", "kind: webhook, ga4, metrica, telegram or slack")
+    rows = await request.app[APP].store.list_deliveries(status, int(limit_s), kind)
     return web.json_response({"deliveries": [{
-        "id": d.id, "event_id": d.event_id, "event": d.event, "tracker": d.tracker,
-        "url": d.url, "status": d.status, "attempts": d.attempts, "last_error": d.last_error,
+        "id": d.id, "kind": d.kind, "event_id": d.event_id, "event": d.event,
+        "tracker": d.tracker, "url": d.url, "status": d.status, "attempts": d.attempts,
+        "last_error": d.last_error,
         "created_at": _iso(d.created_at),
         "next_attempt_at": _iso(d.next_attempt_at) if d.status == "pending" else None,
     } for d in rows]})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -160,18 +160,23 @@ class Store(Protocol):
         """CDRs newest first (by started_at) with `since <= started_at < until`, and
         the opaque cursor of the next page. Raises ValueError for a malformed cursor."""
 
-    async def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]:
-        """Pending deliveries with `next_attempt_at <= now`, longest due first."""
+    async def due_deliveries(self, now: float, limit: int,
+                             exclude_urls: Collection[str] = ()) -> list[WebhookDelivery]:
+        """Pending deliveries with `next_attempt_at <= now`, longest due first; none whose
+        `url` is in `exclude_urls` (destinations the worker has enough of)."""
 
     async def mark_delivered(self, delivery_id: str, now: float) -> None: ...
+    async def mark_delivered_many(self, delivery_ids: Sequence[str], now: float) -> None:
+        """`mark_delivered` for several rows (one batched request) in one write."""
+
     async def reschedule(
         self, delivery_id: str, attempts: int, next_attempt_at: float, error: str
     ) -> None: ...
     async def mark_failed(self, delivery_id: str, attempts: int, error: str) -> None: ...
     async def list_deliveries(
-        self, status: str | None, limit: int
+        self, status: str | None, limit: int, kind: str | None = None
     ) -> list[WebhookDelivery]:
-        """Newest first."""
+        """Newest first; of one kind (webhook, ga4, metrica, telegram, slack) or all."""
 
     async def requeue(self, delivery_id: str, now: float) -> bool:
         """Make a failed (or pending) delivery due now; False if unknown or delivered."""

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import json
 import math
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Collection, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -366,7 +366,7 @@ class RedisStore:
                            encode_call(record), len(deliveries)]
         for d in deliveries:
             args += [d.id, d.event_id, d.event, d.tracker, d.url, d.body, d.created_at,
-                     d.next_attempt_at]
+                     d.next_attempt_at, d.kind]
         await self._script("SAVE_CALL", *args)
 
     async def get_call(self, call_id: str) -> CallRecord | None:
@@ -440,6 +440,7 @@ class RedisStore:
             next_attempt_at=float(s("next_attempt_at") or 0),
             status=s("status") or "pending",  # type: ignore[arg-type]
             last_error=s("last_error") or None,
+            kind=s("kind") or "webhook",  # rows written before kinds existed
         )
 
     async def _deliveries(self, ids: Sequence[str]) -> list[WebhookDelivery]:
@@ -451,8 +452,10 @@ class RedisStore:
 
         return [self._delivery(h) for h in await self._do(run()) if h]
 
-    async def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]:
-        ids = [_s(i) or "" for i in await self._script("LEASE_DUE", now, limit, LEASE)]
+    async def due_deliveries(self, now: float, limit: int,
+                             exclude_urls: Collection[str] = ()) -> list[WebhookDelivery]:
+        ids = [_s(i) or "" for i in await self._script("LEASE_DUE", now, limit, LEASE,
+                                                        *exclude_urls)]
         return await self._deliveries(ids) if ids else []
 
     async def mark_delivered(self, delivery_id: str, now: float) -> None:
@@ -466,6 +469,20 @@ class RedisStore:
                 await p.execute()
 
         await self._do(run())
+
+    async def mark_delivered_many(self, delivery_ids: Sequence[str], now: float) -> None:
+        """`mark_delivered` for the rows one request carried, in one round trip."""
+        async def run() -> None:
+            async with self.r.pipeline(transaction=True) as p:
+                for delivery_id in delivery_ids:
+                    key = f"ctd:dlv:{delivery_id}"
+                    p.hset(key, mapping={"status": "delivered", "last_error": ""})
+                    p.hincrby(key, "attempts", 1)
+                p.zrem("ctd:outbox:due", *delivery_ids)
+                await p.execute()
+
+        if delivery_ids:
+            await self._do(run())
 
     async def reschedule(
         self, delivery_id: str, attempts: int, next_attempt_at: float, error: str
@@ -490,7 +507,8 @@ class RedisStore:
 
         await self._do(run())
 
-    async def list_deliveries(self, status: str | None, limit: int) -> list[WebhookDelivery]:
+    async def list_deliveries(self, status: str | None, limit: int,
+                              kind: str | None = None) -> list[WebhookDelivery]:
         out: list[WebhookDelivery] = []
         offset = 0
         while len(out) < limit:
@@ -499,7 +517,8 @@ class RedisStore:
                 break
             offset += len(ids)
             for d in await self._deliveries([_s(i) or "" for i in ids]):
-                if status is None or d.status == status:
+                if (status is None or d.status == status) and (kind is None
+                                                                or d.kind == kind):
                     out.append(d)
         return out[:limit]
 

@@ -179,10 +179,33 @@ return 1
 
 # The outbox lease: due deliveries are pushed `lease` seconds into the future as they are
 # handed out, so another node polling at the same moment does not send them too.
-# ARGV: now, limit, lease
+# ARGV: now, limit, lease, then the urls (destinations) whose rows the caller does not want
+# now (their queues are full): skipped, at most 5,000 looked at, so that a backlog of one
+# endpoint does not hide the rows of the others.
 LEASE_DUE = """
 local now, limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local ids = redis.call('ZRANGEBYSCORE', 'ctd:outbox:due', '-inf', now, 'LIMIT', 0, limit)
+local ids
+if #ARGV <= 3 then
+  ids = redis.call('ZRANGEBYSCORE', 'ctd:outbox:due', '-inf', now, 'LIMIT', 0, limit)
+else
+  local skip = {}
+  for i = 4, #ARGV do skip[ARGV[i]] = true end
+  ids = {}
+  local offset, looked = 0, 0
+  while #ids < limit and looked < 5000 do
+    local chunk = redis.call('ZRANGEBYSCORE', 'ctd:outbox:due', '-inf', now, 'LIMIT', offset, 500)
+    if #chunk == 0 then break end
+    for _, id in ipairs(chunk) do
+      looked = looked + 1
+      local url = redis.call('HGET', 'ctd:dlv:' .. id, 'url')
+      if not (url and skip[url]) then
+        ids[#ids + 1] = id
+        if #ids >= limit then break end
+      end
+    end
+    offset = offset + #chunk
+  end
+end
 for _, id in ipairs(ids) do
   redis.call('ZADD', 'ctd:outbox:due', now + lease, id)
 end
@@ -203,7 +226,7 @@ return 1
 
 # A CDR and its outbox rows in one step. KEYS: none.
 # ARGV: id, tracker, started_ts, caller, json, ndeliveries, then per delivery:
-#       id, event_id, event, tracker, url, body, created_at, next_attempt_at
+#       id, event_id, event, tracker, url, body, created_at, next_attempt_at, kind
 SAVE_CALL = """
 local id, tracker, ts, caller, data = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 redis.call('SET', 'ctd:call:' .. id, data)
@@ -219,11 +242,11 @@ for _ = 1, n do
     redis.call('HSET', k, 'id', did, 'event_id', ARGV[i + 1], 'event', ARGV[i + 2],
       'tracker', ARGV[i + 3], 'url', ARGV[i + 4], 'body', ARGV[i + 5],
       'created_at', ARGV[i + 6], 'next_attempt_at', ARGV[i + 7], 'attempts', 0,
-      'status', 'pending', 'last_error', '')
+      'status', 'pending', 'last_error', '', 'kind', ARGV[i + 8])
     redis.call('ZADD', 'ctd:outbox:due', tonumber(ARGV[i + 7]), did)
     redis.call('ZADD', 'ctd:outbox:all', tonumber(ARGV[i + 6]), did)
   end
-  i = i + 8
+  i = i + 9
 end
 return 1
 """

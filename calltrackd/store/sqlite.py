@@ -20,7 +20,7 @@ import functools
 import operator
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from datetime import datetime
@@ -119,15 +119,34 @@ CREATE TABLE IF NOT EXISTS deliveries (
   id TEXT PRIMARY KEY, event_id TEXT NOT NULL, event TEXT NOT NULL, tracker TEXT NOT NULL,
   url TEXT NOT NULL, body BLOB NOT NULL, created_at REAL NOT NULL,
   attempts INTEGER NOT NULL, next_attempt_at REAL NOT NULL, status TEXT NOT NULL,
-  last_error TEXT, delivered_at REAL);
+  last_error TEXT, delivered_at REAL, kind TEXT NOT NULL DEFAULT 'webhook');
 CREATE INDEX IF NOT EXISTS deliveries_pending_due ON deliveries (next_attempt_at, created_at)
   WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_by_status ON deliveries (status, created_at);
 """
 _DELIVERY_COLS = (
     "id, event_id, event, tracker, url, body, created_at, attempts, next_attempt_at, status,"
-    " last_error"
+    " last_error, kind"
 )
+_NDELIVERY_COLS = 12
+
+
+# --- outbox schema changes ---------------------------------------------------------------
+# Checked by the columns present rather than by `schema_version`, so that this block does
+# not depend on the order in which other changes to the schema land.
+
+
+def _migrate_outbox(conn: sqlite3.Connection) -> None:
+    """Databases made before outbox rows had a kind: every old row is a webhook."""
+    cols = {row[1] for row in conn.execute("PRAGMA table_info(deliveries)")}
+    if "kind" not in cols:
+        conn.execute("ALTER TABLE deliveries ADD COLUMN kind TEXT NOT NULL DEFAULT 'webhook'")
+
+
+def _delivery_row(d: WebhookDelivery) -> tuple[Any, ...]:
+    return (d.id, d.event_id, d.event, d.tracker, d.url, d.body, d.created_at, d.attempts,
+            d.next_attempt_at, d.status, d.last_error, d.kind)
+# --- end of outbox schema changes --------------------------------------------------------
 _CdrItem = tuple[
     tuple[Any, ...], list[tuple[Any, ...]], tuple[str, str, float] | None, asyncio.Future[None]
 ]
@@ -138,7 +157,7 @@ def _delivery(row: tuple[Any, ...]) -> WebhookDelivery:
     return WebhookDelivery(
         id=row[0], event_id=row[1], event=row[2], tracker=row[3], url=row[4], body=bytes(row[5]),
         created_at=row[6], attempts=row[7], next_attempt_at=row[8], status=row[9],
-        last_error=row[10],
+        last_error=row[10], kind=row[11],
     )
 
 
@@ -250,6 +269,7 @@ class SqliteStore:
             conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         conn.executescript(_SCHEMA)
+        _migrate_outbox(conn)
         row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
         if row[0] is None:
             conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
@@ -488,11 +508,7 @@ class SqliteStore:
             None if record.first_time_caller is None else int(record.first_time_caller),
             encode_call(record),
         )
-        drows = [
-            (d.id, d.event_id, d.event, d.tracker, d.url, d.body, d.created_at, d.attempts,
-             d.next_attempt_at, d.status, d.last_error)
-            for d in deliveries
-        ]
+        drows = [_delivery_row(d) for d in deliveries]
         caller = None if is_anonymous(record.caller) else (record.tracker, record.caller, row[2])
         assert self._loop is not None
         done: asyncio.Future[None] = self._loop.create_future()
@@ -536,7 +552,7 @@ class SqliteStore:
             _execute_rows(conn, "INSERT OR REPLACE INTO calls VALUES {values}", 11,
                           [item[0] for item in batch])
             _execute_rows(conn, f"INSERT INTO deliveries ({_DELIVERY_COLS}) VALUES {{values}}"
-                          " ON CONFLICT (id) DO NOTHING", 11,
+                          " ON CONFLICT (id) DO NOTHING", _NDELIVERY_COLS,
                           [d for item in batch for d in item[1]])
             _execute_rows(conn, "INSERT OR IGNORE INTO callers VALUES {values}", 3,
                           [item[2] for item in batch if item[2] is not None])
@@ -555,7 +571,8 @@ class SqliteStore:
                 try:
                     conn.execute("INSERT OR REPLACE INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
                     conn.executemany(
-                        f"INSERT INTO deliveries ({_DELIVERY_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                        f"INSERT INTO deliveries ({_DELIVERY_COLS})"
+                        f" VALUES ({','.join('?' * _NDELIVERY_COLS)})"
                         " ON CONFLICT (id) DO NOTHING",
                         drows,
                     )
@@ -627,13 +644,16 @@ class SqliteStore:
     async def _execute(self, sql: str, args: tuple[Any, ...]) -> int:
         return await self._write(lambda c: c.execute(sql, args).rowcount)
 
-    async def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]:
+    async def due_deliveries(self, now: float, limit: int,
+                             exclude_urls: Collection[str] = ()) -> list[WebhookDelivery]:
+        excluded = tuple(exclude_urls)
         sql = (
             f"SELECT {_DELIVERY_COLS} FROM deliveries INDEXED BY deliveries_pending_due"
-            " WHERE status = 'pending'"
-            " AND next_attempt_at <= ? ORDER BY next_attempt_at, created_at LIMIT ?"
+            " WHERE status = 'pending' AND next_attempt_at <= ?"
+            + (f" AND url NOT IN ({','.join('?' * len(excluded))})" if excluded else "")
+            + " ORDER BY next_attempt_at, created_at LIMIT ?"
         )
-        rows = await self._read(lambda c: c.execute(sql, (now, limit)).fetchall())
+        rows = await self._read(lambda c: c.execute(sql, (now, *excluded, limit)).fetchall())
         return [_delivery(r) for r in rows]
 
     async def mark_delivered(self, delivery_id: str, now: float) -> None:
@@ -642,6 +662,20 @@ class SqliteStore:
             " delivered_at = ?, last_error = NULL WHERE id = ?",
             (now, delivery_id),
         )
+
+    async def mark_delivered_many(self, delivery_ids: Sequence[str], now: float) -> None:
+        """`mark_delivered` for the rows one request carried, in one transaction."""
+        rows = [(now, i) for i in delivery_ids]
+
+        def write(conn: sqlite3.Connection) -> None:
+            def body() -> None:
+                conn.executemany(
+                    "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1,"
+                    " delivered_at = ?, last_error = NULL WHERE id = ?", rows)
+
+            self._tx(conn, body)
+
+        await self._write(write)
 
     async def reschedule(
         self, delivery_id: str, attempts: int, next_attempt_at: float, error: str
@@ -660,9 +694,11 @@ class SqliteStore:
         )
 
     async def list_deliveries(
-        self, status: str | None, limit: int
+        self, status: str | None, limit: int, kind: str | None = None
     ) -> list[WebhookDelivery]:
-        where, args = ("WHERE status = ?", (status,)) if status else ("", ())
+        conds = [(c, v) for c, v in (("status = ?", status), ("kind = ?", kind)) if v]
+        where = ("WHERE " + " AND ".join(c for c, _ in conds)) if conds else ""
+        args = tuple(v for _, v in conds)
         sql = f"SELECT {_DELIVERY_COLS} FROM deliveries {where} ORDER BY created_at DESC, id DESC"
         limit = max(1, min(limit, _MAX_LIMIT))
         rows = await self._read(lambda c: c.execute(sql + " LIMIT ?", (*args, limit)).fetchall())

@@ -46,6 +46,58 @@ class WebhookEndpoint:
     url: str
     secret: str
     events: tuple[str, ...] = ("call.started", "call.answered", "call.ended")
+    batch: int = 1  # events per request (> 1: the body is a JSON array)
+
+
+# --- exports through the outbox (analytics and alerts) -------------------------------
+# `kind` of an outbox row besides "webhook"; `ref` is the row's non-secret destination
+# name (its `url` column): secrets stay in the configuration and are read at send time.
+
+
+@dataclass(frozen=True, slots=True)
+class Ga4Export:
+    measurement_id: str
+    api_secret: str
+    base_url: str = "https://www.google-analytics.com"
+    event: str = "calltrackd_call"  # every ended call ("" = none)
+    outcome_events: tuple[tuple[str, str], ...] = ()  # (outcome, name) overriding `event`
+    qualified_event: str = "calltrackd_qualified_call"  # also sent for qualified calls
+    kind: str = "ga4"
+
+    @property
+    def ref(self) -> str:
+        return f"ga4:{self.measurement_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricaExport:
+    counter_id: int
+    token: str
+    base_url: str = "https://api-metrika.yandex.net"
+    batch: int = 1000  # calls per upload
+    upload_interval: float = 60.0  # calls wait for the next multiple of it, then go together
+    kind: str = "metrica"
+
+    @property
+    def ref(self) -> str:
+        return f"metrica:{self.counter_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertExport:
+    kind: str  # "telegram" | "slack"
+    url: str = ""  # slack: the incoming webhook URL (a secret)
+    bot_token: str = ""  # telegram
+    chat_id: str = ""  # telegram
+    base_url: str = "https://api.telegram.org"  # telegram
+    outcomes: tuple[str, ...] = ("busy", "no_answer", "cancelled", "failed")
+    name: str = ""  # tells two alerts of one kind apart in the outbox (config index)
+
+    @property
+    def ref(self) -> str:
+        if self.kind == "telegram":
+            return f"telegram:{self.chat_id}"
+        return f"slack:{self.name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +118,8 @@ class Tracker:
     pools: tuple[Pool, ...] = ()
     static: tuple[StaticNumber, ...] = ()
     webhooks: tuple[WebhookEndpoint, ...] = ()
+    analytics: tuple[Ga4Export | MetricaExport, ...] = ()
+    alerts: tuple[AlertExport, ...] = ()
 
     def numbers(self) -> tuple[str, ...]:
         """Every DID this tracker answers for: default, pool and static numbers."""
@@ -228,6 +282,9 @@ class WebhookDelivery:
     next_attempt_at: float = 0.0
     status: DeliveryStatus = "pending"
     last_error: str | None = None
+    # webhook | ga4 | metrica | telegram | slack; for the others `url` is a reference
+    # such as "ga4:G-XXXX" naming the configured destination, never a secret
+    kind: str = "webhook"
 
 
 # --- visitor sessions and reservations (tracking/service.py, the store, HTTP) ---------

@@ -8,7 +8,7 @@ import json
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 import calltrackd
 from calltrackd.tracking.model import WebhookDelivery
 from calltrackd.webhooks.backoff import ExponentialJitterBackoff
+from calltrackd.webhooks.destinations import WebhookDestination, endpoint_key
 from calltrackd.webhooks.payload import new_delivery_id, new_event_id
 from calltrackd.webhooks.signing import verify
 from calltrackd.webhooks.worker import DeliveryInFlightError, OutboxStore, WebhookWorker
@@ -38,6 +39,8 @@ class MemoryOutbox:
         self.fail_reads = 0
         self.unleased: list[str] = []
         self.fail_writes = 0
+        # when set up: a read sees the outbox as it is, then waits for this before it answers
+        self.read_gate: asyncio.Event | None = None
 
     def add(self, *deliveries: WebhookDelivery) -> None:
         for d in deliveries:
@@ -48,11 +51,15 @@ class MemoryOutbox:
             self.fail_writes -= 1
             raise ConnectionError("store down")
 
-    async def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]:
+    async def due_deliveries(self, now: float, limit: int,
+                             exclude_urls: Collection[str] = ()) -> list[WebhookDelivery]:
         if self.fail_reads:
             self.fail_reads -= 1
             raise ConnectionError("store down")
-        due = [d for d in self.rows.values() if d.status == "pending" and d.next_attempt_at <= now]
+        due = [d for d in self.rows.values() if d.status == "pending" and d.next_attempt_at <= now
+               and d.url not in exclude_urls]
+        if self.read_gate is not None:
+            await self.read_gate.wait()
         return sorted(due, key=lambda d: d.created_at)[:limit]
 
     async def unlease(self, delivery_ids: Sequence[str]) -> None:
@@ -103,6 +110,8 @@ class Receiver:
     # Answers in order: a status, or (status, headers); 200 once the script runs out.
     script: list[int | tuple[int, dict[str, str]]] = field(default_factory=list)
     delay: float = 0.0
+    gate: asyncio.Event | None = None  # when set up: requests wait until it is set
+    hang_up: int = 0  # close the connection without answering, this many times
     requests: list[Received] = field(default_factory=list)
     active: Counter[str] = field(default_factory=Counter)
     max_active: Counter[str] = field(default_factory=Counter)
@@ -115,6 +124,11 @@ class Receiver:
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.requests.append(Received(request.path, dict(request.headers), body))
+        if self.hang_up > 0:
+            self.hang_up -= 1
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=204)
         self.arrived.set()
         self.active[request.path] += 1
         self.max_active[request.path] = max(
@@ -123,6 +137,8 @@ class Receiver:
         self.max_total = max(self.max_total, self.active.total())
         try:
             await asyncio.sleep(self.delay)
+            if self.gate is not None:
+                await self.gate.wait()
         finally:
             self.active[request.path] -= 1
         answer = self.script.pop(0) if self.script else 200
@@ -463,3 +479,160 @@ async def test_cancelling_run_during_the_drain_abandons_requests_but_keeps_the_e
         await task
     await wait_until(lambda: not h.worker.in_flight, within=1.0)
     assert h.store.rows[d.id].status == "pending"  # sent again after the restart
+
+
+# --- keeping up: reads, adaptive windows, batches ------------------------------------------
+
+
+async def test_a_stream_to_a_saturated_endpoint_costs_no_store_reads(
+    receiver: Receiver, make: Callable[..., Harness]
+) -> None:
+    receiver.gate = asyncio.Event()  # the receiver holds every request until released
+    h = make(per_endpoint_concurrency=2, initial_concurrency=2, poll_interval=30.0)
+    first = [delivery(receiver.url()) for _ in range(2)]
+    h.store.add(*first)
+    h.start()
+    await wait_until(lambda: len(receiver.requests) == 2)
+    reads = h.worker.polls
+    stream = [delivery(receiver.url()) for _ in range(200)]
+    for d in stream:  # as the daemon does after each CDR write: both slots are busy
+        h.store.add(d)
+        h.worker.notify([d])
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.1)
+    assert h.worker.polls == reads  # nothing could start: nothing was read
+    receiver.gate.set()
+    await wait_until(lambda: all(r.status == "delivered" for r in h.store.rows.values()),
+                     within=20)
+    assert len(receiver.requests) == 202
+    # one read takes a ready queue's worth of rows (256), not one per event
+    assert h.worker.polls - reads <= 3
+
+
+async def test_the_window_grows_while_rows_wait_and_halves_when_the_receiver_fails(
+    receiver: Receiver, make: Callable[..., Harness]
+) -> None:
+    receiver.delay = 0.05
+    h = make(per_endpoint_concurrency=8, initial_concurrency=1, poll_interval=0.2)
+    h.store.add(*(delivery(receiver.url()) for _ in range(400)))
+    h.start()
+    key = endpoint_key(receiver.url())
+    await wait_until(lambda: h.worker.window(key) == 8.0, within=30)
+    await wait_until(lambda: all(r.status == "delivered" for r in h.store.rows.values()),
+                     within=30)
+    assert receiver.max_active["/hook"] == 8  # grew to the ceiling, never past it
+
+    receiver.script = [500] * 20  # the receiver starts failing
+    failing = [delivery(receiver.url()) for _ in range(20)]
+    h.store.add(*failing)
+    h.worker.notify(failing)
+    await wait_until(lambda: not receiver.script, within=30)
+    window = h.worker.window(key)
+    assert window is not None and window <= 4.0  # halved (at most once per round trip)
+    await wait_until(lambda: all(r.status == "delivered" for r in h.store.rows.values()),
+                     within=30)
+
+
+async def test_a_batching_endpoint_gets_json_arrays_signed_over_the_whole_body(
+    receiver: Receiver, make: Callable[..., Harness]
+) -> None:
+    h = make(resolve=lambda row: WebhookDestination(row.url, SECRET, batch=10),
+             initial_concurrency=4)
+    rows = [delivery(receiver.url()) for _ in range(25)]
+    h.store.add(*rows)
+    h.start()
+    await wait_until(lambda: all(r.status == "delivered" for r in h.store.rows.values()))
+    sizes = []
+    seen = []
+    for req in receiver.requests:
+        events = json.loads(req.body)
+        assert isinstance(events, list)
+        assert req.headers["X-Calltrackd-Batch"] == str(len(events))
+        assert verify(SECRET, req.body, req.headers["X-Calltrackd-Signature"])
+        assert req.body == b"[" + b",".join(
+            next(r.body for r in rows if r.event_id == e["event_id"]) for e in events) + b"]"
+        sizes.append(len(events))
+        seen += [e["event_id"] for e in events]
+    assert sorted(sizes) == [5, 10, 10]
+    assert sorted(seen) == sorted(r.event_id for r in rows)  # each event once
+
+
+async def test_a_row_its_destination_refuses_is_marked_failed_and_counted_not_sent(
+    receiver: Receiver, make: Callable[..., Harness]
+) -> None:
+    from calltrackd.exports.ga4 import Ga4Destination
+    from calltrackd.tracking.model import Ga4Export
+
+    export = Ga4Export("G-TEST123", "api-secret", base_url=receiver.base_url)
+    skipped: list[tuple[str, str]] = []
+    h = make(resolve=lambda row: Ga4Destination(export), on_skip=lambda k, r: skipped.append(
+        (k, r)))
+    now = time.time()
+    fresh = dataclasses.replace(delivery("ga4:G-TEST123"), kind="ga4", body=json.dumps(
+        {"client_id": "1.2", "timestamp_micros": int(now * 1e6), "events": []}).encode())
+    old = dataclasses.replace(fresh, id=new_delivery_id(), body=json.dumps(
+        {"client_id": "1.2", "timestamp_micros": int((now - 73 * 3600) * 1e6),
+         "events": []}).encode())
+    h.store.add(fresh, old)
+    h.start()
+    await wait_until(lambda: h.store.rows[fresh.id].status == "delivered"
+                     and h.store.rows[old.id].status == "failed")
+    assert h.store.rows[old.id].last_error == "older than GA4's 72-hour window"
+    assert skipped == [("ga4", "older than GA4's 72-hour window")]
+    (req,) = receiver.requests
+    assert req.path == "/mp/collect" and req.body == fresh.body
+    assert h.results == ["ok"]  # the skipped row is not a delivery attempt
+
+
+async def test_a_kept_alive_connection_closed_by_the_receiver_is_retried_at_once(
+    receiver: Receiver, make: Callable[..., Harness]
+) -> None:
+    h = make()
+    first = delivery(receiver.url())
+    assert (await h.worker.deliver_once(first)).result == "ok"  # a connection to keep
+    receiver.hang_up = 1  # the receiver closes it as the next request arrives
+    d = delivery(receiver.url())
+    outcome = await h.worker.deliver_once(d)
+    assert (outcome.result, outcome.attempts) == ("ok", 1)  # one attempt, on a new connection
+    assert [r.body for r in receiver.requests] == [first.body, d.body, d.body]
+
+
+async def test_an_event_for_a_busy_endpoint_notified_during_a_read_is_not_forgotten(
+    receiver: Receiver, make: Callable[..., Harness]
+) -> None:
+    receiver.gate = asyncio.Event()
+    h = make(per_endpoint_concurrency=1, initial_concurrency=1, poll_interval=30.0)
+    first = delivery(receiver.url("/a"))
+    h.store.add(first)
+    h.start()
+    await wait_until(lambda: len(receiver.requests) == 1)  # /a's only slot is busy
+    h.store.read_gate = asyncio.Event()
+    other = delivery(receiver.url("/b"))
+    h.store.add(other)
+    h.worker.notify([other])  # a new endpoint: a read starts, and sees the outbox now
+    await asyncio.sleep(0.05)
+    late = delivery(receiver.url("/a"))
+    h.store.add(late)
+    h.worker.notify([late])  # /a is busy: nothing to read now, but it has more
+    h.store.read_gate.set()
+    receiver.gate.set()
+    # the read did not see `late`; /a's slot frees and it is read then (not at the tick)
+    await wait_until(lambda: all(r.status == "delivered" for r in h.store.rows.values()),
+                     within=10)
+
+
+async def test_a_backlog_of_one_endpoint_does_not_hide_the_events_of_another(
+    receiver: Receiver, make: Callable[..., Harness]
+) -> None:
+    receiver.gate = asyncio.Event()  # the CRM at /a is stuck
+    h = make(per_endpoint_concurrency=1, initial_concurrency=1, poll_interval=30.0)
+    backlog = [delivery(receiver.url("/a"), created_at=time.time() - 60) for _ in range(1000)]
+    h.store.add(*backlog)
+    h.start()
+    await wait_until(lambda: len(receiver.requests) == 1)
+    alert = delivery(receiver.url("/b"))  # newer than the whole backlog
+    h.store.add(alert)
+    h.worker.notify([alert])
+    await wait_until(lambda: any(r.path == "/b" for r in receiver.requests), within=10)
+    assert [r.path for r in receiver.requests] == ["/a", "/b"]
+    receiver.gate.set()
