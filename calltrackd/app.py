@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import signal
+import socket
 import time
 from typing import Any
 
@@ -41,6 +43,47 @@ from .webhooks.worker import WebhookWorker
 
 log = structlog.get_logger("calltrackd")
 
+PROBE_INTERVAL = 2.0  # seconds between store write probes (the node's heartbeat)
+PROBE_TIMEOUT = 2.0  # a write that takes longer counts as a failure
+
+
+def node_id(settings: Settings) -> str:
+    """This node's name in the store: `[store] node_id`, else `HOSTNAME:SIPPORT` (the host
+    name and the first SIP listen port: two nodes on one host differ by port)."""
+    if settings.store.node_id:
+        return settings.store.node_id
+    port = settings.sip.listen[0].port if settings.sip.listen else 0
+    return f"{socket.gethostname()}:{port}"
+
+
+# keys SIGHUP cannot apply to a running process: they are listed, and need a restart
+RESTART_KEYS = frozenset({
+    "sip.listen", "sip.advertise", "sip.t1", "sip.t2", "sip.t4", "sip.max_message_size",
+    "sip.user_agent", "http.host", "http.port", "http.header_timeout", "http.body_timeout",
+    "http.session_rate_limit", "http.session_rate_burst", "store.url", "store.node_id",
+    "log.level", "log.format", "webhooks.timeout", "webhooks.backoff_base",
+    "webhooks.backoff_cap", "webhooks.max_age", "webhooks.concurrency",
+})
+_SECRET_KEYS = frozenset({"http.admin_token"})
+
+
+def config_changes(old: Settings, new: Settings) -> list[str]:
+    """The keys that differ between two configurations (`sip.listen`, `trackers.acme`,
+    `carriers`...), secrets by name only."""
+    changed = []
+    for section in ("sip", "http", "store", "log", "webhooks"):
+        a, b = getattr(old, section), getattr(new, section)
+        for f in dataclasses.fields(a):
+            if getattr(a, f.name) != getattr(b, f.name):
+                changed.append(f"{section}.{f.name}")
+    if old.carriers != new.carriers:
+        changed.append("carriers")
+    before = {t.id: t for t in old.trackers}
+    after = {t.id: t for t in new.trackers}
+    changed += [f"trackers.{i}" for i in sorted(before.keys() | after.keys())
+                if before.get(i) != after.get(i)]
+    return changed
+
 
 class App:
     def __init__(self, settings: Settings, shutdown: asyncio.Event | None = None) -> None:
@@ -49,6 +92,8 @@ class App:
         self.force = asyncio.Event()
         self.metrics = Metrics()
         self.store = create_store(settings.store.url)
+        self.node_id = self.store.node_id = node_id(settings)
+        self.boot = time.time()  # calls of this process start after this
         self.tracking = TrackingService(self.store, settings.trackers)
         self.media = Media(settings.media, self.metrics)  # rtpengine client, recordings
         layer = TransactionLayer(
@@ -82,12 +127,20 @@ class App:
         self._retrans_seen = 0
         self._rejects_seen = 0
         self.systemd = Notifier()
+        self.metrics.set_build_info(sip.NATIVE)
+        # the store write probe (heartbeat): its latest verdict, read by /healthz
+        self.store_error: str | None = "not probed yet"
+        self._store_down_since: float | None = None
+        self._probe: asyncio.Task[None] | None = None
+        self._prior_heartbeat: float | None = None
+        self._recovery_pending = True
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.store.open()
         await self.tracking.start()
+        await self.probe_store()  # first verdict (and the previous run's heartbeat)
         await self.stack.start([Listen(x.transport, x.host, x.port)
                                 for x in self.settings.sip.listen])
         self._sip_up = True
@@ -96,7 +149,11 @@ class App:
         http = build_http_app(self)
         tracking_api.setup(http)
         recordings_api.setup(http)
-        self.http_runner = web.AppRunner(http, access_log=None, handle_signals=False)
+        # keepalive_timeout closes a connection that has not sent a whole request (line
+        # and headers) within http.header_timeout of connecting or of its last answer:
+        # the slow-loris guard; bodies are timed by the API's body_guard
+        self.http_runner = web.AppRunner(http, access_log=None, handle_signals=False,
+                                         keepalive_timeout=self.settings.http.header_timeout)
         await self.http_runner.setup()
         site = web.TCPSite(self.http_runner, self.settings.http.host, self.settings.http.port,
                            reuse_address=True)
@@ -109,6 +166,7 @@ class App:
         self._tasks.append(loop.create_task(self.tracking.run_flusher(self._workers_stop)))
         self._tasks.append(loop.create_task(self.systemd.run_watchdog(self._workers_stop)))
         self._tasks.append(loop.create_task(self.media.run(self._workers_stop)))
+        self._tasks.append(loop.create_task(self._probe_loop(self._workers_stop)))
         log.info(
             "calltrackd started",
             sip=[f"{x.transport}:{x.host}:{x.port}" for x in self.stack.listening],
@@ -116,6 +174,7 @@ class App:
             store=self.settings.store.url.split("@")[-1],
             trackers=len(self.settings.trackers),
             sip_core=sip.NATIVE,
+            node=self.node_id,
         )
         # Long-lived objects (config, modules) leave the collector's view for good.
         gc.collect()
@@ -157,21 +216,65 @@ class App:
     # -- health and gauges -------------------------------------------------------------
 
     async def health(self) -> tuple[bool, dict[str, str]]:
-        checks = {"sip": "ok" if self._sip_up else "not listening", "http": "ok"}
-        try:
-            await asyncio.wait_for(self.store.ping(), 1.0)
-            checks["store"] = "ok"
-            self.metrics.store_up.set(1)
-        except Exception as exc:
-            checks["store"] = f"unavailable: {type(exc).__name__}: {exc}"[:200]
-            self.metrics.store_up.set(0)
+        """From the state the loops keep (no store round trip per request)."""
+        checks = {"sip": "ok" if self._sip_up else "not listening", "http": "ok",
+                  "store": "ok" if self.store_error is None
+                  else f"unavailable: {self.store_error}"[:200]}
         ok = all(v == "ok" for v in checks.values())
         checks.update(await self.media.health())  # reported, not fatal: calls go direct
         return ok, checks
 
+    # -- the store write probe: heartbeat, health, crash recovery -----------------------
+
+    async def _probe_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), PROBE_INTERVAL)
+            if not stop.is_set():
+                await self.probe_store()
+
+    async def probe_store(self) -> None:
+        """Write this node's heartbeat (a write, so a full disk, a read-only or frozen
+        file, or a Redis that refuses writes all show), then close what a crash left open
+        once. One log line when the store goes down, one when it is back."""
+        try:
+            if self._recovery_pending and self._prior_heartbeat is None:
+                self._prior_heartbeat = await asyncio.wait_for(self.store.last_heartbeat(),
+                                                               PROBE_TIMEOUT)
+            # one write at a time: a frozen file must not pile probes up in the writer
+            if self._probe is None or self._probe.done():
+                self._probe = asyncio.ensure_future(self.store.heartbeat(time.time()))
+            done, _ = await asyncio.wait({self._probe}, timeout=PROBE_TIMEOUT)
+            if not done:
+                raise TimeoutError(f"a write took more than {PROBE_TIMEOUT:g} s")
+            self._probe.result()
+        except Exception as exc:
+            self._store_verdict(f"{type(exc).__name__}: {exc}")
+            return
+        self._store_verdict(None)
+        if self._recovery_pending:
+            try:
+                await self.recorder.close_crashed(self.boot, self._prior_heartbeat)
+                self._recovery_pending = False
+            except Exception as exc:
+                log.warning("closing calls left open by a crash failed, will retry",
+                            error=repr(exc))
+
+    def _store_verdict(self, error: str | None) -> None:
+        was = self.store_error
+        self.store_error = error
+        self.metrics.store_up.set(1 if error is None else 0)
+        now = time.monotonic()
+        if error is not None and (was is None or was == "not probed yet"):
+            self._store_down_since = now
+            log.error("store down: records wait in memory", error=error[:200])
+        elif error is None and self._store_down_since is not None:
+            log.warning("store back", down_seconds=round(now - self._store_down_since, 1),
+                        records_waiting=self.tracking.pending_records)
+            self._store_down_since = None
+
     async def refresh_gauges(self) -> None:
         m = self.metrics
-        await self.health()  # sets calltrackd_store_up: scrapers need not call /healthz
         m.active_calls.set(self.engine.active_calls)
         m.overload_rejects.inc(self.engine.rejected_overload - self._rejects_seen)
         self._rejects_seen = self.engine.rejected_overload
@@ -208,9 +311,16 @@ class App:
             log.error("reload refused, keeping the running configuration",
                       problems=exc.problems)
         else:
+            changed = config_changes(self.settings, new)
+            restart = [k for k in changed if k in RESTART_KEYS]
             self.settings = new
             self.tracking.update_trackers(new.trackers)
-            log.info("configuration reloaded", trackers=len(new.trackers))
+            log.info("configuration reloaded", trackers=len(new.trackers),
+                     changed=changed, applied=[k for k in changed if k not in RESTART_KEYS],
+                     needs_restart=restart)
+            if restart:
+                log.warning("reload cannot apply these keys: restart to use them",
+                            needs_restart=restart)
         self.systemd.notify("READY=1")
 
 

@@ -1,4 +1,4 @@
-"""TOML configuration → validated, frozen settings (SPEC §3).
+"""TOML configuration → validated, frozen settings.
 
 Every problem in a file is collected, each as one line naming its key
 (`trackers[0].pools[1].numbers[2]: ...`), and raised together as `ConfigError`.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
 import tomllib
 from collections.abc import Callable, Iterator
@@ -86,11 +87,14 @@ class HttpSettings:
     session_rate_limit: float = 20.0  # new sessions per minute per client IP; 0: off
     session_rate_burst: int = 10
     public_url: str | None = None  # how users reach this daemon (links in alerts, exports)
+    header_timeout: float = 10.0  # request line + headers, and idle keep-alive
+    body_timeout: float = 10.0  # a request body
 
 
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
     url: str = "sqlite:///./var/calltrackd.db"
+    node_id: str | None = None  # None: derived (see `node_id()`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +300,59 @@ class _Checker:
             self.problems.append(str(exc))
             return default
 
+    def positive(self, data: dict[str, Any], key: str, name: str, default: float) -> float:
+        """A duration that must be above zero (a timer of 0 would spin or never wait)."""
+        value = self.duration(data, key, name, default)
+        if value <= 0:
+            self.fail(f"{key}.{name}", f"must be more than 0, got {data[name]!r}")
+            return default
+        return value
+
+    def secret(self, data: dict[str, Any], key: str, name: str) -> str | None:
+        """A secret: the value itself, or where to read it (one scheme for every secret):
+        `{env = "VAR"}` (an environment variable), `{file = "/path"}` (the file's text,
+        stripped), `{credential = "name"}` (systemd `LoadCredential=`: the file of that
+        name in $CREDENTIALS_DIRECTORY). `NAME_file = "/path"` is `NAME = {file = ...}`."""
+        full = f"{key}.{name}" if key else name
+        value = data.get(name)
+        if f"{name}_file" in data:
+            if value is not None:
+                self.fail(full, f"give {name} or {name}_file, not both")
+                return None
+            value = {"file": data[f"{name}_file"]}
+            full = f"{full}_file"
+        if value is None or isinstance(value, str):
+            return value
+        if not isinstance(value, dict) or len(value) != 1 or not isinstance(
+                next(iter(value.values())), str):
+            self.fail(full, "expected a string, {env = \"VAR\"}, {file = \"/path\"} or "
+                            "{credential = \"name\"}")
+            return None
+        (source, ref), = value.items()
+        if source == "env":
+            text = os.environ.get(ref)
+            if not text:
+                self.fail(full, f"environment variable {ref} is not set or empty")
+            return text or None
+        if source == "credential":
+            directory = os.environ.get("CREDENTIALS_DIRECTORY")
+            if not directory:
+                self.fail(full, f"credential {ref!r}: $CREDENTIALS_DIRECTORY is not set "
+                                "(LoadCredential= in the systemd unit)")
+                return None
+            ref = str(Path(directory) / ref)
+        elif source != "file":
+            self.fail(full, f"unknown secret source {source!r} (env, file, credential)")
+            return None
+        try:
+            text = Path(ref).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            self.fail(full, f"cannot read {ref}: {getattr(exc, 'strerror', None) or exc}")
+            return None
+        if not text:
+            self.fail(full, f"{ref} is empty")
+        return text or None
+
     def choice(self, data: dict[str, Any], key: str, name: str, choices: tuple[str, ...],
                default: str) -> str:
         def check(v: str) -> str | None:
@@ -332,6 +389,9 @@ class _Checker:
                 self.fail(f"{full}[{i}]", "expected a table")
 
     def e164(self, key: str, raw: str) -> str | None:
+        if re.search(r"[A-Za-z]", raw):  # phonenumbers reads letters as a vanity number
+            self.fail(key, f"{raw!r} has letters: write the number in digits (E.164)")
+            return None
         try:
             parsed = phonenumbers.parse(raw, None)
         except phonenumbers.NumberParseException:
@@ -394,11 +454,11 @@ def _sip(c: _Checker, data: object) -> SipSettings:
     return SipSettings(
         listen=listen,
         advertise=c.get(d, "sip", "advertise", str, None),
-        max_call_duration=c.duration(d, "sip", "max_call_duration", base.max_call_duration),
+        max_call_duration=c.positive(d, "sip", "max_call_duration", base.max_call_duration),
         shutdown_grace=c.duration(d, "sip", "shutdown_grace", base.shutdown_grace),
-        t1=c.duration(d, "sip", "t1", base.t1),
-        t2=c.duration(d, "sip", "t2", base.t2),
-        t4=c.duration(d, "sip", "t4", base.t4),
+        t1=c.positive(d, "sip", "t1", base.t1),
+        t2=c.positive(d, "sip", "t2", base.t2),
+        t4=c.positive(d, "sip", "t4", base.t4),
         user_agent=c.get(d, "sip", "user_agent", str, base.user_agent),
         max_message_size=c.get(d, "sip", "max_message_size", int, base.max_message_size,
                                lambda v: None if 1500 <= v <= 1 << 20
@@ -409,8 +469,9 @@ def _sip(c: _Checker, data: object) -> SipSettings:
 
 
 def _http(c: _Checker, data: object) -> HttpSettings:
-    d = c.table(data, "http", {"listen", "admin_token", "session_rate_limit",
-                               "session_rate_burst", "public_url"})
+    d = c.table(data, "http", {"listen", "admin_token", "admin_token_file",
+                               "session_rate_limit", "session_rate_burst", "public_url",
+                               "header_timeout", "body_timeout"})
     base = HttpSettings()
     host, port = base.host, base.port
     if "listen" in d:
@@ -422,18 +483,27 @@ def _http(c: _Checker, data: object) -> HttpSettings:
     return HttpSettings(
         host=host,
         port=port,
-        admin_token=c.get(d, "http", "admin_token", str, None,
-                          lambda v: None if len(v) >= 8 else "use at least 8 characters"),
+        admin_token=_admin_token(c, d),
         session_rate_limit=float(c.get(d, "http", "session_rate_limit", (int, float), 20.0,
                                        lambda v: None if v >= 0 else "must not be negative")),
         session_rate_burst=c.get(d, "http", "session_rate_burst", int, 10,
                                  lambda v: None if v >= 1 else "must be at least 1"),
         public_url=c.get(d, "http", "public_url", str, None, http_url_problem),
+        header_timeout=c.positive(d, "http", "header_timeout", base.header_timeout),
+        body_timeout=c.positive(d, "http", "body_timeout", base.body_timeout),
     )
 
 
+def _admin_token(c: _Checker, d: dict[str, Any]) -> str | None:
+    token = c.secret(d, "http", "admin_token")
+    if token is not None and len(token) < 8:
+        c.fail("http.admin_token", "use at least 8 characters")
+        return None
+    return token
+
+
 def _store(c: _Checker, data: object) -> StoreSettings:
-    d = c.table(data, "store", {"url"})
+    d = c.table(data, "store", {"url", "node_id"})
 
     def check(v: str) -> str | None:
         if v.startswith("sqlite://") and len(v) > len("sqlite://"):
@@ -442,7 +512,10 @@ def _store(c: _Checker, data: object) -> StoreSettings:
             return None
         return f"expected sqlite:///PATH or redis://HOST:PORT/DB, got {v!r}"
 
-    return StoreSettings(c.get(d, "store", "url", str, StoreSettings().url, check))
+    node = c.get(d, "store", "node_id", str, None,
+                 lambda v: None if re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", v)
+                 else "expected 1-64 letters, digits or . _ : -")
+    return StoreSettings(c.get(d, "store", "url", str, StoreSettings().url, check), node)
 
 
 def _log(c: _Checker, data: object) -> LogSettings:
@@ -469,10 +542,10 @@ def _webhooks(c: _Checker, data: object) -> WebhookSettings:
         initial = concurrency
     return WebhookSettings(
         initial_concurrency=initial,
-        timeout=c.duration(d, "webhooks", "timeout", b.timeout),
-        backoff_base=c.duration(d, "webhooks", "backoff_base", b.backoff_base),
-        backoff_cap=c.duration(d, "webhooks", "backoff_cap", b.backoff_cap),
-        max_age=c.duration(d, "webhooks", "max_age", b.max_age),
+        timeout=c.positive(d, "webhooks", "timeout", b.timeout),
+        backoff_base=c.positive(d, "webhooks", "backoff_base", b.backoff_base),
+        backoff_cap=c.positive(d, "webhooks", "backoff_cap", b.backoff_cap),
+        max_age=c.positive(d, "webhooks", "max_age", b.max_age),
         concurrency=concurrency,
     )
 
@@ -579,10 +652,10 @@ def _forward(c: _Checker, key: str, item: object) -> ForwardTarget | None:
     if isinstance(item, str):
         uri, user, password = item, None, None
     elif isinstance(item, dict):
-        c.table(item, key, {"uri", "username", "password"})
+        c.table(item, key, {"uri", "username", "password", "password_file"})
         uri = c.get(item, key, "uri", str, "")
         user = c.get(item, key, "username", str, None)
-        password = c.get(item, key, "password", str, None)
+        password = c.secret(item, key, "password")
         if not uri:
             c.fail(f"{key}.uri", "required")
             return None
@@ -677,12 +750,12 @@ def _tracker(c: _Checker, key: str, d: dict[str, Any],
             static.append(StaticNumber(num, channel))
     hooks = []
     for wkey, wd in c.tables(d, key, "webhooks"):
-        c.table(wd, wkey, {"url", "secret", "events", "batch"})
+        c.table(wd, wkey, {"url", "secret", "secret_file", "events", "batch"})
         url = c.get(wd, wkey, "url", str, "")
         if not re.match(r"^https?://[^\s/]+", url):
             c.fail(f"{wkey}.url", f"expected an http:// or https:// URL, got {url!r}")
-        secret = c.get(wd, wkey, "secret", str, "")
-        if not secret:
+        secret = c.secret(wd, wkey, "secret") or ""
+        if not secret and "secret" not in wd and "secret_file" not in wd:
             c.fail(f"{wkey}.secret", "required: the key webhook signatures are made with")
         events = []
         for k, v in c.str_list(wd, wkey, "events"):
@@ -705,11 +778,11 @@ def _tracker(c: _Checker, key: str, d: dict[str, Any],
         public_key=pk,
         default_number=default,
         forward=tuple(forward),
-        reservation_ttl=c.duration(d, key, "reservation_ttl", base.reservation_ttl),
+        reservation_ttl=c.positive(d, key, "reservation_ttl", base.reservation_ttl),
         cooldown=c.duration(d, key, "cooldown", base.cooldown),
         attribution_grace=c.duration(d, key, "attribution_grace", base.attribution_grace),
         target_call_min_seconds=float(tmin),
-        ring_timeout=c.duration(d, key, "ring_timeout", base.ring_timeout),
+        ring_timeout=c.positive(d, key, "ring_timeout", base.ring_timeout),
         returning_window=c.duration(d, key, "returning_window", base.returning_window),
         source_rules=rules_path,
         pools=tuple(pools),
@@ -733,6 +806,10 @@ def parse_config(data: dict[str, Any], *, source: str | None = None) -> Settings
     media = _media(c, data.get("media", {}), store.url)
     policies: dict[str, TrackerMedia] = {}
     carriers = [x for k, d in c.tables(data, "", "carriers") if (x := _carrier(c, k, d))]
+    carrier_names = [x.name for x in carriers]
+    for i, name in enumerate(carrier_names):
+        if name and name in carrier_names[:i]:
+            c.fail(f"carriers[{i}].name", f"carrier name {name!r} is used twice")
     trackers = []
     seen_did: dict[str, str] = {}
     seen_id: set[str] = set()

@@ -1,4 +1,4 @@
-"""Prometheus metrics (SPEC §7). Names are stable; labels may grow.
+"""Prometheus metrics. Names are stable; labels may grow.
 
 One registry per daemon (not the global default), so tests can start several apps in
 one process and the exposition carries only calltrackd's own series plus process metrics.
@@ -6,6 +6,7 @@ one process and the exposition carries only calltrackd's own series plus process
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterator
 
 from prometheus_client import (
@@ -18,6 +19,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from . import __version__
 
 __all__ = ["CONTENT_TYPE_LATEST", "WEBHOOK_RESULTS", "Metrics"]
 
@@ -75,7 +78,8 @@ class Metrics:
                                      "(the load shedder's signal)", registry=r)
         self.loop_lag = Gauge("calltrackd_loop_lag_seconds",
                               "How late the event loop runs its timers (smoothed)", registry=r)
-        self.store_up = Gauge("calltrackd_store_up", "1 when the store answers", registry=r)
+        self.store_up = Gauge("calltrackd_store_up",
+                              "1 when the store takes writes (probed every 2 s)", registry=r)
         self.cdr_backlog = Gauge("calltrackd_cdr_backlog",
                                  "Call records waiting for the store", registry=r)
         # media through rtpengine (calltrackd/media/)
@@ -93,6 +97,13 @@ class Metrics:
         self.rtpengine_up = Gauge("calltrackd_rtpengine_up",
                                   "1 while the rtpengine instance answers", ["instance"],
                                   registry=r)
+        self.build_info = Gauge("calltrackd_build_info", "Always 1: the build that runs",
+                                ["version", "python", "sip_core"], registry=r)
+
+    def set_build_info(self, sip_core: str) -> None:
+        """`sip_core`: "compiled" or "pure python" (the reason stays in the start-up log)."""
+        self.build_info.labels(__version__, platform.python_version(),
+                               "compiled" if sip_core == "compiled" else "pure python").set(1)
 
     def outbox_outcome(self, kind: str, result: str) -> None:
         self.outbox_deliveries.labels(kind, result).inc()

@@ -9,9 +9,11 @@ tracking service keeps records it cannot write yet.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -68,6 +70,32 @@ class Recorder:
         """Wait (at most `within` seconds) for finished calls' records to reach tracking."""
         if self.pending:
             await asyncio.wait(list(self.pending), timeout=within)
+
+    # -- crash recovery ----------------------------------------------------------------
+
+    async def close_crashed(self, started_before: float, alive_until: float | None) -> int:
+        """Close the calls a crash of this node left open (records without an outcome that
+        started before this process did): `failed`, hung up by `system`, reason
+        `restart`, ended at `alive_until` (the node's last heartbeat), and send their
+        `call.ended` through the outbox. Raises when the store cannot be read (call again);
+        the closed records themselves are never lost (tracking keeps them until written).
+        """
+        records = await self.tracking.store.open_calls(started_before)
+        now = time.time()
+        for record in records:
+            tracker = self.tracking.tracker(record.tracker)
+            closed = closed_by_restart(record, alive_until,
+                                       tracker.target_call_min_seconds if tracker else None)
+            deliveries = (build_deliveries("call.ended", closed, tracker.webhooks, now)
+                          if tracker else [])
+            self.metrics.calls.labels(record.tracker, "failed").inc()
+            await self.tracking.record_call(closed, deliveries)
+        if records:
+            log.warning("closed calls left open by a crash", calls=len(records),
+                        last_alive=(datetime.fromtimestamp(alive_until, UTC).isoformat()
+                                    if alive_until else None))
+            self.notify_webhooks()
+        return len(records)
 
     # -- steps -------------------------------------------------------------------------
 
@@ -156,3 +184,21 @@ class Recorder:
                        if ended_at is not None else None),
             attribution=call.extra.get("attribution"),
         )
+
+
+def closed_by_restart(record: CallRecord, alive_until: float | None,
+                      target_call_min_seconds: float | None) -> CallRecord:
+    """An open record as a restart closes it: ended when the node was last known alive
+    (never before the call started or was answered)."""
+    known = max(t for t in (record.started_at, record.answered_at) if t is not None)
+    end = known
+    if alive_until is not None:
+        end = max(known, datetime.fromtimestamp(alive_until, UTC))
+    answered = record.answered_at
+    ring = round(((answered or end) - record.started_at).total_seconds(), 3)
+    talk = round((end - answered).total_seconds(), 3) if answered else 0.0
+    return dataclasses.replace(
+        record, ended_at=end, ring_seconds=ring, talk_seconds=talk, outcome="failed",
+        hangup_by="system", reason="restart",
+        qualified=(qualified(talk, target_call_min_seconds)
+                   if target_call_min_seconds is not None else record.qualified))

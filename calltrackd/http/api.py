@@ -1,10 +1,19 @@
-"""The HTTP edge (SPEC §4): thin handlers — parse, call the domain, answer JSON.
+"""The HTTP edge: thin handlers — parse, call the domain, answer JSON.
 
 Errors are `{"error": {"code": "...", "message": "..."}}` with a 4xx/5xx status.
+
+Every request body passes `body_guard` before any handler sees it: read within
+`http.body_timeout` (a client dribbling its body is answered 408), at most
+`MAX_BODY` bytes (413), and when it is JSON, refused with 400 if it nests deeper than
+`MAX_JSON_DEPTH` or holds a string UTF-8 cannot carry (a lone surrogate such as
+`"\\ud800"`: no store can write it), naming the field. Handlers then read the body as
+usual (`request.json()`, served from the bytes already read) or take the parsed value
+with `read_json`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -12,17 +21,26 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
+import structlog
 from aiohttp import web
 
 from ..metrics import CONTENT_TYPE_LATEST
+from ..store.base import StoreError
 
 if TYPE_CHECKING:
     from ..app import App
 
 APP: web.AppKey[App] = web.AppKey("calltrackd", object)  # type: ignore[arg-type]
 
+_log = structlog.get_logger("calltrackd.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OUTCOMES = ("answered", "busy", "no_answer", "cancelled", "failed")
+MAX_BODY = 64 * 1024  # bytes of a request body (413 beyond)
+MAX_JSON_DEPTH = 16  # nested objects/arrays in a JSON body (400 beyond)
+BODY_TIMEOUT: web.AppKey[float] = web.AppKey("body_timeout", float)
+_PARSED: str = "calltrackd.json"  # request key of the body parsed by body_guard
+_NO_BODY = ("GET", "HEAD", "OPTIONS")
 
 
 @dataclass
@@ -47,6 +65,99 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         code = exc.reason.lower().replace(" ", "_")
         return error_response(exc.status, code, exc.reason)
+    except (StoreError, OSError, TimeoutError) as exc:
+        _log.warning("http.store_unavailable", path=request.path, error=repr(exc)[:200])
+        return error_response(503, "store_unavailable", "the store did not answer; try again")
+    except Exception:  # a bug: logged with its traceback, answered in JSON all the same
+        _log.exception("http.handler_failed", path=request.path, method=request.method)
+        return error_response(500, "internal_error", "internal error (logged)")
+
+
+class _NotJson(Exception):
+    """The body does not parse as JSON: the handler answers that in its own words."""
+
+
+def check_json(body: bytes) -> object:
+    """The parsed body; ApiError (400) when it nests deeper than MAX_JSON_DEPTH or holds a
+    string (or key) that is not valid Unicode text; _NotJson when it is not JSON."""
+    try:
+        # orjson refuses lone surrogates and depth > 1024 without recursing in Python
+        value: object = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:
+            value = json.loads(body)
+        except RecursionError:
+            raise ApiError(400, "invalid_json",
+                           f"the body nests deeper than {MAX_JSON_DEPTH} levels") from None
+        except ValueError:  # UnicodeDecodeError included
+            raise _NotJson from None
+    _check_value(value)
+    return value
+
+
+def _check_value(root: object) -> None:
+    """Iteratively (no recursion): depth and encodable strings, naming the first bad one."""
+    stack: list[tuple[object, str, int]] = [(root, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, str):
+            if not _encodable(value):
+                raise _bad_text(path or "body")
+        elif isinstance(value, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                raise ApiError(400, "invalid_json",
+                               f"{path or 'body'}: nests deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    name = f"{path}.{key}" if path else str(key)
+                    if not _encodable(key):
+                        raise _bad_text(name.encode("utf-8", "backslashreplace").decode())
+                    stack.append((item, name, depth + 1))
+            else:
+                stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _bad_text(field: str) -> ApiError:
+    return ApiError(400, "invalid_field",
+                    f"{field}: must be valid Unicode text (a lone surrogate such as \\ud800 "
+                    "cannot be stored)")
+
+
+@web.middleware
+async def body_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.method not in _NO_BODY and request.body_exists:
+        try:
+            async with asyncio.timeout(request.app[BODY_TIMEOUT]):
+                body = await request.read()  # kept by aiohttp: request.json() reuses it
+        except TimeoutError:
+            raise ApiError(408, "request_timeout",
+                           "the request body did not arrive in time") from None
+        if body:
+            try:
+                request[_PARSED] = check_json(body)
+            except _NotJson:
+                pass
+    return await handler(request)
+
+
+async def read_json(request: web.Request) -> object:
+    """The JSON body (already checked by `body_guard`); 400 when it is not JSON."""
+    if _PARSED in request:
+        return request[_PARSED]
+    try:
+        return await request.json(loads=json.loads)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
 
 
 def require_admin(request: web.Request) -> None:
@@ -108,9 +219,12 @@ async def get_call(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    ok, checks = await request.app[APP].health()
-    return web.json_response({"status": "ok" if ok else "degraded", "checks": checks},
-                             status=200 if ok else 503)
+    app = request.app[APP]
+    ok, checks = await app.health()
+    status = "ok" if ok else "degraded"
+    if app.engine.draining:
+        ok, status = False, "draining"
+    return web.json_response({"status": status, "checks": checks}, status=200 if ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -121,8 +235,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def build_http_app(app: App) -> web.Application:
-    http = web.Application(middlewares=[errors], client_max_size=64 * 1024)
+    http = web.Application(middlewares=[errors, body_guard], client_max_size=MAX_BODY)
     http[APP] = app
+    http[BODY_TIMEOUT] = app.settings.http.body_timeout
     http.add_routes([
         web.get("/healthz", healthz),
         web.get("/metrics", metrics),

@@ -9,11 +9,14 @@ Times are unix seconds (float) except CDR filters, which follow `CallRecord` (da
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
+
+import structlog
 
 from calltrackd import jsonx
 from calltrackd.tracking.model import (
@@ -203,6 +206,20 @@ class Store(Protocol):
 
     async def pool_stats(self, now: float, since: float | None = None) -> list[PoolStats]: ...
 
+    # --- node liveness and crash recovery ----------------------------------------------
+    # `node_id` (set before `open`) names this node in a store several nodes share; a
+    # node's open calls are indexed under it so that a restart closes its own only.
+    node_id: str
+
+    async def heartbeat(self, now: float) -> None:
+        """Write `now` as the last time this node was alive (also the health write probe)."""
+
+    async def last_heartbeat(self) -> float | None:
+        """This node's last heartbeat, None if it never wrote one."""
+
+    async def open_calls(self, started_before: float) -> list[CallRecord]:
+        """This node's CDRs without an outcome that started before `started_before`."""
+
 
 # --- the record codec ------------------------------------------------------------------
 # JSON text, so that any backend stores a CallRecord and reads back an equal one.
@@ -284,6 +301,7 @@ def encode_call(record: CallRecord) -> str:
             "error": att.error,
             "session": session_to_dict(att.session) if att.session else None,
         },
+        "reason": record.reason,
     }
     # default=str: a custom value JSON cannot carry is stored as text, never refused
     return jsonx.dumps(data)
@@ -306,8 +324,105 @@ def decode_call(text: str) -> CallRecord:
             error=att["error"],
             session=session_from_dict(att["session"]) if att["session"] else None,
         ),
-        **data,
+        **{k: v for k, v in data.items() if k in _CALL_FIELDS},  # older/newer builds' keys
     )
+
+
+_CALL_FIELDS = frozenset(f.name for f in fields(CallRecord))
+
+
+# --- text every backend can write ----------------------------------------------------
+# A str holding a lone surrogate (JSON allows "\ud800"; a browser can send one) has no
+# UTF-8 form: SQLite and Redis refuse it, and with it the whole batch it came in. The HTTP
+# edge refuses such input; this is the store's own guard for anything that got past it:
+# the record is written without the field, and the field is named in the log.
+
+_log_text = structlog.get_logger("calltrackd.store")
+
+
+def _text_ok(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _session_strings(s: VisitorSession) -> list[str]:
+    out = [v for name in _SESSION_FIELDS if isinstance(v := getattr(s, name), str)]
+    for k, v in s.custom.items():
+        out.append(str(k))
+        if isinstance(v, str):
+            out.append(v)
+    return out
+
+
+def storable_session(session: VisitorSession, record: str | None = None) -> VisitorSession:
+    """The session, or a copy without the fields UTF-8 cannot carry (logged)."""
+    if _text_ok("".join(_session_strings(session))):
+        return session  # the common case: one join and one check
+    dropped: list[str] = []
+    changes: dict[str, Any] = {}
+    for name in _SESSION_FIELDS:
+        value = getattr(session, name)
+        if isinstance(value, str) and not _text_ok(value) and name not in ("id", "tracker"):
+            changes[name] = None
+            dropped.append(name)
+        elif isinstance(value, str) and not _text_ok(value):  # ids are ours: made safe
+            changes[name] = value.encode("utf-8", "replace").decode()
+            dropped.append(name)
+    custom = {k: v for k, v in session.custom.items()
+              if _text_ok(str(k)) and (not isinstance(v, str) or _text_ok(v))}
+    if len(custom) != len(session.custom):
+        changes["custom"] = custom
+        dropped.append("custom")
+    _log_text.warning("store.field_dropped", session=_safe(session.id), call=record,
+                      fields=dropped, reason="not valid Unicode text (a lone surrogate)")
+    return dataclasses.replace(session, **changes)
+
+
+def storable_call(record: CallRecord) -> CallRecord:
+    """The record, or a copy without the fields UTF-8 cannot carry (logged): a record is
+    written without a bad field rather than not at all."""
+    att = record.attribution
+    own = [record.id, record.tracker, record.did, record.caller, record.target or "",
+           *((att.kind, att.channel or "", att.error or "") if att else ())]
+    session = att.session if att else None
+    safe_session = storable_session(session, _safe(record.id)) if session else None
+    if _text_ok("".join(own)) and safe_session is session:
+        return record
+    changes: dict[str, Any] = {}
+    for name in ("id", "tracker", "did", "caller", "target"):
+        value = getattr(record, name)
+        if isinstance(value, str) and not _text_ok(value):
+            changes[name] = _safe(value)
+    if att is not None:
+        changes["attribution"] = dataclasses.replace(
+            att, channel=_safe(att.channel), error=_safe(att.error), session=safe_session)
+    if set(changes) - {"attribution"}:
+        _log_text.warning("store.field_dropped", call=_safe(record.id),
+                          fields=sorted(set(changes) - {"attribution"}),
+                          reason="not valid Unicode text (a lone surrogate), replaced")
+    return dataclasses.replace(record, **changes)
+
+
+@overload
+def _safe(text: str) -> str: ...
+@overload
+def _safe(text: None) -> None: ...
+def _safe(text: str | None) -> str | None:
+    """The text with what UTF-8 cannot carry replaced by "?"."""
+    if text is None or _text_ok(text):
+        return text
+    return text.encode("utf-8", "replace").decode()
+
+
+def decode_text(value: bytes) -> str:
+    """Stored bytes as text, never raising (defensive: bytes that are not UTF-8 become
+    U+FFFD rather than an error for the whole query)."""
+    return value.decode("utf-8", "replace")
 
 
 def encode_cursor(started_ts: float, call_id: str) -> str:

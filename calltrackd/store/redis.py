@@ -43,6 +43,8 @@ from calltrackd.store.base import (
     encode_cursor,
     encode_session,
     session_stats_source,
+    storable_call,
+    storable_session,
     timestamp,
 )
 from calltrackd.tracking.model import (
@@ -70,7 +72,8 @@ def _hour(ts: float) -> str:
 def _s(value: bytes | str | None) -> str | None:
     if value is None:
         return None
-    return value.decode() if isinstance(value, bytes) else value
+    # "replace": stored bytes that are not UTF-8 never fail a read (/v1/stats included)
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _stats_field(session: VisitorSession) -> str:
@@ -86,6 +89,7 @@ class RedisStore:
         # visit notes waiting to be written in one pipeline: key → (value, seconds)
         self._notes: dict[str, tuple[str, int]] = {}
         self._notes_task: asyncio.Task[None] | None = None
+        self.node_id = "local"
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -134,6 +138,7 @@ class RedisStore:
     # --- visitor sessions --------------------------------------------------------------
 
     async def create_session(self, session: VisitorSession, dynamic: bool) -> None:
+        session = storable_session(session)  # without a field Redis cannot take
         key = f"ctd:s:{session.id}"
         vis = f"ctd:vis:{session.tracker}:{_hour(session.first_seen)}"
         field = _stats_field(session)
@@ -361,12 +366,15 @@ class RedisStore:
     async def save_call(
         self, record: CallRecord, deliveries: Sequence[WebhookDelivery] = ()
     ) -> None:
+        record = storable_call(record)  # without a field no store can write, never refused
         args: list[Any] = [record.id, record.tracker, timestamp(record.started_at),
                            record.caller if record.caller != "anonymous" else "",
                            encode_call(record), len(deliveries)]
         for d in deliveries:
             args += [d.id, d.event_id, d.event, d.tracker, d.url, d.body, d.created_at,
                      d.next_attempt_at, d.kind]
+        # this node's open calls, for the restart after a crash (see open_calls)
+        args += [f"ctd:open:{self.node_id}", "1" if record.outcome is None else "0"]
         await self._script("SAVE_CALL", *args)
 
     async def get_call(self, call_id: str) -> CallRecord | None:
@@ -543,6 +551,33 @@ class RedisStore:
 
     async def pending_count(self) -> int:
         return int(await self._do(self.r.zcard("ctd:outbox:due")))
+
+    # --- node liveness and crash recovery: per node id -----------------------------------
+
+    async def heartbeat(self, now: float) -> None:
+        await self._do(self.r.hset("ctd:heartbeat", self.node_id, repr(now)))
+
+    async def last_heartbeat(self) -> float | None:
+        raw = await self._do(self.r.hget("ctd:heartbeat", self.node_id))
+        return float(_s(raw) or 0) if raw else None
+
+    async def open_calls(self, started_before: float) -> list[CallRecord]:
+        key = f"ctd:open:{self.node_id}"
+        ids = sorted(_s(m) or "" for m in await self._do(self.r.smembers(key)))
+        out: list[CallRecord] = []
+        stale: list[str] = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            raws = await self._do(self.r.mget([f"ctd:call:{c}" for c in chunk]))
+            for call_id, raw in zip(chunk, raws, strict=True):
+                rec = decode_call(_s(raw) or "") if raw else None
+                if rec is None or rec.outcome is not None:
+                    stale.append(call_id)  # closed meanwhile (or gone)
+                elif timestamp(rec.started_at) < started_before:
+                    out.append(rec)
+        if stale:
+            await self._do(self.r.srem(key, *stale))
+        return sorted(out, key=lambda r: r.started_at)
 
     # --- statistics --------------------------------------------------------------------
 

@@ -248,5 +248,10 @@ for _ = 1, n do
   end
   i = i + 9
 end
+-- after the deliveries: the node's open-calls set, and whether this version is open
+if ARGV[i] then
+  if ARGV[i + 1] == '1' then redis.call('SADD', ARGV[i], id)
+  else redis.call('SREM', ARGV[i], id) end
+end
 return 1
 """

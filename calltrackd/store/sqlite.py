@@ -38,10 +38,13 @@ from calltrackd.store.base import (
     decode_call,
     decode_cursor,
     decode_session,
+    decode_text,
     encode_call,
     encode_cursor,
     encode_session,
     session_stats_source,
+    storable_call,
+    storable_session,
     timestamp,
 )
 from calltrackd.store.memory import MemoryState
@@ -123,6 +126,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_pending_due ON deliveries (next_attempt_at, created_at)
   WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_by_status ON deliveries (status, created_at);
+CREATE TABLE IF NOT EXISTS heartbeat (node TEXT PRIMARY KEY, ts REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS calls_open ON calls (started_ts) WHERE outcome IS NULL;
 """
 _DELIVERY_COLS = (
     "id, event_id, event, tracker, url, body, created_at, attempts, next_attempt_at, status,"
@@ -193,6 +198,7 @@ class SqliteStore:
         self._last_batch = 0.0  # loop time the last CDR batch was taken
         self._visit_keep = 0.0  # the longest returning_window noted
         self._last_prune = 0.0
+        self.node_id = "local"
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -219,6 +225,7 @@ class SqliteStore:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 5000")
+        conn.text_factory = decode_text  # stored bytes that are not UTF-8 never fail a read
         return conn
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -385,7 +392,7 @@ class SqliteStore:
 
     async def create_session(self, session: VisitorSession, dynamic: bool) -> None:
         self._check_open()
-        self._mem.create_session(session, dynamic)
+        self._mem.create_session(storable_session(session), dynamic)
         self._kick()
 
     async def get_session(self, session_id: str) -> VisitorSession | None:
@@ -498,6 +505,7 @@ class SqliteStore:
         self, record: CallRecord, deliveries: Sequence[WebhookDelivery] = ()
     ) -> None:
         self._check_open()
+        record = storable_call(record)  # without a field no store can write, never refused
         att = record.attribution
         session = att.session if att else None
         row = (
@@ -561,7 +569,7 @@ class SqliteStore:
             SqliteStore._tx(conn, fast)
             return [None] * len(batch)
         except (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
-                sqlite3.DataError):
+                sqlite3.DataError, ValueError):
             pass  # rolled back: find the culprit row by row
         errors: list[Exception | None] = []
 
@@ -579,7 +587,7 @@ class SqliteStore:
                     if caller is not None:
                         conn.execute("INSERT OR IGNORE INTO callers VALUES (?,?,?)", caller)
                 except (sqlite3.IntegrityError, sqlite3.InterfaceError,
-                        sqlite3.ProgrammingError, sqlite3.DataError) as exc:
+                        sqlite3.ProgrammingError, sqlite3.DataError, ValueError) as exc:
                     conn.execute("ROLLBACK TO save_call")
                     errors.append(exc)
                 else:
@@ -720,6 +728,23 @@ class SqliteStore:
         n: int = (await self._read(lambda c: c.execute(sql).fetchone()))[0]
         return n
 
+    # --- node liveness and crash recovery (one file is one node's: node_id is a label) ---
+
+    async def heartbeat(self, now: float) -> None:
+        sql = "INSERT OR REPLACE INTO heartbeat VALUES (?, ?)"
+        await self._write(lambda c: c.execute(sql, (self.node_id, now)) and None)
+
+    async def last_heartbeat(self) -> float | None:
+        sql = "SELECT max(ts) FROM heartbeat"
+        row = await self._read(lambda c: c.execute(sql).fetchone())
+        return float(row[0]) if row and row[0] is not None else None
+
+    async def open_calls(self, started_before: float) -> list[CallRecord]:
+        sql = ("SELECT data FROM calls INDEXED BY calls_open WHERE outcome IS NULL"
+               " AND started_ts < ? ORDER BY started_ts")
+        rows = await self._read(lambda c: c.execute(sql, (started_before,)).fetchall())
+        return [decode_call(r[0]) for r in rows]
+
     # --- statistics ------------------------------------------------------------------
 
     async def call_stats(
@@ -744,7 +769,10 @@ class SqliteStore:
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> list[VisitorStats]:
-        await self._flush_behind()  # sessions are written behind: count the newest too
+        try:
+            await self._flush_behind()  # sessions are written behind: count the newest too
+        except Exception as exc:  # the store's trouble: count what is written
+            log.warning("store.write_behind_failed", error=repr(exc))
         where, args = self._where(tracker, since, until, col="first_seen")
         sql = (
             f"SELECT tracker, utm_source, utm_medium, count(*), total(dynamic) FROM sessions{where}"

@@ -237,9 +237,10 @@ class CallRecord:
     first_time_caller: bool | None = None
     qualified: bool | None = None
     attribution: Attribution | None = None
+    reason: str | None = None  # why the system ended it, e.g. "restart" (a crashed node)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "tracker": self.tracker,
             "did": self.did,
@@ -257,6 +258,9 @@ class CallRecord:
             "qualified": self.qualified,
             "attribution": self.attribution.to_json() if self.attribution else None,
         }
+        if self.reason is not None:  # only on records the system ended for a reason
+            out["reason"] = self.reason
+        return out
 
 
 DeliveryStatus = Literal["pending", "delivered", "failed"]
