@@ -1,4 +1,4 @@
-"""`calltrackd run | check-config | --version` (SPEC §2)."""
+"""`calltrackd run | check-config | --version`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from . import __version__
-from .config import ConfigError, Settings, load_config
+from .config import DEFAULT_PATH, ConfigError, Settings, load_config
 
 
 def _load(path: str | None) -> Settings | None:
@@ -38,7 +38,26 @@ def main(argv: list[str] | None = None) -> int:
     from .logging import configure_logging
 
     configure_logging(settings.log)
+    _warn_defaults(settings)
     return run_app(settings)
+
+
+def _warn_defaults(settings: Settings) -> None:
+    """A daemon started without a configuration (or without carriers) says so loudly."""
+    import structlog
+
+    log = structlog.get_logger("calltrackd")
+    listen = [f"{x.transport}:{x.host}:{x.port}" for x in settings.sip.listen]
+    if settings.source is None:
+        log.warning(
+            f"NO CONFIGURATION FILE: running on built-in defaults ({DEFAULT_PATH} not "
+            "found and no --config given)",
+            sip=listen, http=f"{settings.http.host}:{settings.http.port}",
+            store=settings.store.url, carriers=0, trackers=0,
+            hint="SIP listens on all interfaces and no carrier may call: every INVITE "
+                 "gets 403. Start with --config FILE (config/calltrackd.toml is an example)")
+    elif not settings.carriers:
+        log.warning("no [[carriers]] configured: every INVITE gets 403", sip=listen)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,23 @@
-"""structlog set-up: JSON (or console) lines on stderr, filtered at the configured level."""
+"""structlog set-up: one JSON object per line on stderr (or console lines), for our own
+loggers and for the libraries' standard-library ones (aiohttp's server, asyncio, Python
+warnings, uncaught exceptions), which go through the same processors.
+
+Repeated warnings and errors are rate-limited per event (`RateLimit`): in a store outage
+every call logs the same warning, and a log that repeats one line thousands of times
+hides everything else. The first `burst` lines of an event in a `window` pass, the rest
+are counted, and the first line after the window says how many were left out
+(`"suppressed": N`). Info and debug lines (one per call start and end) are never limited.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
+from collections.abc import MutableMapping
+from types import TracebackType
+from typing import Any
 
 import structlog
 
@@ -11,6 +25,54 @@ from .config import LogSettings
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
+_LIMITED = frozenset({"warning", "error", "critical", "exception"})
+
+
+class RateLimit:
+    """A structlog processor: at most `burst` lines per event name (and logger) per
+    `window` seconds at warning level and above; the next line carries the count left out."""
+
+    def __init__(self, burst: int = 5, window: float = 10.0, keys: int = 4096,
+                 clock: Any = time.monotonic) -> None:
+        self.burst = burst
+        self.window = window
+        self.keys = keys
+        self.clock = clock
+        self._lock = threading.Lock()  # the store's threads and the loop may both log
+        self._seen: dict[tuple[str, str], list[float]] = {}  # [window start, lines, left out]
+
+    def __call__(self, logger: Any, method: str,
+                 event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        level = str(event.get("level", method))
+        if level not in _LIMITED:
+            return event
+        key = (str(event.get("logger", "")), str(event.get("event", "")))
+        now = self.clock()
+        with self._lock:
+            state = self._seen.get(key)
+            if state is None or now - state[0] >= self.window:
+                if state is None and len(self._seen) >= self.keys:
+                    self._seen.clear()  # bounded: event names may carry data
+                left_out = int(state[2]) if state else 0
+                self._seen[key] = [now, 1.0, 0.0]
+                if left_out:
+                    event["suppressed"] = left_out
+                    event["suppressed_seconds"] = round(now - state[0], 1)  # type: ignore[index]
+                return event
+            if state[1] < self.burst:
+                state[1] += 1
+                return event
+            state[2] += 1
+        raise structlog.DropEvent
+
+
+def _logger_name(logger: Any, method: str,
+                 event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """`logger`: the name a standard-library record came from (aiohttp.server, asyncio)."""
+    record = event.get("_record")
+    if record is not None and "logger" not in event:
+        event["logger"] = record.name
+    return event
 
 
 def configure_logging(settings: LogSettings) -> None:
@@ -19,11 +81,14 @@ def configure_logging(settings: LogSettings) -> None:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     else:
         renderer = structlog.processors.JSONRenderer()
+    limit = RateLimit()
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            timestamper,
+            limit,
             structlog.processors.format_exc_info,
             renderer,
         ],
@@ -31,6 +96,36 @@ def configure_logging(settings: LogSettings) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # libraries that log through the standard library (aiohttp, asyncio) at warning+
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    # the standard library's loggers (aiohttp, asyncio, warnings): the same JSON lines
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.stdlib.add_log_level,
+            _logger_name,
+            timestamper,
+            limit,
+            structlog.processors.format_exc_info,
+        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(logging.WARNING, _LEVELS[settings.level]))
+    logging.captureWarnings(True)
+    sys.excepthook = _uncaught
+    threading.excepthook = _uncaught_thread
+
+
+_crash_log = structlog.get_logger("calltrackd.crash")
+
+
+def _uncaught(kind: type[BaseException], exc: BaseException,
+              tb: TracebackType | None) -> None:
+    _crash_log.critical("uncaught exception", exc_info=(kind, exc, tb))
+
+
+def _uncaught_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is not None:
+        _crash_log.critical("uncaught exception in a thread",
+                            thread=args.thread.name if args.thread else None,
+                            exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
