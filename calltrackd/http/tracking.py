@@ -1,4 +1,4 @@
-"""The tracking side of the HTTP API (SPEC §4): visitor sessions, the site snippet,
+"""The tracking side of the HTTP API: visitor sessions, the site snippet,
 statistics and the webhook admin. Thin: parse and validate, call the domain, answer.
 """
 
@@ -211,7 +211,7 @@ def _source(src: str | None, medium: str | None) -> str:
 
 async def stats(request: web.Request) -> web.Response:
     """Per tracker and source: calls, answered, missed, qualified, first-time callers;
-    coverage, accuracy (DOMAIN.md), pool size, peak and the recommended pool size."""
+    coverage, accuracy, pool size, peak and the recommended pool size."""
     require_admin(request)
     app = request.app[APP]
     since, until = _window(request)
@@ -283,7 +283,7 @@ def _pool_visitors(tracker: Tracker, vis: list[Any]) -> dict[str, tuple[int, int
 
 
 def recommended_size(pool: PoolStats, visitors: int, dynamic: int) -> int:
-    """Numbers the pool needs: its peak concurrent demand + 20% (DOMAIN.md).
+    """Numbers the pool needs: its peak concurrent demand + 20%.
 
     Without shortfall the demand is the peak of concurrent reservations, so an idle pool
     of 100 whose peak was 10 is told 12. When visitors were turned away the peak is

@@ -1,6 +1,6 @@
 """Which number a visitor gets: the reservation engine (pure: no I/O, `now` passed in).
 
-Theory of operation (DESIGN.md "Reservations as ordered sets"). Every pool number is in
+Theory of operation: reservations as ordered sets. Every pool number is in
 exactly one of two heaps of its pool:
 
 - `idle`: numbers nobody holds, keyed by when they become available again

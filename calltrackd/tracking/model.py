@@ -219,7 +219,7 @@ def _iso(ts: datetime | None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class CallRecord:
-    """One CDR: the `call` object of SPEC §5."""
+    """One CDR: the `call` object of the API and webhooks."""
 
     id: str
     tracker: str
@@ -296,7 +296,7 @@ class WebhookDelivery:
 
 @dataclass(frozen=True, slots=True)
 class SessionInput:
-    """What the site snippet sends about a visitor (`POST /v1/sessions`, SPEC §4).
+    """What the site snippet sends about a visitor (`POST /v1/sessions`).
 
     `source`, `medium`, `channel` are not sent: the service fills them in by classifying
     the UTM tags, the landing page and the referrer (tracking/sources.py)."""

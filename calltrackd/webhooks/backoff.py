@@ -2,7 +2,7 @@
 
 In the manner of redis-py (`redis/backoff.py`, `redis/retry.py`): a backoff is a tiny
 object with `compute(failures) -> seconds`; the policy around it decides what is retried
-and for how long. SPEC §5 asks for retries on network errors and non-2xx answers for at
+and for how long. The webhook contract asks for retries on network errors and non-2xx answers for at
 least 24 h; 2xx is done.
 """
 

@@ -1,8 +1,8 @@
-"""Webhook events as outbox rows: the SPEC §5 body, built once per event.
+"""Webhook events as outbox rows: the documented body, built once per event.
 
 The body is serialised here, when the event happens, and stored with the delivery: every
 endpoint and every retry sends the same bytes under the same `event_id`, which is what
-lets receivers deduplicate (SPEC §5, at-least-once).
+lets receivers deduplicate (at-least-once).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def iso_utc(ts: float) -> str:
 
 
 def event_body(event: str, event_id: str, record: CallRecord, occurred_at: float) -> bytes:
-    """The exact bytes POSTed (and signed) for one event: compact JSON of SPEC §5, ASCII."""
+    """The exact bytes POSTed (and signed) for one event: compact JSON, ASCII."""
     if event not in EVENTS:
         raise ValueError(f"unknown webhook event {event!r}; expected one of {sorted(EVENTS)}")
     doc = {

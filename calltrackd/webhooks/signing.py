@@ -1,4 +1,4 @@
-"""`X-Calltrackd-Signature`: HMAC-SHA256 over "<unix time>." + body (SPEC §5).
+"""`X-Calltrackd-Signature`: HMAC-SHA256 over "<unix time>." + body.
 
 The timestamp is signed with the body so a captured request cannot be replayed later
 than the receiver's tolerance. `verify` is the receiver's side, the one the README shows;

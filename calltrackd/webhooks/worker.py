@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 Events are committed to the store's outbox together with the CDR change that causes them
-(DESIGN "Outbox before network"); this worker only moves rows from *pending* to
+(the outbox before any network I/O); this worker only moves rows from *pending* to
 *delivered* or *failed*. A row has a kind (webhook, ga4, metrica, telegram, slack); a
 `Destination` (destinations.py, exports/) turns rows into requests and answers into
 outcomes, and the worker does the rest the same way for every kind.

@@ -1,4 +1,4 @@
-"""Tracking never costs a call (SPEC §1): when the store is slow, not down, the call to a
+"""Tracking never costs a call: when the store is slow, not down, the call to a
 visitor's number is still answered at once, and its CDR says it went unattributed and why.
 """
 

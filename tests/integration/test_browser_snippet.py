@@ -1,4 +1,4 @@
-"""SPEC §1 end to end in a real browser: a page in headless Chromium loads /t.js from the
+"""The site snippet end to end in a real browser: a page in headless Chromium loads /t.js from the
 daemon, shows the visitor's own number, the visitor dials it (SIPp), and the CRM's
 receiver gets `call.ended` naming that visitor's client_id and utm_campaign. Also what
 the snippet promises a site: the visit's UTM kept across pages, its own CSS class, `tel:`

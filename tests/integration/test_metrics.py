@@ -1,6 +1,6 @@
 """GET /metrics after real traffic: SIPp calls (answered, busy, failed), visitor sessions and
 webhook deliveries through the daemon as a process. The exposition must parse with
-prometheus_client's own parser and pass `promtool check metrics`, and carry every SPEC §7
+prometheus_client's own parser and pass `promtool check metrics`, and carry every documented
 name with its labels and values that match the traffic."""
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ STATIC = "+74990000100"
 POOL = ["+74990000001", "+74990000002"]
 DEFAULT = "+74990000000"
 
-# SPEC §7: name → (type, labels). Names are stable; labels may grow, so these are a minimum.
+# The documented metrics: name → (type, labels). Names are stable; labels may grow,
+# so these are a minimum.
 SPEC = {
     "calltrackd_calls_total": ("counter", {"tracker", "outcome"}),
     "calltrackd_active_calls": ("gauge", set()),

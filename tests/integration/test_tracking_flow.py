@@ -1,4 +1,4 @@
-"""SPEC §1 end to end without the browser: a visitor gets a number over the API, SIPp dials
+"""Call tracking end to end without the browser: a visitor gets a number over the API, SIPp dials
 it, and a real HTTP receiver gets the signed `call.ended` webhook naming that visitor.
 Also static and default numbers, and webhooks that survive a failing receiver and a
 daemon restart."""

@@ -1,4 +1,4 @@
-"""calltrackd/metrics.py against SPEC §7, and the deploy/ files that depend on its names:
+"""calltrackd/metrics.py against the documented names, and the deploy/ files using them:
 the Prometheus rules (checked and unit-tested with promtool), the example scrape config and
 the Grafana dashboard. Renaming a metric breaks these tests until rules and dashboard follow.
 
@@ -25,7 +25,7 @@ PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "calltrackd-dashboard.json"
 ALERTS_DOC = ROOT / "docs" / "operations-alerts.md"
 
-# SPEC §7: exposed name → (type, labels)
+# The documented metrics: exposed name → (type, labels)
 SPEC = {
     "calltrackd_calls_total": ("counter", ("tracker", "outcome")),
     "calltrackd_active_calls": ("gauge", ()),
@@ -125,7 +125,7 @@ def test_webhook_results_are_declared_at_zero() -> None:
     text = Metrics().render().decode()
     for result in WEBHOOK_RESULTS:
         assert f'calltrackd_webhook_deliveries_total{{result="{result}"}} 0.0' in text
-    assert set(WEBHOOK_RESULTS) == {"ok", "retry", "failed"}  # SPEC §7
+    assert set(WEBHOOK_RESULTS) == {"ok", "retry", "failed"}  # as documented
 
 
 @pytest.mark.parametrize(("data", "kind"), [

@@ -9,7 +9,7 @@ from calltrackd.tracking.model import Attribution, CallRecord, VisitorSession
 
 @pytest.fixture
 def record() -> CallRecord:
-    """A finished, attributed call, as in the SPEC §5 example."""
+    """A finished, attributed call, as in the README's webhook example."""
     session = VisitorSession(
         id="s_abc",
         tracker="acme",
