@@ -28,6 +28,7 @@ from .gcpolicy import CollectorPolicy
 from .http import recordings as recordings_api
 from .http import tracking as tracking_api
 from .http.api import build_http_app
+from .logging import flush_suppressed
 from .media.service import Media
 from .metrics import Metrics
 from .overload import LoopLagMonitor
@@ -232,6 +233,7 @@ class App:
                 await asyncio.wait_for(stop.wait(), PROBE_INTERVAL)
             if not stop.is_set():
                 await self.probe_store()
+                flush_suppressed()  # the counts of rate-limited warnings
 
     async def probe_store(self) -> None:
         """Write this node's heartbeat (a write, so a full disk, a read-only or frozen

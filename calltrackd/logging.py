@@ -65,6 +65,25 @@ class RateLimit:
             state[2] += 1
         raise structlog.DropEvent
 
+    def flush(self) -> None:
+        """Log the count left out of every event whose window has passed (called every
+        few seconds): an outage's last repeats are counted even if the event stops."""
+        now = self.clock()
+        with self._lock:
+            due = [key for key, st in self._seen.items()
+                   if st[2] and now - st[0] >= self.window]
+        for logger_name, event in due:
+            extra = {"logger": logger_name} if logger_name else {}
+            _summary_log.warning(event, summary=True, **extra)
+
+
+_summary_log = structlog.get_logger("calltrackd.log")
+LIMIT = RateLimit()  # the one configure_logging installs
+
+
+def flush_suppressed() -> None:
+    LIMIT.flush()
+
 
 def _logger_name(logger: Any, method: str,
                  event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -81,7 +100,7 @@ def configure_logging(settings: LogSettings) -> None:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     else:
         renderer = structlog.processors.JSONRenderer()
-    limit = RateLimit()
+    limit = LIMIT
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[

@@ -46,6 +46,19 @@ def test_repeated_warnings_pass_a_burst_then_one_line_with_the_count() -> None:
     assert run(limit, "warning", "tracking.record_deferred") is not None  # a fresh burst
 
 
+def test_counts_left_out_are_logged_when_the_event_stops() -> None:
+    clock = Clock()
+    limit = RateLimit(burst=1, window=10.0, clock=clock)
+    for _ in range(50):
+        run(limit, "warning", "store.slow")
+    with structlog.testing.capture_logs() as logs:
+        limit.flush()  # the window is still open: nothing yet
+        clock.now += 10.0
+        limit.flush()
+    assert [x["event"] for x in logs] == ["store.slow"]
+    assert run(limit, "warning", "store.slow")["suppressed"] == 49  # type: ignore[index]
+
+
 def test_library_records_and_warnings_are_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging(LogSettings(level="info", format="json"))
     try:
