@@ -44,7 +44,7 @@ from .webhooks.worker import WebhookWorker
 
 log = structlog.get_logger("calltrackd")
 
-PROBE_INTERVAL = 2.0  # seconds between store write probes (the node's heartbeat)
+PROBE_INTERVAL = 1.0  # seconds between store write probes (the node's heartbeat)
 PROBE_TIMEOUT = 2.0  # a write that takes longer counts as a failure
 
 

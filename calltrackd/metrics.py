@@ -79,7 +79,7 @@ class Metrics:
         self.loop_lag = Gauge("calltrackd_loop_lag_seconds",
                               "How late the event loop runs its timers (smoothed)", registry=r)
         self.store_up = Gauge("calltrackd_store_up",
-                              "1 when the store takes writes (probed every 2 s)", registry=r)
+                              "1 when the store takes writes (probed every second)", registry=r)
         self.cdr_backlog = Gauge("calltrackd_cdr_backlog",
                                  "Call records waiting for the store", registry=r)
         # media through rtpengine (calltrackd/media/)
