@@ -122,3 +122,20 @@ def test_slow_clients_are_cut_off(tmp_path: Path, receiver: Receiver) -> None:
         assert status == 200, health
     finally:
         d.stop()
+
+
+def test_snippet_path_and_query_never_reach_the_filesystem(daemon: tuple[Daemon, int]) -> None:
+    """`/t.js` is one file read from the package: a query is ignored, and no path that
+    tries to climb out of it names a file."""
+    d, _ = daemon
+    with urllib.request.urlopen(d.base + "/t.js?../../etc/passwd", timeout=10) as resp:
+        assert resp.status == 200 and b"calltrackd" in resp.read()
+    for path in ("/t.js/../../etc/passwd", "/t.js%2F..%2F..%2Fetc%2Fpasswd",
+                 "/../../etc/passwd", "/static/../../pyproject.toml"):
+        with socket.create_connection(("127.0.0.1", d.http_port), 10) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+        assert answer.split(b"\r\n", 1)[0] == b"HTTP/1.1 404 Not Found", (path, answer[:200])
+        assert b"root:" not in answer and b"[project]" not in answer
