@@ -26,7 +26,7 @@ import structlog
 from aiohttp import web
 
 from ..metrics import CONTENT_TYPE_LATEST
-from ..store.base import StoreError
+from ..store.base import StoreError, text_ok
 
 if TYPE_CHECKING:
     from ..app import App
@@ -101,7 +101,7 @@ def _check_value(root: object) -> None:
     while stack:
         value, path, depth = stack.pop()
         if isinstance(value, str):
-            if not _encodable(value):
+            if not text_ok(value):
                 raise _bad_text(path or "body")
         elif isinstance(value, dict | list):
             if depth >= MAX_JSON_DEPTH:
@@ -110,21 +110,11 @@ def _check_value(root: object) -> None:
             if isinstance(value, dict):
                 for key, item in value.items():
                     name = f"{path}.{key}" if path else str(key)
-                    if not _encodable(key):
+                    if not text_ok(key):
                         raise _bad_text(name.encode("utf-8", "backslashreplace").decode())
                     stack.append((item, name, depth + 1))
             else:
                 stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
-
-
-def _encodable(text: str) -> bool:
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _bad_text(field: str) -> ApiError:

@@ -340,7 +340,8 @@ _CALL_FIELDS = frozenset(f.name for f in fields(CallRecord))
 _log_text = structlog.get_logger("calltrackd.store")
 
 
-def _text_ok(text: str) -> bool:
+def text_ok(text: str) -> bool:
+    """Can UTF-8 carry it (no lone surrogate)?"""
     if text.isascii():
         return True
     try:
@@ -361,20 +362,20 @@ def _session_strings(s: VisitorSession) -> list[str]:
 
 def storable_session(session: VisitorSession, record: str | None = None) -> VisitorSession:
     """The session, or a copy without the fields UTF-8 cannot carry (logged)."""
-    if _text_ok("".join(_session_strings(session))):
+    if text_ok("".join(_session_strings(session))):
         return session  # the common case: one join and one check
     dropped: list[str] = []
     changes: dict[str, Any] = {}
     for name in _SESSION_FIELDS:
         value = getattr(session, name)
-        if isinstance(value, str) and not _text_ok(value) and name not in ("id", "tracker"):
+        if isinstance(value, str) and not text_ok(value) and name not in ("id", "tracker"):
             changes[name] = None
             dropped.append(name)
-        elif isinstance(value, str) and not _text_ok(value):  # ids are ours: made safe
+        elif isinstance(value, str) and not text_ok(value):  # ids are ours: made safe
             changes[name] = value.encode("utf-8", "replace").decode()
             dropped.append(name)
     custom = {k: v for k, v in session.custom.items()
-              if _text_ok(str(k)) and (not isinstance(v, str) or _text_ok(v))}
+              if text_ok(str(k)) and (not isinstance(v, str) or text_ok(v))}
     if len(custom) != len(session.custom):
         changes["custom"] = custom
         dropped.append("custom")
@@ -391,12 +392,12 @@ def storable_call(record: CallRecord) -> CallRecord:
            *((att.kind, att.channel or "", att.error or "") if att else ())]
     session = att.session if att else None
     safe_session = storable_session(session, _safe(record.id)) if session else None
-    if _text_ok("".join(own)) and safe_session is session:
+    if text_ok("".join(own)) and safe_session is session:
         return record
     changes: dict[str, Any] = {}
     for name in ("id", "tracker", "did", "caller", "target"):
         value = getattr(record, name)
-        if isinstance(value, str) and not _text_ok(value):
+        if isinstance(value, str) and not text_ok(value):
             changes[name] = _safe(value)
     if att is not None:
         changes["attribution"] = dataclasses.replace(
@@ -414,7 +415,7 @@ def _safe(text: str) -> str: ...
 def _safe(text: None) -> None: ...
 def _safe(text: str | None) -> str | None:
     """The text with what UTF-8 cannot carry replaced by "?"."""
-    if text is None or _text_ok(text):
+    if text is None or text_ok(text):
         return text
     return text.encode("utf-8", "replace").decode()
 

@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import structlog
 from test_check_config import GOOD
 
 from calltrackd.cli import main
@@ -97,3 +98,15 @@ def test_check_config_cli_prints_one_line_per_refusal(
     err = capsys.readouterr().err.splitlines()
     assert err == ["sip.t1: must be more than 0, got '0s'",
                    "carriers[1].name: carrier name 'c' is used twice"]
+
+
+def test_run_without_a_configuration_warns_loudly() -> None:
+    from calltrackd.cli import _warn_defaults
+    from calltrackd.config import default_settings
+
+    with structlog.testing.capture_logs() as logs:
+        _warn_defaults(default_settings())
+    assert logs[0]["log_level"] == "warning"
+    assert logs[0]["event"].startswith("NO CONFIGURATION FILE")
+    assert logs[0]["sip"] == ["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060"]
+    assert logs[0]["carriers"] == 0 and "every INVITE gets 403" in logs[0]["hint"]
