@@ -19,7 +19,7 @@ from .. import ids, jsonx
 from ..store.base import PoolStats, StoreError
 from ..tracking.allocator import match_pool
 from ..tracking.model import SessionAnswer, SessionInput, Tracker
-from .api import APP, ApiError, Handler, require_admin
+from .api import APP, ApiError, Handler, read_json, require_admin
 from .ratelimit import RateLimiter
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -107,10 +107,7 @@ def parse_ping_body(raw: bytes) -> dict[str, Any] | None:
 
 
 async def _json(request: web.Request) -> object:
-    try:
-        return await request.json(loads=json.loads)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    return await read_json(request)  # parsed (and checked) once, by the API's body guard
 
 
 async def create_session(request: web.Request) -> web.Response:
