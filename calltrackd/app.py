@@ -256,7 +256,9 @@ class App:
         self._store_verdict(None)
         if self._recovery_pending:
             try:
-                await self.recorder.close_crashed(self.boot, self._prior_heartbeat)
+                # bounded: a record not written in time waits in tracking's queue
+                await asyncio.wait_for(
+                    self.recorder.close_crashed(self.boot, self._prior_heartbeat), 10.0)
                 self._recovery_pending = False
             except Exception as exc:
                 log.warning("closing calls left open by a crash failed, will retry",

@@ -48,6 +48,7 @@ class Recorder:
         self._chains: dict[str, deque[tuple[Callable[[CallInfo, Any], Any], Any]]] = {}
         self.pending: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._crash_closed: set[str] = set()  # closed by this process: never twice
 
     # -- CallHooks ---------------------------------------------------------------------
 
@@ -80,9 +81,11 @@ class Recorder:
         `call.ended` through the outbox. Raises when the store cannot be read (call again);
         the closed records themselves are never lost (tracking keeps them until written).
         """
-        records = await self.tracking.store.open_calls(started_before)
+        records = [r for r in await self.tracking.store.open_calls(started_before)
+                   if r.id not in self._crash_closed]
         now = time.time()
         for record in records:
+            self._crash_closed.add(record.id)
             tracker = self.tracking.tracker(record.tracker)
             closed = closed_by_restart(record, alive_until,
                                        tracker.target_call_min_seconds if tracker else None)

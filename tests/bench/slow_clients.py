@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=1400)
     ap.add_argument("--header-timeout", default="10s")
     args = ap.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     sip, http = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:

@@ -66,3 +66,24 @@ async def test_open_calls_and_heartbeat(store: Store) -> None:
 def test_clean_records_are_passed_through_untouched() -> None:
     record = call("c_1", attribution=Attribution("dynamic", session=session()))
     assert storable_call(record) is record
+
+
+async def test_a_shared_redis_keeps_each_nodes_open_calls_apart(redis_url: str) -> None:
+    a, b = create_store(redis_url), create_store(redis_url)
+    a.node_id, b.node_id = "node-a", "node-b"
+    for s in (a, b):
+        await s.open()
+    try:
+        await a.save_call(call("c_a"))
+        await b.save_call(call("c_b"))
+        await a.heartbeat(100.0)
+        await b.heartbeat(200.0)
+        later = (T0 + timedelta(hours=1)).timestamp()
+        assert [c.id for c in await a.open_calls(later)] == ["c_a"]
+        assert [c.id for c in await b.open_calls(later)] == ["c_b"]
+        assert (await a.last_heartbeat(), await b.last_heartbeat()) == (100.0, 200.0)
+        await a.save_call(call("c_a", outcome="failed", ended_at=T0))
+        assert await a.open_calls(later) == []
+    finally:
+        for s in (a, b):
+            await s.close()
