@@ -85,12 +85,31 @@ def flush_suppressed() -> None:
     LIMIT.flush()
 
 
+class _StdlibLimit(logging.Filter):
+    """The same rate limit for standard-library records (a formatter may not drop one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        probe = {"level": record.levelname.lower(), "logger": record.name,
+                 "event": str(record.msg)}  # the template: its arguments vary
+        try:
+            LIMIT(None, probe["level"], probe)
+        except structlog.DropEvent:
+            return False
+        if "suppressed" in probe:
+            record.calltrackd_suppressed = (probe["suppressed"], probe["suppressed_seconds"])
+        return True
+
+
 def _logger_name(logger: Any, method: str,
                  event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """`logger`: the name a standard-library record came from (aiohttp.server, asyncio)."""
+    """`logger`: the name a standard-library record came from (aiohttp.server, asyncio),
+    and the count its rate limit left out."""
     record = event.get("_record")
-    if record is not None and "logger" not in event:
-        event["logger"] = record.name
+    if record is not None:
+        event.setdefault("logger", record.name)
+        left_out = getattr(record, "calltrackd_suppressed", None)
+        if left_out is not None:
+            event["suppressed"], event["suppressed_seconds"] = left_out
     return event
 
 
@@ -122,11 +141,11 @@ def configure_logging(settings: LogSettings) -> None:
             structlog.stdlib.add_log_level,
             _logger_name,
             timestamper,
-            limit,
             structlog.processors.format_exc_info,
         ],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     ))
+    handler.addFilter(_StdlibLimit())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(logging.WARNING, _LEVELS[settings.level]))

@@ -172,3 +172,50 @@ def test_install_script_keeps_the_configuration_0640(tmp_path: Path) -> None:
     subprocess.run([str(script)], env=env, check=True, timeout=60)
     assert cfg.stat().st_mode & 0o777 == 0o640 and cfg.read_text() == "# edited\n"
     assert (tmp_path / "etc" / "systemd" / "system" / "calltrackd.service").exists()
+
+
+def test_every_log_line_is_json_even_for_datagrams_that_upset_the_parser(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """Odd digits (superscripts pass str.isdigit), a doubled version in Via, an empty Via:
+    whatever the parser makes of them, the log stays one JSON object per line, repeats
+    are rate-limited, and the node keeps answering."""
+    import socket
+
+    sip, http, pbx = free_port(), free_port(), free_port()
+    d = start_daemon(tmp_path, config(sip, http, pbx, receiver.url), sip, http)
+    try:
+        head = (f"OPTIONS sip:x@127.0.0.1:{sip} SIP/2.0\r\n"
+                "From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\nCall-ID: odd{n}\r\n")
+        odd = [
+            "Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKa{n}\r\nCSeq: 1 OPTIONS\r\n"
+            "Content-Length: \u00b2\r\n\r\n",
+            "Via: SIP/2.0/2.0/UDP 127.0.0.1:9\r\nCSeq: \u00b9 OPTIONS\r\n\r\n",
+            "Via:\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: \u00b3\r\n\r\n",
+        ]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for n in range(40):
+                s.sendto((head + odd[n % 3]).format(n=n).encode(), ("127.0.0.1", sip))
+            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            probe.bind(("127.0.0.1", 0))
+            probe.settimeout(2)
+            port = probe.getsockname()[1]
+            ok = (f"OPTIONS sip:x@127.0.0.1:{sip} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port}"
+                  ";branch=z9hG4bKok\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>"
+                  "\r\nCall-ID: ok\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+                  "Content-Length: 0\r\n\r\n").encode()
+
+            def answered() -> bool:
+                probe.sendto(ok, ("127.0.0.1", sip))
+                try:
+                    return probe.recv(65535).startswith(b"SIP/2.0 200")
+                except TimeoutError:
+                    return False
+
+            wait_for(answered, "200 to OPTIONS after the odd datagrams")
+            probe.close()
+        lines = json_lines(d)  # every line parses
+        for name in {x["event"] for x in lines if x["level"] in ("warning", "error")}:
+            assert len(events(d, name)) <= 7, (name, len(events(d, name)))
+    finally:
+        d.stop()
