@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+import structlog
 from redis.exceptions import RedisError
 
 from calltrackd.store import redis_lua as lua
@@ -57,6 +58,7 @@ from calltrackd.tracking.model import (
 )
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 SESSION_TTL = 30 * 86400
 LEASE = 60.0
 _MAX_LIMIT = 1000
@@ -78,7 +80,8 @@ def _s(value: bytes | str | None) -> str | None:
 
 def _stats_field(session: VisitorSession) -> str:
     src, med = session_stats_source(session)
-    return f"{src or ''}{_SEP}{med or ''}"
+    # the separator of the visitor counters' fields never comes from a visitor
+    return f"{(src or '').replace(_SEP, ' ')}{_SEP}{(med or '').replace(_SEP, ' ')}"
 
 
 class RedisStore:
@@ -600,7 +603,11 @@ class RedisStore:
             for raw in raws:
                 if raw is None:
                     continue
-                rec = decode_call(_s(raw) or "")
+                try:
+                    rec = decode_call(_s(raw) or "")
+                except (ValueError, KeyError, TypeError) as exc:  # stats never fail on one
+                    log.warning("store.record_unreadable", error=repr(exc)[:200])
+                    continue
                 att = rec.attribution
                 sess = att.session if att else None
                 src, med = session_stats_source(sess) if sess else (None, None)
@@ -635,7 +642,10 @@ class RedisStore:
             for key in keys:
                 counts = await self._do(self.r.hgetall(key))
                 for field_b, v in counts.items():
-                    src, med, what = (_s(field_b) or "").split(_SEP)
+                    parts = (_s(field_b) or "").split(_SEP)
+                    if len(parts) != 3:  # written by no version of ours: skipped
+                        continue
+                    src, med, what = parts
                     g = acc.setdefault((t, src, med), [0, 0])
                     g[0 if what == "all" else 1] += int(v)
         return [VisitorStats(t, src or None, med or None, v[0], v[1])

@@ -87,3 +87,19 @@ async def test_a_shared_redis_keeps_each_nodes_open_calls_apart(redis_url: str) 
     finally:
         for s in (a, b):
             await s.close()
+
+
+async def test_stats_survive_odd_stored_data(store: Store, redis_url: str) -> None:
+    # a visitor's utm_source holding the Redis counters' separator, and a CDR that is not
+    # JSON (written by hand): /v1/stats still answers
+    await store.create_session(session("s_sep", utm_source="a\x1fb"), dynamic=True)
+    await store.save_call(call("c_ok"))
+    if type(store).__name__ == "RedisStore":
+        import redis.asyncio as aioredis
+
+        r = aioredis.Redis.from_url(redis_url)
+        await r.set("ctd:call:c_ok", b"\xff not json")
+        await r.aclose()
+    assert [v.utm_source for v in await store.visitor_stats()] == ["a b" if type(
+        store).__name__ == "RedisStore" else "a\x1fb"]
+    await store.call_stats()
