@@ -65,7 +65,6 @@ RESTART_KEYS = frozenset({
     "log.level", "log.format", "webhooks.timeout", "webhooks.backoff_base",
     "webhooks.backoff_cap", "webhooks.max_age", "webhooks.concurrency",
 })
-_SECRET_KEYS = frozenset({"http.admin_token"})
 
 
 def config_changes(old: Settings, new: Settings) -> list[str]:
@@ -217,7 +216,8 @@ class App:
     # -- health and gauges -------------------------------------------------------------
 
     async def health(self) -> tuple[bool, dict[str, str]]:
-        """From the state the loops keep (no store round trip per request)."""
+        """From the state the loops keep (no store round trip per request): the store
+        check is the write probe's latest verdict."""
         checks = {"sip": "ok" if self._sip_up else "not listening", "http": "ok",
                   "store": "ok" if self.store_error is None
                   else f"unavailable: {self.store_error}"[:200]}
