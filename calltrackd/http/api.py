@@ -167,10 +167,10 @@ def _time_param(request: web.Request, name: str) -> datetime | None:
     if raw is None or raw == "":
         return None
     try:
-        if raw.replace(".", "", 1).isdigit():
+        if raw.isascii() and raw.replace(".", "", 1).isdigit():
             return datetime.fromtimestamp(float(raw), UTC)
         dt = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+    except (ValueError, OverflowError, OSError):  # superscript digits, year 10**300
         raise ApiError(400, "invalid_parameter",
                        f"{name}: expected ISO 8601 time or unix seconds, got {raw!r}") from None
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
@@ -180,7 +180,7 @@ async def list_calls(request: web.Request) -> web.Response:
     require_admin(request)
     q = request.query
     limit_s = q.get("limit", "50")
-    if not limit_s.isdigit() or not 1 <= int(limit_s) <= 1000:
+    if not (limit_s.isascii() and limit_s.isdigit()) or not 1 <= int(limit_s) <= 1000:
         raise ApiError(400, "invalid_parameter", "limit: expected an integer 1..1000")
     outcome = q.get("outcome") or None
     if outcome is not None and outcome not in OUTCOMES:

@@ -139,3 +139,14 @@ def test_snippet_path_and_query_never_reach_the_filesystem(daemon: tuple[Daemon,
                 answer += chunk
         assert answer.split(b"\r\n", 1)[0] == b"HTTP/1.1 404 Not Found", (path, answer[:200])
         assert b"root:" not in answer and b"[project]" not in answer
+
+
+def test_odd_query_parameters_get_400_not_500(daemon: tuple[Daemon, int]) -> None:
+    d, _ = daemon
+    for query in ("limit=%C2%B2", "since=" + "9" * 400, "until=%C2%B9%C2%B9",
+                  "since=99999999999999999999", "cursor=%ED%A0%80"):
+        status, body = d.http("GET", f"/v1/calls?{query}")
+        assert status == 400, (query, status, body)
+        assert body["error"]["code"] == "invalid_parameter"
+    status, body = d.http("GET", "/v1/stats?since=" + "9" * 400)
+    assert status == 400, body
