@@ -36,6 +36,8 @@ SPEC = {
     "calltrackd_coverage_ratio": ("gauge", {"tracker"}),
     "calltrackd_webhook_deliveries_total": ("counter", {"result"}),
     "calltrackd_webhook_queue": ("gauge", set()),
+    "calltrackd_store_up": ("gauge", set()),
+    "calltrackd_build_info": ("gauge", {"version", "python", "sip_core"}),
 }
 
 
