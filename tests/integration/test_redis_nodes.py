@@ -55,8 +55,12 @@ forward = ["sip:127.0.0.1:{pbx};transport=udp"]
 def all_calls(daemon: Daemon) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     cursor = ""
+    deadline = time.monotonic() + 30
     while True:
         status, body = daemon.http("GET", f"/v1/calls?limit=1000&cursor={cursor}")
+        if status == 503 and time.monotonic() < deadline:  # Redis just back (loading)
+            time.sleep(0.5)
+            continue
         assert status == 200, body
         out += body["calls"]
         if not body["next_cursor"]:
