@@ -89,15 +89,16 @@ class Recorder:
             tracker = self.tracking.tracker(record.tracker)
             closed = closed_by_restart(record, alive_until,
                                        tracker.target_call_min_seconds if tracker else None)
-            deliveries = (build_deliveries("call.ended", closed, tracker.webhooks, now)
-                          if tracker else [])
+            # the same outbox rows as any call's end (webhooks, and what the app adds)
+            deliveries = self.outbox_rows("call.ended", closed, tracker, now) if tracker else []
             self.metrics.calls.labels(record.tracker, "failed").inc()
             await self.tracking.record_call(closed, deliveries)
+            if deliveries:
+                self.notify_webhooks(deliveries)
         if records:
             log.warning("closed calls left open by a crash", calls=len(records),
                         last_alive=(datetime.fromtimestamp(alive_until, UTC).isoformat()
                                     if alive_until else None))
-            self.notify_webhooks()
         return len(records)
 
     # -- steps -------------------------------------------------------------------------
