@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, TypeAlias
 
 from .. import ids
-from .message import ParseError, Request, Response, parse_message, response_for
+from .message import ParseError, Request, Response, Via, parse_message, response_for
 from .transaction import (
     Action,
     ClientInviteTransaction,
@@ -28,6 +28,7 @@ from .transaction import (
     Transaction,
     Transmit,
 )
+from .uri import SipSyntaxError
 
 __all__ = [
     "AckReceived",
@@ -144,15 +145,12 @@ class TransactionLayer:
         except ParseError as exc:
             answered = None
             req = exc.partial
-            # without a Via there is nowhere to send an answer (§18.2.2): a datagram of
-            # three words is not a request to answer 505 to
-            if req is not None and req.method != "ACK" and req.headers.get_all("Via"):
-                try:
-                    resp = response_for(req, exc.status, None)
-                    self._out.append((resp.to_bytes(), self._response_address(req, source)))
-                    answered = exc.status
-                except (ParseError, ValueError):
-                    answered = None
+            # without a usable top Via there is nowhere to send an answer (§18.2.2): a
+            # datagram of three words is not a request to answer 505 to
+            dest = self._answer_address(req, source) if req is not None else None
+            if req is not None and dest is not None and req.method != "ACK":
+                self._out.append((response_for(req, exc.status, None).to_bytes(), dest))
+                answered = exc.status
             return [MalformedMessage(source, exc.reason, answered)]
         if isinstance(msg, Response):
             return self._receive_response(msg, now)
@@ -326,12 +324,20 @@ class TransactionLayer:
     @staticmethod
     def _response_address(req: Request, source: Address) -> Address:
         """Where responses go (§18.2.2, RFC 3581 §4)."""
-        if source.reliable:
-            return source
+        return _via_address(req.top_via, source)
+
+    @staticmethod
+    def _answer_address(req: Request, source: Address) -> Address | None:
+        """Where the answer to a request refused as malformed goes: None when even its top
+        Via is unusable (its other headers may be anything)."""
+        values = req.headers.values("Via")
         try:
-            via = req.top_via
-        except ParseError:
-            return source
-        if "rport" in via.params:
-            return source
-        return Address(source.transport, source.host, via.port or 5060)
+            return _via_address(Via.parse(values[0], any_version=True), source) if values else None
+        except SipSyntaxError:
+            return None
+
+
+def _via_address(via: Via, source: Address) -> Address:
+    if source.reliable or "rport" in via.params:
+        return source
+    return Address(source.transport, source.host, via.port or 5060)
