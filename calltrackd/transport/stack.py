@@ -27,6 +27,7 @@ import structlog
 
 from ..sip.endpoint import Address, Event, TransactionLayer
 from ..sip.message import ParseError, StreamFramer
+from . import bpf
 from .probe import PROBE_MARK, QueueDelayProbe
 from .strangers import StrangerGate
 
@@ -87,8 +88,18 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        stack = self.stack
+        blocked = stack.blocked
+        if blocked:
+            key = cast(str, addr[0])
+            until = blocked.get(key)
+            if until is not None:
+                if stack.clock() < until:  # a stranger over its rate: not even read
+                    stack.counts["rate_limited"] += 1
+                    return
+                del blocked[key]
         if data and data[0] == PROBE_MARK and self.probe is not None \
-                and self.probe.received(data, self.stack.clock()):
+                and self.probe.received(data, stack.clock()):
             return
         host = str(addr[0])
         if host.startswith("::ffff:"):
@@ -170,13 +181,57 @@ class SipStack:
         # datagrams queued in this loop turn, sent together at its end (see _send_udp)
         self._udp_out: list[tuple[asyncio.DatagramTransport, bytes, tuple[str, int]]] = []
         self.gate: StrangerGate | None = None  # see use_gate
+        self.blocked: dict[str, float] = {}  # the gate's, once there is one
+        self.counts: dict[str, int] = {}
         self._strangers: collections.deque[tuple[bytes, Address]] = collections.deque()
         self._failures: dict[str, float] = {}  # where an input failed → when last logged
+        self._kernel_timer: asyncio.TimerHandle | None = None
+        self._own_hosts: set[str] = set()  # our listening and probing addresses
 
     def use_gate(self, gate: StrangerGate) -> None:
         """Screen strangers' messages (before parsing, and their requests after)."""
         self.gate = gate
         self.layer.screen = gate.screen
+        self.blocked = gate.blocked
+        self.counts = gate.counts
+
+    def _kernel_filter(self) -> None:
+        """Give the kernel the gate's list of sources to drop (IPv4 sockets only)."""
+        gate = self.gate
+        if gate is None:
+            return
+        gate.kernel_changed = False
+        proto = self._udp.get(socket.AF_INET)
+        sock = proto.transport.get_extra_info("socket") if proto and proto.transport else None
+        if sock is None:
+            return
+        for own in self._own_hosts & gate.kernel.keys():
+            del gate.kernel[own]  # our own address, spoofed: never the queue probe's
+        gate.never_kernel |= self._own_hosts
+        hosts = sorted(gate.kernel)
+        try:
+            bpf.drop_sources(sock, hosts)
+        except OSError as exc:
+            gate.kernel.clear()
+            gate.never_kernel.update(hosts)  # not again for these
+            log.warning("cannot drop strangers in the kernel", error=str(exc))
+            return
+        if hosts:
+            log.warning("strangers flooding: their datagrams dropped by the kernel",
+                        sources=hosts[:20], count=len(hosts))
+            if self._kernel_timer is None:
+                self._kernel_timer = self.loop.call_later(1.0, self._expire_kernel)
+
+    def _expire_kernel(self) -> None:
+        self._kernel_timer = None
+        gate = self.gate
+        if gate is None:
+            return
+        gate.expire_kernel(self.clock())
+        if gate.kernel_changed:
+            self._kernel_filter()
+        if gate.kernel and self._kernel_timer is None:
+            self._kernel_timer = self.loop.call_later(1.0, self._expire_kernel)
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self, listen: Sequence[Listen]) -> None:
@@ -210,6 +265,7 @@ class SipStack:
         host, port = sock.getsockname()[:2]
         if host in ("0.0.0.0", "::"):
             host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+        self._own_hosts.add(host)
         try:
             sender = socket.socket(family, socket.SOCK_DGRAM)
             sender.setblocking(False)
@@ -233,6 +289,8 @@ class SipStack:
         self._send_udp()
         if self._timer:
             self._timer.cancel()
+        if self._kernel_timer:
+            self._kernel_timer.cancel()
         for server in self._tcp_servers:
             server.close()
         for conn in list(self._tcp_conns.values()):
@@ -264,7 +322,12 @@ class SipStack:
         """"trusted", "stranger" or "limited" (see StrangerGate.admit); all trusted
         without a gate."""
         gate = self.gate
-        return "trusted" if gate is None else gate.admit(host, self.clock())
+        if gate is None:
+            return "trusted"
+        verdict = gate.admit(host, self.clock())
+        if gate.kernel_changed:
+            self._kernel_filter()
+        return verdict
 
     def datagram(self, data: bytes, source: Address) -> None:
         verdict = self.admit(source.host)
@@ -359,8 +422,11 @@ class SipStack:
     def send_raw(self, data: bytes, dest: Address) -> None:
         for tap in self.taps:
             tap("out", data)
-        if self.gate is not None and not data.startswith(b"SIP/2.0 "):
-            self.gate.peer(dest.host.strip("[]"), self.clock())  # a request: a peer
+        gate = self.gate
+        if gate is not None and not data.startswith(b"SIP/2.0 "):
+            gate.peer(dest.host.strip("[]"), self.clock())  # a request: a peer
+            if gate.kernel_changed:
+                self._kernel_filter()
         if dest.transport == "udp":
             family = socket.AF_INET6 if is_ipv6(dest.host) else socket.AF_INET
             proto = self._udp.get(family)

@@ -42,6 +42,13 @@ ACTIONS = ("rate_limited", "dropped", "rejected", "answered")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 NOTICE_EVERY = 60.0  # seconds: one log line per stranger source at most this often
 NOTICE_SOURCES = 100  # sources logged per NOTICE_EVERY at most (a spoofed flood has many)
+# A source over its rate again and again (STRIKES times in STRIKE_WINDOW seconds: half a
+# second of a flood at rate 10/s) is handed to the kernel to drop (bpf.py) for KERNEL_BLOCK
+# seconds; until then each of its datagrams costs a read and a dict lookup
+STRIKES = 5
+STRIKE_WINDOW = 10.0
+KERNEL_BLOCK = 30.0
+KERNEL_MAX = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +93,14 @@ class StrangerGate:
         self._peers: dict[str, float] = {}  # address → when we last sent it a request
         self._trusted_cache: dict[str, bool] = {}
         self._noticed: set[str] = set()  # sources noticed in this minute
+        # source → until when its bucket is empty: a flood's datagrams are dropped on one
+        # dict lookup, before the transport builds anything for them (see stack.py)
+        self.blocked: dict[str, float] = {}
+        self.kernel: dict[str, float] = {}  # IPv4 source → until when the kernel drops it
+        self.kernel_changed = False  # the transport re-attaches its filter when set
+        self.never_kernel: set[str] = set()  # our own addresses (the queue probe's source)
+        self._strikes: dict[str, int] = {}
+        self._strike_window = 0.0
         self._notice_window = 0.0
         self.configure(settings or StrangerSettings())
 
@@ -96,6 +111,10 @@ class StrangerGate:
         total_burst = max(1, int(settings.total_rate))  # one second's worth
         self._all = RateLimiter(settings.total_rate * 60.0, total_burst, 1)
         self._trusted_cache.clear()
+        self.blocked.clear()
+        if self.kernel:
+            self.kernel.clear()
+            self.kernel_changed = True
 
     # -- before parsing ----------------------------------------------------------------
 
@@ -105,13 +124,37 @@ class StrangerGate:
             return "trusted"
         # both buckets must have a token; the shared one is asked only then, so one
         # source over its own rate does not use up the others' share
-        if self.settings.rate > 0 and not self._per_source.allow(host, now):
+        rate = self.settings.rate
+        if rate > 0 and not self._per_source.allow(host, now):
             self.counts["rate_limited"] += 1
+            if len(self.blocked) >= 65_536:
+                self.blocked.clear()
+            self.blocked[host] = now + 1.0 / rate  # no token before then
+            self._strike(host, now)
             return "limited"
         if self.settings.total_rate > 0 and not self._all.allow("*", now):
             self.counts["rate_limited"] += 1
             return "limited"
         return "stranger"
+
+    def _strike(self, host: str, now: float) -> None:
+        if now - self._strike_window >= STRIKE_WINDOW:
+            self._strike_window = now
+            self._strikes.clear()
+        strikes = self._strikes.get(host, 0) + 1
+        if len(self._strikes) < 65_536:
+            self._strikes[host] = strikes
+        if (strikes >= STRIKES and ":" not in host and host not in self.kernel
+                and host not in self.never_kernel and len(self.kernel) < KERNEL_MAX):
+            self.kernel[host] = now + KERNEL_BLOCK
+            self.kernel_changed = True
+
+    def expire_kernel(self, now: float) -> None:
+        """Hand back to the buckets the sources whose kernel block has run out: one still
+        flooding is over its rate within a burst and goes back in two seconds."""
+        for host in [h for h, until in self.kernel.items() if until <= now]:
+            del self.kernel[host]
+            self.kernel_changed = True
 
     def known(self, host: str, now: float) -> bool:
         seen = self._peers.get(host)
@@ -129,6 +172,9 @@ class StrangerGate:
             if len(peers) >= 65_536:
                 return  # still full of live peers: this one is bucketed like a stranger
         peers[host] = now
+        if host in self.kernel:  # a stranger no more: we sent it a request
+            del self.kernel[host]
+            self.kernel_changed = True
 
     def _trusted(self, host: str) -> bool:
         networks = self.settings.trusted

@@ -166,3 +166,61 @@ def test_one_notice_per_source_per_minute() -> None:
         ("203.0.113.9", "INVITE", "dropped")]
     layer.receive(invite(), STRANGER, 61.0, True)
     assert len(g.take_notices()) == 1
+
+
+# -- a flood goes to the kernel --------------------------------------------------------------
+
+
+def flood(g: StrangerGate, host: str, seconds: float, per_second: int = 1000) -> None:
+    for i in range(int(seconds * per_second)):
+        now = i / per_second
+        if g.blocked.get(host, -1.0) > now:
+            continue  # what the transport drops on its own before asking the gate
+        g.admit(host, now)
+
+
+def test_a_sustained_flood_is_handed_to_the_kernel_and_back_after_its_block() -> None:
+    g = gate(rate=10, burst=20, total_rate=0)
+    flood(g, "203.0.113.9", 0.2)
+    assert g.kernel == {}  # a moment over its rate: the buckets suffice
+    flood(g, "203.0.113.9", 1.0)
+    assert list(g.kernel) == ["203.0.113.9"] and g.kernel_changed
+    g.expire_kernel(10.0)
+    assert "203.0.113.9" in g.kernel
+    g.expire_kernel(40.0)
+    assert g.kernel == {}
+
+
+def test_a_source_we_send_requests_to_leaves_the_kernel_list() -> None:
+    g = gate()
+    flood(g, "203.0.113.9", 4.0)
+    g.kernel_changed = False
+    g.peer("203.0.113.9", 5.0)
+    assert g.kernel == {} and g.kernel_changed
+
+
+def test_kernel_filter_drops_the_listed_sources_only() -> None:
+    import socket
+
+    from calltrackd.transport import bpf
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(0.5)
+        bpf.drop_sources(rx, ["127.0.0.2"])
+        got = []
+        for src in ("127.0.0.2", "127.0.0.3"):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+                tx.bind((src, 0))
+                tx.sendto(src.encode(), rx.getsockname())
+        try:
+            while True:
+                got.append(rx.recv(100))
+        except TimeoutError:
+            pass
+        assert got == [b"127.0.0.3"]
+        bpf.drop_sources(rx, [])  # detached: everyone again
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            tx.bind(("127.0.0.2", 0))
+            tx.sendto(b"again", rx.getsockname())
+        assert rx.recv(100) == b"again"
