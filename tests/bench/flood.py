@@ -8,7 +8,9 @@ as one Python sender loop goes, 0: no flood, the baseline) a fresh calltrackd (t
 embedded store, tracking a static number) takes --cps calls/s for --seconds from a SIPp
 carrier on 127.0.0.1 (its only carrier address), forwarded to a SIPp PBX on 127.0.0.3
 that answers and hangs up after 200 ms (tests/integration/test_strangers.py's set-up).
-Printed per rate: the flood rate reached, carrier calls completed and failed, packets
+Printed per rate: the flood rate reached, carrier calls answered, shed (503 + Retry-After:
+the overload protection, which a busy machine triggers without any flood) and failed
+(anything else), packets
 sent back to the stranger and per packet it sent, what the daemon counted
 (calltrackd_sip_stranger_packets_total), and the daemon's CPU time per second.
 Exit status 1 when a carrier call failed. Not part of the test run.
@@ -31,6 +33,7 @@ from tests.integration.test_strangers import (  # noqa: E402
     DID,
     PBX_HOST,
     config,
+    shed_and_answered,
     stranger_counts,
 )
 
@@ -53,7 +56,7 @@ def step(rate: float | None, cps: int, seconds: int, policy: str) -> bool:
                 flood.start()
             uas = Sipp(tmp, "pbx", "uas_bye.xml", pbx, "-i", PBX_HOST, "-d", "200", "-m",
                        str(calls), "-timeout", "120s")
-            uac = Sipp(tmp, "carrier", "uac_callee_bye.xml", free_port(), "-s", DID, "-r",
+            uac = Sipp(tmp, "carrier", "uac_callee_bye_or_503.xml", free_port(), "-s", DID, "-r",
                        str(cps), "-m", str(calls), "-timeout", "120s", "-timeout_error",
                        remote=f"127.0.0.1:{sip}")
             res = uac.wait(seconds + 130)
@@ -62,18 +65,20 @@ def step(rate: float | None, cps: int, seconds: int, policy: str) -> bool:
             if flood is not None:
                 flood.close(linger=3.0)
             counts = stranger_counts(daemon)
+            time.sleep(1.0)  # the last call records
+            shed, answered = shed_and_answered(daemon)
         finally:
             daemon.stop()
-        ok = int(res.stats.get("SuccessfulCall(C)", "0"))
         failed = int(res.stats.get("FailedCall(C)", "-1"))
         label = "none" if rate == 0 else ("max" if rate is None else f"{rate:,.0f}/s")
         if flood is None:
-            print(f"flood {label:>9}: carrier {ok}/{calls} completed, {failed} failed; "
-                  f"daemon CPU {cpu:.0%}")
+            print(f"flood {label:>9}: carrier {answered}/{calls} answered, {shed} shed, "
+                  f"{failed} failed; daemon CPU {cpu:.0%}")
         else:
             ratio = flood.received / flood.sent if flood.sent else 0.0
             print(f"flood {label:>9}: sent {flood.sent:,} at {flood.sent_rate:,.0f}/s; "
-                  f"carrier {ok}/{calls} completed, {failed} failed; back to the stranger "
+                  f"carrier {answered}/{calls} answered, {shed} shed, {failed} failed; back "
+                  f"to the stranger "
                   f"{flood.received:,} ({ratio:.4f} per packet in, {dict(flood.statuses)}); "
                   f"daemon counted {({k: int(v) for k, v in counts.items()})}; "
                   f"daemon CPU {cpu:.0%}")
