@@ -199,16 +199,24 @@ class Settings:
             return self._carrier_cache[ip]
         except KeyError:
             pass
-        try:
-            addr = ipaddress.ip_address(ip.strip("[]"))
-        except ValueError:
+        addr = parse_ip(ip)
+        if addr is None:
             return None
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
         found = next((c for c in self.carriers if c.admits(addr)), None)
         if len(self._carrier_cache) < 65536:
             self._carrier_cache[ip] = found
         return found
+
+
+def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address as a socket gives it (IPv6 maybe in brackets, IPv4 maybe mapped)."""
+    try:
+        addr = ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
 
 
 def default_settings() -> Settings:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from ..config import parse_ip
 from ..http.ratelimit import RateLimiter
 from ..sip.endpoint import Address
 from ..sip.message import Request
@@ -235,10 +236,7 @@ _LABEL = {"drop": "dropped", "reject": "rejected", "answer": "answered"}
 
 
 def _in_networks(host: str, networks: Sequence[IPNetwork]) -> bool:
-    try:
-        addr = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
+    addr = parse_ip(host)
+    if addr is None:
         return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
     return any(addr in net for net in networks if net.version == addr.version)
