@@ -224,3 +224,25 @@ def test_kernel_filter_drops_the_listed_sources_only() -> None:
             tx.bind(("127.0.0.2", 0))
             tx.sendto(b"again", rx.getsockname())
         assert rx.recv(100) == b"again"
+
+
+async def test_the_transport_serves_carriers_at_once_and_strangers_a_few_per_turn() -> None:
+    import asyncio
+
+    from calltrackd.transport import stack as stack_module
+    from calltrackd.transport.stack import SipStack
+
+    stack = SipStack(TransactionLayer())
+    stack.use_gate(StrangerGate(lambda host: host == CARRIER,
+                                settings=StrangerSettings(rate=0, total_rate=0)))
+    seen: list[bytes] = []
+    stack.taps.append(lambda direction, data: seen.append(data) if direction == "in" else None)
+    for i in range(20):
+        stack.datagram(b"stranger %d" % i, Address("udp", "203.0.113.9", 5060))
+    stack.datagram(b"carrier", Address("udp", CARRIER, 5060))
+    assert seen == [b"carrier"]  # the strangers' wait in their queue
+    await asyncio.sleep(0)
+    assert len(seen) == 1 + stack_module.STRANGERS_PER_TURN
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert seen[1:] == [b"stranger %d" % i for i in range(20)]
