@@ -204,6 +204,7 @@ class SipStack:
         proto = self._udp.get(socket.AF_INET)
         sock = proto.transport.get_extra_info("socket") if proto and proto.transport else None
         if sock is None:
+            gate.kernel.clear()  # no IPv4 socket to filter: the buckets do it all
             return
         for own in self._own_hosts & gate.kernel.keys():
             del gate.kernel[own]  # our own address, spoofed: never the queue probe's
