@@ -704,6 +704,11 @@ def parse_message(
             if ct.strip() != "*":
                 for value in split_list(ct):
                     NameAddr.parse(value)
+        # the route set of a dialog (§12.1): where its requests will be sent
+        for name in ("record-route", "route"):
+            if name in counts:
+                for value in headers.values(name):
+                    NameAddr.parse(value)
     except SipSyntaxError as exc:
         raise ParseError(str(exc), partial=partial) from None
     except ParseError as perr:  # its own name: one variable of two types does not compile

@@ -127,3 +127,10 @@ def test_stream_framer_refuses_other_digits_in_content_length(value: str) -> Non
 def test_parse_error_reasons_stay_short_whatever_the_peer_sent() -> None:
     exc = refused(options().replace(b"CSeq: 1 OPTIONS", b"CSeq: " + b"x" * 60000))
     assert len(exc.reason) <= 200
+
+
+@pytest.mark.parametrize("line", ["Record-Route: <sip:p1.example.com;lr", "Route: sip:a b",
+                                  "Record-Route: <sip:p1.example.com;lr>, <sip:p2:x;lr>"])
+def test_a_route_set_that_does_not_parse_is_refused_answerably(line: str) -> None:
+    """Routes are where a dialog's requests go: read when they are sent, so read now."""
+    assert refused(options(line)).partial is not None
