@@ -43,10 +43,10 @@ ACTIONS = ("rate_limited", "dropped", "rejected", "answered")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 NOTICE_EVERY = 60.0  # seconds: one log line per stranger source at most this often
 NOTICE_SOURCES = 100  # sources logged per NOTICE_EVERY at most (a spoofed flood has many)
-# A source over its rate again and again (STRIKES times in STRIKE_WINDOW seconds: half a
-# second of a flood at rate 10/s) is handed to the kernel to drop (bpf.py) for KERNEL_BLOCK
-# seconds; until then each of its datagrams costs a read and a dict lookup
-STRIKES = 5
+# A source over its rate again and again (STRIKES times in STRIKE_WINDOW seconds: 0.2 s of
+# a flood at rate 10/s) is handed to the kernel to drop (bpf.py) for KERNEL_BLOCK seconds;
+# until then each of its datagrams costs a read and a dict lookup
+STRIKES = 3
 STRIKE_WINDOW = 10.0
 KERNEL_BLOCK = 30.0
 KERNEL_MAX = 200
