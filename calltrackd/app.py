@@ -39,6 +39,7 @@ from .sip.transaction import TimerConfig
 from .store import create_store
 from .tracking.service import TrackingService
 from .transport.stack import Listen, SipStack
+from .transport.strangers import StrangerGate, StrangerSettings
 from .webhooks.backoff import ExponentialJitterBackoff
 from .webhooks.worker import WebhookWorker
 
@@ -116,6 +117,13 @@ class App:
         self.recorder = Recorder(self.tracking, self.metrics, self.webhooks.notify,
                                  outbox.rows)
         self.engine = Engine(self.stack, lambda: self.settings, self.recorder)
+        # strangers (no carrier, trusted source or peer) cost nothing: the ACL is the live
+        # settings' (a reload changes carriers), the dialogs the engine's
+        self.strangers = StrangerGate(
+            lambda host: self.settings.carrier_for(host) is not None,
+            lambda call_id, tag: (call_id, tag) in self.engine.dialogs,
+            StrangerSettings.of(settings.sip), self.metrics.stranger_counts)
+        self.stack.use_gate(self.strangers)
         self.load = LoopLagMonitor()
         self.gc_policy = CollectorPolicy(lambda: self.engine.active_calls)
         self.engine.overloaded = lambda: self.load.overloaded
@@ -319,6 +327,7 @@ class App:
             restart = [k for k in changed if k in RESTART_KEYS]
             self.settings = new
             self.tracking.update_trackers(new.trackers)
+            self.strangers.configure(StrangerSettings.of(new.sip))
             log.info("configuration reloaded", trackers=len(new.trackers),
                      changed=changed, applied=[k for k in changed if k not in RESTART_KEYS],
                      needs_restart=restart)

@@ -77,6 +77,15 @@ class SipSettings:
     user_agent: str = f"calltrackd/{__version__}"
     max_message_size: int = 65535
     max_calls: int = 0  # 0: no limit
+    # sources that are no carrier, no trusted source and no peer (calltrackd/transport/
+    # strangers.py): their requests dropped or answered statelessly, their datagrams
+    # limited per source and all together before parsing (0: no limit)
+    stranger_policy: Literal["drop", "reject"] = "drop"  # over UDP
+    stranger_policy_tcp: Literal["drop", "reject"] = "reject"
+    stranger_rate: float = 10.0  # datagrams/s per source
+    stranger_burst: int = 20
+    stranger_rate_total: float = 200.0  # datagrams/s of all strangers together
+    trusted_sources: tuple[IPNetwork, ...] = ()  # never strangers (PBXes, monitoring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,16 +203,24 @@ class Settings:
             return self._carrier_cache[ip]
         except KeyError:
             pass
-        try:
-            addr = ipaddress.ip_address(ip.strip("[]"))
-        except ValueError:
+        addr = parse_ip(ip)
+        if addr is None:
             return None
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
         found = next((c for c in self.carriers if c.admits(addr)), None)
         if len(self._carrier_cache) < 65536:
             self._carrier_cache[ip] = found
         return found
+
+
+def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address as a socket gives it (IPv6 maybe in brackets, IPv4 maybe mapped)."""
+    try:
+        addr = ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
 
 
 def default_settings() -> Settings:
@@ -443,7 +460,9 @@ def _hostport(c: _Checker, key: str, text: str) -> tuple[str | None, int | None]
 def _sip(c: _Checker, data: object) -> SipSettings:
     d = c.table(data, "sip", {"listen", "advertise", "max_call_duration", "shutdown_grace",
                               "t1", "t2", "t4", "user_agent", "max_message_size",
-                              "max_calls"})
+                              "max_calls", "stranger_policy", "stranger_policy_tcp",
+                              "stranger_rate", "stranger_burst", "stranger_rate_total",
+                              "trusted_sources"})
     base = SipSettings()
     listen = base.listen
     if "listen" in d:
@@ -465,7 +484,32 @@ def _sip(c: _Checker, data: object) -> SipSettings:
                                else "expected 1500..1048576"),
         max_calls=c.get(d, "sip", "max_calls", int, 0,
                         lambda v: None if v >= 0 else "must not be negative"),
+        stranger_policy=c.choice(d, "sip", "stranger_policy", ("drop", "reject"),  # type: ignore[arg-type]
+                                 base.stranger_policy),
+        stranger_policy_tcp=c.choice(d, "sip", "stranger_policy_tcp",  # type: ignore[arg-type]
+                                     ("drop", "reject"), base.stranger_policy_tcp),
+        stranger_rate=float(c.get(d, "sip", "stranger_rate", (int, float), base.stranger_rate,
+                                  _not_negative)),
+        stranger_burst=c.get(d, "sip", "stranger_burst", int, base.stranger_burst,
+                             lambda v: None if v >= 1 else "must be at least 1"),
+        stranger_rate_total=float(c.get(d, "sip", "stranger_rate_total", (int, float),
+                                        base.stranger_rate_total, _not_negative)),
+        trusted_sources=tuple(_networks(c, d, "sip", "trusted_sources")),
     )
+
+
+def _not_negative(v: float) -> str | None:
+    return None if v >= 0 else "must not be negative (0: no limit)"
+
+
+def _networks(c: _Checker, d: dict[str, Any], key: str, name: str) -> list[IPNetwork]:
+    networks: list[IPNetwork] = []
+    for k, v in c.str_list(d, key, name):
+        try:
+            networks.append(ipaddress.ip_network(v, strict=False))
+        except ValueError:
+            c.fail(k, f"{v!r} is not an address or network such as 198.51.100.0/24")
+    return networks
 
 
 def _http(c: _Checker, data: object) -> HttpSettings:
@@ -628,12 +672,7 @@ def _carrier(c: _Checker, key: str, d: dict[str, Any]) -> Carrier | None:
     name = c.get(d, key, "name", str, "")
     if not name:
         c.fail(f"{key}.name", "required")
-    networks: list[IPNetwork] = []
-    for k, v in c.str_list(d, key, "addresses"):
-        try:
-            networks.append(ipaddress.ip_network(v, strict=False))
-        except ValueError:
-            c.fail(k, f"{v!r} is not an address or network such as 198.51.100.0/24")
+    networks = _networks(c, d, key, "addresses")
     if "addresses" not in d:
         c.fail(f"{key}.addresses", "required: the addresses this carrier sends from")
     country = c.get(d, key, "default_country", str, None)

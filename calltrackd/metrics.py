@@ -42,6 +42,10 @@ class Metrics:
         # takes a lock per inc) and exposed by a collector at scrape time
         self.sip_counts: dict[tuple[str, str], int] = {}
         r.register(_SipMessages(self.sip_counts))
+        # action (rate_limited, dropped, rejected, answered) → count, kept by the stack's
+        # StrangerGate in a plain dict for the same reason
+        self.stranger_counts: dict[str, int] = {}
+        r.register(_StrangerPackets(self.stranger_counts))
         self.invite_seconds = Histogram(
             "calltrackd_invite_seconds", "Time from INVITE received to INVITE forwarded",
             buckets=_SIP_BUCKETS, registry=r)
@@ -150,6 +154,22 @@ class _SipMessages:
                                      labels=["direction", "kind"])
         for (direction, kind), value in list(self.counts.items()):
             family.add_metric([direction, kind], value)
+        yield family
+
+
+class _StrangerPackets:
+    """calltrackd_sip_stranger_packets_total from `Metrics.stranger_counts`."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "calltrackd_sip_stranger_packets",
+            "SIP packets from sources that are no carrier, trusted source or peer, by what "
+            "was done with them", labels=["action"])
+        for action, value in list(self.counts.items()):
+            family.add_metric([action], value)
         yield family
 
 

@@ -9,13 +9,15 @@ ever walks the transaction table.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, TypeAlias
 
 from .. import ids
-from .message import ParseError, Request, Response, parse_message, response_for
+from .message import ParseError, Request, Response, Via, parse_message, response_for
 from .transaction import (
     Action,
     ClientInviteTransaction,
@@ -28,6 +30,7 @@ from .transaction import (
     Transaction,
     Transmit,
 )
+from .uri import SipSyntaxError
 
 __all__ = [
     "AckReceived",
@@ -63,6 +66,11 @@ class Address(NamedTuple):
     @property
     def reliable(self) -> bool:
         return self.transport != "udp"
+
+
+# A stranger's request (None: one refused as malformed), its source and the time → "pass",
+# "drop", "reject" (403, or 400 when malformed) or "answer" (200): see transport/strangers.py
+Screen: TypeAlias = Callable[[Request | None, Address, float], str]
 
 
 # --- events for the transaction user ------------------------------------------------
@@ -135,28 +143,51 @@ class TransactionLayer:
         self._seq = itertools.count()
         self._out: list[tuple[bytes, Address]] = []
         self.retransmissions = 0
+        self.screen: Screen | None = None  # asked about requests received as a stranger's
 
     # -- inputs ------------------------------------------------------------------------
 
-    def receive(self, data: bytes, source: Address, now: float) -> list[Event]:
+    def receive(self, data: bytes, source: Address, now: float,
+                stranger: bool = False) -> list[Event]:
+        """One message. `stranger`: its source is no carrier or peer of ours, so a request
+        other than in a dialog of ours is answered statelessly or not at all (`screen`)."""
+        screen = self.screen if stranger else None
         try:
             msg = parse_message(data, max_size=self.max_size, stream=source.reliable)
         except ParseError as exc:
             answered = None
             req = exc.partial
-            # without a Via there is nowhere to send an answer (§18.2.2): a datagram of
-            # three words is not a request to answer 505 to
-            if req is not None and req.method != "ACK" and req.headers.get_all("Via"):
-                try:
-                    resp = response_for(req, exc.status, None)
-                    self._out.append((resp.to_bytes(), self._response_address(req, source)))
-                    answered = exc.status
-                except (ParseError, ValueError):
-                    answered = None
+            # without a usable top Via there is nowhere to send an answer (§18.2.2): a
+            # datagram of three words is not a request to answer 505 to
+            dest = self._answer_address(req, source) if req is not None else None
+            if dest is not None and screen is not None and screen(None, source, now) == "drop":
+                dest = None
+            if req is not None and dest is not None and req.method != "ACK":
+                self._out.append((response_for(req, exc.status, None).to_bytes(), dest))
+                answered = exc.status
             return [MalformedMessage(source, exc.reason, answered)]
         if isinstance(msg, Response):
             return self._receive_response(msg, now)
+        if screen is not None:
+            action = screen(msg, source, now)
+            if action != "pass":
+                if action != "drop":
+                    self._answer_stateless(msg, source, 200 if action == "answer" else 403)
+                return []
         return self._receive_request(msg, source, now)
+
+    def _answer_stateless(self, req: Request, source: Address, status: int) -> None:
+        """One response and no transaction (§8.2.7): nothing is retransmitted, and the
+        request's retransmissions get the same answer, To tag included."""
+        self._stamp_via(req, source)
+        resp = response_for(req, status)
+        to = resp.headers.get("To") or ""
+        if ";tag=" not in to.replace(" ", "").lower():
+            key = f"{req.call_id}|{req.from_.tag}|{req.top_via.branch}|{req.cseq[0]}"
+            tag = hashlib.blake2s(key.encode("utf-8", "surrogateescape"),
+                                  digest_size=6).hexdigest()
+            resp.headers.set("To", f"{to};tag={tag}")
+        self._out.append((resp.to_bytes(), self._response_address(req, source)))
 
     def _receive_request(self, req: Request, source: Address, now: float) -> list[Event]:
         via = req.top_via
@@ -326,12 +357,20 @@ class TransactionLayer:
     @staticmethod
     def _response_address(req: Request, source: Address) -> Address:
         """Where responses go (§18.2.2, RFC 3581 §4)."""
-        if source.reliable:
-            return source
+        return _via_address(req.top_via, source)
+
+    @staticmethod
+    def _answer_address(req: Request, source: Address) -> Address | None:
+        """Where the answer to a request refused as malformed goes: None when even its top
+        Via is unusable (its other headers may be anything)."""
+        values = req.headers.values("Via")
         try:
-            via = req.top_via
-        except ParseError:
-            return source
-        if "rport" in via.params:
-            return source
-        return Address(source.transport, source.host, via.port or 5060)
+            return _via_address(Via.parse(values[0], any_version=True), source) if values else None
+        except SipSyntaxError:
+            return None
+
+
+def _via_address(via: Via, source: Address) -> Address:
+    if source.reliable or "rport" in via.params:
+        return source
+    return Address(source.transport, source.host, via.port or 5060)

@@ -7,10 +7,19 @@ when enough of it was readable, the partial request so a 400 can be formed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .uri import TOKEN_CHARS, NameAddr, SipSyntaxError, SipURI, format_params, parse_params
+from .uri import (
+    TOKEN_CHARS,
+    NameAddr,
+    SipSyntaxError,
+    SipURI,
+    ascii_number,
+    format_params,
+    parse_params,
+)
 
 __all__ = [
     "Headers",
@@ -193,6 +202,7 @@ class ParseError(Exception):
     """The peer broke the grammar. `status` is what to answer (when a request)."""
 
     def __init__(self, reason: str, status: int = 400, partial: Request | None = None) -> None:
+        reason = reason[:200]  # it quotes the peer's bytes, which may be 64 KB of them
         super().__init__(reason)
         self.reason = reason
         self.status = status
@@ -324,6 +334,11 @@ def split_list(line: str) -> list[str]:
 
 
 _via_cache: dict[str, Via] = {}
+_TOKEN = r"([-.!%*_+`'~A-Za-z0-9]+)"  # RFC 3261 §25.1 token
+_SENT_PROTOCOL = re.compile(rf"[ \t]*{_TOKEN}[ \t]*/[ \t]*{_TOKEN}[ \t]*/[ \t]*{_TOKEN}[ \t]+")
+# sent-by hosts: a name or IPv4 address, or an IPv6 reference in brackets (§25.1)
+_HOST = re.compile(r"[A-Za-z0-9._-]+\Z")
+_IPV6_REF = re.compile(r"\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\]\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +351,11 @@ class Via:
     params: dict[str, str | None] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, text: str) -> Via:
+    def parse(cls, text: str, any_version: bool = False) -> Via:
+        """`any_version`: another protocol or version than SIP/2.0 is taken too (to answer
+        505 to the sent-by of a request of another version, RFC 4475 badvers)."""
+        if any_version:
+            return cls._parse(text, True)
         # A Via's params are edited in place (received, rport), so cached parses are
         # copied, not shared; still far cheaper than parsing again.
         hit = _via_cache.get(text)
@@ -359,24 +378,17 @@ class Via:
         return text
 
     @classmethod
-    def _parse(cls, text: str) -> Via:
-        proto, _, rest = text.strip().partition(" ")
-        # sent-protocol may have LWS around the slashes (RFC 4475 §3.1.1.1)
-        if proto.count("/") != 2:
-            head, _, tail = text.strip().partition(";")
-            compact = "".join(head.split())
-            for t in ("UDP", "TCP", "TLS", "SCTP", "WS", "WSS"):
-                idx = compact.upper().find("/" + t)
-                if idx >= 0 and compact.upper().startswith("SIP/2.0/"):
-                    proto = compact[: idx + 1 + len(t)]
-                    rest = compact[idx + 1 + len(t) :] + (";" + tail if tail else "")
-                    break
-            else:
-                raise SipSyntaxError(f"bad Via {text!r}")
-        name, version, transport = (p.strip() for p in proto.split("/"))
-        if name.upper() != "SIP" or version != "2.0" or not transport:
+    def _parse(cls, text: str, any_version: bool = False) -> Via:
+        # sent-protocol = name / version / transport, with LWS allowed around the slashes
+        # (RFC 4475 §3.1.1.1), then LWS, then sent-by; "SIP/2.0/2.0/UDP" is none of that
+        m = _SENT_PROTOCOL.match(text)
+        if m is None:
             raise SipSyntaxError(f"bad Via protocol {text!r}")
-        sent_by, _, params_s = rest.strip().partition(";")
+        name, version, transport = m.group(1), m.group(2), m.group(3)
+        if not any_version and (version != "2.0" or name.upper() != "SIP"):
+            raise SipSyntaxError(f"bad Via protocol {text!r}")
+        i = m.end()
+        sent_by, _, params_s = text[i:].partition(";")
         sent_by = sent_by.strip()
         if not sent_by:
             raise SipSyntaxError(f"Via without sent-by {text!r}")
@@ -384,18 +396,31 @@ class Via:
             end = sent_by.find("]")
             if end < 0:
                 raise SipSyntaxError(f"bad Via host {text!r}")
-            host, port_s = sent_by[: end + 1], sent_by[end + 1 :].lstrip(" :")
+            host, port_s = sent_by[: end + 1], sent_by[end + 1 :].lstrip(" \t")
+            if port_s and not port_s.startswith(":"):
+                raise SipSyntaxError(f"bad Via host {text!r}")
+            port_s = port_s[1:].strip()
+            if _IPV6_REF.match(host) is None:
+                raise SipSyntaxError(f"bad Via host {text!r}")
         else:
-            host, _, port_s = sent_by.partition(":")
+            host, colon, port_s = sent_by.partition(":")
             host, port_s = host.strip(), port_s.strip()
-        if not host or " " in host:
-            raise SipSyntaxError(f"bad Via host {text!r}")
+            if colon and not port_s:
+                raise SipSyntaxError(f"bad Via port {text!r}")
+            if _HOST.match(host) is None:
+                raise SipSyntaxError(f"bad Via host {text!r}")
         port: int | None = None
         if port_s:
-            if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+            port = ascii_number(port_s, 5)
+            if port is None or not 0 < port < 65536:
                 raise SipSyntaxError(f"bad Via port {text!r}")
-            port = int(port_s)
-        return cls(transport.upper(), host.lower(), port, parse_params(params_s))
+        params = parse_params(params_s)
+        rport = params.get("rport")
+        if rport is not None:
+            value = ascii_number(rport, 5)
+            if value is None or not 0 < value < 65536:
+                raise SipSyntaxError(f"bad Via rport {text!r}")
+        return cls(transport.upper(), host.lower(), port, params)
 
     @property
     def branch(self) -> str | None:
@@ -504,17 +529,24 @@ class Response(Message):
 
 
 def parse_cseq(value: str) -> tuple[int, str]:
-    num_s, _, method = value.strip().partition(" ")
-    method = method.strip()
-    if not num_s.isdigit() or not is_token(method):
+    """`1 INVITE` (§20.16): a number below 2**31, LWS, a method token."""
+    num_s, _, method = value.strip().replace("\t", " ").partition(" ")
+    method = method.strip(" ")
+    num = ascii_number(num_s)
+    if num is None or not is_token(method):
         raise ParseError(f"bad CSeq {value!r}")
-    num = int(num_s)
     if num >= 2**31:
         raise ParseError(f"CSeq number out of range {value!r}")
     return num, method
 
 
 _REQUIRED = ("Via", "From", "To", "Call-ID", "CSeq")
+
+
+def content_length(value: str) -> int | None:
+    """A Content-Length value (§20.14), None when it is not a number we could hold: more
+    than a message can be is refused later as larger than the body."""
+    return ascii_number(value.strip(), 9)
 
 
 def _split_head(data: bytes) -> tuple[bytes, bytes]:
@@ -582,7 +614,8 @@ def parse_message(
         head = head_b.decode("utf-8")
     except UnicodeDecodeError:
         head = head_b.decode("utf-8", "surrogateescape")
-    lines = head.replace("\r\n", "\n").split("\n")
+    text = head.replace("\r\n", "\n")
+    lines = text.split("\n")
     start = lines[0]
     headers = Headers()
     items = headers._items
@@ -608,10 +641,10 @@ def parse_message(
         parts = start.split(" ", 2)
         if len(parts) < 2 or parts[0] != VERSION:
             raise ParseError(f"bad status line {start[:60]!r}")
-        code_s = parts[1]
-        if len(code_s) != 3 or not code_s.isdigit() or not 100 <= int(code_s) <= 699:
-            raise ParseError(f"bad status code {code_s!r}")
-        msg = Response(int(code_s), parts[2] if len(parts) > 2 else "", headers)
+        code = ascii_number(parts[1]) if len(parts[1]) == 3 else None
+        if code is None or not 100 <= code <= 699:
+            raise ParseError(f"bad status code {parts[1][:20]!r}")
+        msg = Response(code, parts[2] if len(parts) > 2 else "", headers)
     else:
         parts = start.split(" ")
         if len(parts) != 3:
@@ -629,6 +662,10 @@ def parse_message(
             raise ParseError(str(exc), partial=msg) from None
 
     partial = msg if isinstance(msg, Request) else None
+    if "\r" in text:
+        # a CR is no line end alone, and no part of a value either (§25.1): copied into
+        # the messages we send, the next hop could take it for one
+        raise ParseError("bare CR in the header", partial=partial)
     for name in _REQUIRED:
         if _key(name) not in counts:
             raise ParseError(f"missing {name}", partial=partial)
@@ -636,9 +673,9 @@ def parse_message(
     # Content-Length (§18.3, §20.14): required on streams; on UDP it may be omitted.
     cl_values = headers.get_all("Content-Length") if "content-length" in counts else []
     if cl_values:
-        if len(set(v.strip() for v in cl_values)) != 1 or not cl_values[0].strip().isdigit():
+        length = content_length(cl_values[0])
+        if length is None or any(content_length(v) != length for v in cl_values[1:]):
             raise ParseError("bad Content-Length", partial=partial)
-        length = int(cl_values[0].strip())
         if length > len(body):
             raise ParseError("body shorter than Content-Length", partial=partial)
         body = body[:length]
@@ -654,15 +691,23 @@ def parse_message(
             raise ParseError("duplicate CSeq or Call-ID", partial=partial)
         if counts["from"] > 1 or counts["to"] > 1:
             raise ParseError("duplicate From or To", partial=partial)
-        msg.vias  # noqa: B018 - validates every Via now
+        if not msg.vias:  # validates every Via now
+            raise ParseError("empty Via", partial=partial)
         msg.from_  # noqa: B018
         msg.to  # noqa: B018
-        mf = headers.get("Max-Forwards") if "max-forwards" in counts else None
-        if mf is not None and (not mf.isdigit() or int(mf) > 255):
-            raise ParseError("bad Max-Forwards", partial=partial)
+        if "max-forwards" in counts:
+            # one value of 0-255 (§20.22); the B2BUA reads it as a number
+            mf = ascii_number(headers.get("Max-Forwards") or "", 3)
+            if mf is None or mf > 255 or counts["max-forwards"] > 1:
+                raise ParseError("bad Max-Forwards", partial=partial)
         for ct in headers.get_all("Contact") if "contact" in counts else ():
             if ct.strip() != "*":
                 for value in split_list(ct):
+                    NameAddr.parse(value)
+        # the route set of a dialog (§12.1): where its requests will be sent
+        for name in ("record-route", "route"):
+            if name in counts:
+                for value in headers.values(name):
                     NameAddr.parse(value)
     except SipSyntaxError as exc:
         raise ParseError(str(exc), partial=partial) from None
@@ -703,13 +748,13 @@ class StreamFramer:
                     continue
                 name, colon, value = line.partition(":")
                 if colon and name.strip().lower() in ("content-length", "l"):
-                    value = value.strip()
-                    if not value.isdigit():
+                    value_n = content_length(value)
+                    if value_n is None:
                         raise ParseError("bad Content-Length on a stream")
-                    if length is not None and int(value) != length:
+                    if length is not None and value_n != length:
                         # RFC 4475 mcl01: no way to know where this message ends
                         raise ParseError("conflicting Content-Length on a stream")
-                    length = int(value)
+                    length = value_n
             if length is None:
                 raise ParseError("missing Content-Length on a stream")
             total = end + 4 + length

@@ -15,6 +15,7 @@ __all__ = [
     "NameAddr",
     "SipSyntaxError",
     "SipURI",
+    "ascii_number",
     "format_params",
     "parse_params",
 ]
@@ -28,6 +29,19 @@ class SipSyntaxError(ValueError):
 
 
 _HOST_BAD = set(' \t"<>@,;?\\')
+
+
+def ascii_number(text: str, max_digits: int = 10) -> int | None:
+    """The value of `text` when it is ASCII digits only (leading zeros allowed) and at most
+    `max_digits` of them after those, else None. `str.isdigit` alone accepts superscripts
+    and other Unicode digits that `int()` refuses (or reads), and `int()` refuses numbers
+    over 4,300 digits: a number from the network is read only through this."""
+    if not text.isascii() or not text.isdigit():
+        return None
+    significant = text.lstrip("0")
+    if len(significant) > max_digits:
+        return None
+    return int(significant) if significant else 0
 
 # RFC 3261 §25.1 token: methods, header names, and unquoted display-name words
 TOKEN_CHARS = frozenset(
@@ -120,9 +134,9 @@ def _parse_hostport(text: str) -> tuple[str, int | None]:
             raise SipSyntaxError(f"bad host {text!r}")
     if not rest:
         return host.lower(), None
-    if not rest.startswith(":") or not rest[1:].isdigit():
+    port = ascii_number(rest[1:], 5) if rest.startswith(":") else None
+    if port is None:
         raise SipSyntaxError(f"bad port in {text!r}")
-    port = int(rest[1:])
     if not 0 < port < 65536:
         raise SipSyntaxError(f"port out of range in {text!r}")
     return host.lower(), port

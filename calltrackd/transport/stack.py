@@ -3,15 +3,22 @@
 UDP and TCP listeners (IPv4 and IPv6), outgoing TCP connections reused per peer, and the
 layer's single timer re-armed with `loop.call_at` after every input. The transaction user
 (the B2BUA engine) receives the layer's events through `on_events`.
+
+With a `StrangerGate` (strangers.py), what carriers and peers send is handled as it is
+read; a stranger's datagram that its token buckets admit waits in a short queue of its
+own, served a few per loop turn, so under a flood the calls' messages go first. A
+datagram the buckets refuse is dropped unread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import ipaddress
 import socket
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -20,7 +27,9 @@ import structlog
 
 from ..sip.endpoint import Address, Event, TransactionLayer
 from ..sip.message import ParseError, StreamFramer
+from . import bpf
 from .probe import PROBE_MARK, QueueDelayProbe
+from .strangers import StrangerGate
 
 log = structlog.get_logger("calltrackd.sip")
 
@@ -65,6 +74,8 @@ def _grow_buffers(sock: socket.socket) -> None:
 
 # datagrams sent when they are ready instead of at the end of the loop turn (see send_raw)
 _SEND_AT_ONCE = (b"SIP/2.0 100 ", b"INVITE ")
+STRANGER_QUEUE = 256  # strangers' datagrams admitted and waiting; more are dropped
+STRANGERS_PER_TURN = 8  # served per loop turn, after what carriers and peers sent
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -77,13 +88,23 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        stack = self.stack
+        blocked = stack.blocked
+        if blocked:
+            key = cast(str, addr[0])
+            until = blocked.get(key)
+            if until is not None:
+                if stack.clock() < until:  # a stranger over its rate: not even read
+                    stack.counts["rate_limited"] += 1
+                    return
+                del blocked[key]
         if data and data[0] == PROBE_MARK and self.probe is not None \
-                and self.probe.received(data, self.stack.clock()):
+                and self.probe.received(data, stack.clock()):
             return
         host = str(addr[0])
         if host.startswith("::ffff:"):
             host = host[7:]
-        self.stack.feed(data, Address("udp", host, int(addr[1])))
+        self.stack.datagram(data, Address("udp", host, int(addr[1])))
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and friends: the transaction's timers handle it
@@ -114,8 +135,15 @@ class _Tcp(asyncio.Protocol):
             if self.transport:
                 self.transport.close()
             return
+        stack = self.stack
         for message in messages:
-            self.stack.feed(message, self.peer)
+            verdict = stack.admit(self.peer.host)
+            if verdict == "limited":
+                # over its rate on a connection it opened: not worth keeping it open
+                if self.transport:
+                    self.transport.close()
+                return
+            stack.feed(message, self.peer, verdict == "stranger")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.peer is not None:
@@ -152,7 +180,59 @@ class SipStack:
         self.queue_probes: list[QueueDelayProbe] = []  # one per UDP socket, for the shedder
         # datagrams queued in this loop turn, sent together at its end (see _send_udp)
         self._udp_out: list[tuple[asyncio.DatagramTransport, bytes, tuple[str, int]]] = []
+        self.gate: StrangerGate | None = None  # see use_gate
+        self.blocked: dict[str, float] = {}  # the gate's, once there is one
+        self.counts: dict[str, int] = {}
+        self._strangers: collections.deque[tuple[bytes, Address]] = collections.deque()
+        self._failures: dict[str, float] = {}  # where an input failed → when last logged
+        self._kernel_timer: asyncio.TimerHandle | None = None
+        self._own_hosts: set[str] = set()  # our listening and probing addresses
 
+    def use_gate(self, gate: StrangerGate) -> None:
+        """Screen strangers' messages (before parsing, and their requests after)."""
+        self.gate = gate
+        self.layer.screen = gate.screen
+        self.blocked = gate.blocked
+        self.counts = gate.counts
+
+    def _kernel_filter(self) -> None:
+        """Give the kernel the gate's list of sources to drop (IPv4 sockets only)."""
+        gate = self.gate
+        if gate is None:
+            return
+        gate.kernel_changed = False
+        proto = self._udp.get(socket.AF_INET)
+        sock = proto.transport.get_extra_info("socket") if proto and proto.transport else None
+        if sock is None:
+            gate.kernel.clear()  # no IPv4 socket to filter: the buckets do it all
+            return
+        for own in self._own_hosts & gate.kernel.keys():
+            del gate.kernel[own]  # our own address, spoofed: never the queue probe's
+        gate.never_kernel |= self._own_hosts
+        hosts = sorted(gate.kernel)
+        try:
+            bpf.drop_sources(sock, hosts)
+        except OSError as exc:
+            gate.kernel.clear()
+            gate.never_kernel.update(hosts)  # not again for these
+            log.warning("cannot drop strangers in the kernel", error=str(exc))
+            return
+        if hosts:
+            log.warning("strangers flooding: their datagrams dropped by the kernel",
+                        sources=hosts[:20], count=len(hosts))
+            if self._kernel_timer is None:
+                self._kernel_timer = self.loop.call_later(1.0, self._expire_kernel)
+
+    def _expire_kernel(self) -> None:
+        self._kernel_timer = None
+        gate = self.gate
+        if gate is None:
+            return
+        gate.expire_kernel(self.clock())
+        if gate.kernel_changed:
+            self._kernel_filter()
+        if gate.kernel and self._kernel_timer is None:
+            self._kernel_timer = self.loop.call_later(1.0, self._expire_kernel)
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self, listen: Sequence[Listen]) -> None:
@@ -186,6 +266,7 @@ class SipStack:
         host, port = sock.getsockname()[:2]
         if host in ("0.0.0.0", "::"):
             host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+        self._own_hosts.add(host)
         try:
             sender = socket.socket(family, socket.SOCK_DGRAM)
             sender.setblocking(False)
@@ -209,6 +290,8 @@ class SipStack:
         self._send_udp()
         if self._timer:
             self._timer.cancel()
+        if self._kernel_timer:
+            self._kernel_timer.cancel()
         for server in self._tcp_servers:
             server.close()
         for conn in list(self._tcp_conns.values()):
@@ -236,13 +319,69 @@ class SipStack:
 
     # -- input -------------------------------------------------------------------------
 
-    def feed(self, data: bytes, source: Address) -> None:
+    def admit(self, host: str) -> str:
+        """"trusted", "stranger" or "limited" (see StrangerGate.admit); all trusted
+        without a gate."""
+        gate = self.gate
+        if gate is None:
+            return "trusted"
+        verdict = gate.admit(host, self.clock())
+        if gate.kernel_changed:
+            self._kernel_filter()
+        return verdict
+
+    def datagram(self, data: bytes, source: Address) -> None:
+        verdict = self.admit(source.host)
+        if verdict == "trusted":
+            self.feed(data, source)
+        elif verdict == "stranger":
+            queue = self._strangers
+            if len(queue) >= STRANGER_QUEUE:
+                assert self.gate is not None
+                self.gate.counts["rate_limited"] += 1
+                return
+            if not queue:
+                self.loop.call_soon(self._serve_strangers)
+            queue.append((data, source))
+
+    def _serve_strangers(self) -> None:
+        queue = self._strangers
+        for _ in range(min(STRANGERS_PER_TURN, len(queue))):
+            data, source = queue.popleft()
+            self.feed(data, source, True)
+        if queue:
+            self.loop.call_soon(self._serve_strangers)
+
+    def feed(self, data: bytes, source: Address, stranger: bool = False) -> None:
         for tap in self.taps:
             tap("in", data)
-        events = self.layer.receive(data, source, self.clock())
+        try:
+            events = self.layer.receive(data, source, self.clock(), stranger)
+        except Exception as exc:  # a bug: one line for it, never the loop's traceback
+            self._failed(exc, source)
+            events = []
         if events:
             self.on_events(events)
         self.flush()
+        gate = self.gate
+        if gate is not None and gate.notices:
+            for notice in gate.take_notices():
+                log.info("sip request from a stranger", source=notice.source,
+                         method=notice.method, action=notice.action,
+                         note="logged once a minute per source; counted in "
+                              "calltrackd_sip_stranger_packets_total")
+
+    def _failed(self, exc: Exception, source: Address) -> None:
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" \
+            if frames else "?"
+        now = self.clock()
+        if now - self._failures.get(where, -60.0) < 60.0:
+            return
+        if len(self._failures) < 1000:
+            self._failures[where] = now
+        log.error("sip message handling failed", source=str(source), where=where,
+                  error=f"{type(exc).__name__}: {exc}"[:200])
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -284,6 +423,11 @@ class SipStack:
     def send_raw(self, data: bytes, dest: Address) -> None:
         for tap in self.taps:
             tap("out", data)
+        gate = self.gate
+        if gate is not None and not data.startswith(b"SIP/2.0 "):
+            gate.peer(dest.host.strip("[]"), self.clock())  # a request: a peer
+            if gate.kernel_changed:
+                self._kernel_filter()
         if dest.transport == "udp":
             family = socket.AF_INET6 if is_ipv6(dest.host) else socket.AF_INET
             proto = self._udp.get(family)

@@ -447,10 +447,13 @@ def test_options_answered_200(plan: Plan) -> None:
 
 @pytest.fixture
 def stranger(tmp_path: Path) -> Iterator[Daemon]:
-    """A daemon whose only carrier is an address the test does not call from."""
+    """A daemon whose only carrier is an address the test does not call from, answering
+    strangers 403 on UDP too (the UDP default is to drop them: tests/integration/
+    test_strangers.py)."""
     sip, http = free_port(), free_port()
-    daemon = start_daemon(tmp_path, config(sip, http, free_port(), free_port(), "udp",
-                                           carriers="192.0.2.0/24"), sip, http)
+    text = config(sip, http, free_port(), free_port(), "udp", carriers="192.0.2.0/24")
+    text = text.replace("[sip]\n", '[sip]\nstranger_policy = "reject"\n', 1)
+    daemon = start_daemon(tmp_path, text, sip, http)
     yield daemon
     daemon.stop(signal.SIGTERM)
 

@@ -5,6 +5,7 @@ recorded there."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import time
@@ -158,3 +159,42 @@ def test_rfc4475_framing_error_on_tcp_closes_only_that_connection(daemon: Daemon
                      .replace("UDP", "TCP") + "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
                     .encode())
         assert tcp.recv(65535).startswith(b"SIP/2.0 200 ")
+
+
+OPTIONS_HEAD = "OPTIONS sip:127.0.0.1 SIP/2.0\r\n"
+HOSTILE: dict[str, tuple[str, int | None]] = {
+    # name: (message with {port} and {n}, the status expected, None when nothing comes back)
+    "superscript Content-Length": (OPTIONS_HEAD + HEAD + "CSeq: 1 OPTIONS\r\n"
+                                   "Content-Length: \u00b2\r\n\r\n", 400),
+    "Arabic-Indic CSeq": (OPTIONS_HEAD + HEAD + "CSeq: \u0663 OPTIONS\r\n"
+                          "Content-Length: 0\r\n\r\n", 400),
+    "5,000-digit Max-Forwards": (OPTIONS_HEAD + HEAD.replace("Max-Forwards: 70",
+                                                             "Max-Forwards: " + "9" * 5000)
+                                 + "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n", 400),
+    "fullwidth Via port": (OPTIONS_HEAD + HEAD.replace("127.0.0.1:{port}",
+                                                       "127.0.0.1:\uff15\uff10\uff16\uff10")
+                           + "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n", None),
+    "Via SIP/2.0/2.0/UDP": (OPTIONS_HEAD + HEAD.replace("SIP/2.0/UDP", "SIP/2.0/2.0/UDP")
+                            + "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n", None),
+    "empty Via": (OPTIONS_HEAD + "Via:\r\n" + HEAD.split("\r\n", 1)[1]
+                  + "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n", None),
+    "superscript status code": ("SIP/2.0 \u00b9\u00b2\u00b3 OK\r\n" + HEAD +
+                                "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n", None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_numbers_and_vias_get_400_or_nothing_and_the_log_stays_json(
+        daemon: Daemon, name: str) -> None:
+    """A usable top Via gets 400, none gets nothing; never a traceback in the log."""
+    text, expected = HOSTILE[name]
+    reply = exchange(daemon, text.format(port=9, n=uuid.uuid4().hex).encode())
+    if expected is None:
+        assert reply is None, reply
+    else:
+        assert reply is not None and reply.startswith(f"SIP/2.0 {expected} ".encode()), reply
+    assert options_answered(daemon)
+    lines = daemon.log_text().splitlines()
+    assert not [ln for ln in lines if "Traceback" in ln]
+    for line in lines:
+        json.loads(line)  # one JSON object per line, nothing else
