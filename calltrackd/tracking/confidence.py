@@ -5,12 +5,13 @@ Theory of operation. A visitor who calls does so at some delay after leaving the
 number recently is a candidate caller, and each calls *now* at a rate given by that
 delay's density in the tracker's delay model:
 
-- a visitor holding the number now calls at `in_hold / mean_hold` per second: the share
-  of calls made while a number is held (during the visit, and after leaving until the
-  reservation lapses) spread over an average hold;
-- a visitor whose hold ended calls at the density of its delay since leaving
-  (`until - reservation_ttl`, as a hold lapses `reservation_ttl` after the last
-  activity): `share of the delay's bin / the bin's width`; 0 beyond the last bin.
+- a visitor still on the site (it holds the number and was active within the snippet's
+  ping interval) calls at `during / mean_visit` per second: the share of calls made
+  during a visit, spread over an average visit;
+- a visitor who left (its last activity is `until - reservation_ttl`: every request
+  moves the reservation's end to `reservation_ttl` after it), holding the number still
+  or not, calls at the density of its delay since leaving: `share of the delay's bin /
+  the bin's width`; 0 beyond the last bin.
 
 The attribution's confidence is the named visitor's rate over the sum of every
 candidate's (Bayes' rule with the same prior chance to call for every visitor: it
@@ -65,7 +66,7 @@ class DelayModel:
     edges: tuple[float, ...]  # bin edges in seconds after leaving; edges[0] == 0
     after: tuple[float, ...]  # share of calls in [edges[i], edges[i+1])
     ttl: float  # the tracker's reservation_ttl
-    mean_hold: float  # seconds a number stays with a visitor, on average
+    mean_visit: float  # seconds from a visitor's first request to its last, on average
 
     @classmethod
     def prior(cls, ttl: float) -> DelayModel:
@@ -73,7 +74,13 @@ class DelayModel:
         after = _prior_after()
         total = 0.65 + sum(after)
         return cls(0.65 / total, tuple(e * scale for e in _EDGES),
-                   tuple(a / total for a in after), ttl, 2 * ttl or 1.0)
+                   tuple(a / total for a in after), ttl, 240.0 * scale)
+
+    @property
+    def ping_every(self) -> float:
+        """How often a visitor on the site renews (the snippet: a third of the
+        reservation, at most a minute): quieter than that, it has left."""
+        return min(self.ttl / 3, 60.0) if self.ttl > 0 else 60.0
 
     def after_cdf(self, delay: float) -> float:
         """Share of calls made after leaving, at most `delay` seconds after."""
@@ -85,28 +92,31 @@ class DelayModel:
         return total
 
     @property
-    def in_hold(self) -> float:
-        """Share of calls made while the caller still holds the number."""
-        return self.during + self.after_cdf(self.ttl)
-
-    @property
     def horizon(self) -> float:
         """Delay after leaving beyond which nobody is expected to call."""
         return self.edges[-1]
 
+    def bin(self, delay: float) -> int:
+        """The bin of a delay after leaving; -1 outside them."""
+        if delay < 0 or delay >= self.edges[-1]:
+            return -1
+        return bisect.bisect_right(self.edges, delay) - 1
+
     def density(self, delay: float) -> float:
         """Calls per second at `delay` seconds after leaving (a share of one caller)."""
-        if delay < 0 or delay >= self.edges[-1]:
-            return 0.0
-        i = bisect.bisect_right(self.edges, delay) - 1
-        return self.after[i] / (self.edges[i + 1] - self.edges[i])
+        i = self.bin(delay)
+        return 0.0 if i < 0 else self.after[i] / (self.edges[i + 1] - self.edges[i])
+
+    def visiting(self, hold: Hold, now: float) -> bool:
+        """Is the holder still on the site (active within the ping interval)?"""
+        return now < hold.until and now - (hold.until - self.ttl) <= self.ping_every
 
     def rate(self, hold: Hold, now: float) -> float:
         """How fast the holder of `hold` calls the number at `now` (relative units)."""
         if hold.started_at > now:
             return 0.0
-        if now < hold.until:
-            return self.in_hold / max(self.mean_hold, 1e-9)
+        if self.visiting(hold, now):
+            return self.during / max(self.mean_visit, self.ping_every)
         return self.density(now - (hold.until - self.ttl))
 
 
@@ -155,8 +165,8 @@ class DelayLearner:
         self._base = DelayModel.prior(ttl)
         self._during = self._base.during * strength
         self._after = [a * strength for a in self._base.after]
-        self._holds = 0
-        self._hold_sum = 0.0
+        self._visits = 0
+        self._visit_sum = 0.0
         self._seen: dict[tuple[str, str, float], None] = {}  # holds counted (bounded)
         self._model = self._base
         self.calls = 0
@@ -166,15 +176,17 @@ class DelayLearner:
         return self._model
 
     def observe_holds(self, holds: Sequence[Hold], now: float) -> None:
-        """Ended holds seen in a number's history (each counted once by its key)."""
+        """Ended holds seen in a number's history (each counted once): the visits'
+        length, for the rate of a visitor on the site."""
+        ttl = self._base.ttl
         for h in holds:
             key = (h.number, h.session_id, h.started_at)
-            if h.until <= now and h.until > h.started_at and key not in self._seen:
+            if h.until <= now and key not in self._seen:
                 self._seen[key] = None
                 if len(self._seen) > 20_000:
                     del self._seen[next(iter(self._seen))]
-                self._holds += 1
-                self._hold_sum += h.until - h.started_at
+                self._visits += 1
+                self._visit_sum += max(0.0, h.until - ttl - h.started_at)
         self._refresh()
 
     def observe_call(self, holds: Sequence[Hold], now: float) -> None:
@@ -184,30 +196,22 @@ class DelayLearner:
             return
         m = self._model
         for h, p in post:
-            if now < h.until:  # held: during the visit, or after leaving within the ttl
-                in_hold = m.in_hold
-                if in_hold <= 0:
-                    continue
-                self._during += p * m.during / in_hold
-                for i, (lo, hi) in enumerate(zip(m.edges, m.edges[1:], strict=False)):
-                    if lo >= m.ttl:
-                        break
-                    part = m.after[i] * (min(hi, m.ttl) - lo) / (hi - lo)
-                    self._after[i] += p * part / in_hold
+            if m.visiting(h, now):
+                self._during += p
             else:
-                delay = now - (h.until - m.ttl)
-                i = bisect.bisect_right(m.edges, delay) - 1
-                if 0 <= i < len(self._after):
+                i = m.bin(now - (h.until - m.ttl))
+                if i >= 0:
                     self._after[i] += p
         self.calls += 1
         self._refresh()
 
     def _refresh(self) -> None:
         total = self._during + sum(self._after)
-        mean_hold = (self._hold_sum / self._holds) if self._holds >= 5 else self._base.mean_hold
+        mean_visit = (self._visit_sum / self._visits if self._visits >= 5
+                      else self._base.mean_visit)
         self._model = DelayModel(self._during / total, self._base.edges,
                                  tuple(a / total for a in self._after), self._base.ttl,
-                                 mean_hold)
+                                 mean_visit)
 
 
 class Learners:
