@@ -628,9 +628,16 @@ class RedisStore:
         p.zremrangebyscore(key, "-inf", session.first_seen - SESSION_TTL)
 
     async def _note_hold(self, hold: Hold | None) -> Hold | None:
+        # the scripts' replies carry times as integers (Lua numbers become integer
+        # replies): the hash has them exact, as holders() reads them
         if hold is not None:
-            await self._write_history(hold.number, hold.session_id, hold.started_at,
-                                      hold.until)
+            h = await self._do(self.r.hmget(f"ctd:num:{hold.number}",
+                                            ["cur", "cur_start", "cur_until"]))
+            if _s(h[0]) == hold.session_id and h[1] is not None and h[2] is not None:
+                start, until = float(_s(h[1]) or 0), float(_s(h[2]) or 0)
+            else:
+                start, until = hold.started_at, hold.until
+            await self._write_history(hold.number, hold.session_id, start, until)
         return hold
 
     async def _note_release(self, number: str, session_id: str, now: float) -> None:
