@@ -628,36 +628,22 @@ class RedisStore:
         p.zremrangebyscore(key, "-inf", session.first_seen - SESSION_TTL)
 
     async def _note_hold(self, hold: Hold | None) -> Hold | None:
-        # the scripts' replies carry times as integers (Lua numbers become integer
-        # replies): the hash has them exact, as holders() reads them
+        # one script: the hold's exact times come from the number's hash (the scripts'
+        # replies carry times as integers: Lua numbers become integer replies)
         if hold is not None:
-            h = await self._do(self.r.hmget(f"ctd:num:{hold.number}",
-                                            ["cur", "cur_start", "cur_until"]))
-            if _s(h[0]) == hold.session_id and h[1] is not None and h[2] is not None:
-                start, until = float(_s(h[1]) or 0), float(_s(h[2]) or 0)
-            else:
-                start, until = hold.started_at, hold.until
-            await self._write_history(hold.number, hold.session_id, start, until)
+            await self._do(self._history_script()(args=[
+                hold.number, hold.session_id, "", HISTORY_KEEP, HISTORY_MAX]))
         return hold
 
     async def _note_release(self, number: str, session_id: str, now: float) -> None:
-        h = await self._do(self.r.hmget(f"ctd:num:{number}", ["last", "last_start"]))
-        if _s(h[0]) == session_id and h[1] is not None:
-            await self._write_history(number, session_id, float(_s(h[1]) or 0), now)
+        await self._do(self._history_script()(args=[
+            number, session_id, "released", HISTORY_KEEP, HISTORY_MAX]))
 
-    async def _write_history(self, number: str, session: str, start: float,
-                             until: float) -> None:
-        key = f"ctd:hist:{number}"
-
-        async def run() -> None:
-            async with self.r.pipeline(transaction=False) as p:
-                p.zadd(key, {f"{session}{_SEP}{start!r}": until})
-                p.zremrangebyscore(key, "-inf", start - HISTORY_KEEP)
-                p.zremrangebyrank(key, 0, -HISTORY_MAX - 1)
-                p.expire(key, int(HISTORY_KEEP) + 3600)
-                await p.execute()
-
-        await self._do(run())
+    def _history_script(self) -> Any:
+        script = self._scripts.get("HISTORY")
+        if script is None:
+            script = self._scripts["HISTORY"] = self.r.register_script(_HISTORY)
+        return script
 
     async def hold_history(self, number: str, now: float) -> list[Hold]:
         rows = await self._do(self.r.zrevrangebyscore(
@@ -720,3 +706,23 @@ class RedisStore:
                 for (t, p, k), v in sorted(groups.items(), key=lambda kv: str(kv[0]))]
 
     # --- end of holder history ----------------------------------------------------------
+
+
+# ARGV: number, session, "" (held now) or "released", keep seconds, max holds
+_HISTORY = """
+local n, session, kind = ARGV[1], ARGV[2], ARGV[3]
+local keep, max = tonumber(ARGV[4]), tonumber(ARGV[5])
+local h
+if kind == 'released' then
+  h = redis.call('HMGET', 'ctd:num:' .. n, 'last', 'last_start', 'last_until')
+else
+  h = redis.call('HMGET', 'ctd:num:' .. n, 'cur', 'cur_start', 'cur_until')
+end
+if h[1] ~= session or not h[2] or not h[3] then return 0 end
+local key = 'ctd:hist:' .. n
+redis.call('ZADD', key, h[3], session .. string.char(31) .. h[2])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', tonumber(h[2]) - keep)
+redis.call('ZREMRANGEBYRANK', key, 0, -max - 1)
+redis.call('EXPIRE', key, math.floor(keep) + 3600)
+return 1
+"""

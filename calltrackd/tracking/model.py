@@ -111,7 +111,7 @@ class Tracker:
     forward: tuple[ForwardTarget, ...]
     reservation_ttl: float = 360.0
     cooldown: float = 0.0
-    attribution_grace: float = 86400.0
+    attribution_grace: float = 1800.0  # measured: README, "Attribution confidence"
     target_call_min_seconds: float = 30.0
     ring_timeout: float = 30.0
     # a visitor seen again within this time gets the number they held last, if it is free

@@ -290,6 +290,7 @@ def report(bench: Bench, base: str, sizes: Sequence[int], started: float, replay
            args: argparse.Namespace) -> None:
     since = int(started) - 5
     rows = []
+    breakdown: list[str] = []
     sure = sure_right = 0
     for run in bench.runs:
         tracker = f"t{run.size}"
@@ -302,6 +303,7 @@ def report(bench: Bench, base: str, sizes: Sequence[int], started: float, replay
         pool = stats["pools"][0]
         curve = {p["size"]: p["estimated_accuracy"] for p in pool["size_curve"]}
         right = total = 0
+        kinds: dict[str, list[float]] = {}
         for c in all_calls(base, tracker):
             v = run.placed.get(c["caller"])
             if v is None:
@@ -311,11 +313,18 @@ def report(bench: Bench, base: str, sizes: Sequence[int], started: float, replay
             total += 1
             right += ok
             conf = att.get("confidence") or 0.0
+            k = kinds.setdefault(att.get("kind") or "none", [0, 0.0, 0])
+            k[0] += 1
+            k[1] += conf
+            k[2] += ok
             if conf >= 0.9:
                 sure += 1
                 sure_right += ok
         rows.append((run, total, right / total if total else math.nan, stats, pool,
                      curve.get(run.size), stats_s, cached_s))
+        breakdown.append(f"{run.size}: " + ", ".join(
+            f"{k} {int(v[0])} calls, confidence sum {v[1]:.1f}, right {int(v[2])}"
+            for k, v in sorted(kinds.items())))
     print(f"# {' '.join(sys.argv)}")
     print(f"# {args.visits} visits, speed {args.speed:g}x (reservation {360 / args.speed:.3f} s,"
           f" grace {args.grace / args.speed:.3f} s), replay took {replay_s:.0f} s;"
@@ -337,6 +346,7 @@ def report(bench: Bench, base: str, sizes: Sequence[int], started: float, replay
           f" ({sure_right / sure if sure else math.nan:.3f})")
     print("failed calls " + ", ".join(f"{r.size}: {r.failed_calls}" for r in bench.runs)
           + "; HTTP errors " + ", ".join(f"{r.size}: {r.http_errors}" for r in bench.runs))
+    print("by attribution kind:\n  " + "\n  ".join(breakdown))
     print("per-size curve (size: estimated) of the largest pool: "
           + ", ".join(f"{p['size']}: {p['estimated_accuracy']}"
                       for p in rows[-1][4]["size_curve"]))
