@@ -6,34 +6,9 @@ from __future__ import annotations
 import tomllib
 
 import pytest
+from test_check_config import GOOD
 
 from calltrackd.config import ConfigError, parse_config
-
-# the good file of test_check_config.py
-GOOD = """
-[sip]
-listen = ["udp:127.0.0.1:5060", "tcp:[::1]:5060"]
-[http]
-listen = "127.0.0.1:8080"
-admin_token = "a-long-token"
-[[carriers]]
-name = "c"
-addresses = ["127.0.0.1/32", "2001:db8::/32"]
-default_country = "RU"
-[[trackers]]
-id = "acme"
-public_key = "pk_acme"
-default_number = "+74990000000"
-forward = ["sip:127.0.0.1:5070;transport=udp",
-           {uri = "sip:u@pbx.example.com", username = "u", password = "p"}]
-  [[trackers.pools]]
-  name = "paid"
-  sources = ["google/cpc"]
-  numbers = ["+74990000001", "+7 499 000-00-02"]
-  [[trackers.static]]
-  number = "+74990000100"
-  channel = "billboard"
-"""
 
 
 def with_pool_default(number: str, extra: str = "") -> str:
