@@ -121,16 +121,17 @@ class DelayModel:
 
 
 def candidates(holds: Sequence[Hold], now: float) -> list[Hold]:
-    """The distinct holds of one number that began by `now` (one per session and
-    start: the store may report a hold both as history and as current or last)."""
-    seen: dict[tuple[str, float], Hold] = {}
-    for h in holds:
-        if h.started_at <= now:
-            key = (h.session_id, h.started_at)
-            old = seen.get(key)
-            if old is None or h.until > old.until:
-                seen[key] = h
-    return list(seen.values())
+    """The distinct holds of one number that began by `now`: the store may report a hold
+    both as history and as current or last, and may keep its start to the whole second
+    (Redis), so one session's holds starting within a second are one."""
+    kept: list[Hold] = []
+    for h in sorted(holds, key=lambda h: -h.until):
+        if h.started_at > now:
+            continue
+        if not any(k.session_id == h.session_id and abs(k.started_at - h.started_at) < 1.0
+                   for k in kept):
+            kept.append(h)
+    return kept
 
 
 def posterior(model: DelayModel, holds: Sequence[Hold], now: float
@@ -146,9 +147,8 @@ def posterior(model: DelayModel, holds: Sequence[Hold], now: float
 
 def confidence(model: DelayModel, chosen: Hold, holds: Sequence[Hold], now: float) -> float:
     """The probability that the holder of `chosen` made the call at `now`."""
-    key = (chosen.session_id, chosen.started_at)
     for h, p in posterior(model, [chosen, *holds], now):
-        if (h.session_id, h.started_at) == key:
+        if h.session_id == chosen.session_id and abs(h.started_at - chosen.started_at) < 1.0:
             return round(p, 4)
     return 0.0
 
