@@ -632,7 +632,7 @@ class RedisStore:
         p.zremrangebyscore(key, "-inf", session.first_seen - SESSION_TTL)
 
     async def _note_hold(self, hold: Hold | None, until: float) -> Hold | None:
-        # written behind in one pipeline per 50 ms (a round trip per reservation cost the
+        # written behind in one pipeline per 0.5 s (a round trip per reservation cost the
         # 1,000-visitor storm its pool connections). The scripts reply times as integers
         # (Lua numbers): a hold is kept by its session and whole second of start, with
         # the end the caller asked for (`_until`, exact)
@@ -651,7 +651,7 @@ class RedisStore:
             self._history_task = asyncio.create_task(self._flush_history_soon())
 
     async def _flush_history_soon(self) -> None:
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # a read (hold_history) writes what waits first
         with contextlib.suppress(StoreError):  # put back: the next note or read retries
             await self._flush_history()
 
