@@ -760,8 +760,9 @@ def _tracker(c: _Checker, key: str, d: dict[str, Any],
         if not fwd_raw:
             c.fail(f"{key}.forward", "needs at least one target")
     pools = []
+    pool_defaults: list[tuple[str, str]] = []
     for pkey, pd in c.tables(d, key, "pools"):
-        c.table(pd, pkey, {"name", "sources", "numbers"})
+        c.table(pd, pkey, {"name", "sources", "numbers", "default_number"})
         pname = c.get(pd, pkey, "name", str, "")
         if not pname:
             c.fail(f"{pkey}.name", "required")
@@ -774,7 +775,11 @@ def _tracker(c: _Checker, key: str, d: dict[str, Any],
         numbers = [c.e164(k, v) for k, v in c.str_list(pd, pkey, "numbers")]
         if "numbers" not in pd or not pd["numbers"]:
             c.fail(f"{pkey}.numbers", "a pool needs at least one number")
-        pools.append(Pool(pname, sources, tuple(n for n in numbers if n)))
+        overflow_raw = c.get(pd, pkey, "default_number", str, "")
+        overflow = c.e164(f"{pkey}.default_number", overflow_raw) if overflow_raw else None
+        if overflow:
+            pool_defaults.append((f"{pkey}.default_number", overflow))
+        pools.append(Pool(pname, sources, tuple(n for n in numbers if n), overflow))
     names = [p.name for p in pools]
     for dup in {n for n in names if names.count(n) > 1}:
         c.fail(f"{key}.pools", f"pool name {dup!r} is used twice")
@@ -806,6 +811,7 @@ def _tracker(c: _Checker, key: str, d: dict[str, Any],
                       lambda v: None if 1 <= v <= 1000 else "expected 1..1000 events per request")
         hooks.append(WebhookEndpoint(url, secret, tuple(events) if "events" in wd else EVENTS,
                                      batch))
+    pools = _pool_defaults_distinct(c, pools, pool_defaults, default, static)
     rules_path = _source_rules(c, d, key, config_dir)
     base = Tracker(id="", public_key="", default_number="", forward=())
     tmin = c.get(d, key, "target_call_min_seconds", (int, float), 30.0,
@@ -831,6 +837,27 @@ def _tracker(c: _Checker, key: str, d: dict[str, Any],
         analytics=analytics_settings(c, key, d),
         alerts=alert_settings(c, key, d),
     )
+
+
+def _pool_defaults_distinct(c: _Checker, pools: list[Pool], defaults: list[tuple[str, str]],
+                            default: str | None, static: list[StaticNumber]) -> list[Pool]:
+    """A pool's default number must not be one of the tracker's other numbers (a call to
+    it could not say which role it plays); the one-DID-one-tracker check covers the rest
+    of the configuration. Refused ones are dropped so that they are reported once."""
+    taken = {n: "a pool number" for p in pools for n in p.numbers}
+    taken.update({s.number: "a static number" for s in static})
+    if default:
+        taken[default] = "the tracker's default_number"
+    refused: set[str] = set()
+    seen: set[str] = set()
+    for key, number in defaults:
+        role = taken.get(number) or ("another pool's default_number" if number in seen else None)
+        if role:
+            c.fail(key, f"{number} is already {role}; a pool's default number must be its own")
+            refused.add(number)
+        seen.add(number)
+    return [Pool(p.name, p.sources, p.numbers, None) if p.default_number in refused else p
+            for p in pools]
 
 
 def parse_config(data: dict[str, Any], *, source: str | None = None) -> Settings:

@@ -4,6 +4,7 @@ statistics and the webhook admin. Thin: parse and validate, call the domain, ans
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import json
@@ -17,13 +18,16 @@ from aiohttp import web
 
 from .. import ids, jsonx
 from ..store.base import PoolStats, StoreError
-from ..tracking.allocator import match_pool
+from ..tracking import stats as domain_stats
 from ..tracking.model import SessionAnswer, SessionInput, Tracker
+from ..tracking.simulator import Sizing
 from .api import APP, ApiError, Handler, read_json, require_admin
 from .ratelimit import RateLimiter
 
 STATIC = Path(__file__).resolve().parent / "static"
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("session_limiter", RateLimiter)
+SIZINGS: web.AppKey[domain_stats.SizingCache] = web.AppKey("pool_sizings",
+                                                            domain_stats.SizingCache)
 
 _SHORT = ("client_id", "ym_uid", "visitor_id", "ga_session_id", "utm_source", "utm_medium",
           "utm_campaign", "utm_term", "utm_content")
@@ -198,101 +202,51 @@ def _window(request: web.Request) -> tuple[datetime, datetime]:
     return since, until
 
 
-def _ratio(part: int, whole: int) -> float | None:
-    return round(part / whole, 4) if whole else None
-
-
-def _source(src: str | None, medium: str | None) -> str:
-    return f"{src or '(direct)'}/{medium or '(none)'}"
-
-
 async def stats(request: web.Request) -> web.Response:
     """Per tracker and source: calls, answered, missed, qualified, first-time callers;
-    coverage, accuracy, pool size, peak and the recommended pool size."""
+    coverage, accuracy and estimated accuracy, pools with their size curve
+    (calltrackd.tracking.stats)."""
     require_admin(request)
     app = request.app[APP]
     since, until = _window(request)
     only = request.query.get("tracker") or None
+    now = time.time()
     calls = await app.store.call_stats(only, since, until)
     visitors = await app.store.visitor_stats(only, since, until)
-    pools = await app.store.pool_stats(time.time(), since.timestamp())
+    pools = await app.store.pool_stats(now, since.timestamp())
+    attributions = await app.store.attribution_stats(only, since, until)
     out = []
     for tracker in app.settings.trackers:
         if only and tracker.id != only:
             continue
-        out.append(_tracker_stats(tracker, calls, visitors, pools))
+        sizings = await _sizings(request, tracker, pools, now)
+        out.append(domain_stats.tracker_stats(tracker, calls, visitors, pools, attributions,
+                                              sizings))
     return web.json_response({"since": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
                               "until": until.strftime("%Y-%m-%dT%H:%M:%SZ"),
                               "trackers": out})
 
 
-def _tracker_stats(tracker: Tracker, calls: list[Any], visitors: list[Any],
-                   pools: list[Any]) -> dict[str, Any]:
-    mine = [c for c in calls if c.tracker == tracker.id]
-    sources = []
-    totals = dict.fromkeys(("calls", "answered", "missed", "qualified", "first_time"), 0)
-    default_calls = 0
-    for c in mine:
-        row = {"source": (c.channel if c.kind == "static" else
-                          _source(c.utm_source, c.utm_medium) if c.kind in ("dynamic", "expired")
-                          else c.kind),
-               "kind": c.kind, "channel": c.channel, "utm_source": c.utm_source,
-               "utm_medium": c.utm_medium}
-        for k in totals:
-            row[k] = getattr(c, k)
-            totals[k] += getattr(c, k)
-        if c.kind == "default":
-            default_calls += c.calls
-        sources.append(row)
-    vis = [v for v in visitors if v.tracker == tracker.id]
-    all_visitors = sum(v.visitors for v in vis)
-    dynamic = sum(v.dynamic for v in vis)
-    served = _pool_visitors(tracker, vis)
-    pool_rows = [{
-        "pool": p.pool, "size": p.size, "free": p.free, "reserved": p.reserved,
-        "cooling": p.cooling, "peak": p.peak, "shortfall": p.shortfall,
-        "recommended_size": recommended_size(p, *served.get(p.pool, (0, 0))),
-    } for p in pools if p.tracker == tracker.id]
-    return {
-        "tracker": tracker.id,
-        **totals,
-        "visitors": all_visitors,
-        "coverage": _ratio(dynamic, all_visitors),
-        "accuracy": (round(1 - default_calls / totals["calls"], 4) if totals["calls"]
-                     else None),
-        "sources": sources,
-        "visitor_sources": [{"source": _source(v.utm_source, v.utm_medium),
-                             "visitors": v.visitors, "dynamic": v.dynamic,
-                             "coverage": _ratio(v.dynamic, v.visitors)} for v in vis],
-        "pools": pool_rows,
-    }
-
-
-def _pool_visitors(tracker: Tracker, vis: list[Any]) -> dict[str, tuple[int, int]]:
-    """Pool name → (visitors of the sources it serves, those of them given a number)."""
-    out: dict[str, tuple[int, int]] = {}
-    for v in vis:
-        pool = match_pool(tracker.pools, v.utm_source, v.utm_medium)
-        if pool is not None:
-            seen, dynamic = out.get(pool.name, (0, 0))
-            out[pool.name] = (seen + v.visitors, dynamic + v.dynamic)
+async def _sizings(request: web.Request, tracker: Tracker, pools: list[PoolStats],
+                   now: float) -> dict[str, Sizing]:
+    """Each pool's replay at other sizes, from the cache or made in a worker thread
+    (seconds of CPU for a busy pool: off the event loop, once per SIZING_TTL)."""
+    app = request.app[APP]
+    cache = request.app[SIZINGS]
+    mine = {p.pool: p.size for p in pools if p.tracker == tracker.id}
+    out = {name: hit for name in mine if (hit := cache.get((tracker.id, name), now))}
+    if len(out) == len(mine):
+        return out
+    visits = await app.store.visits(tracker.id, now - domain_stats.SIZING_HISTORY, now)
+    by_pool = domain_stats.pool_visits(tracker, visits)
+    model = app.tracking.delay_models.get(tracker.id, tracker.reservation_ttl).model
+    for name, size in mine.items():
+        if name not in out:
+            sizing = await asyncio.to_thread(domain_stats.size_pool, tracker,
+                                             by_pool.get(name, []), model, size)
+            cache.put((tracker.id, name), now, sizing)
+            out[name] = sizing
     return out
-
-
-def recommended_size(pool: PoolStats, visitors: int, dynamic: int) -> int:
-    """Numbers the pool needs: its peak concurrent demand + 20%.
-
-    Without shortfall the demand is the peak of concurrent reservations, so an idle pool
-    of 100 whose peak was 10 is told 12. When visitors were turned away the peak is
-    only the pool's size: the demand is then estimated as peak ÷ the pool's coverage
-    (the share of its visitors that got a number), e.g. a pool of 10 that served 50% of
-    its visitors is told ceil(10 / 0.5 * 1.2) = 24. That is a floor, as coverage counts a
-    visitor served later in the visit and shortages fall at the busiest hours.
-    """
-    # in integers, ceil(a / b) = -(-a // b): no float rounding up an exact figure
-    if pool.shortfall and 0 < dynamic < visitors:
-        return -(-pool.peak * visitors * 6 // (dynamic * 5))
-    return -(-pool.peak * 6 // 5)
 
 
 # --- webhook admin ---------------------------------------------------------------------
@@ -359,6 +313,7 @@ def setup(http: web.Application) -> None:
     """Register the routes, the CORS middleware and the session rate limiter."""
     settings = http[APP].settings.http
     http[LIMITER] = RateLimiter(settings.session_rate_limit, settings.session_rate_burst)
+    http[SIZINGS] = domain_stats.SizingCache()
     http.middlewares.insert(0, cors)  # outermost: error answers carry CORS headers too
     http.add_routes([
         web.get("/t.js", snippet),

@@ -75,6 +75,38 @@ class PoolStats:
     shortfall: int  # requests since `since` that found the pool empty
 
 
+# --- holder history, visits and confidences (attribution confidence, pool simulator) ---
+
+HISTORY_KEEP = 4 * 86400.0  # seconds an ended hold stays in a number's history
+HISTORY_MAX = 256  # holds kept per number (the newest)
+
+
+@dataclass(frozen=True, slots=True)
+class Visit:
+    """One visitor session's span: first request and last activity (unix seconds)."""
+
+    tracker: str
+    first_seen: float
+    last_seen: float
+    utm_source: str | None
+    utm_medium: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AttributionStats:
+    """Calls of one tracker, pool and attribution kind with their summed confidence."""
+
+    tracker: str
+    pool: str | None
+    kind: str
+    calls: int
+    scored: int  # calls whose record carries a confidence
+    confidence: float  # their sum
+
+
+# --- end of holder history -------------------------------------------------------------
+
+
 class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -220,6 +252,23 @@ class Store(Protocol):
     async def open_calls(self, started_before: float) -> list[CallRecord]:
         """This node's CDRs without an outcome that started before `started_before`."""
 
+    # --- holder history (attribution confidence, the pool simulator) -----------------
+    async def hold_history(self, number: str, now: float) -> list[Hold]:
+        """The number's holds, newest first: the current one and those that ended within
+        `HISTORY_KEEP` (at most `HISTORY_MAX`). Kept for every hold `reserve` and `renew`
+        hand out."""
+
+    async def visits(self, tracker: str, since: float, until: float) -> list[Visit]:
+        """The tracker's visitor sessions that started in [since, until), by start."""
+
+    async def attribution_stats(
+        self,
+        tracker: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[AttributionStats]:
+        """Calls by tracker, pool and kind with the sum of their confidences."""
+
 
 # --- the record codec ------------------------------------------------------------------
 # JSON text, so that any backend stores a CallRecord and reads back an equal one.
@@ -300,6 +349,8 @@ def encode_call(record: CallRecord) -> str:
             "channel": att.channel,
             "error": att.error,
             "session": session_to_dict(att.session) if att.session else None,
+            "confidence": att.confidence,
+            "pool": att.pool,
         },
         "reason": record.reason,
     }
@@ -323,6 +374,8 @@ def decode_call(text: str) -> CallRecord:
             channel=att["channel"],
             error=att["error"],
             session=session_from_dict(att["session"]) if att["session"] else None,
+            confidence=att.get("confidence"),
+            pool=att.get("pool"),
         ),
         **{k: v for k, v in data.items() if k in _CALL_FIELDS},  # older/newer builds' keys
     )

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from calltrackd.store.base import PoolStats
+from calltrackd.store.base import HISTORY_KEEP, HISTORY_MAX, PoolStats
 from calltrackd.tracking.allocator import Allocator, NumberState, UsageBucket
 from calltrackd.tracking.model import Hold, LastVisit, Tracker, VisitorSession
 
@@ -45,6 +45,7 @@ class MemoryState:
         self._saved: list[NumberState] | None = None  # applied at the first sync
         self._saved_usage: list[UsageBucket] = []
         self._pending = Changes()
+        self.history = HoldHistory()
 
     def load(self, states: Iterable[NumberState], usage: Iterable[UsageBucket]) -> None:
         """Persisted state, restored into the pools at the first `sync_pools`."""
@@ -194,13 +195,18 @@ class MemoryState:
     def reserve(
         self, tracker: str, pool: str, session_id: str, now: float, ttl: float
     ) -> Hold | None:
-        return self.alloc.allocate((tracker, pool), session_id, now, ttl)
+        return self.history.note(self.alloc.allocate((tracker, pool), session_id, now, ttl))
 
     def renew(self, session_id: str, now: float, ttl: float) -> Hold | None:
-        return self.alloc.renew(session_id, now, ttl)
+        return self.history.note(self.alloc.renew(session_id, now, ttl))
 
     def release(self, session_id: str, now: float) -> bool:
-        return self.alloc.release(session_id, now)
+        held = self.alloc.holding(session_id, now)
+        released = self.alloc.release(session_id, now)
+        if released and held is not None:
+            self.history.note(Hold(held.number, held.session_id, held.tracker, held.pool,
+                                   held.started_at, now))
+        return released
 
     def holders(self, number: str, now: float) -> tuple[Hold | None, Hold | None]:
         return self.alloc.holders(number, now)
@@ -216,3 +222,47 @@ class MemoryState:
                 peak_all_time=alloc.peak(key, now), shortfall=alloc.shortfall(key, since),
             ))
         return out
+
+
+# --- holder history --------------------------------------------------------------------
+
+
+class HoldHistory:
+    """Each pool number's recent holds, newest last: (session, started_at, until).
+
+    A renewal moves the `until` of its hold; a hold taken up again after it lapsed is a
+    new one. Ended holds older than `HISTORY_KEEP`, and all but the newest `HISTORY_MAX`
+    of a number, are dropped as the number is used.
+    """
+
+    def __init__(self) -> None:
+        self._by_number: dict[str, list[Hold]] = {}
+
+    def note(self, hold: Hold | None) -> Hold | None:
+        if hold is None:
+            return None
+        holds = self._by_number.setdefault(hold.number, [])
+        if holds and holds[-1].session_id == hold.session_id and (
+                holds[-1].started_at == hold.started_at):
+            holds[-1] = hold
+            return hold
+        holds.append(hold)
+        cutoff = hold.started_at - HISTORY_KEEP
+        drop = 0
+        while drop < len(holds) - 1 and (holds[drop].until < cutoff
+                                         or len(holds) - drop > HISTORY_MAX):
+            drop += 1
+        if drop:
+            del holds[:drop]
+        return hold
+
+    def of(self, number: str, now: float) -> list[Hold]:
+        cutoff = now - HISTORY_KEEP
+        return [h for h in reversed(self._by_number.get(number, ())) if h.until >= cutoff]
+
+    def forget(self, numbers: Iterable[str]) -> None:
+        for n in numbers:
+            self._by_number.pop(n, None)
+
+
+# --- end of holder history -------------------------------------------------------------

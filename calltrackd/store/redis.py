@@ -33,9 +33,13 @@ from redis.exceptions import RedisError
 
 from calltrackd.store import redis_lua as lua
 from calltrackd.store.base import (
+    HISTORY_KEEP,
+    HISTORY_MAX,
+    AttributionStats,
     CallStats,
     PoolStats,
     StoreError,
+    Visit,
     VisitorStats,
     decode_call,
     decode_cursor,
@@ -89,6 +93,8 @@ class RedisStore:
         self.url = url
         self._r: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
+        self._history_queue: list[tuple[str, str, float, float]] = []  # holds to note
+        self._history_task: asyncio.Task[None] | None = None
         # visit notes waiting to be written in one pipeline: key → (value, seconds)
         self._notes: dict[str, tuple[str, int]] = {}
         self._notes_task: asyncio.Task[None] | None = None
@@ -132,6 +138,8 @@ class RedisStore:
         if self._r is not None:
             with contextlib.suppress(StoreError):
                 await self._flush_notes()
+            with contextlib.suppress(StoreError):
+                await self._flush_history()
             await self._r.aclose()
             self._r = None
 
@@ -155,6 +163,7 @@ class RedisStore:
                     p.hincrby(vis, field + f"{_SEP}dyn", 1)
                 p.expire(vis, 40 * 86400)
                 p.sadd("ctd:vtrackers", session.tracker)
+                self._index_visit(p, session)
                 await p.execute()
 
         await self._do(run())
@@ -297,7 +306,7 @@ class RedisStore:
                                  _hour(now))
         if not raw:
             return None
-        return await self._hold_of(raw)
+        return await self._note_hold(await self._hold_of(raw), now + ttl)
 
     async def _hold_of(self, raw: Any) -> Hold | None:
         number = _s(raw[0]) or ""
@@ -306,10 +315,14 @@ class RedisStore:
 
     async def renew(self, session_id: str, now: float, ttl: float) -> Hold | None:
         raw = await self._script("RENEW", session_id, now, ttl, _hour(now))
-        return await self._hold_of(raw) if raw else None
+        return await self._note_hold(await self._hold_of(raw), now + ttl) if raw else None
 
     async def release(self, session_id: str, now: float) -> bool:
-        return bool(await self._script("RELEASE", session_id, now))
+        held = await self._do(self.r.get(f"ctd:hold:{session_id}"))
+        released = bool(await self._script("RELEASE", session_id, now))
+        if released and held:
+            await self._note_release(_s(held) or "", session_id, now)
+        return released
 
     async def holders(self, number: str, now: float) -> tuple[Hold | None, Hold | None]:
         h = await self._do(self.r.hgetall(f"ctd:num:{number}"))
@@ -651,3 +664,123 @@ class RedisStore:
         return [VisitorStats(t, src or None, med or None, v[0], v[1])
                 for (t, src, med), v in sorted(acc.items(), key=lambda kv: (kv[0][0],
                                                                              -kv[1][0]))]
+
+    # --- holder history, visits, confidences ------------------------------------------
+    # ctd:hist:N   ZSET "session<US>started_at" → until, per pool number (trimmed by age
+    #              and count as the number is used)
+    # ctd:visits:T ZSET session id → first_seen, per tracker (pruned after SESSION_TTL)
+
+    @staticmethod
+    def _index_visit(p: Any, session: VisitorSession) -> None:
+        key = f"ctd:visits:{session.tracker}"
+        p.zadd(key, {session.id: session.first_seen})
+        p.zremrangebyscore(key, "-inf", session.first_seen - SESSION_TTL)
+
+    async def _note_hold(self, hold: Hold | None, until: float) -> Hold | None:
+        # written behind in one pipeline per 0.5 s (a round trip per reservation cost the
+        # 1,000-visitor storm its pool connections). The scripts reply times as integers
+        # (Lua numbers): a hold is kept by its session and whole second of start, with
+        # the end the caller asked for (`_until`, exact)
+        if hold is not None:
+            self._queue_history(hold.number, hold.session_id, hold.started_at, until)
+        return hold
+
+    async def _note_release(self, number: str, session_id: str, now: float) -> None:
+        h = await self._do(self.r.hmget(f"ctd:num:{number}", ["last", "last_start"]))
+        if _s(h[0]) == session_id and h[1] is not None:
+            self._queue_history(number, session_id, float(_s(h[1]) or 0), now)
+
+    def _queue_history(self, number: str, session_id: str, start: float, until: float) -> None:
+        self._history_queue.append((number, session_id, float(int(start)), until))
+        if self._history_task is None or self._history_task.done():
+            self._history_task = asyncio.create_task(self._flush_history_soon())
+
+    async def _flush_history_soon(self) -> None:
+        await asyncio.sleep(0.5)  # a read (hold_history) writes what waits first
+        with contextlib.suppress(StoreError):  # put back: the next note or read retries
+            await self._flush_history()
+
+    async def _flush_history(self) -> None:
+        batch, self._history_queue = self._history_queue, []
+        if not batch:
+            return
+
+        async def run() -> None:
+            async with self.r.pipeline(transaction=False) as p:
+                for number, session, start, until in batch:
+                    key = f"ctd:hist:{number}"
+                    p.zadd(key, {f"{session}{_SEP}{start!r}": until})
+                    p.zremrangebyscore(key, "-inf", start - HISTORY_KEEP)
+                    p.zremrangebyrank(key, 0, -HISTORY_MAX - 1)
+                    p.expire(key, int(HISTORY_KEEP) + 3600)
+                await p.execute()
+
+        try:
+            await self._do(run())
+        except StoreError:
+            self._history_queue[:0] = batch[-10_000:]
+            raise
+
+    async def hold_history(self, number: str, now: float) -> list[Hold]:
+        await self._flush_history()
+        rows = await self._do(self.r.zrevrangebyscore(
+            f"ctd:hist:{number}", "+inf", now - HISTORY_KEEP, withscores=True))
+        if not rows:
+            return []
+        meta = await self._do(self.r.hmget(f"ctd:num:{number}", ["tracker", "pool"]))
+        tracker, pool = _s(meta[0]) or "", _s(meta[1]) or ""
+        out = []
+        for member, until in rows:
+            session, _, start = (_s(member) or "").partition(_SEP)
+            out.append(Hold(number, session, tracker, pool, float(start), float(until)))
+        return out
+
+    async def visits(self, tracker: str, since: float, until: float) -> list[Visit]:
+        ids = await self._do(self.r.zrangebyscore(f"ctd:visits:{tracker}", since,
+                                                  f"({until}"))
+        out: list[Visit] = []
+        for i in range(0, len(ids), 500):
+            chunk = [f"ctd:s:{_s(x)}" for x in ids[i:i + 500]]
+
+            async def run(keys: list[str]) -> list[Any]:
+                async with self.r.pipeline(transaction=False) as p:
+                    for k in keys:
+                        p.hget(k, "data")
+                    return list(await p.execute())
+
+            for raw in await self._do(run(chunk)):
+                if raw:
+                    s = decode_session(_s(raw) or "")
+                    out.append(Visit(tracker, s.first_seen, s.last_seen,
+                                     *session_stats_source(s)))
+        return out
+
+    async def attribution_stats(
+        self,
+        tracker: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[AttributionStats]:
+        groups: dict[tuple[str, str | None, str], list[float]] = {}
+        offset = 0
+        while True:
+            rows = await self._calls_in(tracker, since, until, None, 1000, offset)
+            if not rows:
+                break
+            offset += len(rows)
+            for raw in await self._do(self.r.mget([f"ctd:call:{c}" for c, _ in rows])):
+                if raw is None:
+                    continue
+                rec = decode_call(_s(raw) or "")
+                att = rec.attribution
+                g = groups.setdefault((rec.tracker, att.pool if att else None,
+                                       att.kind if att else "none"), [0, 0, 0.0])
+                g[0] += 1
+                if att is not None and att.confidence is not None:
+                    g[1] += 1
+                    g[2] += att.confidence
+        return [AttributionStats(t, p, k, int(v[0]), int(v[1]), v[2])
+                for (t, p, k), v in sorted(groups.items(), key=lambda kv: str(kv[0]))]
+
+    # --- end of holder history ----------------------------------------------------------
+

@@ -31,9 +31,11 @@ from urllib.parse import parse_qs
 import structlog
 
 from calltrackd.store.base import (
+    AttributionStats,
     CallStats,
     PoolStats,
     StoreError,
+    Visit,
     VisitorStats,
     decode_call,
     decode_cursor,
@@ -780,3 +782,36 @@ class SqliteStore:
         )
         rows = await self._read(lambda c: c.execute(sql, args).fetchall())
         return [VisitorStats(r[0], r[1], r[2], r[3], int(r[4])) for r in rows]
+
+    # --- holder history, visits, confidences ------------------------------------------
+    # The history is the memory state's (it is rebuilt as numbers are handed out after
+    # a restart); visits and confidences are read from the sessions and calls tables.
+
+    async def hold_history(self, number: str, now: float) -> list[Hold]:
+        self._check_open()
+        return self._mem.history.of(number, now)
+
+    async def visits(self, tracker: str, since: float, until: float) -> list[Visit]:
+        await self._flush_behind()
+        sql = ("SELECT first_seen, last_seen, utm_source, utm_medium FROM sessions"
+               " WHERE first_seen >= ? AND first_seen < ? AND tracker = ? ORDER BY first_seen")
+        rows = await self._read(lambda c: c.execute(sql, (since, until, tracker)).fetchall())
+        return [Visit(tracker, r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def attribution_stats(
+        self,
+        tracker: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[AttributionStats]:
+        where, args = self._where(tracker, since, until)
+        sql = (
+            "SELECT tracker, json_extract(data, '$.attribution.pool'), coalesce(kind, 'none'),"
+            " count(*), count(json_extract(data, '$.attribution.confidence')),"
+            f" total(json_extract(data, '$.attribution.confidence')) FROM calls{where}"
+            " GROUP BY 1, 2, 3"
+        )
+        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        return [AttributionStats(r[0], r[1], r[2], r[3], r[4], float(r[5])) for r in rows]
+
+    # --- end of holder history ----------------------------------------------------------

@@ -33,6 +33,9 @@ class Pool:
     name: str
     sources: tuple[str, ...]  # "google/cpc", "google/*", "*/cpc", a channel ("organic"), "*"
     numbers: tuple[str, ...]  # E.164
+    # The pool's own overflow number (E.164): shown to a visitor the pool cannot serve;
+    # its calls are attributed `default` with the pool's name, so they keep their channel.
+    default_number: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +111,7 @@ class Tracker:
     forward: tuple[ForwardTarget, ...]
     reservation_ttl: float = 360.0
     cooldown: float = 0.0
-    attribution_grace: float = 86400.0
+    attribution_grace: float = 1800.0  # measured: README, "Attribution confidence"
     target_call_min_seconds: float = 30.0
     ring_timeout: float = 30.0
     # a visitor seen again within this time gets the number they held last, if it is free
@@ -126,6 +129,8 @@ class Tracker:
         out = [self.default_number]
         for pool in self.pools:
             out.extend(pool.numbers)
+            if pool.default_number is not None:
+                out.append(pool.default_number)
         out.extend(s.number for s in self.static)
         return tuple(out)
 
@@ -195,6 +200,12 @@ class Attribution:
     # Set when attribution could not be computed (store down or too slow): the call was
     # forwarded unattributed and the record says why.
     error: str | None = None
+    # The probability that `session` is the visitor who really called (tracking/
+    # confidence.py): 1 for a static number, 0 when no visitor is named (default, none).
+    # None for records written before confidences existed.
+    confidence: float | None = None
+    # The pool of the dialled number (a pool number or a pool's default number).
+    pool: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         s = self.session
@@ -206,6 +217,8 @@ class Attribution:
         out["source"] = s.source if s else None
         out["medium"] = s.medium if s else None
         out["session"] = s.to_json() if s else None
+        out["confidence"] = self.confidence
+        out["pool"] = self.pool
         if self.error:
             out["error"] = self.error
         return out

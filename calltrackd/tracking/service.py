@@ -28,6 +28,7 @@ from calltrackd.store.base import Store
 from calltrackd.tracking import attribution as attr
 from calltrackd.tracking import visits
 from calltrackd.tracking.allocator import match_pool
+from calltrackd.tracking.confidence import Learners
 from calltrackd.tracking.model import (
     Attribution,
     CallRecord,
@@ -93,6 +94,7 @@ class TrackingService:
         self._sync_lock = asyncio.Lock()
         self._synced: tuple[Tracker, ...] | None = None
         self.dropped_records = 0  # CDRs given up because the pending queue was full
+        self.delay_models = Learners()  # per tracker: when its callers call (confidence)
         self.update_trackers(trackers)
 
     # --- configuration -----------------------------------------------------------------
@@ -172,7 +174,7 @@ class TrackingService:
                 number = hold.number if hold else (last.number if last else None)
                 await self.store.note_visit(tracker.id, keys, LastVisit(session.id, number, now),
                                             tracker.returning_window)
-            return self._answer(tracker, session.id, hold, now)
+            return self._answer(tracker, session.id, hold, now, attr.overflow_for(tracker, session))
         except Exception as exc:
             log.warning("tracking.session_failed", tracker=tracker.id, error=repr(exc))
             return self._answer(tracker, session_id or new_session_id(), None, now)
@@ -248,7 +250,7 @@ class TrackingService:
                                             LastVisit(session.id, hold.number, now),
                                             tracker.returning_window)
         await self.store.touch_session(session.id, now, dynamic=hold is not None)
-        return self._answer(tracker, session.id, hold, now)
+        return self._answer(tracker, session.id, hold, now, attr.overflow_for(tracker, session))
 
     async def _reserve(self, tracker: Tracker, session: VisitorSession, now: float,
                        last: LastVisit | None = None, previous: str | None = None
@@ -269,11 +271,11 @@ class TrackingService:
         )
 
     @staticmethod
-    def _answer(tracker: Tracker, session_id: str, hold: Hold | None, now: float) -> SessionAnswer:
+    def _answer(tracker: Tracker, session_id: str, hold: Hold | None, now: float,
+                overflow: str | None = None) -> SessionAnswer:
         if hold is None:  # the snippet asks again when this passes: a number may be free
-            return SessionAnswer(
-                session_id, tracker.default_number, "default", now + tracker.reservation_ttl
-            )
+            return SessionAnswer(session_id, overflow or tracker.default_number, "default",
+                                 now + tracker.reservation_ttl)
         return SessionAnswer(session_id, hold.number, "dynamic", hold.until)
 
     async def export_gauges(self, metrics: GaugeSink) -> None:
@@ -307,8 +309,10 @@ class TrackingService:
             await self.sync_pools()
             current: Hold | None = None
             last: Hold | None = None
+            history: list[Hold] = []
             if attr.is_pool_number(tracker, did):
                 current, last = await self.store.holders(did, now)
+                history = await self.store.hold_history(did, now)
             sessions: dict[str, VisitorSession] = {}
             for hold in (current, last):
                 if hold is not None and hold.session_id not in sessions:
@@ -322,7 +326,14 @@ class TrackingService:
         except Exception as exc:
             log.warning("tracking.attribution_failed", did=did, error=repr(exc))
             return Attribution("none", error=f"store: {type(exc).__name__}"), None
-        return attr.attribute(did, caller, now, tracker, current, last, sessions, called_before)
+        learner = self.delay_models.get(tracker.id, tracker.reservation_ttl)
+        result = attr.attribute(did, caller, now, tracker, current, last, sessions,
+                                called_before, history, learner.model)
+        if history or current or last:  # the call teaches the tracker's delay model
+            holds = [h for h in (current, last, *history) if h is not None]
+            learner.observe_holds(holds, now)
+            learner.observe_call(holds, now)
+        return result
 
     async def record_call(
         self, record: CallRecord, deliveries: Sequence[WebhookDelivery] = ()

@@ -47,7 +47,8 @@ def test_slow_store_leaves_the_call_answered_and_the_cdr_unattributed(
         assert slow["outcome"] == "answered"
         assert slow["attribution"] == {"kind": "none", "channel": None, "source": None,
                                        "medium": None, "session": None,
-                                       "error": "attribution timeout"}
+                                       "error": "attribution timeout",
+                                       "confidence": None, "pool": None}
         assert slow["first_time_caller"] is None  # unknown: the store was not asked in time
         # the same number dialled with Redis answering again: the visitor was there all along
         call(env, sipp_factory, number, 100)

@@ -1,4 +1,6 @@
-from calltrackd.tracking.attribution import attribute, qualified
+import dataclasses
+
+from calltrackd.tracking.attribution import attribute, overflow_for, qualified
 from calltrackd.tracking.model import (
     Attribution,
     ForwardTarget,
@@ -13,6 +15,7 @@ POOL_NUMBER = "+74990000001"
 STATIC = "+74990000100"
 DEFAULT = "+74990000000"
 CALLER = "+79161234567"
+POOL_DEFAULT = "+74990000009"
 HOUR = 3600.0
 
 TRACKER = Tracker(
@@ -21,7 +24,8 @@ TRACKER = Tracker(
     default_number=DEFAULT,
     forward=(ForwardTarget("sip:pbx.acme.example"),),
     attribution_grace=24 * HOUR,
-    pools=(Pool("paid", ("google/cpc",), (POOL_NUMBER, "+74990000002")),),
+    pools=(Pool("paid", ("google/cpc",), (POOL_NUMBER, "+74990000002"), POOL_DEFAULT),
+           Pool("seo", ("google/organic",), ("+74990000003",))),
     static=(StaticNumber(STATIC, "billboard-tverskaya"),),
 )
 ALICE = VisitorSession("s_alice", "acme", utm_source="google", utm_campaign="spring")
@@ -41,7 +45,9 @@ def who(
     called_before: bool | None = False,
     caller: str = CALLER,
 ) -> tuple[Attribution, bool | None]:
-    return attribute(did, caller, now, TRACKER, current, last, SESSIONS, called_before)
+    att, first = attribute(did, caller, now, TRACKER, current, last, SESSIONS, called_before)
+    # the rules' outcome; confidence and pool have tests of their own below
+    return dataclasses.replace(att, confidence=None, pool=None), first
 
 
 def test_call_to_a_held_number_goes_to_its_visitor() -> None:
@@ -129,3 +135,61 @@ def test_call_is_qualified_from_the_target_talk_time() -> None:
     assert qualified(63.0, 30.0)
     assert not qualified(29.9, 30.0)
     assert not qualified(None, 30.0)
+
+
+# --- a pool's own default number, confidence and pool --------------------------------
+
+
+def test_call_to_a_pools_default_number_is_default_with_the_pools_channel() -> None:
+    att, _ = attribute(POOL_DEFAULT, CALLER, 100.0, TRACKER, None, None, SESSIONS, False)
+    assert att == Attribution("default", channel="paid", confidence=0.0, pool="paid")
+
+
+def test_a_visitor_the_pool_cannot_serve_is_shown_the_pools_own_default_number() -> None:
+    paid = VisitorSession("s_paid", "acme", utm_source="google", utm_medium="cpc")
+    assert overflow_for(TRACKER, paid) == POOL_DEFAULT
+    seo = VisitorSession("s_seo", "acme", utm_source="google", utm_medium="organic")
+    assert overflow_for(TRACKER, seo) == DEFAULT  # that pool has none: the tracker's
+    assert overflow_for(TRACKER, None) == DEFAULT
+
+
+def test_static_calls_are_certain_and_unattributed_ones_have_no_confidence() -> None:
+    st, _ = attribute(STATIC, CALLER, 1.0, TRACKER, None, None, SESSIONS, False)
+    none, _ = attribute(POOL_NUMBER, CALLER, 1.0, TRACKER, None, None, SESSIONS, False)
+    default, _ = attribute(DEFAULT, CALLER, 1.0, TRACKER, None, None, SESSIONS, False)
+    assert (st.confidence, none.confidence, default.confidence) == (1.0, 0.0, 0.0)
+    assert none.pool == "paid" and default.pool is None
+
+
+def test_a_number_held_by_one_visitor_only_is_attributed_with_full_confidence() -> None:
+    att, _ = attribute(POOL_NUMBER, CALLER, 100.0, TRACKER, hold(ALICE, 0.0, 360.0), None,
+                       SESSIONS, False)
+    assert att.kind == "dynamic" and att.confidence == 1.0 and att.pool == "paid"
+
+
+def test_a_number_that_changed_hands_minutes_ago_is_less_certain() -> None:
+    # Alice left at 0 (hold lapsed at 360); Bob took the number at 360 and left at once
+    # (one request: his hold lapses at 720). At 600 either may be calling back.
+    alice, bob = hold(ALICE, -600.0, 360.0), hold(BOB, 360.0, 720.0)
+    att, _ = attribute(POOL_NUMBER, CALLER, 600.0, TRACKER, bob, alice, SESSIONS, False,
+                       history=[bob, alice])
+    assert att.session == BOB
+    assert att.confidence is not None and 0.3 < att.confidence < 0.9
+    # while Bob is still on the site (he renewed a moment ago) the call is his
+    busy = hold(BOB, 360.0, 950.0)
+    att, _ = attribute(POOL_NUMBER, CALLER, 600.0, TRACKER, busy, alice, SESSIONS, False,
+                       history=[busy, alice])
+    assert att.confidence is not None and att.confidence > 0.9
+
+
+def test_an_expired_attribution_long_after_the_hold_ended_gets_a_low_confidence() -> None:
+    ago = [Hold(POOL_NUMBER, f"s_{i}", "acme", "paid", i * 2 * HOUR, i * 2 * HOUR + 600)
+           for i in range(20)]
+    last = ago[-1]
+    soon, _ = attribute(POOL_NUMBER, CALLER, last.until + 120, TRACKER, None, last,
+                        SESSIONS, False, history=ago)
+    late, _ = attribute(POOL_NUMBER, CALLER, last.until + 20 * HOUR, TRACKER, None, last,
+                        SESSIONS, False, history=ago)
+    assert soon.kind == late.kind == "expired"
+    assert soon.confidence is not None and soon.confidence > 0.9
+    assert late.confidence is not None and late.confidence < 0.2

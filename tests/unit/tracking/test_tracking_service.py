@@ -135,7 +135,7 @@ async def test_call_after_the_visitor_left_is_attributed_as_expired(
     service: TrackingService, clock: Clock
 ) -> None:
     answer = await service.create_session(TRACKER, GOOGLE, None, clock.now)
-    att, _ = await service.attribute(TRACKER, answer.number, "+79161234567", clock.now + 3600)
+    att, _ = await service.attribute(TRACKER, answer.number, "+79161234567", clock.now + 1200)
     assert att.kind == "expired" and att.session is not None
     assert att.session.id == answer.session_id
 

@@ -1,7 +1,7 @@
-"""The recommended pool size of /v1/stats: peak concurrent demand + 20%."""
+"""The rule-of-thumb pool size (a pool without visits to replay): peak demand + 20%."""
 
-from calltrackd.http.tracking import recommended_size
 from calltrackd.store.base import PoolStats
+from calltrackd.tracking.stats import peak_rule_size as recommended_size
 
 
 def pool(size: int, peak: int, shortfall: int) -> PoolStats:

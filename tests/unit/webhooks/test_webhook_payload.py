@@ -39,7 +39,8 @@ def test_body_has_exactly_the_spec_keys(record: CallRecord) -> None:
     assert doc["occurred_at"] == "2026-11-22T10:03:12.250Z"
     assert set(doc["call"]) == CALL_KEYS
     attribution = doc["call"]["attribution"]
-    assert set(attribution) == {"kind", "channel", "source", "medium", "session"}
+    assert set(attribution) == {"kind", "channel", "source", "medium", "session",
+                                "confidence", "pool"}
     assert set(attribution["session"]) == SESSION_KEYS
     assert attribution["session"]["utm_term"] == "купить диван"
     assert doc["call"]["ended_at"] == "2026-11-22T10:03:12.200Z"

@@ -1,0 +1,174 @@
+"""The figures of `/v1/stats` (pure): per tracker and source, per pool, and how accurate
+the attribution is expected to be.
+
+- `accuracy` is the trade's figure: 1 - calls to a default number / all calls.
+- `estimated_accuracy` is the expected share of calls attributed to the visitor who
+  really called: the mean confidence of the calls (`confidence.py`), where a static
+  number counts 1 and a call that names no visitor (`default`, `none`) 0.
+- A pool's `recommended_size` and `size_curve` come from replaying its visits of the
+  last days at other sizes (`simulator.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from calltrackd.store.base import AttributionStats, CallStats, PoolStats, Visit, VisitorStats
+from calltrackd.tracking.allocator import match_pool
+from calltrackd.tracking.confidence import DelayModel
+from calltrackd.tracking.model import Tracker
+from calltrackd.tracking.simulator import Rule, SimVisit, Sizing, recommend
+
+SIZING_HISTORY = 3 * 86400.0  # the visits a pool's replay takes: the last three days
+SIZING_TTL = 300.0  # seconds a pool's replay is reused
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _source(src: str | None, medium: str | None) -> str:
+    return f"{src or '(direct)'}/{medium or '(none)'}"
+
+
+def _call_source(c: CallStats) -> str:
+    if c.kind == "static":
+        return c.channel or "static"
+    if c.kind in ("dynamic", "expired"):
+        return _source(c.utm_source, c.utm_medium)
+    if c.kind == "default" and c.channel:
+        return f"default/{c.channel}"  # a pool's own default number
+    return c.kind
+
+
+def estimated_accuracy(rows: Sequence[AttributionStats]) -> float | None:
+    """The mean confidence of these calls; a record without a confidence (older ones,
+    or one whose attribution failed) counts 1 when static, 0 when it names nobody, and
+    is left out when it names a visitor."""
+    total = 0.0
+    count = 0
+    for r in rows:
+        unscored = r.calls - r.scored
+        total += r.confidence
+        count += r.scored
+        if r.kind == "static":
+            total += unscored
+            count += unscored
+        elif r.kind in ("default", "none"):
+            count += unscored
+    return round(total / count, 4) if count else None
+
+
+def pool_visits(tracker: Tracker, visits: Sequence[Visit]) -> dict[str, list[SimVisit]]:
+    """Pool name → the visits of the sources it serves."""
+    out: dict[str, list[SimVisit]] = {p.name: [] for p in tracker.pools}
+    for v in visits:
+        pool = match_pool(tracker.pools, v.utm_source, v.utm_medium)
+        if pool is not None:
+            out[pool.name].append(SimVisit(v.first_seen, max(v.first_seen, v.last_seen)))
+    return out
+
+
+def size_pool(tracker: Tracker, visits: Sequence[SimVisit], model: DelayModel,
+              current: int) -> Sizing:
+    """Replay a pool's visits at candidate sizes under the tracker's rule."""
+    rule = Rule(tracker.reservation_ttl, tracker.cooldown, tracker.attribution_grace)
+    return recommend(visits, rule, model, current)
+
+
+class SizingCache:
+    """Replays per (tracker, pool), reused for `ttl` seconds (a replay of three days of
+    a busy pool takes about a second)."""
+
+    def __init__(self, ttl: float = SIZING_TTL) -> None:
+        self.ttl = ttl
+        self._entries: dict[tuple[str, str], tuple[float, Sizing]] = {}
+
+    def get(self, key: tuple[str, str], now: float) -> Sizing | None:
+        hit = self._entries.get(key)
+        return hit[1] if hit is not None and now - hit[0] < self.ttl else None
+
+    def put(self, key: tuple[str, str], now: float, sizing: Sizing) -> None:
+        self._entries[key] = (now, sizing)
+
+
+def tracker_stats(tracker: Tracker, calls: Sequence[CallStats],
+                  visitors: Sequence[VisitorStats], pools: Sequence[PoolStats],
+                  attributions: Sequence[AttributionStats],
+                  sizings: dict[str, Sizing] | None = None) -> dict[str, Any]:
+    """One tracker's entry of `/v1/stats`."""
+    sizings = sizings or {}
+    mine = [c for c in calls if c.tracker == tracker.id]
+    sources = []
+    totals = dict.fromkeys(("calls", "answered", "missed", "qualified", "first_time"), 0)
+    default_calls = 0
+    for c in mine:
+        row: dict[str, Any] = {"source": _call_source(c), "kind": c.kind, "channel": c.channel,
+                               "utm_source": c.utm_source, "utm_medium": c.utm_medium}
+        for k in totals:
+            row[k] = getattr(c, k)
+            totals[k] += getattr(c, k)
+        if c.kind == "default":
+            default_calls += c.calls
+        sources.append(row)
+    vis = [v for v in visitors if v.tracker == tracker.id]
+    all_visitors = sum(v.visitors for v in vis)
+    dynamic = sum(v.dynamic for v in vis)
+    served = _pool_visitors(tracker, vis)
+    att = [a for a in attributions if a.tracker == tracker.id]
+    pool_rows = []
+    for p in pools:
+        if p.tracker != tracker.id:
+            continue
+        sizing = sizings.get(p.pool)
+        ours = [a for a in att if a.pool == p.pool]
+        row = {
+            "pool": p.pool, "size": p.size, "free": p.free, "reserved": p.reserved,
+            "cooling": p.cooling, "peak": p.peak, "shortfall": p.shortfall,
+            "calls": sum(a.calls for a in ours),
+            "estimated_accuracy": estimated_accuracy(ours),
+            "recommended_size": (sizing.recommended_size if sizing and sizing.curve
+                                 else peak_rule_size(p, *served.get(p.pool, (0, 0)))),
+            "attainable_accuracy": sizing.attainable_accuracy if sizing and sizing.curve
+            else None,
+            "size_curve": [{"size": c.size, "estimated_accuracy": c.estimated_accuracy}
+                           for c in sizing.curve] if sizing else [],
+        }
+        pool_rows.append(row)
+    return {
+        "tracker": tracker.id,
+        **totals,
+        "visitors": all_visitors,
+        "coverage": _ratio(dynamic, all_visitors),
+        "accuracy": (round(1 - default_calls / totals["calls"], 4) if totals["calls"]
+                     else None),
+        "estimated_accuracy": estimated_accuracy(att),
+        "sources": sources,
+        "visitor_sources": [{"source": _source(v.utm_source, v.utm_medium),
+                             "visitors": v.visitors, "dynamic": v.dynamic,
+                             "coverage": _ratio(v.dynamic, v.visitors)} for v in vis],
+        "pools": pool_rows,
+    }
+
+
+def _pool_visitors(tracker: Tracker, vis: Sequence[VisitorStats]) -> dict[str, tuple[int, int]]:
+    """Pool name → (visitors of the sources it serves, those of them given a number)."""
+    out: dict[str, tuple[int, int]] = {}
+    for v in vis:
+        pool = match_pool(tracker.pools, v.utm_source, v.utm_medium)
+        if pool is not None:
+            seen, dynamic = out.get(pool.name, (0, 0))
+            out[pool.name] = (seen + v.visitors, dynamic + v.dynamic)
+    return out
+
+
+def peak_rule_size(pool: PoolStats, visitors: int, dynamic: int) -> int:
+    """The rule of thumb, for a pool without visits to replay: its peak concurrent
+    demand + 20% (the demand estimated as peak ÷ coverage when visitors were turned
+    away, e.g. a pool of 10 that served 50% of its visitors: ceil(10 / 0.5 * 1.2) = 24).
+    """
+    # in integers, ceil(a / b) = -(-a // b): no float rounding up an exact figure
+    if pool.shortfall and 0 < dynamic < visitors:
+        return -(-pool.peak * visitors * 6 // (dynamic * 5))
+    return -(-pool.peak * 6 // 5)

@@ -1,0 +1,106 @@
+"""A pool's own default number and the accuracy figures of /v1/stats, end to end: visitors
+get numbers over the API, SIPp dials them, and the call records and /v1/stats say how sure
+each attribution is and how big the pool should be. On both stores."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import ADMIN, Daemon, Sipp, free_port, start_daemon
+
+POOL = ["+74990000021", "+74990000022"]
+POOL_DEFAULT = "+74990000029"
+DEFAULT = "+74990000020"
+
+
+def config(sip: int, http: int, pbx: int, store: str) -> str:
+    return f"""
+[sip]
+listen = ["udp:127.0.0.1:{sip}"]
+shutdown_grace = "5s"
+[http]
+listen = "127.0.0.1:{http}"
+admin_token = "{ADMIN}"
+[store]
+url = "{store}"
+[[carriers]]
+name = "loopback"
+addresses = ["127.0.0.0/8"]
+[[trackers]]
+id = "acme"
+public_key = "pk_acme"
+default_number = "{DEFAULT}"
+forward = ["sip:127.0.0.1:{pbx};transport=udp"]
+reservation_ttl = "6m"
+  [[trackers.pools]]
+  name = "paid"
+  sources = ["google/cpc"]
+  numbers = {json.dumps(POOL)}
+  default_number = "{POOL_DEFAULT}"
+"""
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, store_url: str) -> Iterator[tuple[Daemon, int]]:
+    sip, http, pbx = free_port(), free_port(), free_port()
+    d = start_daemon(tmp_path, config(sip, http, pbx, store_url), sip, http)
+    yield d, pbx
+    d.stop()
+
+
+def call(d: Daemon, pbx: int, sipp_factory: Callable[..., Sipp], did: str) -> None:
+    uas = sipp_factory(f"pbx{did}", "uas_answer.xml", pbx, "-m", "1", "-timeout", "30s")
+    res = sipp_factory(f"carrier{did}", "uac_call.xml", free_port(), "-s", did, "-m", "1",
+                       "-d", "300", "-timeout", "30s", "-timeout_error",
+                       remote=f"127.0.0.1:{d.sip_port}").wait(40)
+    assert res.ok, res.output
+    assert uas.wait(10).ok
+
+
+def visitor(d: Daemon) -> dict[str, str]:
+    status, answer = d.http("POST", "/v1/sessions", {
+        "tracker": "pk_acme", "utm_source": "google", "utm_medium": "cpc"}, admin=False)
+    assert status == 200, answer
+    return dict(answer)
+
+
+def test_overflow_calls_keep_the_pools_channel_and_stats_estimate_the_accuracy(
+    daemon: tuple[Daemon, int], sipp_factory: Callable[..., Sipp]
+) -> None:
+    d, pbx = daemon
+    first, _, overflow = visitor(d), visitor(d), visitor(d)
+    assert first["kind"] == "dynamic" and first["number"] in POOL
+    assert overflow == {**overflow, "kind": "default", "number": POOL_DEFAULT}
+
+    call(d, pbx, sipp_factory, first["number"])
+    held = d.wait_call(lambda c: c["did"] == first["number"])["attribution"]
+    assert held["kind"] == "dynamic" and held["session"]["id"] == first["session_id"]
+    assert held["pool"] == "paid" and held["confidence"] == 1.0  # nobody else held it
+
+    call(d, pbx, sipp_factory, POOL_DEFAULT)
+    over = d.wait_call(lambda c: c["did"] == POOL_DEFAULT)["attribution"]
+    assert over["kind"] == "default" and over["channel"] == "paid"
+    assert over["pool"] == "paid" and over["confidence"] == 0.0
+
+    status, stats = d.http("GET", "/v1/stats?tracker=acme")
+    assert status == 200, stats
+    acme = stats["trackers"][0]
+    assert acme["calls"] == 2
+    assert acme["accuracy"] == 0.5  # the trade's figure: one of two calls to a default
+    assert acme["estimated_accuracy"] == 0.5
+    assert {"source": "default/paid", "channel": "paid"}.items() <= {
+        k: v for row in acme["sources"] if row["kind"] == "default" for k, v in row.items()
+    }.items()
+    pool = acme["pools"][0]
+    assert pool["pool"] == "paid" and pool["estimated_accuracy"] == 0.5
+    assert pool["recommended_size"] >= 3  # three visitors at once: two numbers were short
+    curve = pool["size_curve"]
+    assert curve and all(set(p) == {"size", "estimated_accuracy"} for p in curve)
+    assert [p["size"] for p in curve] == sorted(p["size"] for p in curve)
+    assert any(p["size"] == 2 for p in curve)  # the pool's own size is on the curve
+    accuracies = [p["estimated_accuracy"] for p in curve]
+    assert accuracies == sorted(accuracies) and 0 < accuracies[-1] <= 1
