@@ -92,7 +92,7 @@ class App:
         self.shutdown = shutdown or asyncio.Event()
         self.force = asyncio.Event()
         self.metrics = Metrics()
-        self.store = create_store(settings.store.url)
+        self.store = create_store(settings.store.url, settings.store.retention)
         self.node_id = self.store.node_id = node_id(settings)
         self.boot = time.time()  # calls of this process start after this
         self.tracking = TrackingService(self.store, settings.trackers)

@@ -44,7 +44,8 @@ __all__ = [
 ]
 
 DEFAULT_PATH = Path("config/calltrackd.toml")
-EVENTS = ("call.started", "call.answered", "call.ended")
+EVENTS = ("call.started", "call.answered", "call.ended")  # an endpoint's default events
+OPTIONAL_EVENTS = ("call.updated",)  # sent only to endpoints that list them in `events`
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 T = TypeVar("T")
 
@@ -104,6 +105,7 @@ class HttpSettings:
 class StoreSettings:
     url: str = "sqlite:///./var/calltrackd.db"
     node_id: str | None = None  # None: derived (see `node_id()`)
+    retention: float = 0.0  # seconds a call record is kept (0: for ever)
 
 
 @dataclass(frozen=True, slots=True)
@@ -547,7 +549,7 @@ def _admin_token(c: _Checker, d: dict[str, Any]) -> str | None:
 
 
 def _store(c: _Checker, data: object) -> StoreSettings:
-    d = c.table(data, "store", {"url", "node_id"})
+    d = c.table(data, "store", {"url", "node_id", "retention"})
 
     def check(v: str) -> str | None:
         if v.startswith("sqlite://") and len(v) > len("sqlite://"):
@@ -559,7 +561,12 @@ def _store(c: _Checker, data: object) -> StoreSettings:
     node = c.get(d, "store", "node_id", str, None,
                  lambda v: None if re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", v)
                  else "expected 1-64 letters, digits or . _ : -")
-    return StoreSettings(c.get(d, "store", "url", str, StoreSettings().url, check), node)
+    retention = c.duration(d, "store", "retention", 0.0)
+    if 0 < retention < 86400:
+        c.fail("store.retention", "use at least \"1d\" (or 0 to keep every record)")
+        retention = 0.0
+    return StoreSettings(c.get(d, "store", "url", str, StoreSettings().url, check), node,
+                         retention)
 
 
 def _log(c: _Checker, data: object) -> LogSettings:
@@ -803,8 +810,8 @@ def _tracker(c: _Checker, key: str, d: dict[str, Any],
             c.fail(f"{wkey}.secret", "required: the key webhook signatures are made with")
         events = []
         for k, v in c.str_list(wd, wkey, "events"):
-            if v not in EVENTS:
-                c.fail(k, f"unknown event {v!r} ({', '.join(EVENTS)})")
+            if v not in EVENTS + OPTIONAL_EVENTS:
+                c.fail(k, f"unknown event {v!r} ({', '.join(EVENTS + OPTIONAL_EVENTS)})")
             else:
                 events.append(v)
         batch = c.get(wd, wkey, "batch", int, 1,

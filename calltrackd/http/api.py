@@ -234,6 +234,9 @@ def build_http_app(app: App) -> web.Application:
         web.get("/v1/calls", list_calls),
         web.get("/v1/calls/{call_id}", get_call),
     ])
+    from . import reports  # imports this module: registered here, at build time
+
+    reports.setup(http)
     return http
 
 

@@ -8,11 +8,14 @@ Times are unix seconds (float) except CDR filters, which follow `CallRecord` (da
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
+import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol, overload
 
@@ -27,6 +30,12 @@ from calltrackd.tracking.model import (
     Tracker,
     VisitorSession,
     WebhookDelivery,
+)
+from calltrackd.tracking.reports import (
+    CallGroup,
+    ReportQuery,
+    SpendRow,
+    VisitGroup,
 )
 
 
@@ -251,6 +260,32 @@ class Store(Protocol):
 
     async def open_calls(self, started_before: float) -> list[CallRecord]:
         """This node's CDRs without an outcome that started before `started_before`."""
+    # --- reports, spend, CRM updates, retention (GET /v1/reports, PUT /v1/spend) ------
+    async def update_call(
+        self, record: CallRecord, deliveries: Sequence[WebhookDelivery] = ()
+    ) -> None:
+        """Store the CRM fields of a stored call (`tags`, `lead_status`, `value` of
+        `record`) and the outbox rows, in one transaction. `save_call` never changes
+        these fields: a call's later steps keep what a CRM wrote."""
+
+    async def report_calls(self, query: ReportQuery) -> list[CallGroup]:
+        """The calls of the query, grouped as `reports.aggregate_calls` does."""
+
+    async def report_visits(self, query: ReportQuery) -> list[VisitGroup]:
+        """Visitor counts of the query (visit dimensions only), by the visit's first hour."""
+
+    async def put_spend(self, rows: Sequence[SpendRow]) -> None:
+        """Insert or replace spend rows (key: tracker, day, source, medium, campaign)."""
+
+    async def list_spend(
+        self, tracker: str | None = None, since_day: str | None = None,
+        until_day: str | None = None,
+    ) -> list[SpendRow]:
+        """Spend rows with `since_day <= day < until_day`, by tracker and day."""
+
+    async def purge_calls(self, before: float) -> int:
+        """Delete call records (with their report facts and CRM updates) that started
+        before `before` (unix seconds); the number deleted."""
 
     # --- holder history (attribution confidence, the pool simulator) -----------------
     async def hold_history(self, number: str, now: float) -> list[Hold]:
@@ -342,6 +377,9 @@ def encode_call(record: CallRecord) -> str:
         "target": record.target,
         "first_time_caller": record.first_time_caller,
         "qualified": record.qualified,
+        "tags": list(record.tags),
+        "lead_status": record.lead_status,
+        "value": record.value,
         "attribution": None
         if att is None
         else {
@@ -363,6 +401,7 @@ def decode_call(text: str) -> CallRecord:
     att = data.pop("attribution")
     started = _dt(data.pop("started_at"))
     assert started is not None
+    data["tags"] = tuple(data.get("tags") or ())
     return CallRecord(
         started_at=started,
         answered_at=_dt(data.pop("answered_at")),
@@ -493,3 +532,46 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     except (ValueError, TypeError):
         pass
     raise ValueError("malformed cursor")
+
+
+# --- CRM updates and retention, shared by the backends ---------------------------------
+
+
+def crm_json(record: CallRecord) -> str:
+    """The CRM fields of a record as stored apart from the CDR."""
+    return json.dumps({"tags": list(record.tags), "lead_status": record.lead_status,
+                       "value": record.value}, separators=(",", ":"))
+
+
+def with_crm(record: CallRecord, stored: str | bytes | None) -> CallRecord:
+    """The record with the CRM fields stored by `update_call` (if any)."""
+    if not stored:
+        return record
+    crm = json.loads(stored)
+    return replace(record, tags=tuple(crm["tags"]), lead_status=crm["lead_status"],
+                   value=crm["value"])
+
+
+RETENTION_INTERVAL = 3600.0  # seconds between purges of records past the retention
+
+
+async def retention_loop(store: Store, retention: float,
+                         interval: float = RETENTION_INTERVAL) -> None:
+    """Delete call records older than `retention` seconds now and every `interval`
+    (a failure is retried at the next turn). Runs until cancelled."""
+    log = structlog.get_logger("calltrackd.store")
+    while True:
+        try:
+            removed = await store.purge_calls(time.time() - retention)
+            if removed:
+                log.info("store.retention_purged", calls=removed, retention=retention)
+        except Exception as exc:
+            log.warning("store.retention_failed", error=repr(exc))
+        await asyncio.sleep(interval)
+
+
+async def stop_task(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

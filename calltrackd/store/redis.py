@@ -41,16 +41,20 @@ from calltrackd.store.base import (
     StoreError,
     Visit,
     VisitorStats,
+    crm_json,
     decode_call,
     decode_cursor,
     decode_session,
     encode_call,
     encode_cursor,
     encode_session,
+    retention_loop,
     session_stats_source,
+    stop_task,
     storable_call,
     storable_session,
     timestamp,
+    with_crm,
 )
 from calltrackd.tracking.model import (
     CallRecord,
@@ -59,6 +63,19 @@ from calltrackd.tracking.model import (
     Tracker,
     VisitorSession,
     WebhookDelivery,
+)
+from calltrackd.tracking.reports import (
+    CallGroup,
+    ReportQuery,
+    SpendRow,
+    VisitGroup,
+    aggregate_encoded,
+    aggregate_visits,
+    call_fact,
+    cents,
+    encode_crm,
+    encode_fact,
+    visit_cell,
 )
 
 T = TypeVar("T")
@@ -89,7 +106,7 @@ def _stats_field(session: VisitorSession) -> str:
 
 
 class RedisStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, retention: float | None = None) -> None:
         self.url = url
         self._r: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
@@ -99,12 +116,14 @@ class RedisStore:
         self._notes: dict[str, tuple[str, int]] = {}
         self._notes_task: asyncio.Task[None] | None = None
         self.node_id = "local"
+        self.retention = retention
+        self._retention_task: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> RedisStore:
+    def from_url(cls, url: str, retention: float | None = None) -> RedisStore:
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"store.url: not a redis URL: {url!r}")
-        return cls(url)
+        return cls(url, retention)
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -133,8 +152,13 @@ class RedisStore:
         for name in ("RESERVE", "RESERVE_NUMBER", "RENEW", "RELEASE", "COUNTS", "SYNC_POOL",
                      "DROP_POOL", "LEASE_DUE", "UNLEASE", "SAVE_CALL"):
             self._scripts[name] = self._r.register_script(getattr(lua, name))
+        if self.retention:
+            self._retention_task = asyncio.create_task(
+                retention_loop(self, self.retention), name="redis-retention")
 
     async def close(self) -> None:
+        await stop_task(self._retention_task)
+        self._retention_task = None
         if self._r is not None:
             with contextlib.suppress(StoreError):
                 await self._flush_notes()
@@ -164,6 +188,7 @@ class RedisStore:
                 p.expire(vis, 40 * 86400)
                 p.sadd("ctd:vtrackers", session.tracker)
                 self._index_visit(p, session)
+                _count_visit(p, session, visitors=1, dynamic=int(dynamic))
                 await p.execute()
 
         await self._do(run())
@@ -190,6 +215,7 @@ class RedisStore:
                     field = _stats_field(session)
                     p.hincrby(f"ctd:vis:{session.tracker}:{_hour(session.first_seen)}",
                               field + f"{_SEP}dyn", 1)
+                    _count_visit(p, session, visitors=0, dynamic=1)
                 await p.execute()
 
         await self._do(run())
@@ -391,11 +417,25 @@ class RedisStore:
                      d.next_attempt_at, d.kind]
         # this node's open calls, for the restart after a crash (see open_calls)
         args += [f"ctd:open:{self.node_id}", "1" if record.outcome is None else "0"]
-        await self._script("SAVE_CALL", *args)
+        fact = call_fact(record)
+
+        async def run() -> None:
+            # the CDR, its outbox rows and its report fact in one MULTI
+            async with self.r.pipeline(transaction=True) as p:
+                await self._scripts["SAVE_CALL"](args=args, client=p)
+                p.hset(f"ctd:rf:{record.tracker}:{fact.day}", record.id, encode_fact(fact))
+                p.zadd(f"ctd:rdays:{record.tracker}", {str(fact.day): fact.day})
+                p.sadd("ctd:rtrackers", record.tracker)
+                await p.execute()
+
+        await self._do(run())
 
     async def get_call(self, call_id: str) -> CallRecord | None:
         raw = await self._do(self.r.get(f"ctd:call:{call_id}"))
-        return decode_call(_s(raw) or "") if raw else None
+        if not raw:
+            return None
+        record = decode_call(_s(raw) or "")
+        return (await self._with_crm([record]))[0]
 
     async def _calls_in(self, tracker: str | None, since: datetime | None,
                         until: datetime | None, top: float | str | None = None,
@@ -436,10 +476,11 @@ class RedisStore:
             if not ids:
                 continue
             raws = await self._do(self.r.mget([f"ctd:call:{c}" for c, _ in ids]))
-            for (_cid, ts), raw in zip(ids, raws, strict=True):
-                if raw is None:
+            recs = await self._with_crm([decode_call(_s(raw) or "") if raw else None
+                                         for raw in raws])
+            for (_cid, ts), rec in zip(ids, recs, strict=True):
+                if rec is None:
                     continue
-                rec = decode_call(_s(raw) or "")
                 if outcome is None or rec.outcome == outcome:
                     found.append((rec, ts))
                     if len(found) > limit:
@@ -784,3 +825,154 @@ class RedisStore:
 
     # --- end of holder history ----------------------------------------------------------
 
+    # --- reports, spend, CRM updates, retention --------------------------------------
+    # ctd:rf:T:D  HASH call id -> report fact (reports.encode_fact) of tracker T, day D
+    # ctd:ru:T:D  HASH call id -> CRM update: "crm" JSON (the call object) and the fact's
+    #             CRM part (reports.encode_crm), as two fields "<id>" and "<id>\x1ef"
+    # ctd:rv:T:D  HASH visit cell -> visitors;  ctd:rd:T:D  the same, given a pool number
+    # ctd:rdays:T ZSET days with facts or visits;  ctd:rtrackers SET;  ctd:spend HASH
+
+    async def _with_crm(self, records: Sequence[CallRecord | None]
+                        ) -> list[CallRecord | None]:
+        async def run() -> list[Any]:
+            async with self.r.pipeline(transaction=False) as p:
+                for rec in records:
+                    if rec is not None:
+                        p.hget(f"ctd:ru:{rec.tracker}:{_day(rec)}", rec.id)
+                return list(await p.execute())
+
+        crm = iter(await self._do(run()) if any(records) else [])
+        return [None if rec is None else with_crm(rec, next(crm)) for rec in records]
+
+    async def update_call(
+        self, record: CallRecord, deliveries: Sequence[WebhookDelivery] = ()
+    ) -> None:
+        day = _day(record)
+        key = f"ctd:ru:{record.tracker}:{day}"
+
+        async def run() -> None:
+            async with self.r.pipeline(transaction=True) as p:
+                p.hset(key, mapping={record.id: crm_json(record),
+                                     f"{record.id}\x1ef": encode_crm(record.tags,
+                                                                     cents(record.value))})
+                p.hsetnx(f"ctd:rf:{record.tracker}:{day}", record.id,
+                         encode_fact(call_fact(record)))  # a call older than reports
+                p.zadd(f"ctd:rdays:{record.tracker}", {str(day): day})
+                p.sadd("ctd:rtrackers", record.tracker)
+                for d in deliveries:
+                    p.hsetnx(f"ctd:dlv:{d.id}", "id", d.id)
+                    p.hset(f"ctd:dlv:{d.id}", mapping={
+                        "event_id": d.event_id, "event": d.event, "tracker": d.tracker,
+                        "url": d.url, "body": d.body, "created_at": d.created_at,
+                        "next_attempt_at": d.next_attempt_at, "attempts": 0,
+                        "status": "pending", "last_error": ""})
+                    p.zadd("ctd:outbox:due", {d.id: d.next_attempt_at})
+                    p.zadd("ctd:outbox:all", {d.id: d.created_at})
+                await p.execute()
+
+        await self._do(run())
+
+    async def _report_keys(self, query: ReportQuery) -> list[tuple[str, int]]:
+        trackers = [query.tracker] if query.tracker else sorted(
+            _s(t) or "" for t in await self._do(self.r.smembers("ctd:rtrackers")))
+        lo = int(query.since // 86400)
+        hi: float | str = "+inf" if query.until == float("inf") else query.until // 86400
+        out = []
+        for t in trackers:
+            days = await self._do(self.r.zrangebyscore(f"ctd:rdays:{t}", lo, hi))
+            out += [(t, int(d)) for d in days]
+        return out
+
+    async def report_calls(self, query: ReportQuery) -> list[CallGroup]:
+        """Facts fetched a day at a time and aggregated in this process."""
+        facts: list[bytes] = []
+        crm: dict[bytes, bytes] = {}
+        for tracker, day in await self._report_keys(query):
+            async with self.r.pipeline(transaction=False) as p:
+                p.hvals(f"ctd:rf:{tracker}:{day}")
+                p.hgetall(f"ctd:ru:{tracker}:{day}")
+                vals, upd = await self._do(p.execute())
+            facts += vals
+            for k, v in upd.items():
+                if k.endswith(b"\x1ef"):
+                    crm[k[:-2]] = v
+        return aggregate_encoded(facts, crm, query)
+
+    async def report_visits(self, query: ReportQuery) -> list[VisitGroup]:
+        cells: list[tuple[list[str], int, int]] = []
+        for tracker, day in await self._report_keys(query):
+            async with self.r.pipeline(transaction=False) as p:
+                p.hgetall(f"ctd:rv:{tracker}:{day}")
+                p.hgetall(f"ctd:rd:{tracker}:{day}")
+                visitors, dynamic = await self._do(p.execute())
+            for field, n in visitors.items():
+                cell = (_s(field) or "").split(_SEP)
+                cells.append((cell, int(n), int(dynamic.get(field) or 0)))
+        return aggregate_visits(cells, query)
+
+    async def put_spend(self, rows: Sequence[SpendRow]) -> None:
+        if rows:
+            await self._do(self.r.hset("ctd:spend", mapping={
+                _SEP.join(r.key()): f"{r.amount_cents}{_SEP}{r.currency}" for r in rows}))
+
+    async def list_spend(
+        self, tracker: str | None = None, since_day: str | None = None,
+        until_day: str | None = None,
+    ) -> list[SpendRow]:
+        out = []
+        for field, value in (await self._do(self.r.hgetall("ctd:spend"))).items():
+            t, day, source, medium, campaign = (_s(field) or "").split(_SEP)
+            amount, currency = (_s(value) or "").split(_SEP)
+            if ((tracker is None or t == tracker) and (since_day is None or day >= since_day)
+                    and (until_day is None or day < until_day)):
+                out.append(SpendRow(t, day, source, medium, campaign, int(amount), currency))
+        return sorted(out, key=lambda r: r.key())
+
+    async def purge_calls(self, before: float) -> int:
+        """CDRs, their facts and updates, in batches of 5,000; visit counters by day."""
+        total = 0
+        trackers = {_s(t) or "" for t in await self._do(self.r.smembers("ctd:rtrackers"))}
+        for tracker in sorted(trackers):
+            while True:
+                rows = await self._do(self.r.zrangebyscore(
+                    f"ctd:calls:{tracker}", "-inf", f"({before}", start=0, num=5000,
+                    withscores=True))
+                if not rows:
+                    break
+                async with self.r.pipeline(transaction=True) as p:
+                    for member, score in rows:
+                        cid = _s(member) or ""
+                        day = int(float(score) // 86400)
+                        p.delete(f"ctd:call:{cid}")
+                        p.hdel(f"ctd:rf:{tracker}:{day}", cid)
+                        p.hdel(f"ctd:ru:{tracker}:{day}", cid, f"{cid}\x1ef")
+                    ids = [m for m, _ in rows]
+                    p.zrem(f"ctd:calls:{tracker}", *ids)
+                    p.zrem("ctd:calls", *ids)
+                    await self._do(p.execute())
+                total += len(rows)
+            cutoff = int(before // 86400)
+            for d in await self._do(self.r.zrangebyscore(f"ctd:rdays:{tracker}", "-inf",
+                                                         f"({cutoff}")):
+                old = _s(d)
+                await self._do(self.r.delete(*(f"ctd:{k}:{tracker}:{old}"
+                                               for k in ("rf", "ru", "rv", "rd"))))
+                await self._do(self.r.zrem(f"ctd:rdays:{tracker}", d))
+        return total
+
+
+def _day(record: CallRecord) -> int:
+    return int(timestamp(record.started_at) // 86400)
+
+
+def _count_visit(p: Any, session: VisitorSession, visitors: int, dynamic: int) -> None:
+    """Add a visit to its cell's counters (in the caller's pipeline)."""
+    cell = visit_cell(session)
+    day = cell[0] // 24
+    field = _SEP.join(map(str, cell))
+    if visitors:
+        p.hincrby(f"ctd:rv:{session.tracker}:{day}", field, visitors)
+    if dynamic:
+        p.hincrby(f"ctd:rd:{session.tracker}:{day}", field, dynamic)
+    p.zadd(f"ctd:rdays:{session.tracker}", {str(day): day})
+    p.sadd("ctd:rtrackers", session.tracker)

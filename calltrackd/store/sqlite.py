@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import operator
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
@@ -37,6 +39,7 @@ from calltrackd.store.base import (
     StoreError,
     Visit,
     VisitorStats,
+    crm_json,
     decode_call,
     decode_cursor,
     decode_session,
@@ -44,10 +47,13 @@ from calltrackd.store.base import (
     encode_call,
     encode_cursor,
     encode_session,
+    retention_loop,
     session_stats_source,
+    stop_task,
     storable_call,
     storable_session,
     timestamp,
+    with_crm,
 )
 from calltrackd.store.memory import MemoryState
 from calltrackd.tracking.allocator import NumberState, UsageBucket
@@ -59,6 +65,18 @@ from calltrackd.tracking.model import (
     Tracker,
     VisitorSession,
     WebhookDelivery,
+)
+from calltrackd.tracking.reports import (
+    CallFact,
+    CallGroup,
+    ReportQuery,
+    SpendRow,
+    VisitCell,
+    VisitGroup,
+    aggregate_visits,
+    call_fact,
+    cents,
+    visit_cell,
 )
 
 log = structlog.get_logger(__name__)
@@ -131,6 +149,120 @@ CREATE INDEX IF NOT EXISTS deliveries_by_status ON deliveries (status, created_a
 CREATE TABLE IF NOT EXISTS heartbeat (node TEXT PRIMARY KEY, ts REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS calls_open ON calls (started_ts) WHERE outcome IS NULL;
 """
+# --- reports: call facts, CRM updates, visit counters, spend (tracking/reports.py) ------
+# report_calls is clustered by (tracker, ts) so that a report over a period reads one
+# contiguous range; crm and value_cents are written by update_call only (a call's later
+# steps upsert the other columns). Visit counters are kept per tracker, hour and source.
+_REPORT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS report_calls (
+  tracker TEXT NOT NULL, ts REAL NOT NULL, id TEXT NOT NULL, day INTEGER NOT NULL,
+  hour INTEGER NOT NULL, did TEXT, caller TEXT, channel TEXT, source TEXT, medium TEXT,
+  campaign TEXT, term TEXT, content TEXT, landing_page TEXT, referrer_domain TEXT,
+  static_channel TEXT, first_time INTEGER, outcome TEXT, qualified INTEGER, ring_ms INTEGER,
+  talk_ms INTEGER, value_cents INTEGER, crm TEXT,
+  PRIMARY KEY (tracker, ts, id)) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS report_calls_id ON report_calls (id);
+CREATE INDEX IF NOT EXISTS report_calls_ts ON report_calls (ts);
+CREATE TABLE IF NOT EXISTS call_tags (
+  id TEXT NOT NULL, tag TEXT NOT NULL, PRIMARY KEY (id, tag)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS call_tags_by_tag ON call_tags (tag, id);
+CREATE TABLE IF NOT EXISTS report_visits (
+  tracker TEXT NOT NULL, hour INTEGER NOT NULL, channel TEXT NOT NULL, source TEXT NOT NULL,
+  medium TEXT NOT NULL, campaign TEXT NOT NULL, term TEXT NOT NULL, content TEXT NOT NULL,
+  landing_page TEXT NOT NULL, referrer_domain TEXT NOT NULL, visitors INTEGER NOT NULL,
+  dynamic INTEGER NOT NULL,
+  PRIMARY KEY (tracker, hour, channel, source, medium, campaign, term, content,
+               landing_page, referrer_domain)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS spend (
+  tracker TEXT NOT NULL, day TEXT NOT NULL, source TEXT NOT NULL, medium TEXT NOT NULL,
+  campaign TEXT NOT NULL, amount_cents INTEGER NOT NULL, currency TEXT NOT NULL,
+  PRIMARY KEY (tracker, day, source, medium, campaign)) WITHOUT ROWID;
+"""
+_FACT_COLS = ("tracker", "ts", "id", "day", "hour", "did", "caller", "channel", "source",
+              "medium", "campaign", "term", "content", "landing_page", "referrer_domain",
+              "static_channel", "first_time", "outcome", "qualified", "ring_ms", "talk_ms")
+_FACT_UPSERT = (
+    f"INSERT INTO report_calls ({', '.join(_FACT_COLS)}) VALUES {{values}}"
+    " ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _FACT_COLS[3:])
+)
+_CRM_OF_CALL = "(SELECT crm FROM report_calls r WHERE r.id = calls.id)"
+_VISIT_COLS = ("channel", "source", "medium", "campaign", "term", "content", "landing_page",
+               "referrer_domain")
+_VISIT_SEEN_MAX = 200_000  # sessions whose visit cell this node remembers (dynamic later)
+
+
+def _fact_row(f: CallFact) -> tuple[Any, ...]:
+    return (f.tracker, f.ts, f.id, f.day, f.hour, f.did, f.caller, f.channel, f.source,
+            f.medium, f.campaign, f.term, f.content, f.landing_page, f.referrer_domain,
+            f.static_channel, None if f.first_time is None else int(f.first_time),
+            f.outcome, None if f.qualified is None else int(f.qualified), f.ring_ms,
+            f.talk_ms)
+
+
+def _in(column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+    return f"{column} IN ({','.join('?' * len(values))})", list(values)
+
+
+def _report_sql(q: ReportQuery) -> tuple[str, list[Any]]:
+    """The SELECT of `report_calls` computing `CallGroup`s as `aggregate_calls` does."""
+    exprs: list[str] = []
+    args: list[Any] = []
+    join = ""
+    for dim in q.group_by:
+        if dim == "weekday":
+            exprs.append("(r.day + 3) % 7 + 1")
+        elif dim == "tag":
+            exprs.append("t.tag")
+            join = " LEFT JOIN call_tags t ON t.id = r.id"
+        elif dim == "pool":
+            if q.pools:
+                exprs.append("CASE r.did " + "WHEN ? THEN ? " * len(q.pools) + "END")
+                args += [x for kv in q.pools.items() for x in kv]
+            else:
+                exprs.append("NULL")
+        else:
+            exprs.append(f"r.{dim}")
+    conds: list[str] = []
+    wargs: list[Any] = []
+    if q.tracker is not None:
+        conds.append("r.tracker = ?")
+        wargs.append(q.tracker)
+    conds.append("r.ts >= ?")
+    wargs.append(q.since)
+    if q.until != float("inf"):
+        conds.append("r.ts < ?")
+        wargs.append(q.until)
+    for dim, accepted in sorted(q.filters.items()):
+        values = sorted(accepted, key=repr)
+        if dim == "tag":
+            cond, a = _in("tag", values)
+            conds.append(f"r.id IN (SELECT id FROM call_tags WHERE {cond})")
+        elif dim == "pool":
+            cond, a = _in("r.did", sorted(n for n, p in q.pools.items() if p in accepted))
+            conds.append(cond)
+        elif dim == "first_time":
+            cond, a = _in("r.first_time", [int(v) for v in values])
+            conds.append(cond)
+        elif dim == "weekday":
+            cond, a = _in("(r.day + 3) % 7 + 1", values)
+            conds.append(cond)
+        else:
+            cond, a = _in(f"r.{dim}", values)
+            conds.append(cond)
+        wargs += a
+    keys = ", ".join(exprs) + ", " if exprs else ""
+    group = " GROUP BY " + ", ".join(str(i + 1) for i in range(len(exprs))) if exprs else ""
+    sql = (
+        f"SELECT {keys}count(*), total(r.outcome = 'answered'),"
+        " total(r.outcome IS NOT NULL AND r.outcome != 'answered'), total(r.qualified = 1),"
+        " total(r.first_time = 1), count(DISTINCT r.caller), total(r.ring_ms),"
+        " count(r.ring_ms), total(r.talk_ms), count(r.talk_ms), total(r.value_cents)"
+        f" FROM report_calls r{join} WHERE {' AND '.join(conds)}{group}"
+    )
+    return sql, args + wargs
+
+
 _DELIVERY_COLS = (
     "id, event_id, event, tracker, url, body, created_at, attempts, next_attempt_at, status,"
     " last_error, kind"
@@ -155,7 +287,8 @@ def _delivery_row(d: WebhookDelivery) -> tuple[Any, ...]:
             d.next_attempt_at, d.status, d.last_error, d.kind)
 # --- end of outbox schema changes --------------------------------------------------------
 _CdrItem = tuple[
-    tuple[Any, ...], list[tuple[Any, ...]], tuple[str, str, float] | None, asyncio.Future[None]
+    tuple[Any, ...], list[tuple[Any, ...]], tuple[str, str, float] | None, tuple[Any, ...],
+    asyncio.Future[None],
 ]
 _MAX_LIMIT = 1000
 
@@ -175,7 +308,8 @@ class SqliteStore:
     """`Store` over one SQLite file (or `:memory:` for tests)."""
 
     def __init__(
-        self, path: str, *, synchronous: str = "NORMAL", flush_interval: float = 0.2
+        self, path: str, *, synchronous: str = "NORMAL", flush_interval: float = 0.2,
+        retention: float | None = None,
     ) -> None:
         """`path` is a file, ":memory:", or a `sqlite://` URL (see `from_url`)."""
         if path.startswith("sqlite://"):
@@ -201,15 +335,23 @@ class SqliteStore:
         self._visit_keep = 0.0  # the longest returning_window noted
         self._last_prune = 0.0
         self.node_id = "local"
+        # reports: a reader of their own (a long scan must not delay caller lookups),
+        # visit counters not yet written, visits remembered for a later dynamic number
+        self.retention = retention
+        self._retention_task: asyncio.Task[None] | None = None
+        self._report_reader: ThreadPoolExecutor | None = None
+        self._report_conn: sqlite3.Connection | None = None
+        self._visits_pending: dict[tuple[str, VisitCell], list[int]] = {}
+        self._visit_seen: OrderedDict[str, tuple[str, VisitCell, bool]] = OrderedDict()
 
     @classmethod
-    def from_url(cls, url: str) -> SqliteStore:
+    def from_url(cls, url: str, retention: float | None = None) -> SqliteStore:
         """Everything after `sqlite://` is the file: `sqlite:///var/lib/x.db` (absolute),
         `sqlite:///./var/x.db` or `sqlite://var/x.db` (relative to the working directory),
         `sqlite://:memory:`; `?synchronous=full` optional."""
         if not url.startswith("sqlite://"):
             raise ValueError(f"store.url: not a sqlite URL: {url!r}")
-        return cls(url)
+        return cls(url, retention=retention)
 
     @staticmethod
     def _parse_url(url: str) -> tuple[str, str]:
@@ -272,6 +414,9 @@ class SqliteStore:
             await self.close()
             raise
         self._behind_task = asyncio.create_task(self._behind_loop(), name="sqlite-behind")
+        if self.retention:
+            self._retention_task = asyncio.create_task(
+                retention_loop(self, self.retention), name="sqlite-retention")
 
     def _init_schema(self, conn: sqlite3.Connection) -> tuple[list[NumberState], list[UsageBucket]]:
         if self.path != ":memory:":
@@ -279,6 +424,7 @@ class SqliteStore:
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         conn.executescript(_SCHEMA)
         _migrate_outbox(conn)
+        conn.executescript(_REPORT_SCHEMA)
         row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
         if row[0] is None:
             conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
@@ -290,6 +436,9 @@ class SqliteStore:
 
     async def close(self) -> None:
         """Flush what is written behind and close; a no-op when not open."""
+        await stop_task(self._retention_task)
+        self._retention_task = None
+        await self._close_report_reader()
         if self._behind_task is not None:
             self._behind_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -336,7 +485,8 @@ class SqliteStore:
 
     async def _flush_behind(self) -> None:
         ch = self._mem.take_changes()
-        if not ch:
+        visits, self._visits_pending = self._visits_pending, {}
+        if not ch and not visits:
             return
         prune_visits = None
         if ch.visits and self._last_prune + 3600 < (now := time.time()):
@@ -377,6 +527,7 @@ class SqliteStore:
                     " FROM (VALUES {values}) AS t WHERE sessions.id = t.column1", 3,
                     [(sid, seen, int(d)) for sid, (seen, d) in ch.touches.items()],
                 )
+                _write_visit_counts(conn, visits)
 
             self._tx(conn, body)
 
@@ -384,6 +535,7 @@ class SqliteStore:
             await self._write(write)
         except BaseException:
             self._mem.put_back(ch)
+            self._put_back_visits(visits)
             raise
 
     # --- sessions --------------------------------------------------------------------
@@ -395,6 +547,7 @@ class SqliteStore:
     async def create_session(self, session: VisitorSession, dynamic: bool) -> None:
         self._check_open()
         self._mem.create_session(storable_session(session), dynamic)
+        self._count_visit(session, dynamic)
         self._kick()
 
     async def get_session(self, session_id: str) -> VisitorSession | None:
@@ -410,6 +563,8 @@ class SqliteStore:
     async def touch_session(self, session_id: str, now: float, dynamic: bool = False) -> None:
         self._check_open()
         self._mem.touch_session(session_id, now, dynamic)
+        if dynamic:
+            await self._count_dynamic(session_id)
         self._kick()
 
     # --- visits: custom updates, returning visitors (in memory, written behind) -------
@@ -522,7 +677,7 @@ class SqliteStore:
         caller = None if is_anonymous(record.caller) else (record.tracker, record.caller, row[2])
         assert self._loop is not None
         done: asyncio.Future[None] = self._loop.create_future()
-        self._cdr_queue.append((row, drows, caller, done))
+        self._cdr_queue.append((row, drows, caller, _fact_row(call_fact(record)), done))
         if self._cdr_task is None or self._cdr_task.done():
             self._cdr_task = asyncio.create_task(self._drain_calls(), name="sqlite-cdrs")
         # no shield needed: a cancelled waiter cancels `done`, which the batch skips,
@@ -566,6 +721,7 @@ class SqliteStore:
                           [d for item in batch for d in item[1]])
             _execute_rows(conn, "INSERT OR IGNORE INTO callers VALUES {values}", 3,
                           [item[2] for item in batch if item[2] is not None])
+            _execute_rows(conn, _FACT_UPSERT, len(_FACT_COLS), [item[3] for item in batch])
 
         try:
             SqliteStore._tx(conn, fast)
@@ -576,7 +732,7 @@ class SqliteStore:
         errors: list[Exception | None] = []
 
         def body() -> None:
-            for row, drows, caller, _ in batch:
+            for row, drows, caller, fact, _ in batch:
                 conn.execute("SAVEPOINT save_call")
                 try:
                     conn.execute("INSERT OR REPLACE INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
@@ -588,6 +744,7 @@ class SqliteStore:
                     )
                     if caller is not None:
                         conn.execute("INSERT OR IGNORE INTO callers VALUES (?,?,?)", caller)
+                    _execute_rows(conn, _FACT_UPSERT, len(_FACT_COLS), [fact])
                 except (sqlite3.IntegrityError, sqlite3.InterfaceError,
                         sqlite3.ProgrammingError, sqlite3.DataError, ValueError) as exc:
                     conn.execute("ROLLBACK TO save_call")
@@ -600,9 +757,9 @@ class SqliteStore:
         return errors
 
     async def get_call(self, call_id: str) -> CallRecord | None:
-        sql = "SELECT data FROM calls WHERE id = ?"
+        sql = f"SELECT data, {_CRM_OF_CALL} FROM calls WHERE id = ?"
         row = await self._read(lambda c: c.execute(sql, (call_id,)).fetchone())
-        return decode_call(row[0]) if row else None
+        return with_crm(decode_call(row[0]), row[1]) if row else None
 
     async def list_calls(
         self,
@@ -622,11 +779,12 @@ class SqliteStore:
             ("(started_ts < ? OR (started_ts = ? AND id < ?))", after),
         ])
         limit = max(1, min(limit, _MAX_LIMIT))
-        sql = f"SELECT started_ts, id, data FROM calls{where} ORDER BY 1 DESC, 2 DESC LIMIT ?"
+        sql = (f"SELECT started_ts, id, data, {_CRM_OF_CALL} FROM calls{where}"
+               " ORDER BY 1 DESC, 2 DESC LIMIT ?")
         rows = await self._read(lambda c: c.execute(sql, (*args, limit + 1)).fetchall())
         page = rows[:limit]
         more = len(rows) > limit
-        return [decode_call(r[2]) for r in page], (
+        return [with_crm(decode_call(r[2]), r[3]) for r in page], (
             encode_cursor(page[-1][0], page[-1][1]) if more else None
         )
 
@@ -815,3 +973,175 @@ class SqliteStore:
         return [AttributionStats(r[0], r[1], r[2], r[3], r[4], float(r[5])) for r in rows]
 
     # --- end of holder history ----------------------------------------------------------
+    # --- reports, spend, CRM updates, retention --------------------------------------
+
+    def _count_visit(self, session: VisitorSession, dynamic: bool) -> None:
+        cell = visit_cell(session)
+        counts = self._visits_pending.setdefault((session.tracker, cell), [0, 0])
+        counts[0] += 1
+        counts[1] += dynamic
+        self._visit_seen[session.id] = (session.tracker, cell, dynamic)
+        if len(self._visit_seen) > _VISIT_SEEN_MAX:
+            self._visit_seen.popitem(last=False)
+
+    async def _count_dynamic(self, session_id: str) -> None:
+        """A session got a pool number: count it once in its visit cell."""
+        seen = self._visit_seen.get(session_id)
+        if seen is None:  # older than this node remembers: the sessions table knows
+            sql = "SELECT data, dynamic FROM sessions WHERE id = ?"
+            row = await self._read(lambda c: c.execute(sql, (session_id,)).fetchone())
+            if row is None or row[1]:
+                return
+            session = decode_session(row[0])
+            seen = (session.tracker, visit_cell(session), False)
+        tracker, cell, counted = seen
+        if counted:
+            return
+        self._visit_seen[session_id] = (tracker, cell, True)
+        self._visits_pending.setdefault((tracker, cell), [0, 0])[1] += 1
+
+    def _put_back_visits(self, visits: dict[tuple[str, VisitCell], list[int]]) -> None:
+        for key, (n, d) in visits.items():
+            counts = self._visits_pending.setdefault(key, [0, 0])
+            counts[0] += n
+            counts[1] += d
+
+    async def _report(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a report query on the reports' own reader (opened at first use)."""
+        if not self._open:
+            raise StoreError("store is closed")
+        if self.path == ":memory:":
+            return await self._read(fn)
+        assert self._loop is not None
+        if self._report_reader is None:
+            self._report_reader = ThreadPoolExecutor(1, "sqlite-reports")
+            self._report_conn = await self._loop.run_in_executor(
+                self._report_reader, self._connect)
+        conn = self._report_conn
+        assert conn is not None
+        return await self._loop.run_in_executor(self._report_reader, fn, conn)
+
+    async def _close_report_reader(self) -> None:
+        if self._report_reader is not None and self._report_conn is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._report_reader, self._report_conn.close)
+            self._report_reader.shutdown()
+        self._report_reader = None
+        self._report_conn = None
+
+    async def update_call(
+        self, record: CallRecord, deliveries: Sequence[WebhookDelivery] = ()
+    ) -> None:
+        crm = crm_json(record)
+        value = cents(record.value)
+        drows = [(d.id, d.event_id, d.event, d.tracker, d.url, d.body, d.created_at,
+                  d.attempts, d.next_attempt_at, d.status, d.last_error) for d in deliveries]
+
+        def write(conn: sqlite3.Connection) -> None:
+            def body() -> None:
+                cur = conn.execute(
+                    "UPDATE report_calls SET crm = ?, value_cents = ? WHERE id = ?",
+                    (crm, value, record.id))
+                if cur.rowcount == 0:  # a call recorded before reports existed
+                    _execute_rows(conn, _FACT_UPSERT, len(_FACT_COLS),
+                                  [_fact_row(call_fact(record))])
+                    conn.execute("UPDATE report_calls SET crm = ?, value_cents = ? WHERE id = ?",
+                                 (crm, value, record.id))
+                conn.execute("DELETE FROM call_tags WHERE id = ?", (record.id,))
+                conn.executemany("INSERT OR IGNORE INTO call_tags VALUES (?, ?)",
+                                 [(record.id, t) for t in record.tags])
+                conn.executemany(
+                    f"INSERT INTO deliveries ({_DELIVERY_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT (id) DO NOTHING", drows)
+
+            self._tx(conn, body)
+
+        await self._write(write)
+
+    async def report_calls(self, query: ReportQuery) -> list[CallGroup]:
+        sql, args = _report_sql(query)
+        rows = await self._report(lambda c: c.execute(sql, args).fetchall())
+        n = len(query.group_by)
+        out = []
+        for r in rows:
+            if not r[n]:  # no group (and no row): count(*) of an empty set
+                continue
+            key = tuple(bool(v) if d == "first_time" and v is not None else v
+                        for d, v in zip(query.group_by, r[:n], strict=True))
+            out.append(CallGroup(key, *map(int, r[n:])))
+        return out
+
+    async def report_visits(self, query: ReportQuery) -> list[VisitGroup]:
+        await self._flush_behind()  # counters are written behind: count the newest too
+        conds: list[str] = ["hour >= ?"]
+        args: list[Any] = [int(query.since // 3600)]
+        if query.until != float("inf"):
+            conds.append("hour < ?")
+            args.append(math.ceil(query.until / 3600))
+        if query.tracker is not None:
+            conds.append("tracker = ?")
+            args.append(query.tracker)
+        sql = (f"SELECT hour, {', '.join(_VISIT_COLS)}, visitors, dynamic FROM report_visits"
+               f" WHERE {' AND '.join(conds)}")
+        rows = await self._report(lambda c: c.execute(sql, args).fetchall())
+        return aggregate_visits(((r[:9], r[9], r[10]) for r in rows), query)
+
+    async def put_spend(self, rows: Sequence[SpendRow]) -> None:
+        values = [(r.tracker, r.day, r.source, r.medium, r.campaign, r.amount_cents,
+                   r.currency) for r in rows]
+
+        def write(conn: sqlite3.Connection) -> None:
+            def body() -> None:
+                conn.executemany("INSERT OR REPLACE INTO spend VALUES (?,?,?,?,?,?,?)", values)
+
+            self._tx(conn, body)
+
+        await self._write(write)
+
+    async def list_spend(
+        self, tracker: str | None = None, since_day: str | None = None,
+        until_day: str | None = None,
+    ) -> list[SpendRow]:
+        conds = [("tracker = ?", tracker), ("day >= ?", since_day), ("day < ?", until_day)]
+        used = [(c, v) for c, v in conds if v is not None]
+        where = " WHERE " + " AND ".join(c for c, _ in used) if used else ""
+        sql = f"SELECT * FROM spend{where} ORDER BY tracker, day, source, medium, campaign"
+        rows = await self._report(lambda c: c.execute(sql, [v for _, v in used]).fetchall())
+        return [SpendRow(*r) for r in rows]
+
+    async def purge_calls(self, before: float) -> int:
+        """In batches of 5,000 calls, each its own transaction (the writer stays free)."""
+        hour = int(before // 3600)
+
+        def batch(conn: sqlite3.Connection) -> int:
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM calls WHERE started_ts < ? LIMIT 5000", (before,))]
+            facts = [r[0] for r in conn.execute(
+                "SELECT id FROM report_calls INDEXED BY report_calls_ts WHERE ts < ?"
+                " LIMIT 5000", (before,))]
+
+            def body() -> None:
+                _execute_rows(conn, "DELETE FROM calls WHERE id IN (VALUES {values})", 1,
+                              [(i,) for i in ids])
+                _execute_rows(conn, "DELETE FROM report_calls WHERE id IN (VALUES {values})",
+                              1, [(i,) for i in facts])
+                _execute_rows(conn, "DELETE FROM call_tags WHERE id IN (VALUES {values})", 1,
+                              [(i,) for i in facts])
+                conn.execute("DELETE FROM report_visits WHERE hour < ?", (hour,))
+
+            self._tx(conn, body)
+            return max(len(ids), len(facts))
+
+        total = 0
+        while n := await self._write(batch):
+            total += n
+        return total
+
+
+def _write_visit_counts(conn: sqlite3.Connection,
+                        visits: dict[tuple[str, VisitCell], list[int]]) -> None:
+    _execute_rows(
+        conn,
+        "INSERT INTO report_visits VALUES {values} ON CONFLICT DO UPDATE SET"
+        " visitors = visitors + excluded.visitors, dynamic = dynamic + excluded.dynamic", 12,
+        [(tracker, *cell, n, d) for (tracker, cell), (n, d) in visits.items()])

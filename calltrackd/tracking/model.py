@@ -251,6 +251,10 @@ class CallRecord:
     qualified: bool | None = None
     attribution: Attribution | None = None
     reason: str | None = None  # why the system ended it, e.g. "restart" (a crashed node)
+    # --- written back by a CRM (PATCH /v1/calls/{id}); the call's own steps keep them
+    tags: tuple[str, ...] = ()
+    lead_status: str | None = None
+    value: float | None = None  # money, >= 0
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -270,6 +274,9 @@ class CallRecord:
             "first_time_caller": self.first_time_caller,
             "qualified": self.qualified,
             "attribution": self.attribution.to_json() if self.attribution else None,
+            "tags": list(self.tags),
+            "lead_status": self.lead_status,
+            "value": self.value,
         }
         if self.reason is not None:  # only on records the system ended for a reason
             out["reason"] = self.reason

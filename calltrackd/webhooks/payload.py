@@ -25,7 +25,8 @@ __all__ = [
     "new_event_id",
 ]
 
-EVENTS: Final = frozenset({"call.started", "call.answered", "call.ended"})
+# call.updated: a CRM changed the call's tags, lead_status or value (PATCH /v1/calls/{id})
+EVENTS: Final = frozenset({"call.started", "call.answered", "call.ended", "call.updated"})
 
 # 18 random bytes are 24 url-safe base64 characters: 144 bits, no padding.
 _ID_BYTES: Final = 18

@@ -15,6 +15,7 @@ CALL_KEYS = {
     "id", "tracker", "did", "caller", "started_at", "answered_at", "ended_at",
     "ring_seconds", "talk_seconds", "outcome", "sip_code", "hangup_by", "target",
     "first_time_caller", "qualified", "attribution",
+    "tags", "lead_status", "value",  # written back by a CRM (PATCH /v1/calls/{id})
 }  # fmt: skip
 SESSION_KEYS = {
     "id", "client_id", "ym_uid", "utm_source", "utm_medium", "utm_campaign", "utm_term",
