@@ -112,19 +112,28 @@ async def report(request: web.Request) -> web.Response:
     store = request.app[APP].store
     calls = await store.report_calls(query)
     visits = await store.report_visits(query) if query.visits_apply() else []
-    spend: dict[tuple[Any, ...], tuple[int, frozenset[str]]] = {}
-    if query.spend_applies():
+    coarse = rep.spend_query(query)
+    spend_rows: list[rep.SpendRow] = []
+    if query.spend_applies() or coarse is not None:
         since_day = datetime.fromtimestamp(query.since, UTC).date()
         until_day = datetime.fromtimestamp(query.until, UTC).date() + timedelta(days=1)
-        rows = await store.list_spend(query.tracker, since_day.isoformat(),
-                                      until_day.isoformat())
-        spend = rep.aggregate_spend(rows, query)
-    out, totals = rep.build_rows(query, calls, visits, spend)
-    return web.json_response({
+        spend_rows = await store.list_spend(query.tracker, since_day.isoformat(),
+                                            until_day.isoformat())
+    out, totals = rep.build_rows(query, calls, visits, rep.aggregate_spend(spend_rows, query))
+    answer: dict[str, Any] = {
         "since": _iso(query.since), "until": _iso(query.until),
         "tracker": query.tracker, "group_by": list(query.group_by),
         "rows": out, "totals": totals,
-    })
+    }
+    if coarse is not None:
+        # the rows cannot carry spend (it has no term, say): the same calls added up by
+        # the dimensions spend has, with spend, CPL and ROI
+        c_calls, _ = rep.rollup(query, coarse, calls, [])
+        c_visits = await store.report_visits(coarse) if coarse.visits_apply() else []
+        answer["spend_group_by"] = list(coarse.group_by)
+        answer["spend_rows"] = rep.build_rows(
+            coarse, c_calls, c_visits, rep.aggregate_spend(spend_rows, coarse))[0]
+    return web.json_response(answer)
 
 
 # --- spend -------------------------------------------------------------------------------

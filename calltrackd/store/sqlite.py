@@ -238,6 +238,10 @@ def _report_sql(q: ReportQuery) -> tuple[str, list[Any]]:
         if dim == "tag":
             cond, a = _in("tag", values)
             conds.append(f"r.id IN (SELECT id FROM call_tags WHERE {cond})")
+            if join:  # grouped by tag too: only the tags asked for
+                tcond, ta = _in("t.tag", values)
+                conds.append(tcond)
+                a = a + ta
         elif dim == "pool":
             cond, a = _in("r.did", sorted(n for n, p in q.pools.items() if p in accepted))
             conds.append(cond)

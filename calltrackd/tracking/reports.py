@@ -20,7 +20,7 @@ exact on every store.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 from urllib.parse import urlsplit
@@ -252,6 +252,7 @@ def aggregate_encoded(facts: Iterable[bytes], crm: Mapping[bytes, bytes],
         tags = c.split(b"\x1f")[1:] if c else []
         if tag_ok is not None and not tag_ok.intersection(tags):
             continue
+        tag_keys = [t for t in tags if t in tag_ok] if tag_ok is not None else tags
         if pool_ok is not None and pools.get(p[5]) not in pool_ok:
             continue
         if simple:
@@ -259,7 +260,7 @@ def aggregate_encoded(facts: Iterable[bytes], crm: Mapping[bytes, bytes],
         else:
             keys = [()]
             for i in idx:
-                vals = (tags or none) if i == -1 else (pools.get(p[5], b""),) if i == -2 \
+                vals = (tag_keys or none) if i == -1 else (pools.get(p[5], b""),) if i == -2 \
                     else (p[i],)
                 keys = [(*k, v) for k in keys for v in vals]
             if not by_tag:
@@ -388,6 +389,8 @@ def _keys(fact: CallFact, query: ReportQuery) -> list[tuple[Any, ...]]:
     keys: list[tuple[Any, ...]] = [()]
     for dim in query.group_by:
         values = _fact_values(fact, dim, query.pools)
+        if dim == "tag" and "tag" in query.filters:  # grouped by tag, only those asked for
+            values = tuple(v for v in values if v in query.filters["tag"])
         keys = [(*k, v) for k in keys for v in values]
     return keys
 
@@ -406,8 +409,9 @@ def _passes(fact: CallFact, query: ReportQuery) -> bool:
 def aggregate_calls(facts: Iterable[CallFact], query: ReportQuery) -> list[CallGroup]:
     """The reference aggregation (the Redis store uses it; SQLite does the same in SQL).
 
-    A call with several tags counts once under each tag when grouped by tag; a call
-    without tags has the tag None. Outcomes: answered, or missed once ended otherwise."""
+    A call with several tags counts once under each tag when grouped by tag (under each
+    tag asked for, when filtered by tag too); a call without tags has the tag None.
+    Outcomes: answered, or missed once ended otherwise."""
     groups: dict[tuple[Any, ...], CallGroup] = {}
     callers: dict[tuple[Any, ...], set[str]] = {}
     for fact in facts:
@@ -534,6 +538,39 @@ def aggregate_spend(rows: Iterable[SpendRow], query: ReportQuery
     return out
 
 
+def spend_query(query: ReportQuery) -> ReportQuery | None:
+    """For a query whose rows cannot carry spend (grouped by term, say): the coarser
+    query on its spend dimensions (campaign of campaign,term) whose rows can, or None.
+    Not for tags (a call counts under each of its tags) or filters spend does not have."""
+    if query.spend_applies() or "tag" in query.group_by:
+        return None
+    dims = tuple(d for d in query.group_by if d in SPEND_DIMENSIONS)
+    if not dims or not all(d in SPEND_DIMENSIONS for d in query.filters):
+        return None
+    return replace(query, group_by=dims)
+
+
+def rollup(query: ReportQuery, coarse: ReportQuery, calls: Sequence[CallGroup],
+           visits: Sequence[VisitGroup]) -> tuple[list[CallGroup], list[VisitGroup]]:
+    """The groups of `query` added up to the keys of `coarse` (its dimensions a subset).
+    unique_callers is not additive: -1 marks it unknown."""
+    pick = [query.group_by.index(d) for d in coarse.group_by]
+    out: dict[tuple[Any, ...], CallGroup] = {}
+    for g in calls:
+        key = tuple(g.key[i] for i in pick)
+        total = out.setdefault(key, CallGroup(key, unique_callers=-1))
+        for name in ("calls", "answered", "missed", "qualified", "first_time", "ring_ms",
+                     "ring_n", "talk_ms", "talk_n", "value_cents"):
+            setattr(total, name, getattr(total, name) + getattr(g, name))
+    vout: dict[tuple[Any, ...], VisitGroup] = {}
+    for v in visits:
+        key = tuple(v.key[i] for i in pick)
+        vt = vout.setdefault(key, VisitGroup(key))
+        vt.visitors += v.visitors
+        vt.dynamic += v.dynamic
+    return list(out.values()), list(vout.values())
+
+
 # --- the answer ------------------------------------------------------------------------
 
 
@@ -619,7 +656,7 @@ def _row(query: ReportQuery, key: tuple[Any, ...] | None, g: CallGroup, v: Visit
         "missed": g.missed,
         "qualified": g.qualified,
         "first_time": g.first_time,
-        "unique_callers": g.unique_callers,
+        "unique_callers": g.unique_callers if g.unique_callers >= 0 else None,
         "avg_ring_seconds": _ratio(g.ring_ms, g.ring_n * 1000, 2),
         "avg_talk_seconds": _ratio(g.talk_ms, g.talk_n * 1000, 2),
         "spend": spend,

@@ -86,6 +86,7 @@ QUERIES: list[dict[str, Any]] = [
     {"group_by": ("landing_page", "referrer_domain", "content")},
     {"group_by": ("campaign",), "filters": {"tag": frozenset({"vip", "spam"})}},
     {"group_by": ("tag", "campaign"), "filters": {"source": frozenset({"google"})}},
+    {"group_by": ("tag", "source"), "filters": {"tag": frozenset({"vip"})}},
     {"group_by": ("term",), "filters": {"pool": frozenset({"paid"}),
                                         "first_time": frozenset({True})}},
     {"group_by": ("weekday",), "filters": {"hour": frozenset({9, 10, 11, 12})},

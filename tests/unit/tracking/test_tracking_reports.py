@@ -98,6 +98,8 @@ def test_group_by_tag_counts_a_call_under_each_of_its_tags_and_filters_by_any() 
         ("hot",): 2, ("vip",): 1, (None,): 1}
     q = rep.ReportQuery(("campaign",), filters={"tag": frozenset({"vip"})})
     assert [g.calls for g in rep.aggregate_calls(facts, q)] == [1]
+    q = rep.ReportQuery(("tag",), filters={"tag": frozenset({"vip"})})
+    assert {g.key: g.calls for g in rep.aggregate_calls(facts, q)} == {("vip",): 1}
 
 
 def test_visitors_are_null_where_a_visit_has_no_such_dimension() -> None:
@@ -124,6 +126,7 @@ def test_encoded_facts_aggregate_as_the_reference_does() -> None:
     pools = {"+74990000001": "paid"}
     for q in (rep.ReportQuery(("campaign", "term"), pools=pools),
               rep.ReportQuery(("tag", "day", "hour"), pools=pools),
+              rep.ReportQuery(("tag", "campaign"), filters={"tag": frozenset({"vip"})}),
               rep.ReportQuery(("pool", "weekday", "first_time"), pools=pools,
                               filters={"tag": frozenset({"vip"}), "term": frozenset({"x"})}),
               rep.ReportQuery((), since=(T0 + timedelta(hours=10)).timestamp(),
@@ -133,3 +136,22 @@ def test_encoded_facts_aggregate_as_the_reference_does() -> None:
 
         assert sorted(rep.aggregate_encoded(encoded, crm, q), key=key) == sorted(
             rep.aggregate_calls(facts, q), key=key)
+
+
+def test_rows_by_term_get_their_spend_from_campaign_subtotals() -> None:
+    q = rep.ReportQuery(("campaign", "term"))
+    coarse = rep.spend_query(q)
+    assert coarse is not None and coarse.group_by == ("campaign",)
+    assert rep.spend_query(rep.ReportQuery(("tag", "campaign"))) is None
+    assert rep.spend_query(rep.ReportQuery(("campaign",), filters={"term": frozenset({"x"})})
+                           ) is None
+    facts = [rep.call_fact(c) for c in (call("a", "spring", "x", value=50.0),
+                                        call("b", "spring", "y", qualified=False),
+                                        call("c", "autumn", "x"))]
+    calls, _ = rep.rollup(q, coarse, rep.aggregate_calls(facts, q), [])
+    spend = rep.aggregate_spend(
+        [rep.SpendRow("acme", "2026-11-30", "google", "cpc", "spring", 10000, "RUB")], coarse)
+    rows, _ = rep.build_rows(coarse, calls, [], spend)
+    spring = next(r for r in rows if r["key"] == {"campaign": "spring"})
+    assert (spring["calls"], spring["qualified"], spring["spend"], spring["cpl"],
+            spring["roi"], spring["unique_callers"]) == (2, 1, 100.0, 100.0, -0.5, None)
