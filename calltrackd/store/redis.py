@@ -118,6 +118,7 @@ class RedisStore:
         self.node_id = "local"
         self.retention = retention
         self._retention_task: asyncio.Task[None] | None = None
+        self._backfill_task: asyncio.Task[None] | None = None
 
     @classmethod
     def from_url(cls, url: str, retention: float | None = None) -> RedisStore:
@@ -152,13 +153,15 @@ class RedisStore:
         for name in ("RESERVE", "RESERVE_NUMBER", "RENEW", "RELEASE", "COUNTS", "SYNC_POOL",
                      "DROP_POOL", "LEASE_DUE", "UNLEASE", "SAVE_CALL"):
             self._scripts[name] = self._r.register_script(getattr(lua, name))
+        self._backfill_task = asyncio.create_task(self._backfill_facts(), name="redis-backfill")
         if self.retention:
             self._retention_task = asyncio.create_task(
                 retention_loop(self, self.retention), name="redis-retention")
 
     async def close(self) -> None:
         await stop_task(self._retention_task)
-        self._retention_task = None
+        await stop_task(self._backfill_task)
+        self._retention_task = self._backfill_task = None
         if self._r is not None:
             with contextlib.suppress(StoreError):
                 await self._flush_notes()
@@ -843,6 +846,34 @@ class RedisStore:
 
         crm = iter(await self._do(run()) if any(records) else [])
         return [None if rec is None else with_crm(rec, next(crm)) for rec in records]
+
+    async def _backfill_facts(self) -> None:
+        """Report facts for the calls recorded before this store kept them: once, by
+        2,000 in the background, the progress in ctd:rbackfill (any node may do it)."""
+        try:
+            while True:
+                done = _s(await self._do(self.r.get("ctd:rbackfill")))
+                if done == "done":
+                    return
+                offset = int(done or 0)
+                ids = [_s(i) or "" for i in await self._do(
+                    self.r.zrange("ctd:calls", offset, offset + 1999))]
+                if not ids:
+                    await self._do(self.r.set("ctd:rbackfill", "done"))
+                    return
+                raws = await self._do(self.r.mget([f"ctd:call:{i}" for i in ids]))
+                async with self.r.pipeline(transaction=False) as p:
+                    for raw in raws:
+                        if raw:
+                            fact = call_fact(decode_call(_s(raw) or ""))
+                            p.hsetnx(f"ctd:rf:{fact.tracker}:{fact.day}", fact.id,
+                                     encode_fact(fact))
+                            p.zadd(f"ctd:rdays:{fact.tracker}", {str(fact.day): fact.day})
+                            p.sadd("ctd:rtrackers", fact.tracker)
+                    p.set("ctd:rbackfill", offset + len(ids))
+                    await self._do(p.execute())
+        except (StoreError, ValueError) as exc:  # tried again at the next start
+            log.warning("store.report_backfill_failed", error=repr(exc))
 
     async def update_call(
         self, record: CallRecord, deliveries: Sequence[WebhookDelivery] = ()

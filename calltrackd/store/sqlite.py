@@ -173,6 +173,7 @@ CREATE TABLE IF NOT EXISTS report_visits (
   dynamic INTEGER NOT NULL,
   PRIMARY KEY (tracker, hour, channel, source, medium, campaign, term, content,
                landing_page, referrer_domain)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS report_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS spend (
   tracker TEXT NOT NULL, day TEXT NOT NULL, source TEXT NOT NULL, medium TEXT NOT NULL,
   campaign TEXT NOT NULL, amount_cents INTEGER NOT NULL, currency TEXT NOT NULL,
@@ -343,6 +344,7 @@ class SqliteStore:
         # visit counters not yet written, visits remembered for a later dynamic number
         self.retention = retention
         self._retention_task: asyncio.Task[None] | None = None
+        self._backfill_task: asyncio.Task[None] | None = None
         self._report_reader: ThreadPoolExecutor | None = None
         self._report_conn: sqlite3.Connection | None = None
         self._visits_pending: dict[tuple[str, VisitCell], list[int]] = {}
@@ -418,6 +420,7 @@ class SqliteStore:
             await self.close()
             raise
         self._behind_task = asyncio.create_task(self._behind_loop(), name="sqlite-behind")
+        self._backfill_task = asyncio.create_task(self._backfill_facts(), name="sqlite-backfill")
         if self.retention:
             self._retention_task = asyncio.create_task(
                 retention_loop(self, self.retention), name="sqlite-retention")
@@ -441,7 +444,8 @@ class SqliteStore:
     async def close(self) -> None:
         """Flush what is written behind and close; a no-op when not open."""
         await stop_task(self._retention_task)
-        self._retention_task = None
+        await stop_task(self._backfill_task)
+        self._retention_task = self._backfill_task = None
         await self._close_report_reader()
         if self._behind_task is not None:
             self._behind_task.cancel()
@@ -1033,6 +1037,15 @@ class SqliteStore:
         self._report_reader = None
         self._report_conn = None
 
+    async def _backfill_facts(self) -> None:
+        """Report facts for the calls recorded before this store kept them (once, in
+        batches of 2,000 in the background; the progress survives restarts)."""
+        try:
+            while await self._write(_backfill_batch):
+                pass
+        except Exception as exc:  # tried again at the next start
+            log.warning("store.report_backfill_failed", error=repr(exc))
+
     async def update_call(
         self, record: CallRecord, deliveries: Sequence[WebhookDelivery] = ()
     ) -> None:
@@ -1140,6 +1153,26 @@ class SqliteStore:
         while n := await self._write(batch):
             total += n
         return total
+
+
+def _backfill_batch(conn: sqlite3.Connection) -> int:
+    """One batch of `_backfill_facts`: the number of calls done (0: finished)."""
+    row = conn.execute("SELECT value FROM report_meta WHERE key = 'backfill_rowid'").fetchone()
+    if row is not None and row[0] < 0:
+        return 0
+    after = row[0] if row is not None else 0
+    rows = conn.execute("SELECT rowid, data FROM calls WHERE rowid > ? ORDER BY rowid LIMIT 2000",
+                        (after,)).fetchall()
+
+    def body() -> None:
+        _execute_rows(conn, f"INSERT OR IGNORE INTO report_calls ({', '.join(_FACT_COLS)})"
+                      " VALUES {values}", len(_FACT_COLS),
+                      [_fact_row(call_fact(decode_call(r[1]))) for r in rows])
+        conn.execute("INSERT OR REPLACE INTO report_meta VALUES ('backfill_rowid', ?)",
+                     (rows[-1][0] if rows else -1,))
+
+    SqliteStore._tx(conn, body)
+    return len(rows)
 
 
 def _write_visit_counts(conn: sqlite3.Connection,

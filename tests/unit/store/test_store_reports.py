@@ -4,7 +4,9 @@ aggregation of tracking/reports.py."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from calltrackd.store import create_store
 from calltrackd.store.base import Store
@@ -199,3 +202,36 @@ async def test_retention_deletes_old_records_with_their_facts(store: Store) -> N
     q = query({"group_by": ()})
     assert canonical(await store.report_calls(q)) == canonical(
         rep.aggregate_calls([rep.call_fact(r) for r in kept], q))
+
+
+async def test_calls_recorded_before_reports_existed_are_backfilled(
+        request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    records = synthetic_calls(50)
+    for kind in ("sqlite", "redis"):
+        url = (f"sqlite://{tmp_path}/old.db" if kind == "sqlite"
+               else request.getfixturevalue("redis_url"))
+        s = create_store(url)
+        await s.open()
+        for r in records:
+            await s.save_call(r)
+        await s.close()
+        # what an older version left: CDRs without report facts
+        if kind == "sqlite":
+            with sqlite3.connect(f"{tmp_path}/old.db") as conn:
+                conn.execute("DELETE FROM report_calls")
+                conn.execute("DELETE FROM report_meta")
+        else:
+            r = aioredis.Redis.from_url(url)
+            keys = [k async for k in r.scan_iter("ctd:r*")]
+            await r.delete(*keys)
+            await r.aclose()
+        s = create_store(url)
+        await s.open()
+        q = query({"group_by": ("campaign",)})
+        expected = canonical(rep.aggregate_calls([rep.call_fact(r) for r in records], q))
+        for _ in range(600):  # the backfill runs in the background: up to 30 s
+            if canonical(await s.report_calls(q)) == expected:
+                break
+            await asyncio.sleep(0.05)
+        assert canonical(await s.report_calls(q)) == expected, kind
+        await s.close()
