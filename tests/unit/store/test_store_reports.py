@@ -8,7 +8,6 @@ import asyncio
 import random
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import test_store_contract
 
 from calltrackd.store import create_store
 from calltrackd.store.base import Store
@@ -23,20 +23,11 @@ from calltrackd.tracking import reports as rep
 from calltrackd.tracking.model import Attribution, CallRecord, VisitorSession, WebhookEndpoint
 from calltrackd.webhooks.payload import build_deliveries
 
+store = test_store_contract.store  # the fixture: each test runs on SQLite and on Redis
 DAY0 = datetime(2026, 11, 1, tzinfo=UTC)
 POOLS = {"+74990000001": "paid", "+74990000002": "paid", "+74990000003": "organic"}
 CAMPAIGNS = ("spring", "autumn", None)
 TERMS = ("buy sofa", "sofa price", None)
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    url = (f"sqlite://{tmp_path}/calltrackd.db" if request.param == "sqlite"
-           else request.getfixturevalue("redis_url"))
-    s = create_store(url)
-    await s.open()
-    yield s
-    await s.close()
 
 
 def visit(i: int, rnd: random.Random, at: datetime) -> VisitorSession:
