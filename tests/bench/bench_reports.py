@@ -157,6 +157,16 @@ async def report(store: Store, spec: dict[str, Any]) -> tuple[float, list[dict[s
     return time.perf_counter() - t0, rows
 
 
+def calibration() -> float:
+    """Seconds for 10M iterations of a bare Python loop (about 0.45 s on a quiet core of
+    this machine): printed beside the figures, as the machine is shared."""
+    t0 = time.perf_counter()
+    total = 0
+    for i in range(10_000_000):
+        total += i
+    return time.perf_counter() - t0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -175,6 +185,8 @@ async def run_store(name: str, url: str, calls: list[CallRecord], sessions: int,
         print(f"{name}: loaded {len(calls):,} calls and {sessions:,} sessions in {took:.0f} s",
               flush=True)
         out = {}
+        print(f"  (machine load: a 10M-step Python loop takes {calibration():.2f} s now)",
+              flush=True)
         for label, spec in QUERIES:
             best, rows = float("inf"), []
             times = []
