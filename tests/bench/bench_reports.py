@@ -158,8 +158,8 @@ async def report(store: Store, spec: dict[str, Any]) -> tuple[float, list[dict[s
 
 
 def calibration() -> float:
-    """Seconds for 10M iterations of a bare Python loop (about 0.45 s on a quiet core of
-    this machine): printed beside the figures, as the machine is shared."""
+    """Seconds for 10M iterations of a bare Python loop, printed beside the figures: the
+    machine may be shared, and this says how busy it was (compare a quiet run)."""
     t0 = time.perf_counter()
     total = 0
     for i in range(10_000_000):
