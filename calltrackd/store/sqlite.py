@@ -988,7 +988,10 @@ class SqliteStore:
         counts = self._visits_pending.setdefault((session.tracker, cell), [0, 0])
         counts[0] += 1
         counts[1] += dynamic
-        self._visit_seen[session.id] = (session.tracker, cell, dynamic)
+        self._remember_visit(session.id, (session.tracker, cell, dynamic))
+
+    def _remember_visit(self, session_id: str, seen: tuple[str, VisitCell, bool]) -> None:
+        self._visit_seen[session_id] = seen
         if len(self._visit_seen) > _VISIT_SEEN_MAX:
             self._visit_seen.popitem(last=False)
 
@@ -998,10 +1001,11 @@ class SqliteStore:
         if seen is None:  # older than this node remembers: the sessions table knows
             sql = "SELECT data, dynamic FROM sessions WHERE id = ?"
             row = await self._read(lambda c: c.execute(sql, (session_id,)).fetchone())
-            if row is None or row[1]:
+            if row is None:
                 return
             session = decode_session(row[0])
-            seen = (session.tracker, visit_cell(session), False)
+            seen = (session.tracker, visit_cell(session), bool(row[1]))
+            self._remember_visit(session_id, seen)  # its next pings ask no more
         tracker, cell, counted = seen
         if counted:
             return

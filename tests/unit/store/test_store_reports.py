@@ -226,3 +226,22 @@ async def test_calls_recorded_before_reports_existed_are_backfilled(
             await asyncio.sleep(0.05)
         assert canonical(await s.report_calls(q)) == expected, kind
         await s.close()
+
+
+async def test_a_visit_given_a_number_after_a_restart_counts_once(
+        request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    for kind in ("sqlite", "redis"):
+        url = (f"sqlite://{tmp_path}/visits.db" if kind == "sqlite"
+               else request.getfixturevalue("redis_url"))
+        s = create_store(url)
+        await s.open()
+        v = visit(1, random.Random(1), DAY0)
+        await s.create_session(v, False)
+        await s.close()
+        s = create_store(url)
+        await s.open()
+        for k in range(3):  # every renewal says "dynamic"
+            await s.touch_session(v.id, v.first_seen + 60 * k, dynamic=True)
+        (total,) = await s.report_visits(query({"group_by": ()}))
+        assert (total.visitors, total.dynamic) == (1, 1), kind
+        await s.close()
