@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import random
 import shutil
 import socket
@@ -30,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from calltrackd.store import create_store
-from calltrackd.store.base import Store
+from calltrackd.store.base import Store, StoreError
 from calltrackd.tracking import reports as rep
 from calltrackd.tracking.model import Attribution, CallRecord, VisitorSession
 
@@ -98,14 +99,25 @@ def synthetic(n: int, seed: int = 1) -> list[CallRecord]:
     return out
 
 
-async def gather_bounded(coros: Any, limit: int = 48) -> None:
+async def gather_bounded(calls: Any, limit: int = 48) -> None:
+    """Run the (function, argument) pairs, `limit` at a time; a write the store refused
+    (Redis's 1 s socket timeout on a loaded machine) is tried again, as the daemon's
+    tracking service does."""
     sem = asyncio.Semaphore(limit)
 
     async def one(c: Any) -> None:
+        fn, arg = c
         async with sem:
-            await c
+            for attempt in range(5):
+                try:
+                    await fn(arg)
+                    return
+                except StoreError:
+                    if attempt == 4:
+                        raise
+                    await asyncio.sleep(1)
 
-    await asyncio.gather(*(one(c) for c in coros))
+    await asyncio.gather(*(one(c) for c in calls))
 
 
 async def load(stores: list[Store], calls: list[CallRecord], sessions: int,
@@ -116,20 +128,22 @@ async def load(stores: list[Store], calls: list[CallRecord], sessions: int,
     store = stores[0]
     chunk = 20000
     for i in range(0, len(calls), chunk):
-        await gather_bounded((stores[k % len(stores)].save_call(c)
+        await gather_bounded(((stores[k % len(stores)].save_call, c)
                               for k, c in enumerate(calls[i:i + chunk])), limit)
     rnd = random.Random(2)
     updated = [c for c in calls if rnd.random() < 0.1]
     for i in range(0, len(updated), chunk):
-        await gather_bounded((stores[k % len(stores)].update_call(rep_crm(c, rnd))
+        await gather_bounded(((stores[k % len(stores)].update_call, rep_crm(c, rnd))
                               for k, c in enumerate(updated[i:i + chunk])), limit)
     srnd = random.Random(3)
     for i in range(0, sessions, chunk):
         batch = []
         for j in range(i, min(i + chunk, sessions)):
             at = START.timestamp() + srnd.randrange(DAYS) * 86400 + hour_curve(srnd)
-            batch.append(stores[j % len(stores)].create_session(session(10_000_000 + j, srnd, at),
-                                              srnd.random() < 0.9))
+            visitor = session(10_000_000 + j, srnd, at)
+            target = stores[j % len(stores)]
+            batch.append((functools.partial(target.create_session,
+                                            dynamic=srnd.random() < 0.9), visitor))
         await gather_bounded(batch, limit)
     await store.put_spend([
         rep.SpendRow("bench", (START + timedelta(days=d)).date().isoformat(), "google", "cpc",
