@@ -81,6 +81,7 @@ from calltrackd.tracking.reports import (
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 SESSION_TTL = 30 * 86400
+BACKFILL_RETRY = 30.0  # seconds before a failed report backfill is tried again
 LEASE = 60.0
 _MAX_LIMIT = 1000
 _SEP = "\x1f"
@@ -850,30 +851,36 @@ class RedisStore:
     async def _backfill_facts(self) -> None:
         """Report facts for the calls recorded before this store kept them: once, by
         2,000 in the background, the progress in ctd:rbackfill (any node may do it)."""
-        try:
-            while True:
-                done = _s(await self._do(self.r.get("ctd:rbackfill")))
-                if done == "done":
-                    return
-                offset = int(done or 0)
-                ids = [_s(i) or "" for i in await self._do(
-                    self.r.zrange("ctd:calls", offset, offset + 1999))]
-                if not ids:
-                    await self._do(self.r.set("ctd:rbackfill", "done"))
-                    return
-                raws = await self._do(self.r.mget([f"ctd:call:{i}" for i in ids]))
-                async with self.r.pipeline(transaction=False) as p:
-                    for raw in raws:
-                        if raw:
-                            fact = call_fact(decode_call(_s(raw) or ""))
-                            p.hsetnx(f"ctd:rf:{fact.tracker}:{fact.day}", fact.id,
-                                     encode_fact(fact))
-                            p.zadd(f"ctd:rdays:{fact.tracker}", {str(fact.day): fact.day})
-                            p.sadd("ctd:rtrackers", fact.tracker)
-                    p.set("ctd:rbackfill", offset + len(ids))
-                    await self._do(p.execute())
-        except (StoreError, ValueError) as exc:  # tried again at the next start
-            log.warning("store.report_backfill_failed", error=repr(exc))
+        while True:
+            try:
+                await self._backfill_batches()
+                return
+            except (StoreError, ValueError) as exc:  # Redis away or slow: again soon
+                log.warning("store.report_backfill_failed", error=repr(exc))
+                await asyncio.sleep(BACKFILL_RETRY)
+
+    async def _backfill_batches(self) -> None:
+        while True:
+            done = _s(await self._do(self.r.get("ctd:rbackfill")))
+            if done == "done":
+                return
+            offset = int(done or 0)
+            ids = [_s(i) or "" for i in await self._do(
+                self.r.zrange("ctd:calls", offset, offset + 1999))]
+            if not ids:
+                await self._do(self.r.set("ctd:rbackfill", "done"))
+                return
+            raws = await self._do(self.r.mget([f"ctd:call:{i}" for i in ids]))
+            async with self.r.pipeline(transaction=False) as p:
+                for raw in raws:
+                    if raw:
+                        fact = call_fact(decode_call(_s(raw) or ""))
+                        p.hsetnx(f"ctd:rf:{fact.tracker}:{fact.day}", fact.id,
+                                 encode_fact(fact))
+                        p.zadd(f"ctd:rdays:{fact.tracker}", {str(fact.day): fact.day})
+                        p.sadd("ctd:rtrackers", fact.tracker)
+                p.set("ctd:rbackfill", offset + len(ids))
+                await self._do(p.execute())
 
     async def update_call(
         self, record: CallRecord, deliveries: Sequence[WebhookDelivery] = ()

@@ -1044,11 +1044,14 @@ class SqliteStore:
     async def _backfill_facts(self) -> None:
         """Report facts for the calls recorded before this store kept them (once, in
         batches of 2,000 in the background; the progress survives restarts)."""
-        try:
-            while await self._write(_backfill_batch):
-                pass
-        except Exception as exc:  # tried again at the next start
-            log.warning("store.report_backfill_failed", error=repr(exc))
+        while True:
+            try:
+                while await self._write(_backfill_batch):
+                    pass
+                return
+            except Exception as exc:  # the disk full, say: again in a while
+                log.warning("store.report_backfill_failed", error=repr(exc))
+                await asyncio.sleep(30.0)
 
     async def update_call(
         self, record: CallRecord, deliveries: Sequence[WebhookDelivery] = ()
