@@ -20,10 +20,11 @@ from typing import Any
 
 from aiohttp import web
 
+from ..store.base import StoreError
 from ..tracking import reports as rep
 from ..tracking.model import CallRecord, Tracker
 from ..webhooks.payload import build_deliveries
-from .api import APP, ApiError, _time_param, require_admin
+from .api import APP, ApiError, Handler, _time_param, require_admin
 
 DEFAULT_DAYS = 30  # a report without `since` covers the last 30 UTC days
 MAX_SPEND_BODY = 16 * 1024 * 1024  # bytes of one PUT /v1/spend
@@ -302,10 +303,21 @@ async def patch_call(request: web.Request) -> web.Response:
     return web.json_response(updated.to_json())
 
 
+def _store_errors(handler: Handler) -> Handler:
+    """A store that cannot answer is a 503 naming why, not a 500."""
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except StoreError as exc:
+            raise ApiError(503, "store_unavailable", str(exc)) from None
+
+    return wrapped
+
+
 def setup(http: web.Application) -> None:
     http.add_routes([
-        web.get("/v1/reports", report),
-        web.put("/v1/spend", put_spend),
-        web.get("/v1/spend", get_spend),
-        web.patch("/v1/calls/{call_id}", patch_call),
+        web.get("/v1/reports", _store_errors(report)),
+        web.put("/v1/spend", _store_errors(put_spend)),
+        web.get("/v1/spend", _store_errors(get_spend)),
+        web.patch("/v1/calls/{call_id}", _store_errors(patch_call)),
     ])

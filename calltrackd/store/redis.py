@@ -921,15 +921,27 @@ class RedisStore:
             out += [(t, int(d)) for d in days]
         return out
 
+    async def _day_of(self, *reads: tuple[str, str]) -> list[Any]:
+        """One day's report hashes; a read that times out (a day is megabytes, the socket
+        timeout one second) is tried twice more before the report fails."""
+        for attempt in range(3):
+            try:
+                async with self.r.pipeline(transaction=False) as p:
+                    for command, key in reads:
+                        getattr(p, command)(key)
+                    return list(await self._do(p.execute()))
+            except StoreError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
     async def report_calls(self, query: ReportQuery) -> list[CallGroup]:
         """Facts fetched a day at a time and aggregated in this process."""
         facts: list[bytes] = []
         crm: dict[bytes, bytes] = {}
         for tracker, day in await self._report_keys(query):
-            async with self.r.pipeline(transaction=False) as p:
-                p.hvals(f"ctd:rf:{tracker}:{day}")
-                p.hgetall(f"ctd:ru:{tracker}:{day}")
-                vals, upd = await self._do(p.execute())
+            vals, upd = await self._day_of(
+                ("hvals", f"ctd:rf:{tracker}:{day}"), ("hgetall", f"ctd:ru:{tracker}:{day}"))
             facts += vals
             for k, v in upd.items():
                 if k.endswith(b"\x1ef"):
@@ -939,10 +951,8 @@ class RedisStore:
     async def report_visits(self, query: ReportQuery) -> list[VisitGroup]:
         cells: list[tuple[list[str], int, int]] = []
         for tracker, day in await self._report_keys(query):
-            async with self.r.pipeline(transaction=False) as p:
-                p.hgetall(f"ctd:rv:{tracker}:{day}")
-                p.hgetall(f"ctd:rd:{tracker}:{day}")
-                visitors, dynamic = await self._do(p.execute())
+            visitors, dynamic = await self._day_of(
+                ("hgetall", f"ctd:rv:{tracker}:{day}"), ("hgetall", f"ctd:rd:{tracker}:{day}"))
             for field, n in visitors.items():
                 cell = (_s(field) or "").split(_SEP)
                 cells.append((cell, int(n), int(dynamic.get(field) or 0)))
