@@ -903,7 +903,7 @@ class RedisStore:
                         "event_id": d.event_id, "event": d.event, "tracker": d.tracker,
                         "url": d.url, "body": d.body, "created_at": d.created_at,
                         "next_attempt_at": d.next_attempt_at, "attempts": 0,
-                        "status": "pending", "last_error": ""})
+                        "status": "pending", "last_error": "", "kind": d.kind})
                     p.zadd("ctd:outbox:due", {d.id: d.next_attempt_at})
                     p.zadd("ctd:outbox:all", {d.id: d.created_at})
                 await p.execute()

@@ -1058,8 +1058,7 @@ class SqliteStore:
     ) -> None:
         crm = crm_json(record)
         value = cents(record.value)
-        drows = [(d.id, d.event_id, d.event, d.tracker, d.url, d.body, d.created_at,
-                  d.attempts, d.next_attempt_at, d.status, d.last_error) for d in deliveries]
+        drows = [_delivery_row(d) for d in deliveries]
 
         def write(conn: sqlite3.Connection) -> None:
             def body() -> None:
@@ -1075,8 +1074,9 @@ class SqliteStore:
                 conn.executemany("INSERT OR IGNORE INTO call_tags VALUES (?, ?)",
                                  [(record.id, t) for t in record.tags])
                 conn.executemany(
-                    f"INSERT INTO deliveries ({_DELIVERY_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-                    " ON CONFLICT (id) DO NOTHING", drows)
+                    f"INSERT INTO deliveries ({_DELIVERY_COLS})"
+                    f" VALUES ({','.join('?' * _NDELIVERY_COLS)}) ON CONFLICT (id) DO NOTHING",
+                    drows)
 
             self._tx(conn, body)
 
