@@ -84,16 +84,22 @@ def landing_page(url: str | None) -> str | None:
     """The landing URL without its query and fragment (those carry the click's tags)."""
     if not url:
         return None
-    parts = urlsplit(url.strip())
-    if not parts.netloc:
-        return url.split("?", 1)[0].split("#", 1)[0] or None
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:  # "http://[::1/x": kept as written, without its query
+        parts = None
+    if parts is None or not parts.netloc:
+        return url.strip().split("?", 1)[0].split("#", 1)[0] or None
     return f"{parts.scheme}://{parts.netloc.lower()}{parts.path or '/'}"
 
 
 def referrer_domain(url: str | None) -> str | None:
     if not url:
         return None
-    host = (urlsplit(url.strip()).hostname or "").lower()
+    try:
+        host = (urlsplit(url.strip()).hostname or "").lower()
+    except ValueError:  # not a URL one can read: no domain
+        return None
     host = host.removeprefix("www.")
     return host or None
 

@@ -36,6 +36,9 @@ def test_a_calls_fact_carries_the_visit_source_in_report_form() -> None:
     assert rep.weekday(fact.day) == 1
     assert (fact.ring_ms, fact.talk_ms, fact.value_cents, fact.tags) == (4200, 63000, 1234,
                                                                          ("hot",))
+    assert rep.landing_page("http://[::1/broken?x=1") == "http://[::1/broken"
+    assert rep.referrer_domain("http://[::1/broken") is None
+    assert rep.referrer_domain("::::") is None
     static = CallRecord("c2", "acme", "+74990000009", "anonymous", T0,
                         attribution=Attribution("static", channel="billboard"))
     f2 = rep.call_fact(static)
