@@ -554,7 +554,8 @@ class SqliteStore:
 
     async def create_session(self, session: VisitorSession, dynamic: bool) -> None:
         self._check_open()
-        self._mem.create_session(storable_session(session), dynamic)
+        session = storable_session(session)  # the visit's counters too: never refused
+        self._mem.create_session(session, dynamic)
         self._count_visit(session, dynamic)
         self._kick()
 
