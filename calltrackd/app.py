@@ -25,8 +25,10 @@ from .b2bua.engine import Engine
 from .config import ConfigError, Settings, load_config
 from .exports import OutboxDestinations, OutboxRows
 from .gcpolicy import CollectorPolicy
+from .http import auth as auth_api
 from .http import recordings as recordings_api
 from .http import tracking as tracking_api
+from .http import ui as dashboard
 from .http.api import build_http_app
 from .logging import flush_suppressed
 from .media.service import Media
@@ -157,6 +159,8 @@ class App:
         http = build_http_app(self)
         tracking_api.setup(http)
         recordings_api.setup(http)
+        auth_api.setup(http)
+        dashboard.setup(http)
         # keepalive_timeout closes a connection that has not sent a whole request (line
         # and headers) within http.header_timeout of connecting or of its last answer:
         # the slow-loris guard; bodies are timed by the API's body_guard

@@ -12,6 +12,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import zoneinfo
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -745,7 +746,7 @@ def _tracker(c: _Checker, key: str, d: dict[str, Any],
     c.table(d, key, {"id", "public_key", "reservation_ttl", "cooldown", "attribution_grace",
                      "target_call_min_seconds", "default_number", "forward", "ring_timeout",
                      "pools", "static", "webhooks", "media", "record", "returning_window",
-                     "source_rules", "analytics", "alerts"})
+                     "source_rules", "analytics", "alerts", "timezone", "viewer_tokens"})
     ident = c.get(d, key, "id", str, "")
     pk = c.get(d, key, "public_key", str, "")
     for name, value in (("id", ident), ("public_key", pk)):
@@ -820,6 +821,11 @@ def _tracker(c: _Checker, key: str, d: dict[str, Any],
                                      batch))
     pools = _pool_defaults_distinct(c, pools, pool_defaults, default, static)
     rules_path = _source_rules(c, d, key, config_dir)
+    timezone = c.get(d, key, "timezone", str, "UTC", _check_timezone)
+    viewers = tuple(v for _, v in c.str_list(d, key, "viewer_tokens"))
+    for i, v in enumerate(viewers):
+        if len(v) < 16:
+            c.fail(f"{key}.viewer_tokens[{i}]", "must be at least 16 characters (a secret)")
     base = Tracker(id="", public_key="", default_number="", forward=())
     tmin = c.get(d, key, "target_call_min_seconds", (int, float), 30.0,
                  lambda v: None if v >= 0 else "must not be negative")
@@ -843,6 +849,8 @@ def _tracker(c: _Checker, key: str, d: dict[str, Any],
         # [[trackers.analytics]] and [[trackers.alerts]]: calltrackd/exports/settings.py
         analytics=analytics_settings(c, key, d),
         alerts=alert_settings(c, key, d),
+        timezone=timezone,
+        viewer_tokens=viewers,
     )
 
 
@@ -867,6 +875,14 @@ def _pool_defaults_distinct(c: _Checker, pools: list[Pool], defaults: list[tuple
             for p in pools]
 
 
+def _check_timezone(name: str) -> str | None:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return f"unknown time zone {name!r} (an IANA name such as \"Europe/Moscow\" or \"UTC\")"
+    return None
+
+
 def parse_config(data: dict[str, Any], *, source: str | None = None) -> Settings:
     c = _Checker()
     c.table(data, "", {"sip", "http", "store", "log", "webhooks", "carriers", "trackers",
@@ -887,6 +903,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None) -> Settings
     seen_did: dict[str, str] = {}
     seen_id: set[str] = set()
     seen_key: set[str] = set()
+    seen_viewer: set[str] = set()
     for k, d in c.tables(data, "", "trackers"):
         t = _tracker(c, k, d, Path(source).parent if source else None)
         policy = _tracker_media(c, k, d, media)
@@ -908,6 +925,11 @@ def parse_config(data: dict[str, Any], *, source: str | None = None) -> Settings
             mine.add(number)
         for number in mine:
             seen_did[number] = t.id
+        for i, token in enumerate(t.viewer_tokens):
+            if token in seen_viewer or token == http.admin_token:
+                c.fail(f"{k}.viewer_tokens[{i}]", "is used twice (tokens must be unique and "
+                                                  "differ from http.admin_token)")
+            seen_viewer.add(token)
         trackers.append(t)
     if c.problems:
         raise ConfigError(c.problems)

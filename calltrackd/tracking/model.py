@@ -123,6 +123,8 @@ class Tracker:
     webhooks: tuple[WebhookEndpoint, ...] = ()
     analytics: tuple[Ga4Export | MetricaExport, ...] = ()
     alerts: tuple[AlertExport, ...] = ()
+    timezone: str = "UTC"  # IANA name: the dashboard's days and hours
+    viewer_tokens: tuple[str, ...] = ()  # read-only tokens that see this tracker only
 
     def numbers(self) -> tuple[str, ...]:
         """Every DID this tracker answers for: default, pool and static numbers."""

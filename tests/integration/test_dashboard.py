@@ -1,0 +1,319 @@
+"""The dashboard as a marketer and a department head use it: headless Chromium (Playwright,
+Debian's chromium) signs in to /ui/ after a handful of real calls through the daemon
+(SIPp as carrier and PBX), opens every page and finds the figures the API reports; a
+channel drills down to its campaigns; a tag edited on a call shows in the API. A viewer
+token of one tracker sees nothing of the other, in the pages and in the API. No request
+leaves the daemon's origin and the console stays clean. Screenshots of every page go to
+the test's directory (and to $CALLTRACKD_SCREENSHOTS when set)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import ADMIN, Daemon, Sipp, free_port, start_daemon
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ACME_VIEWER = "viewer-acme-0123456789"
+BETA_VIEWER = "viewer-beta-0123456789"
+POOL = ["+74990000011", "+74990000012", "+74990000013", "+74990000014"]
+BILLBOARD = "+74990000100"
+RADIO = "+74990000200"
+
+
+def config(sip: int, http: int, pbx: int) -> str:
+    return f"""
+[sip]
+listen = ["udp:127.0.0.1:{sip}"]
+shutdown_grace = "5s"
+[http]
+listen = "127.0.0.1:{http}"
+admin_token = "{ADMIN}"
+session_rate_limit = 0
+[store]
+url = "sqlite:///./var/calltrackd.db"
+[[carriers]]
+name = "loopback"
+addresses = ["127.0.0.0/8"]
+default_country = "RU"
+[[trackers]]
+id = "acme"
+public_key = "pk_acme"
+default_number = "+74990000010"
+forward = ["sip:127.0.0.1:{pbx};transport=udp"]
+target_call_min_seconds = 1
+timezone = "Europe/Moscow"
+viewer_tokens = ["{ACME_VIEWER}"]
+  [[trackers.pools]]
+  name = "web"
+  sources = ["*"]
+  numbers = {json.dumps(POOL)}
+  [[trackers.static]]
+  number = "{BILLBOARD}"
+  channel = "billboard"
+[[trackers]]
+id = "beta"
+public_key = "pk_beta"
+default_number = "+74990000020"
+forward = ["sip:127.0.0.1:{pbx};transport=udp"]
+viewer_tokens = ["{BETA_VIEWER}"]
+  [[trackers.static]]
+  number = "{RADIO}"
+  channel = "radio"
+"""
+
+
+VISITS = [  # (utm_source, utm_medium, utm_campaign, utm_term)
+    ("google", "cpc", "spring", "buy sofa"),
+    ("google", "cpc", "spring", "sofa price"),
+    ("yandex", "cpc", "autumn", "corner sofa"),
+]
+
+
+@pytest.fixture
+def site(tmp_path: Path, sipp_factory: Callable[..., Sipp]) -> Iterator[dict[str, Any]]:
+    """A daemon with two trackers and six finished calls: three visitors of acme (two
+    campaigns), acme's billboard twice, beta's radio once."""
+    sip, http, pbx = free_port(), free_port(), free_port()
+    daemon = start_daemon(tmp_path, config(sip, http, pbx), sip, http)
+    try:
+        uas = sipp_factory("pbx", "uas_answer.xml", pbx, "-m", "6", "-timeout", "120s")
+        dids = []
+        for src, medium, campaign, term in VISITS:
+            status, s = daemon.http("POST", "/v1/sessions", {
+                "tracker": "pk_acme", "utm_source": src, "utm_medium": medium,
+                "utm_campaign": campaign, "utm_term": term,
+                "landing_page": f"https://acme.example/sofas?utm_campaign={campaign}"},
+                admin=False)
+            assert status == 200 and s["kind"] == "dynamic", s
+            dids.append(s["number"])
+        dids += [BILLBOARD, BILLBOARD, RADIO]
+        for did in dids:
+            res = sipp_factory("carrier", "uac_call.xml", free_port(), "-s", did, "-m", "1",
+                               "-d", "1200", "-timeout", "30s", "-timeout_error",
+                               remote=f"127.0.0.1:{sip}").wait(40)
+            assert res.ok, res.output
+        assert uas.wait(30).ok
+        for did in dids:
+            daemon.wait_call(lambda c, d=did: c["did"] == d, timeout=20)
+        yield {"daemon": daemon, "tmp": tmp_path}
+    finally:
+        daemon.stop()
+
+
+class Browser:
+    def __init__(self, page: Any, base: str, shots: Path) -> None:
+        self.page = page
+        self.base = base
+        self.shots = shots
+        self.console: list[str] = []
+        self.foreign: list[str] = []
+        page.on("console", lambda m: self.console.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.console.append(str(e)))
+        page.on("request", lambda r: None if r.url.startswith((base, "data:", "blob:"))
+                else self.foreign.append(r.url))
+
+    def sign_in(self, token: str) -> None:
+        self.page.goto(f"{self.base}/ui/", timeout=20000)
+        self.page.fill("#token", token)
+        self.page.click("#signin button[type=submit]")
+        self.wait_page("overview")
+
+    def wait_page(self, name: str) -> None:
+        self.page.wait_for_function(
+            f"document.body.dataset.loading === '0' && document.body.dataset.page === {name!r}",
+            timeout=20000)
+
+    def open(self, name: str) -> None:
+        self.page.evaluate(f"location.hash = '#/{name}'")
+        self.wait_page(name.split("?")[0])
+
+    def shot(self, name: str) -> None:
+        self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
+
+    def tile(self, name: str) -> str:
+        return str(self.page.inner_text(f'[data-tile="{name}"] .value'))
+
+
+@pytest.fixture
+def browser(site: dict[str, Any]) -> Iterator[Callable[[], Browser]]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is not installed: run the README's test command (scripts/test)")
+    from playwright.sync_api import sync_playwright
+
+    daemon: Daemon = site["daemon"]
+    shots_dir = site["tmp"] / "screenshots"
+    shots_dir.mkdir()
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+
+        def new() -> Browser:
+            page = chromium.new_page(viewport={"width": 1280, "height": 900})
+            return Browser(page, daemon.base, shots_dir)
+
+        try:
+            yield new
+        finally:
+            chromium.close()
+    copy_to = os.environ.get("CALLTRACKD_SCREENSHOTS")
+    if copy_to:
+        Path(copy_to).mkdir(parents=True, exist_ok=True)
+        for path in shots_dir.glob("*.png"):
+            shutil.copy(path, Path(copy_to) / path.name)
+
+
+def test_every_page_shows_what_the_api_reports(site: dict[str, Any],
+                                               browser: Callable[[], Browser]) -> None:
+    daemon: Daemon = site["daemon"]
+    b = browser()
+    b.sign_in(ADMIN)
+    b.page.select_option("#period", "30")
+    b.wait_page("overview")
+    status, report = daemon.http("GET", "/v1/reports?tracker=acme&group_by=channel")
+    assert status == 200, report
+    calls = sum(r["calls"] for r in report["rows"])
+    assert calls == 5  # three visitors and the billboard twice
+    assert b.tile("calls") == "5"
+    assert b.tile("answered") == "5"
+    assert b.tile("missed") == "0"
+    assert b.page.locator("#chart-channels").count() == 1
+    b.shot("overview")
+
+    # Sources: channel -> source -> campaign -> keyword
+    b.open("sources")
+    rows = {r["key"]["channel"] or "(none)": r for r in report["rows"]}
+    shown = b.page.locator("#report tbody tr")
+    assert shown.count() == len(rows)
+    b.shot("sources")
+    first_paid = next(k for k, r in rows.items() if k != "billboard")
+    b.page.click(f'#report a[data-drill="{first_paid}"]')
+    b.wait_page("sources")
+    status, by_source = daemon.http(
+        "GET", f"/v1/reports?tracker=acme&group_by=source&channel={first_paid}")
+    assert status == 200, by_source
+    sources = sorted(str(r["key"]["source"]) for r in by_source["rows"])
+    assert sorted(b.page.locator("#report tbody tr").evaluate_all(
+        "rows => rows.map(r => r.dataset.key)")) == sources
+    b.page.click('#report a[data-drill="google"]')
+    b.wait_page("sources")
+    campaigns = b.page.locator("#report tbody tr").evaluate_all(
+        "rows => rows.map(r => [r.dataset.key, r.children[3].textContent])")
+    assert campaigns == [["spring", "2"]], campaigns  # google's two calls, one campaign
+    b.shot("sources-google")
+
+    # Calls: the list is the API's, and a call's tags are editable
+    b.open("calls")
+    api_calls = daemon.calls(tracker="acme")
+    ids = b.page.locator("#calls tbody tr").evaluate_all("rows => rows.map(r => r.dataset.call)")
+    assert ids == [c["id"] for c in api_calls]
+    b.shot("calls")
+    target = next(c for c in api_calls if c["attribution"]["kind"] == "dynamic")
+    b.page.click(f'#calls tr[data-call="{target["id"]}"]')
+    b.wait_page(f"calls/{target['id']}")
+    assert b.page.inner_text('[data-field="Campaign"]') == (
+        target["attribution"]["session"]["utm_campaign"])
+    b.page.fill("#edit-tags", "lead, sofa")
+    b.page.select_option("#edit-status", "qualified")
+    b.page.fill("#edit-value", "1500")
+    b.page.click("#edit-save")
+    b.page.wait_for_function("document.querySelector('#edit-result').textContent === 'saved'",
+                             timeout=15000)
+    status, updated = daemon.http("GET", f"/v1/calls/{target['id']}")
+    assert status == 200
+    assert updated["tags"] == ["lead", "sofa"]
+    assert updated["lead_status"] == "qualified" and updated["value"] == 1500
+    b.shot("call")
+
+    # Pools: the figures of /v1/stats
+    b.open("pools")
+    status, stats = daemon.http("GET", "/v1/stats?tracker=acme")
+    assert status == 200
+    pool = stats["trackers"][0]["pools"][0]
+    text = b.page.inner_text(f'[data-pool="{pool["pool"]}"]')
+    assert f"Size\n{pool['size']}" in text or f"Size\t{pool['size']}" in text, text
+    assert str(pool["recommended_size"]) in text
+    b.shot("pools")
+
+    # Health
+    b.open("health")
+    assert b.tile("status") == "ok"
+    b.shot("health")
+
+    # a phone-sized window still shows the overview
+    b.page.set_viewport_size({"width": 390, "height": 844})
+    b.open("overview")
+    assert b.tile("calls") == "5"
+    b.shot("overview-phone")
+    assert b.console == []
+    assert b.foreign == []
+
+
+def test_a_viewer_sees_only_its_own_tracker(site: dict[str, Any],
+                                            browser: Callable[[], Browser]) -> None:
+    daemon: Daemon = site["daemon"]
+    beta = {"Authorization": f"Bearer {BETA_VIEWER}"}
+
+    def get(path: str) -> tuple[int, Any]:
+        return daemon.http("GET", path, admin=False, headers=beta)
+
+    status, body = get("/v1/calls")
+    assert status == 200 and {c["tracker"] for c in body["calls"]} == {"beta"}
+    assert len(body["calls"]) == 1
+    acme_call = daemon.calls(tracker="acme")[0]
+    assert get(f"/v1/calls/{acme_call['id']}")[0] == 404
+    assert get("/v1/calls?tracker=acme")[0] == 403
+    assert get("/v1/stats?tracker=acme")[0] == 403
+    status, stats = get("/v1/stats")
+    assert status == 200 and [t["tracker"] for t in stats["trackers"]] == ["beta"]
+    status, report = get("/v1/reports?group_by=channel")
+    assert status == 200 and sum(r["calls"] for r in report["rows"]) == 1
+    assert get("/v1/admin/webhooks")[0] == 403
+    status, _ = daemon.http("PATCH", f"/v1/calls/{body['calls'][0]['id']}", {"tags": ["x"]},
+                            admin=False, headers=beta)
+    assert status == 403
+    status, me = get("/v1/me")
+    assert status == 200 and me["role"] == "viewer"
+    assert [t["id"] for t in me["trackers"]] == ["beta"]
+
+    b = browser()
+    b.sign_in(BETA_VIEWER)
+    options = b.page.locator("#tracker option").evaluate_all("o => o.map(x => x.value)")
+    assert options == ["beta"]
+    assert b.page.locator('nav a[data-page="health"]').is_hidden()
+    b.page.select_option("#period", "30")
+    b.wait_page("overview")
+    assert b.tile("calls") == "1"
+    b.open("calls")
+    ids = b.page.locator("#calls tbody tr").evaluate_all("rows => rows.map(r => r.dataset.call)")
+    assert ids == [body["calls"][0]["id"]]
+    b.page.evaluate(f"location.hash = '#/calls/{acme_call['id']}'")
+    b.wait_page(f"calls/{acme_call['id']}")
+    assert "no call with that id" in b.page.inner_text("#page")
+    b.shot("viewer-calls")
+    # the console shows the refused request as a failed load; nothing else
+    assert all("404" in line for line in b.console), b.console
+    assert b.foreign == []
+
+
+def test_the_page_carries_a_strict_content_security_policy(site: dict[str, Any]) -> None:
+    import urllib.request
+
+    daemon: Daemon = site["daemon"]
+    for path in ("/ui/", "/ui/app.js", "/ui/vendor/chart.umd.min.js"):
+        with urllib.request.urlopen(daemon.base + path, timeout=10) as resp:
+            csp = resp.headers["Content-Security-Policy"]
+            assert "default-src 'none'" in csp and "script-src 'self'" in csp
+            assert "unsafe" not in csp
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    status, _ = daemon.http("GET", "/ui/../calltrackd.toml", admin=False)
+    assert status == 404
+    status, _ = daemon.http("GET", "/ui/vendor/chart.js-LICENSE.md", admin=False)
+    assert status == 200
