@@ -128,9 +128,9 @@ class Browser:
         self.wait_page("overview")
 
     def wait_page(self, name: str) -> None:
-        self.page.wait_for_function(
-            f"document.body.dataset.loading === '0' && document.body.dataset.page === {name!r}",
-            timeout=20000)
+        # a selector, not a JavaScript predicate: the page's CSP forbids eval
+        self.page.wait_for_selector(f'body[data-loading="0"][data-page="{name}"]',
+                                    state="attached", timeout=20000)
 
     def open(self, name: str) -> None:
         self.page.evaluate(f"location.hash = '#/{name}'")
@@ -224,8 +224,7 @@ def test_every_page_shows_what_the_api_reports(site: dict[str, Any],
     b.page.select_option("#edit-status", "qualified")
     b.page.fill("#edit-value", "1500")
     b.page.click("#edit-save")
-    b.page.wait_for_function("document.querySelector('#edit-result').textContent === 'saved'",
-                             timeout=15000)
+    b.page.wait_for_selector("#edit-result.ok", timeout=15000)
     status, updated = daemon.http("GET", f"/v1/calls/{target['id']}")
     assert status == 200
     assert updated["tags"] == ["lead", "sofa"]

@@ -520,13 +520,13 @@
       (t.pools || []).forEach(function (pool, i) {
         var card = el("div", { class: "card", "data-pool": pool.pool });
         card.appendChild(el("h2", { text: "Pool " + pool.pool }));
-        card.appendChild(fields([
+        var grid = el("div", { class: "charts" });
+        card.appendChild(grid);
+        grid.appendChild(fields([
           ["Size", pool.size], ["Reserved now", pool.reserved], ["Free", pool.free],
           ["Cooling", pool.cooling], ["Peak in use", pool.peak], ["Turned away", pool.shortfall],
           ["Estimated accuracy", pool.estimated_accuracy === undefined ? null : pct(pool.estimated_accuracy)],
           ["Recommended size", pool.recommended_size]]));
-        var grid = el("div", { class: "charts" });
-        card.appendChild(grid);
         var usage = pool.usage || pool.usage_by_hour;
         var c1 = el("canvas", { id: "pool-usage-" + i });
         grid.appendChild(el("div", {}, el("h2", { text: usage ? "Numbers in use over the day" :
