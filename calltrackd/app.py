@@ -32,7 +32,7 @@ from .http import ui as dashboard
 from .http.api import build_http_app
 from .logging import flush_suppressed
 from .media.service import Media
-from .metrics import Metrics
+from .metrics import DictCounter, Metrics
 from .overload import LoopLagMonitor
 from .recorder import Recorder
 from .sdnotify import Notifier
@@ -129,6 +129,12 @@ class App:
         self.load = LoopLagMonitor()
         self.gc_policy = CollectorPolicy(lambda: self.engine.active_calls)
         self.engine.overloaded = lambda: self.load.overloaded
+        self.metrics.registry.register(DictCounter(
+            "calltrackd_dialog_rejected", "In-dialog requests refused: wrong source or tags",
+            ["reason", "method"], self.engine.dialog_rejects))
+        self.metrics.registry.register(DictCounter(
+            "calltrackd_shed_calls", "INVITEs answered 503 before a call existed",
+            ["reason", "tracker"], self.engine.shed))
         self.http_runner: web.AppRunner | None = None
         self.http_port: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []

@@ -88,6 +88,8 @@ class SipSettings:
     stranger_burst: int = 20
     stranger_rate_total: float = 200.0  # datagrams/s of all strangers together
     trusted_sources: tuple[IPNetwork, ...] = ()  # never strangers (PBXes, monitoring)
+    # proxies (Kamailio with the carrier ACL) whose X-Calltrackd-Carrier header is believed
+    trusted_proxies: tuple[IPNetwork, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +189,7 @@ class Settings:
     _by_key: dict[str, Tracker] = field(default_factory=dict, repr=False, compare=False)
     _carrier_cache: dict[str, Carrier | None] = field(
         default_factory=dict, repr=False, compare=False)
+    _proxy_cache: dict[str, bool] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for tracker in self.trackers:
@@ -212,6 +215,28 @@ class Settings:
         found = next((c for c in self.carriers if c.admits(addr)), None)
         if len(self._carrier_cache) < 65536:
             self._carrier_cache[ip] = found
+        return found
+
+    def carrier_by_name(self, name: str) -> Carrier | None:
+        return next((c for c in self.carriers if c.name == name), None)
+
+    def is_trusted_proxy(self, ip: str) -> bool:
+        """Whether `ip` is in `sip.trusted_proxies` (cached: asked on every INVITE)."""
+        proxies = self.sip.trusted_proxies
+        if not proxies:
+            return False
+        known = self._proxy_cache.get(ip)
+        if known is not None:
+            return known
+        try:
+            addr = ipaddress.ip_address(ip.strip("[]"))
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        found = any(addr in net for net in proxies if net.version == addr.version)
+        if len(self._proxy_cache) < 65536:
+            self._proxy_cache[ip] = found
         return found
 
 
@@ -465,7 +490,7 @@ def _sip(c: _Checker, data: object) -> SipSettings:
                               "t1", "t2", "t4", "user_agent", "max_message_size",
                               "max_calls", "stranger_policy", "stranger_policy_tcp",
                               "stranger_rate", "stranger_burst", "stranger_rate_total",
-                              "trusted_sources"})
+                              "trusted_sources", "trusted_proxies"})
     base = SipSettings()
     listen = base.listen
     if "listen" in d:
@@ -498,6 +523,7 @@ def _sip(c: _Checker, data: object) -> SipSettings:
         stranger_rate_total=float(c.get(d, "sip", "stranger_rate_total", (int, float),
                                         base.stranger_rate_total, _not_negative)),
         trusted_sources=tuple(_networks(c, d, "sip", "trusted_sources")),
+        trusted_proxies=tuple(_networks(c, d, "sip", "trusted_proxies")),
     )
 
 

@@ -13,6 +13,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
     ProcessCollector,
     generate_latest,
@@ -22,7 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import __version__
 
-__all__ = ["CONTENT_TYPE_LATEST", "WEBHOOK_RESULTS", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "WEBHOOK_RESULTS", "DictCounter", "Metrics"]
 
 # INVITE handling is sub-millisecond when healthy; the tail shows queueing.
 _SIP_BUCKETS = (
@@ -35,6 +36,8 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         ProcessCollector(registry=r)
+        # python_gc_objects_collected_total: cyclic garbage found, which should stay ~0
+        GCCollector(registry=r)
         self.calls = Counter("calltrackd_calls", "Calls that reached routing, by outcome",
                              ["tracker", "outcome"], registry=r)
         self.active_calls = Gauge("calltrackd_active_calls", "Calls in progress", registry=r)
@@ -179,3 +182,22 @@ _KNOWN_METHODS = frozenset({
     "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE", "INFO", "PRACK", "REGISTER",
     "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH",
 })
+
+
+class DictCounter:
+    """A counter family read at scrape time from a dict its owner keeps (label values →
+    count): counting on the packet path costs a dict update, not a labelled Counter's lock.
+    Register it with `registry.register(...)`."""
+
+    def __init__(self, name: str, documentation: str, labels: list[str],
+                 counts: dict[tuple[str, ...], int] | dict[tuple[str, str], int]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = labels
+        self.counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for values, value in list(self.counts.items()):
+            family.add_metric(list(values), value)
+        yield family

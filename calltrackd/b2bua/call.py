@@ -16,6 +16,7 @@ import asyncio
 import functools
 import ipaddress
 import time
+import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -29,6 +30,7 @@ from ..sip.message import Request, Response, Via, response_for
 from ..sip.transaction import ClientInviteTransaction
 from ..sip.uri import SipSyntaxError, SipURI
 from ..tracking.model import ForwardTarget, HangupBy, Outcome, Tracker
+from .guard import canonical_host
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -71,26 +73,57 @@ class CallInfo:
 
 
 class Leg:
-    """One side of the call: its dialog (RFC 3261 §12) and how we reach the peer."""
+    """One side of the call: its dialog (RFC 3261 §12) and how we reach the peer.
 
-    __slots__ = ("call", "dest", "dialog", "side", "transport")
+    A leg refers to its call weakly: the call holds its legs, and the transactions of a
+    leg (which outlive the call by up to 32 s) hold the leg, so a strong reference back
+    would make every call a reference cycle that only the garbage collector could free.
+    The engine keeps an ended call alive as long as its transactions may still report.
+    """
+
+    __slots__ = ("_call", "dest", "dialog", "origin", "side", "transport")
 
     def __init__(self, call: Call, side: Literal["a", "b"], dialog: Dialog,
-                 transport: str) -> None:
-        self.call = call
+                 transport: str, origin: str) -> None:
+        self._call = weakref.ref(call)
         self.side = side
         self.dialog = dialog
         self.transport = transport
+        self.origin = canonical_host(origin)  # the INVITE's source, or the target we called
         self.dest: Address | None = None
+
+    @property
+    def call(self) -> Call | None:
+        return self._call()
+
+    def admits(self, source: Address) -> bool:
+        """Whether a request in this dialog may come from `source`: the leg's transport,
+        and the host the dialog began with, the one we send to, or the dialog's next hop
+        (its first Record-Route, else the peer's Contact). Ports are not compared: TCP
+        peers connect from ephemeral ports, and many SBCs send from another port than
+        the one they listen on."""
+        if source.transport != self.transport:
+            return False
+        host = canonical_host(source.host)
+        if host == self.origin or (self.dest is not None
+                                   and host == canonical_host(self.dest.host)):
+            return True
+        try:
+            hop = self.dialog.next_hop()
+        except SipSyntaxError:
+            return False
+        return host == canonical_host(hop.host_bare)
 
     def request(self, method: str, body: bytes = b"", content_type: str | None = None,
                 cseq: int | None = None) -> Request:
         """An in-dialog request toward the peer, with our Via (and Contact, when the
         request refreshes the target) for the way it goes out."""
         assert self.dest is not None
-        host, port = self.call.engine.stack.local_hostport(self.transport, self.dest.host)
+        call = self._call()
+        assert call is not None  # only a live call sends
+        host, port = call.engine.stack.local_hostport(self.transport, self.dest.host)
         via = Via.own(self.transport, host, port, new_branch())
-        contact = self.call.contact(self) if method in TARGET_REFRESH else None
+        contact = call.contact(self) if method in TARGET_REFRESH else None
         return self.dialog.request(method, via, contact, body, content_type, cseq)
 
 
@@ -135,7 +168,8 @@ class Call:
         self.source = source
         self.mono_start = time.monotonic()
         self.state: State = "routing"
-        self.a = Leg(self, "a", Dialog.uas(invite, new_tag()), source.transport)
+        self.a = Leg(self, "a", Dialog.uas(invite, new_tag()), source.transport,
+                     source.host)
         # an unresolvable next hop (a name) falls back to where the INVITE came from
         self.a.dest = self._peer_address(self.a) or source
         self.b: Leg | None = None
@@ -262,7 +296,7 @@ class Call:
             f"<sip:{self.info.did}@{ruri.host}{f':{ruri.port}' if ruri.port else ''}>",
             str(ruri),
         )
-        leg = Leg(self, "b", dialog, addr.transport)
+        leg = Leg(self, "b", dialog, addr.transport, addr.host)
         leg.dest = addr
         mf = inv.headers.get("Max-Forwards")
         req = leg.request("INVITE", inv.body, inv.headers.get("Content-Type"))
@@ -291,6 +325,7 @@ class Call:
         self.engine.stack.flush()
 
     def _ring_timeout(self, attempt: Attempt) -> None:
+        attempt.timer = None  # a handle that ran keeps its callback: no cycle through it
         if attempt is not self.attempt or attempt.answered or self.state == "ended":
             return
         self.log.info("ring timeout", target=attempt.target.uri)
@@ -303,6 +338,7 @@ class Call:
     def _cancel_attempt(self, attempt: Attempt) -> None:
         if attempt.timer:
             attempt.timer.cancel()
+            attempt.timer = None
         if not attempt.provisional:
             attempt.cancel_pending = True  # §9.1: CANCEL only after a provisional
             return
@@ -350,6 +386,7 @@ class Call:
             return
         if attempt.timer:
             attempt.timer.cancel()
+            attempt.timer = None
         if code < 300:
             self._on_answer(attempt, resp)
             return
@@ -491,7 +528,6 @@ class Call:
         out = self.engine.stack.layer.send_request(fwd, other.dest, self.now())
         out.user = other
         self.relays[id(out)] = (txn, req)
-        txn.user = leg
         self.engine.stack.flush()
 
     def _relay_response(self, leg: Leg, txn: ClientTransaction, resp: Response,
@@ -525,6 +561,7 @@ class Call:
         if attempt is not None and txn is attempt.txn:
             if attempt.timer:
                 attempt.timer.cancel()
+                attempt.timer = None
             self.attempt = None
             self.last_code, self.last_reason = 408, "Request Timeout"
             self.last_by = "system"
@@ -548,6 +585,7 @@ class Call:
                 self._respond_other(origin_txn, origin_req, origin_leg, 408)
 
     def _max_duration(self) -> None:
+        self.end_timer = None
         if self.state != "connected":
             return
         self.log.info("max call duration reached")
@@ -580,8 +618,10 @@ class Call:
         self.state = "ended"
         if self.end_timer:
             self.end_timer.cancel()
+            self.end_timer = None
         if self.attempt and self.attempt.timer:
             self.attempt.timer.cancel()
+            self.attempt.timer = None
         info = self.info
         info.ended_at = datetime.now(UTC)
         info.outcome = outcome

@@ -271,6 +271,13 @@ class TransactionLayer:
     def transaction_address(self, txn: Transaction) -> Address:
         return self._dest[id(txn)]
 
+    def discard(self, txn: ServerTransaction) -> None:
+        """Forget a server transaction the TU answers statelessly, if at all (a refused
+        request in a dialog): it keeps no state, retransmits nothing, and does not hold
+        the key a genuine request will need (a stranger's CANCEL copies the Via of the
+        INVITE, and so the key of the carrier's CANCEL to come)."""
+        self._forget(txn)
+
     # -- outputs -----------------------------------------------------------------------
 
     def transmits(self) -> list[tuple[bytes, Address]]:
