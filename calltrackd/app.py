@@ -197,7 +197,7 @@ class App:
         # Long-lived objects (config, modules) leave the collector's view for good.
         gc.collect()
         gc.freeze()
-        # then no automatic collections: see gcpolicy.py
+        # then only small, automatic young collections: see gcpolicy.py
         self._tasks.append(loop.create_task(self.gc_policy.run(self._workers_stop)))
         self.systemd.notify("READY=1", "STATUS=accepting calls")
 
