@@ -18,10 +18,8 @@ from typing import Any
 import pytest
 
 from .conftest import ADMIN, Daemon, Sipp, free_port, start_daemon
+from .test_browser_snippet import ARGS, CHROMIUM
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ACME_VIEWER = "viewer-acme-0123456789"
 BETA_VIEWER = "viewer-beta-0123456789"
 POOL = ["+74990000011", "+74990000012", "+74990000013", "+74990000014"]
