@@ -1,9 +1,18 @@
 """Builds and wires the parts, owns start/stop, signals and the drain.
 
 start: store → tracking → SIP (transaction layer, sockets, engine) → HTTP → workers.
+Each part registers its cleanup on an `AsyncExitStack` only once its start succeeded
+(aiohttp's `cleanup_ctx`): a start that fails halfway closes what had started, in
+reverse, and nothing else, and `serve` logs one `app.start_failed` line naming the step.
+The background workers run in one `asyncio.TaskGroup` (under a supervisor task): stop
+asks them to finish, waits a bounded time, then cancels and awaits what is left. A
+worker that crashes is logged (`app.worker_failed`) and starts a drain: the daemon exits
+1 and its service manager restarts it.
+
 stop (SIGTERM/SIGINT): refuse new INVITEs with 503 + Retry-After, let running calls finish
-within `sip.shutdown_grace`, end the rest, flush call records and the webhook outbox,
-close in reverse order. A second signal ends the wait at once.
+within `sip.shutdown_grace` (waiting on an event the engine sets when the last call ends),
+end the rest, flush call records and the webhook outbox, close in reverse order. A second
+signal ends the wait at once. Signal handlers are removed again however `serve` ends.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ import gc
 import signal
 import socket
 import time
-from typing import Any
+from collections.abc import Iterator
 
 import structlog
 from aiohttp import web
@@ -49,6 +58,24 @@ log = structlog.get_logger("calltrackd")
 
 PROBE_INTERVAL = 1.0  # seconds between store write probes (the node's heartbeat)
 PROBE_TIMEOUT = 2.0  # a write that takes longer counts as a failure
+WORKER_GRACE = 10.0  # seconds the workers get to finish on stop before they are cancelled
+
+
+class StartError(Exception):
+    """A part of the daemon did not start: `step` names it (store, tracking, sip, http);
+    the parts started before it have been stopped again."""
+
+    def __init__(self, step: str, cause: Exception) -> None:
+        super().__init__(f"{step}: {type(cause).__name__}: {cause}")
+        self.step = step
+
+
+@contextlib.contextmanager
+def _step(name: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        raise StartError(name, exc) from exc
 
 
 def node_id(settings: Settings) -> str:
@@ -137,8 +164,12 @@ class App:
             ["reason", "tracker"], self.engine.shed))
         self.http_runner: web.AppRunner | None = None
         self.http_port: int | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._parts: contextlib.AsyncExitStack | None = None  # what start() started
+        self._workers: asyncio.Task[None] | None = None  # the supervisor of the TaskGroup
         self._workers_stop = asyncio.Event()
+        self.failed = False  # a worker crashed: serve() exits 1
+        self._idle = asyncio.Event()  # set when the last call has ended
+        self.engine.on_call_finished = self._call_finished
         self._sip_up = False
         self._retrans_seen = 0
         self._rejects_seen = 0
@@ -154,37 +185,35 @@ class App:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.store.open()
-        await self.tracking.start()
-        await self.probe_store()  # first verdict (and the previous run's heartbeat)
-        await self.stack.start([Listen(x.transport, x.host, x.port)
-                                for x in self.settings.sip.listen])
-        self._sip_up = True
-        self.load.probes = self.stack.queue_probes
-        self.load.start()
-        http = build_http_app(self)
-        tracking_api.setup(http)
-        recordings_api.setup(http)
-        auth_api.setup(http)
-        dashboard.setup(http)
-        # keepalive_timeout closes a connection that has not sent a whole request (line
-        # and headers) within http.header_timeout of connecting or of its last answer:
-        # the slow-loris guard; bodies are timed by the API's body_guard
-        self.http_runner = web.AppRunner(http, access_log=None, handle_signals=False,
-                                         keepalive_timeout=self.settings.http.header_timeout)
-        await self.http_runner.setup()
-        site = web.TCPSite(self.http_runner, self.settings.http.host, self.settings.http.port,
-                           reuse_address=True)
-        await site.start()
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            self.http_port = server.sockets[0].getsockname()[1]
-        loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self.webhooks.run(self._workers_stop)))
-        self._tasks.append(loop.create_task(self.tracking.run_flusher(self._workers_stop)))
-        self._tasks.append(loop.create_task(self.systemd.run_watchdog(self._workers_stop)))
-        self._tasks.append(loop.create_task(self.media.run(self._workers_stop)))
-        self._tasks.append(loop.create_task(self._probe_loop(self._workers_stop)))
+        """Start the parts in order; StartError when one fails, after the parts started
+        before it have been stopped (in reverse)."""
+        async with contextlib.AsyncExitStack() as parts:
+            parts.callback(self.systemd.close)
+            with _step("store"):
+                await self.store.open()  # closes what it opened when it fails
+            parts.push_async_callback(self._close_store)
+            with _step("tracking"):
+                await self.tracking.start()
+            await self.probe_store()  # first verdict (and the previous run's heartbeat)
+            with _step("sip"):
+                await self._start_sip()
+            parts.push_async_callback(self._close_sip)
+            self.load.probes = self.stack.queue_probes
+            self.load.start()
+            parts.callback(self.load.stop)
+            parts.callback(self.media.close)
+            with _step("http"):
+                runner = await self._start_http()
+            parts.push_async_callback(runner.cleanup)
+            # Long-lived objects (config, modules) leave the collector's view for good;
+            # then only small, automatic young collections: see gcpolicy.py
+            gc.collect()
+            gc.freeze()
+            self._start_workers()
+            parts.push_async_callback(self._stop_workers)
+            # unwound first: records and the outbox are written while the workers run
+            parts.push_async_callback(self._flush_records)
+            self._parts = parts.pop_all()
         log.info(
             "calltrackd started",
             sip=[f"{x.transport}:{x.host}:{x.port}" for x in self.stack.listening],
@@ -194,42 +223,115 @@ class App:
             sip_core=sip.NATIVE,
             node=self.node_id,
         )
-        # Long-lived objects (config, modules) leave the collector's view for good.
-        gc.collect()
-        gc.freeze()
-        # then only small, automatic young collections: see gcpolicy.py
-        self._tasks.append(loop.create_task(self.gc_policy.run(self._workers_stop)))
         self.systemd.notify("READY=1", "STATUS=accepting calls")
+
+    async def _start_sip(self) -> None:
+        try:
+            await self.stack.start([Listen(x.transport, x.host, x.port)
+                                    for x in self.settings.sip.listen])
+        except BaseException:
+            await self.stack.close()  # the listeners opened before the one that failed
+            raise
+        self._sip_up = True
+
+    async def _close_sip(self) -> None:
+        await self.stack.close()
+        self._sip_up = False
+
+    async def _start_http(self) -> web.AppRunner:
+        http = build_http_app(self)
+        tracking_api.setup(http)
+        recordings_api.setup(http)
+        auth_api.setup(http)
+        dashboard.setup(http)
+        # keepalive_timeout closes a connection that has not sent a whole request (line
+        # and headers) within http.header_timeout of connecting or of its last answer:
+        # the slow-loris guard; bodies are timed by the API's body_guard
+        runner = web.AppRunner(http, access_log=None, handle_signals=False,
+                               keepalive_timeout=self.settings.http.header_timeout)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.settings.http.host, self.settings.http.port,
+                               reuse_address=True)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self.http_runner = runner
+        addresses = runner.addresses  # (host, port[, flow, scope]) per listening socket
+        self.http_port = int(addresses[0][1]) if addresses else self.settings.http.port
+        return runner
+
+    async def _close_store(self) -> None:
+        if self._probe is not None and not self._probe.done():
+            await asyncio.wait({self._probe}, timeout=PROBE_TIMEOUT)  # the last heartbeat
+        await self.store.close()
+
+    def _start_workers(self) -> None:
+        stop = self._workers_stop
+        workers = {
+            "webhooks": self.webhooks.run, "records": self.tracking.run_flusher,
+            "watchdog": self.systemd.run_watchdog, "media": self.media.run,
+            "store-probe": self._probe_loop, "gc": self.gc_policy.run,
+        }
+
+        async def supervise() -> None:
+            # one worker failing cancels the others (and is reported by _workers_ended)
+            async with asyncio.TaskGroup() as group:
+                for name, run in workers.items():
+                    group.create_task(run(stop), name=f"calltrackd-{name}")
+
+        self._workers = asyncio.get_running_loop().create_task(supervise(),
+                                                                name="calltrackd-workers")
+        self._workers.add_done_callback(self._workers_ended)
+
+    def _workers_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        self.failed = True
+        log.error("app.worker_failed", error=repr(exc)[:500], exc_info=exc)
+        self.shutdown.set()  # drain and exit 1: the service manager starts us again
+
+    async def _stop_workers(self) -> None:
+        self._workers_stop.set()
+        task = self._workers
+        if task is None:
+            return
+        _, late = await asyncio.wait({task}, timeout=WORKER_GRACE)
+        if late:
+            log.warning("app.workers_cancelled", grace=WORKER_GRACE)
+            task.cancel()  # the TaskGroup cancels every worker and waits for them
+            await asyncio.wait({task})
+        self._workers = None
+
+    async def _flush_records(self) -> None:
+        await self.recorder.drain(within=5.0)
+        await self.tracking.flush(timeout=5.0)
+
+    def _call_finished(self) -> None:
+        if not self.engine.active_calls:
+            self._idle.set()
 
     async def drain_and_stop(self) -> None:
         grace = self.settings.sip.shutdown_grace
         self.engine.draining = True
         self.systemd.notify("STOPPING=1", f"STATUS=draining {self.engine.active_calls} calls")
         log.info("draining", active_calls=self.engine.active_calls, grace=grace)
-        deadline = time.monotonic() + grace
-        while self.engine.active_calls and time.monotonic() < deadline and not self.force.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.force.wait(), 0.2)
+        self._idle.clear()
+        if self.engine.active_calls:  # no await since the clear: no call can end unseen
+            await _first_of(self._idle, self.force, within=grace)
         for call in list(self.engine.calls.values()):
             call.terminate()
         await asyncio.sleep(0.1)  # let the last BYEs and 503s leave
         await self.stop()
 
     async def stop(self) -> None:
-        await self.recorder.drain(within=5.0)
-        await self.tracking.flush(timeout=5.0)
-        self._workers_stop.set()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=10.0)
-        if self.http_runner is not None:
-            await self.http_runner.cleanup()
-        self.load.stop()
-        self.media.close()
-        await self.stack.close()
-        self._sip_up = False
-        await self.store.close()
-        self.systemd.close()
-        log.info("calltrackd stopped")
+        """Stop what `start` started, in reverse; a no-op when nothing runs."""
+        parts, self._parts = self._parts, None
+        if parts is not None:
+            await parts.aclose()
+            log.info("calltrackd stopped")
 
     # -- health and gauges -------------------------------------------------------------
 
@@ -355,7 +457,20 @@ def _sip_trace(direction: str, data: bytes) -> None:
     _sip_log.debug("sip " + direction, message=data.decode("utf-8", "replace"))
 
 
+async def _first_of(a: asyncio.Event, b: asyncio.Event, within: float) -> None:
+    """Wait until either event is set, at most `within` seconds."""
+    waits = {asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())}
+    try:
+        await asyncio.wait(waits, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.wait(waits)
+
+
 async def serve(settings: Settings, shutdown: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or `shutdown`): 0 after a clean drain, 1 when the start
+    failed or a worker crashed."""
     app = App(settings, shutdown)
     loop = asyncio.get_running_loop()
 
@@ -364,24 +479,24 @@ async def serve(settings: Settings, shutdown: asyncio.Event | None = None) -> in
             app.force.set()
         app.shutdown.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, on_signal)
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGHUP, app.reload)
+    installed: list[signal.Signals] = []
     try:
-        await app.start()
-    except OSError as exc:
-        log.error("cannot start", error=str(exc))
-        with contextlib.suppress(Exception):
-            await app.stop()
-        return 1
-    await app.shutdown.wait()
-    await app.drain_and_stop()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(sig)
-    return 0
+        for sig, handler in ((signal.SIGTERM, on_signal), (signal.SIGINT, on_signal),
+                             (signal.SIGHUP, app.reload)):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, handler)
+                installed.append(sig)
+        try:
+            await app.start()
+        except StartError as exc:
+            log.error("app.start_failed", step=exc.step, error=str(exc.__cause__)[:500])
+            return 1
+        await app.shutdown.wait()
+        await app.drain_and_stop()
+        return 1 if app.failed else 0
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)  # back to the default disposition
 
 
 def run(settings: Settings) -> int:

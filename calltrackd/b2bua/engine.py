@@ -82,6 +82,8 @@ class Engine:
         self.draining = False
         self.rejected_overload = 0  # shed for load or max_calls (calltrackd_overload_rejected)
         self.overloaded: Callable[[], bool] = lambda: False
+        # called once a call has left `calls` (the drain waits on it instead of polling)
+        self.on_call_finished: Callable[[], None] = lambda: None
         # refused requests in dialogs, by (reason, method); shed INVITEs by (reason,
         # tracker id or ""): plain dicts, exported by a collector at scrape time
         self.dialog_rejects: dict[tuple[str, str], int] = {}
@@ -424,6 +426,7 @@ class Engine:
         self.calls.pop(call.id, None)
         for key in call.dialog_keys():
             self.dialogs.pop(key, None)
+        self.on_call_finished()
         # 64*T1 is the longest a transaction of the call may still report (Timer B/F)
         sip = self.settings().sip
         self._linger.append((self.stack.clock() + 64 * sip.t1 + 1.0, call))

@@ -1,14 +1,26 @@
 """The daemon's life: graceful drain on SIGTERM (503 to new INVITEs and to OPTIONS probes,
-webhook events kept for the next start), max call duration, CDRs across restarts."""
+webhook events kept for the next start), max call duration, CDRs across restarts; a start
+that fails halfway stops what had started and says why in one line."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
+
+from calltrackd.app import App, StartError
+from calltrackd.config import parse_config
 
 from .conftest import Receiver, Sipp, free_port, start_daemon
 from .test_calls import DID_MAIN, config
@@ -96,3 +108,92 @@ def test_max_call_duration_ends_call_with_bye_both_ways(
         assert 1.5 < float(cdr["talk_seconds"]) < 3.0
     finally:
         assert daemon.stop() == 0
+
+
+# --- a start that fails halfway -------------------------------------------------------
+
+
+def _bindable(port: int) -> bool:
+    """Whether nothing holds `port` on 127.0.0.1 (UDP and TCP) any more."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", port))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True
+
+
+def _taken(port: int) -> socket.socket:
+    """Someone else listening on the HTTP port."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", port))
+    s.listen()
+    return s
+
+
+def test_http_port_taken_exits_1_with_one_line_naming_the_step(tmp_path: Path) -> None:
+    sip, http = free_port(), free_port()
+    cfg = tmp_path / "calltrackd.toml"
+    cfg.write_text(config(sip, http, free_port(), free_port(), "udp"))
+    with _taken(http):
+        proc = subprocess.run(
+            [sys.executable, "-m", "calltrackd", "run", "--config", str(cfg)], cwd=tmp_path,
+            capture_output=True, timeout=60, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    lines = [json.loads(ln) for ln in proc.stderr.decode().splitlines() if ln.strip()]
+    errors = [x for x in lines if x["level"] in ("error", "critical")]
+    assert proc.returncode == 1, lines
+    assert len(errors) == 1, errors  # no traceback, no second complaint from the unwinding
+    assert errors[0]["event"] == "app.start_failed" and errors[0]["step"] == "http", errors
+    assert str(http) in errors[0]["error"], errors
+    assert not any(x["event"] == "calltrackd started" for x in lines)
+    assert _bindable(sip)
+
+
+def _app(tmp_path: Path, sip: int, http: int, store_url: str) -> App:
+    text = config(sip, http, free_port(), free_port(), "udp").replace(
+        "sqlite:///./var/calltrackd.db", store_url)
+    return App(parse_config(tomllib.loads(text)))
+
+
+def _others() -> set[asyncio.Task[object]]:
+    return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
+
+
+def test_a_start_failing_at_http_stops_sip_and_store_and_leaves_no_task(
+    tmp_path: Path
+) -> None:
+    sip, http = free_port(), free_port()
+
+    async def main() -> None:
+        app = _app(tmp_path, sip, http, f"sqlite:///{tmp_path}/calltrackd.db")
+        before = _others()
+        with pytest.raises(StartError) as failed:
+            await app.start()
+        assert failed.value.step == "http"
+        assert not app._sip_up
+        assert _bindable(sip), "the SIP listeners started before HTTP were not closed"
+        assert _others() <= before, _others()  # the store's and the workers' tasks too
+        assert not app.store._open  # type: ignore[attr-defined]
+        await app.stop()  # nothing left to stop: a no-op
+
+    with _taken(http):
+        asyncio.run(main())
+
+
+def test_a_store_that_cannot_be_reached_fails_the_start_before_sip_listens(
+    tmp_path: Path
+) -> None:
+    sip, http, nobody = free_port(), free_port(), free_port()
+
+    async def main() -> None:
+        app = _app(tmp_path, sip, http, f"redis://127.0.0.1:{nobody}/0")
+        before = _others()
+        with pytest.raises(StartError) as failed:
+            await asyncio.wait_for(app.start(), 30)
+        assert failed.value.step == "tracking", failed.value
+        assert app.stack.listening == [] and _bindable(sip) and _bindable(http)
+        assert _others() <= before, _others()
+
+    asyncio.run(main())
