@@ -34,11 +34,12 @@ from .b2bua.engine import Engine
 from .config import ConfigError, Settings, load_config
 from .exports import OutboxDestinations, OutboxRows
 from .gcpolicy import CollectorPolicy
+from .http import api, keys
 from .http import auth as auth_api
 from .http import recordings as recordings_api
+from .http import reports as reports_api
 from .http import tracking as tracking_api
 from .http import ui as dashboard
-from .http.api import build_http_app
 from .logging import flush_suppressed
 from .media.service import Media
 from .metrics import DictCounter, Metrics
@@ -239,11 +240,7 @@ class App:
         self._sip_up = False
 
     async def _start_http(self) -> web.AppRunner:
-        http = build_http_app(self)
-        tracking_api.setup(http)
-        recordings_api.setup(http)
-        auth_api.setup(http)
-        dashboard.setup(http)
+        http = self._http_app()
         # keepalive_timeout closes a connection that has not sent a whole request (line
         # and headers) within http.header_timeout of connecting or of its last answer:
         # the slow-loris guard; bodies are timed by the API's body_guard
@@ -261,6 +258,23 @@ class App:
         addresses = runner.addresses  # (host, port[, flow, scope]) per listening socket
         self.http_port = int(addresses[0][1]) if addresses else self.settings.http.port
         return runner
+
+    def _http_app(self) -> web.Application:
+        """The HTTP API with the services its handlers read (http/keys.py)."""
+        http = api.build_http_app(self.settings.http.body_timeout)
+        http[keys.SETTINGS] = lambda: self.settings
+        http[keys.STORE] = self.store
+        http[keys.TRACKING] = self.tracking
+        http[keys.METRICS] = self.metrics
+        http[keys.RECORDINGS] = self.media.recordings
+        http[keys.HEALTH] = self
+        http[keys.SCRAPE] = self.scrape
+        http[keys.NOTIFY_OUTBOX] = self.webhooks.notify
+        http[keys.SHED] = self.engine.shed_counts
+        http[keys.CLOCK] = time.time
+        for module in (api, reports_api, tracking_api, recordings_api, auth_api, dashboard):
+            module.setup(http)
+        return http
 
     async def _close_store(self) -> None:
         if self._probe is not None and not self._probe.done():
@@ -396,6 +410,15 @@ class App:
             log.warning("store back", down_seconds=round(now - self._store_down_since, 1),
                         records_waiting=self.tracking.pending_records)
             self._store_down_since = None
+
+    @property
+    def draining(self) -> bool:
+        return self.engine.draining
+
+    async def scrape(self) -> bytes:
+        """The Prometheus exposition, gauges refreshed first."""
+        await self.refresh_gauges()
+        return self.metrics.render()
 
     async def refresh_gauges(self) -> None:
         m = self.metrics

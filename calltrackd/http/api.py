@@ -19,7 +19,7 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Final
 
 import orjson
 import structlog
@@ -27,12 +27,9 @@ from aiohttp import web
 
 from ..metrics import CONTENT_TYPE_LATEST
 from ..store.base import StoreError, text_ok
+from .keys import HEALTH, SCRAPE, SETTINGS, STORE, require
 
-if TYPE_CHECKING:
-    from ..app import App
-
-APP: web.AppKey[App] = web.AppKey("calltrackd", object)  # type: ignore[arg-type]
-
+NEEDS: Final = (SETTINGS, STORE, HEALTH, SCRAPE)
 _log = structlog.get_logger("calltrackd.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # set on a request by auth.viewer: the one tracker a read-only viewer token may see
@@ -155,7 +152,7 @@ async def read_json(request: web.Request) -> object:
 def require_admin(request: web.Request) -> None:
     if request.get(VIEWER) is not None:  # a viewer token, already pinned to its tracker
         return
-    token = request.app[APP].settings.http.admin_token
+    token = request.app[SETTINGS]().http.admin_token
     given = request.headers.get("Authorization", "")
     if not token:
         raise ApiError(403, "admin_disabled", "no http.admin_token is configured")
@@ -189,9 +186,8 @@ async def list_calls(request: web.Request) -> web.Response:
     outcome = q.get("outcome") or None
     if outcome is not None and outcome not in OUTCOMES:
         raise ApiError(400, "invalid_parameter", f"outcome: one of {', '.join(OUTCOMES)}")
-    app = request.app[APP]
     try:
-        calls, cursor = await app.store.list_calls(
+        calls, cursor = await request.app[STORE].list_calls(
             tracker=q.get("tracker") or None,
             since=_time_param(request, "since"),
             until=_time_param(request, "until"),
@@ -206,42 +202,42 @@ async def list_calls(request: web.Request) -> web.Response:
 
 async def get_call(request: web.Request) -> web.Response:
     require_admin(request)
-    record = await request.app[APP].store.get_call(request.match_info["call_id"])
+    record = await request.app[STORE].get_call(request.match_info["call_id"])
     if record is None:
         raise ApiError(404, "not_found", "no call with that id")
     return web.json_response(record.to_json())
 
 
 async def healthz(request: web.Request) -> web.Response:
-    app = request.app[APP]
-    ok, checks = await app.health()
+    node = request.app[HEALTH]
+    ok, checks = await node.health()
     status = "ok" if ok else "degraded"
-    if app.engine.draining:
+    if node.draining:
         ok, status = False, "draining"
     return web.json_response({"status": status, "checks": checks}, status=200 if ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    app = request.app[APP]
-    await app.refresh_gauges()
-    body = app.metrics.render()
+    body = await request.app[SCRAPE]()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def build_http_app(app: App) -> web.Application:
+def build_http_app(body_timeout: float) -> web.Application:
+    """The application with the JSON error and body guards; the caller puts in the
+    services (`keys`), then calls `setup` of this module and of each handler module."""
     http = web.Application(middlewares=[errors, body_guard], client_max_size=MAX_BODY)
-    http[APP] = app
-    http[BODY_TIMEOUT] = app.settings.http.body_timeout
+    http[BODY_TIMEOUT] = body_timeout
+    return http
+
+
+def setup(http: web.Application) -> None:
+    require(http, NEEDS, __name__)
     http.add_routes([
         web.get("/healthz", healthz),
         web.get("/metrics", metrics),
         web.get("/v1/calls", list_calls),
         web.get("/v1/calls/{call_id}", get_call),
     ])
-    from . import reports  # imports this module: registered here, at build time
-
-    reports.setup(http)
-    return http
 
 
 def json_dumps(obj: Any) -> str:

@@ -11,13 +11,16 @@ Everything that writes (tags, spend, resending webhooks) stays with the admin to
 from __future__ import annotations
 
 import hmac
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 from multidict import MultiDict
 
 from ..tracking.model import Tracker
-from .api import APP, VIEWER, ApiError, Handler, require_admin
+from .api import VIEWER, ApiError, Handler, require_admin
+from .keys import SETTINGS, STORE, require
+
+NEEDS: Final = (SETTINGS, STORE)
 
 # route templates a viewer token may GET; each answers only for the `tracker` parameter
 READABLE = frozenset({
@@ -46,7 +49,7 @@ async def viewer(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = bearer(request)
     if token is None:
         return await handler(request)
-    settings = request.app[APP].settings
+    settings = request.app[SETTINGS]()
     admin = settings.http.admin_token
     if admin and hmac.compare_digest(token.encode(), admin.encode()):
         return await handler(request)
@@ -67,7 +70,7 @@ async def viewer(request: web.Request, handler: Handler) -> web.StreamResponse:
     pinned[VIEWER] = tracker.id
     call_id = request.match_info.get("call_id")
     if call_id is not None:
-        record = await request.app[APP].store.get_call(call_id)
+        record = await request.app[STORE].get_call(call_id)
         if record is None or record.tracker != tracker.id:
             raise ApiError(404, "not_found", "no call with that id")
     return await handler(pinned)
@@ -85,7 +88,7 @@ async def me(request: web.Request) -> web.Response:
     require_admin(request)
     from .. import __version__
 
-    settings = request.app[APP].settings
+    settings = request.app[SETTINGS]()
     only = request.get(VIEWER)
     trackers = [_tracker_json(t) for t in settings.trackers if only is None or t.id == only]
     return web.json_response({"role": "viewer" if only else "admin", "trackers": trackers,
@@ -93,5 +96,6 @@ async def me(request: web.Request) -> web.Response:
 
 
 def setup(http: web.Application) -> None:
+    require(http, NEEDS, __name__)
     http.middlewares.append(viewer)  # inside `errors`, so refusals are JSON
     http.add_routes([web.get("/v1/me", me)])

@@ -4,12 +4,15 @@ for seeking (206 + Content-Range), 404 when there is none; and the call object's
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
 from ..media.store import RecordingInfo, RecordingStore
-from .api import APP, ApiError, require_admin
+from .api import ApiError, require_admin
+from .keys import RECORDINGS, require
+
+NEEDS: Final = (RECORDINGS,)
 
 __all__ = ["get_recording", "recording_json", "recording_url", "setup"]
 
@@ -38,7 +41,7 @@ def recording_json(store: RecordingStore, call_id: str) -> dict[str, Any] | None
 async def get_recording(request: web.Request) -> web.StreamResponse:
     require_admin(request)
     call_id = request.match_info["call_id"]
-    info = request.app[APP].media.recordings.get(call_id)
+    info = request.app[RECORDINGS].get(call_id)
     if info is None:
         raise ApiError(404, "not_found", "no recording for that call")
     ext = info.format
@@ -50,4 +53,5 @@ async def get_recording(request: web.Request) -> web.StreamResponse:
 
 
 def setup(http: web.Application) -> None:
+    require(http, NEEDS, __name__)
     http.add_routes([web.get("/v1/calls/{call_id}/recording", get_recording)])

@@ -13,10 +13,9 @@ import csv
 import io
 import json
 import math
-import time
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -24,7 +23,10 @@ from ..store.base import StoreError
 from ..tracking import reports as rep
 from ..tracking.model import CallRecord, Tracker
 from ..webhooks.payload import build_deliveries
-from .api import APP, ApiError, Handler, _time_param, require_admin
+from .api import ApiError, Handler, _time_param, require_admin
+from .keys import CLOCK, NOTIFY_OUTBOX, STORE, TRACKING, require
+
+NEEDS: Final = (STORE, TRACKING, NOTIFY_OUTBOX, CLOCK)
 
 DEFAULT_DAYS = 30  # a report without `since` covers the last 30 UTC days
 MAX_SPEND_ROWS = 100_000
@@ -60,7 +62,7 @@ def _filter_value(dim: str, raw: str) -> Any:
 
 def _tracker_param(request: web.Request, name: str = "tracker") -> str | None:
     tracker = request.query.get(name) or None
-    if tracker is not None and request.app[APP].tracking.tracker(tracker) is None:
+    if tracker is not None and request.app[TRACKING].tracker(tracker) is None:
         raise _invalid(name, f"no tracker {tracker!r} is configured")
     return tracker
 
@@ -89,7 +91,7 @@ def parse_report_query(request: web.Request) -> rep.ReportQuery:
         if not accepted:
             raise _invalid(dim, "expected one or more values (comma-separated or repeated)")
     tracker = _tracker_param(request)
-    until = _time_param(request, "until") or datetime.now(UTC)
+    until = _time_param(request, "until") or datetime.fromtimestamp(request.app[CLOCK](), UTC)
     since = _time_param(request, "since")
     if since is None:
         start = datetime(until.year, until.month, until.day, tzinfo=UTC)
@@ -99,7 +101,7 @@ def parse_report_query(request: web.Request) -> rep.ReportQuery:
     return rep.ReportQuery(
         group_by=tuple(group_by), filters=filters, tracker=tracker,
         since=since.timestamp(), until=until.timestamp(),
-        pools=_pools(request.app[APP].tracking.trackers, tracker))
+        pools=_pools(request.app[TRACKING].trackers, tracker))
 
 
 def _iso(ts: float) -> str:
@@ -109,7 +111,7 @@ def _iso(ts: float) -> str:
 async def report(request: web.Request) -> web.Response:
     require_admin(request)
     query = parse_report_query(request)
-    store = request.app[APP].store
+    store = request.app[STORE]
     calls = await store.report_calls(query)
     visits = await store.report_visits(query) if query.visits_apply() else []
     coarse = rep.spend_query(query)
@@ -147,7 +149,7 @@ def _spend_row(request: web.Request, item: object, where: str) -> rep.SpendRow:
         if name not in known:
             raise _invalid(f"{where}.{name}", f"unknown field ({', '.join(sorted(known))})")
     tracker = item.get("tracker")
-    if not isinstance(tracker, str) or request.app[APP].tracking.tracker(tracker) is None:
+    if not isinstance(tracker, str) or request.app[TRACKING].tracker(tracker) is None:
         raise _invalid(f"{where}.tracker", f"no tracker {tracker!r} is configured")
     day = item.get("day")
     try:
@@ -215,7 +217,7 @@ async def put_spend(request: web.Request) -> web.Response:
     if len(items) > MAX_SPEND_ROWS:
         raise _invalid("spend", f"at most {MAX_SPEND_ROWS} rows a request")
     rows = {r.key(): r for r in (_spend_row(request, item, where) for where, item in items)}
-    await request.app[APP].store.put_spend(list(rows.values()))
+    await request.app[STORE].put_spend(list(rows.values()))
     return web.json_response({"stored": len(rows)})
 
 
@@ -231,7 +233,7 @@ def _day_param(request: web.Request, name: str) -> str | None:
 
 async def get_spend(request: web.Request) -> web.Response:
     require_admin(request)
-    rows = await request.app[APP].store.list_spend(
+    rows = await request.app[STORE].list_spend(
         _tracker_param(request), _day_param(request, "since"), _day_param(request, "until"))
     return web.json_response({"spend": [r.to_json() for r in rows]})
 
@@ -280,21 +282,21 @@ def apply_patch(record: CallRecord, body: object) -> CallRecord:
 
 async def patch_call(request: web.Request) -> web.Response:
     require_admin(request)
-    app = request.app[APP]
+    store = request.app[STORE]
     try:
         body = await request.json()
     except ValueError:
         raise _invalid("body", "expected JSON") from None
-    record = await app.store.get_call(request.match_info["call_id"])
+    record = await store.get_call(request.match_info["call_id"])
     if record is None:
         raise ApiError(404, "not_found", "no call with that id")
     updated = apply_patch(record, body)
-    tracker = app.tracking.tracker(record.tracker)
+    tracker = request.app[TRACKING].tracker(record.tracker)
     deliveries = build_deliveries("call.updated", updated, tracker.webhooks if tracker else (),
-                                  time.time())
-    await app.store.update_call(updated, deliveries)
+                                  request.app[CLOCK]())
+    await store.update_call(updated, deliveries)
     if deliveries:
-        app.webhooks.notify()
+        request.app[NOTIFY_OUTBOX]()
     return web.json_response(updated.to_json())
 
 
@@ -310,6 +312,7 @@ def _store_errors(handler: Handler) -> Handler:
 
 
 def setup(http: web.Application) -> None:
+    require(http, NEEDS, __name__)
     http.add_routes([
         web.get("/v1/reports", _store_errors(report)),
         web.put("/v1/spend", _store_errors(put_spend)),

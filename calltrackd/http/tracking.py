@@ -9,10 +9,9 @@ import functools
 import hashlib
 import json
 import re
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -21,7 +20,8 @@ from ..store.base import PoolStats, StoreError
 from ..tracking import stats as domain_stats
 from ..tracking.model import SessionAnswer, SessionInput, Tracker
 from ..tracking.simulator import Sizing
-from .api import APP, ApiError, Handler, read_json, require_admin
+from .api import ApiError, Handler, read_json, require_admin
+from .keys import CLOCK, METRICS, NOTIFY_OUTBOX, SETTINGS, STORE, TRACKING, require
 from .ratelimit import RateLimiter
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -29,6 +29,7 @@ LIMITER: web.AppKey[RateLimiter] = web.AppKey("session_limiter", RateLimiter)
 SIZINGS: web.AppKey[domain_stats.SizingCache] = web.AppKey("pool_sizings",
                                                             domain_stats.SizingCache)
 
+NEEDS: Final = (SETTINGS, STORE, TRACKING, METRICS, NOTIFY_OUTBOX, CLOCK)
 _SHORT = ("client_id", "ym_uid", "visitor_id", "ga_session_id", "utm_source", "utm_medium",
           "utm_campaign", "utm_term", "utm_content")
 _LONG = ("referrer", "landing_page")
@@ -115,20 +116,19 @@ async def _json(request: web.Request) -> object:
 
 
 async def create_session(request: web.Request) -> web.Response:
-    app = request.app[APP]
     key, session_id, fields = parse_session_body(await _json(request))
-    tracker = app.settings.tracker_by_key(key)
+    tracker = request.app[SETTINGS]().tracker_by_key(key)
     if tracker is None:
         raise ApiError(404, "unknown_tracker", "tracker: no tracker has that public_key")
-    now = time.time()
+    now = request.app[CLOCK]()
     limiter = request.app[LIMITER]
     if (limiter.enabled and not await _is_renewal(request, tracker, session_id)
             and not limiter.allow(_client(request), now)):
         answer = SessionAnswer("s_" + ids.token_urlsafe(16), tracker.default_number,
                                "default", now + tracker.reservation_ttl)
     else:
-        answer = await app.tracking.create_session(tracker, fields, session_id, now)
-    app.metrics.reservations.labels(tracker.id, answer.kind).inc()
+        answer = await request.app[TRACKING].create_session(tracker, fields, session_id, now)
+    request.app[METRICS].reservations.labels(tracker.id, answer.kind).inc()
     return _answer(answer)
 
 
@@ -138,7 +138,7 @@ async def _is_renewal(request: web.Request, tracker: Tracker, session_id: str | 
     if session_id is None:
         return False
     try:
-        session = await request.app[APP].store.get_session(session_id)
+        session = await request.app[STORE].get_session(session_id)
     except Exception:
         return False
     return session is not None and session.tracker == tracker.id
@@ -151,10 +151,9 @@ def _client(request: web.Request) -> str:
 
 
 async def ping(request: web.Request) -> web.Response:
-    app = request.app[APP]
     custom = parse_ping_body(await request.read())
     try:
-        answer = await app.tracking.ping(request.match_info["session_id"], custom)
+        answer = await request.app[TRACKING].ping(request.match_info["session_id"], custom)
     except (StoreError, OSError, TimeoutError) as exc:
         raise ApiError(503, "store_unavailable", f"the store did not answer: {exc}") from None
     if answer is None:
@@ -195,7 +194,7 @@ async def snippet(request: web.Request) -> web.Response:
 def _window(request: web.Request) -> tuple[datetime, datetime]:
     from .api import _time_param
 
-    until = _time_param(request, "until") or datetime.now(UTC)
+    until = _time_param(request, "until") or datetime.fromtimestamp(request.app[CLOCK](), UTC)
     since = _time_param(request, "since") or until - timedelta(hours=24)
     if since > until:
         raise ApiError(400, "invalid_parameter", "since: must not be after until")
@@ -207,16 +206,16 @@ async def stats(request: web.Request) -> web.Response:
     coverage, accuracy and estimated accuracy, pools with their size curve
     (calltrackd.tracking.stats)."""
     require_admin(request)
-    app = request.app[APP]
+    store = request.app[STORE]
     since, until = _window(request)
     only = request.query.get("tracker") or None
-    now = time.time()
-    calls = await app.store.call_stats(only, since, until)
-    visitors = await app.store.visitor_stats(only, since, until)
-    pools = await app.store.pool_stats(now, since.timestamp())
-    attributions = await app.store.attribution_stats(only, since, until)
+    now = request.app[CLOCK]()
+    calls = await store.call_stats(only, since, until)
+    visitors = await store.visitor_stats(only, since, until)
+    pools = await store.pool_stats(now, since.timestamp())
+    attributions = await store.attribution_stats(only, since, until)
     out = []
-    for tracker in app.settings.trackers:
+    for tracker in request.app[SETTINGS]().trackers:
         if only and tracker.id != only:
             continue
         sizings = await _sizings(request, tracker, pools, now)
@@ -231,15 +230,15 @@ async def _sizings(request: web.Request, tracker: Tracker, pools: list[PoolStats
                    now: float) -> dict[str, Sizing]:
     """Each pool's replay at other sizes, from the cache or made in a worker thread
     (seconds of CPU for a busy pool: off the event loop, once per SIZING_TTL)."""
-    app = request.app[APP]
+    store = request.app[STORE]
     cache = request.app[SIZINGS]
     mine = {p.pool: p.size for p in pools if p.tracker == tracker.id}
     out = {name: hit for name in mine if (hit := cache.get((tracker.id, name), now))}
     if len(out) == len(mine):
         return out
-    visits = await app.store.visits(tracker.id, now - domain_stats.SIZING_HISTORY, now)
+    visits = await store.visits(tracker.id, now - domain_stats.SIZING_HISTORY, now)
     by_pool = domain_stats.pool_visits(tracker, visits)
-    model = app.tracking.delay_models.get(tracker.id, tracker.reservation_ttl).model
+    model = request.app[TRACKING].delay_models.get(tracker.id, tracker.reservation_ttl).model
     for name, size in mine.items():
         if name not in out:
             sizing = await asyncio.to_thread(domain_stats.size_pool, tracker,
@@ -263,7 +262,7 @@ async def list_webhooks(request: web.Request) -> web.Response:
     kind = request.query.get("kind") or None
     if kind not in (None, "webhook", "ga4", "metrica", "telegram", "slack"):
         raise ApiError(400, "invalid_parameter", "kind: webhook, ga4, metrica, telegram or slack")
-    rows = await request.app[APP].store.list_deliveries(status, int(limit_s), kind)
+    rows = await request.app[STORE].list_deliveries(status, int(limit_s), kind)
     return web.json_response({"deliveries": [{
         "id": d.id, "kind": d.kind, "event_id": d.event_id, "event": d.event,
         "tracker": d.tracker, "url": d.url, "status": d.status, "attempts": d.attempts,
@@ -275,11 +274,10 @@ async def list_webhooks(request: web.Request) -> web.Response:
 
 async def resend_webhook(request: web.Request) -> web.Response:
     require_admin(request)
-    app = request.app[APP]
     delivery_id = request.match_info["delivery_id"]
-    if not await app.store.requeue(delivery_id, time.time()):
+    if not await request.app[STORE].requeue(delivery_id, request.app[CLOCK]()):
         raise ApiError(404, "not_found", "no failed or pending delivery with that id")
-    app.webhooks.notify()
+    request.app[NOTIFY_OUTBOX]()
     return web.json_response({"id": delivery_id, "status": "pending"}, status=202)
 
 
@@ -311,7 +309,8 @@ async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def setup(http: web.Application) -> None:
     """Register the routes, the CORS middleware and the session rate limiter."""
-    settings = http[APP].settings.http
+    require(http, NEEDS, __name__)
+    settings = http[SETTINGS]().http
     http[LIMITER] = RateLimiter(settings.session_rate_limit, settings.session_rate_burst)
     http[SIZINGS] = domain_stats.SizingCache()
     http.middlewares.insert(0, cors)  # outermost: error answers carry CORS headers too

@@ -14,6 +14,7 @@ from typing import Final
 
 from aiohttp import web
 
+NEEDS: Final = ()  # static files only: no service of the daemon
 UI_DIR: Final = Path(__file__).resolve().parent / "static" / "ui"
 
 # nothing inline, nothing from another origin; blob: lets the player take a recording
