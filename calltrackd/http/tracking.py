@@ -20,8 +20,8 @@ from ..store.base import PoolStats, StoreError
 from ..tracking import stats as domain_stats
 from ..tracking.model import SessionAnswer, SessionInput, Tracker
 from ..tracking.simulator import Sizing
-from .api import ApiError, Handler, read_json, require_admin
-from .keys import CLOCK, METRICS, NOTIFY_OUTBOX, SETTINGS, STORE, TRACKING, require
+from .api import VIEWER, ApiError, Handler, read_json, require_admin
+from .keys import CLOCK, METRICS, NOTIFY_OUTBOX, SETTINGS, SHED, STORE, TRACKING, require
 from .ratelimit import RateLimiter
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -29,7 +29,7 @@ LIMITER: web.AppKey[RateLimiter] = web.AppKey("session_limiter", RateLimiter)
 SIZINGS: web.AppKey[domain_stats.SizingCache] = web.AppKey("pool_sizings",
                                                             domain_stats.SizingCache)
 
-NEEDS: Final = (SETTINGS, STORE, TRACKING, METRICS, NOTIFY_OUTBOX, CLOCK)
+NEEDS: Final = (SETTINGS, STORE, TRACKING, METRICS, NOTIFY_OUTBOX, SHED, CLOCK)
 _SHORT = ("client_id", "ym_uid", "visitor_id", "ga_session_id", "utm_source", "utm_medium",
           "utm_campaign", "utm_term", "utm_content")
 _LONG = ("referrer", "landing_page")
@@ -203,8 +203,8 @@ def _window(request: web.Request) -> tuple[datetime, datetime]:
 
 async def stats(request: web.Request) -> web.Response:
     """Per tracker and source: calls, answered, missed, qualified, first-time callers;
-    coverage, accuracy and estimated accuracy, pools with their size curve
-    (calltrackd.tracking.stats)."""
+    coverage, accuracy and estimated accuracy, pools with their size curve, INVITEs shed
+    (calltrackd.tracking.stats); for the admin, this node's shed INVITEs by reason."""
     require_admin(request)
     store = request.app[STORE]
     since, until = _window(request)
@@ -214,37 +214,39 @@ async def stats(request: web.Request) -> web.Response:
     visitors = await store.visitor_stats(only, since, until)
     pools = await store.pool_stats(now, since.timestamp())
     attributions = await store.attribution_stats(only, since, until)
+    shed = request.app[SHED]()
     out = []
     for tracker in request.app[SETTINGS]().trackers:
         if only and tracker.id != only:
             continue
         sizings = await _sizings(request, tracker, pools, now)
         out.append(domain_stats.tracker_stats(tracker, calls, visitors, pools, attributions,
-                                              sizings))
-    return web.json_response({"since": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                              sizings, shed["trackers"]))
+    answer: dict[str, Any] = {"since": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
                               "until": until.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                              "trackers": out})
+                              "trackers": out}
+    if request.get(VIEWER) is None:  # other trackers' and unknown DIDs' too: admin only
+        answer["shed"] = {"total": shed["total"], "reasons": shed["reasons"]}
+    return web.json_response(answer)
 
 
 async def _sizings(request: web.Request, tracker: Tracker, pools: list[PoolStats],
                    now: float) -> dict[str, Sizing]:
     """Each pool's replay at other sizes, from the cache or made in a worker thread
     (seconds of CPU for a busy pool: off the event loop, once per SIZING_TTL)."""
-    store = request.app[STORE]
     cache = request.app[SIZINGS]
-    mine = {p.pool: p.size for p in pools if p.tracker == tracker.id}
-    out = {name: hit for name in mine if (hit := cache.get((tracker.id, name), now))}
-    if len(out) == len(mine):
+    out, missing = cache.split(tracker.id, pools, now)
+    if not missing:
         return out
-    visits = await store.visits(tracker.id, now - domain_stats.SIZING_HISTORY, now)
+    visits = await request.app[STORE].visits(tracker.id, now - domain_stats.SIZING_HISTORY,
+                                             now)
     by_pool = domain_stats.pool_visits(tracker, visits)
     model = request.app[TRACKING].delay_models.get(tracker.id, tracker.reservation_ttl).model
-    for name, size in mine.items():
-        if name not in out:
-            sizing = await asyncio.to_thread(domain_stats.size_pool, tracker,
-                                             by_pool.get(name, []), model, size)
-            cache.put((tracker.id, name), now, sizing)
-            out[name] = sizing
+    for name, size in missing.items():
+        sizing = await asyncio.to_thread(domain_stats.size_pool, tracker,
+                                         by_pool.get(name, []), model, size)
+        cache.put((tracker.id, name), now, sizing)
+        out[name] = sizing
     return out
 
 

@@ -6,12 +6,14 @@ the attribution is expected to be.
   really called: the mean confidence of the calls (`confidence.py`), where a static
   number counts 1 and a call that names no visitor (`default`, `none`) 0.
 - A pool's `recommended_size` and `size_curve` come from replaying its visits of the
-  last days at other sizes (`simulator.py`).
+  last days at other sizes (`simulator.py`); the replays are cached (`SizingCache`).
+- `shed`: INVITEs to the tracker's numbers answered 503 before a call existed (overload,
+  `sip.max_calls`, drain), counted by this node since it started: not windowed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from calltrackd.store.base import AttributionStats, CallStats, PoolStats, Visit, VisitorStats
@@ -92,12 +94,30 @@ class SizingCache:
     def put(self, key: tuple[str, str], now: float, sizing: Sizing) -> None:
         self._entries[key] = (now, sizing)
 
+    def split(self, tracker: str, pools: Sequence[PoolStats], now: float
+              ) -> tuple[dict[str, Sizing], dict[str, int]]:
+        """The tracker's pools as (pool → fresh cached replay, pool → current size of
+        those still to replay)."""
+        hits: dict[str, Sizing] = {}
+        missing: dict[str, int] = {}
+        for p in pools:
+            if p.tracker != tracker:
+                continue
+            hit = self.get((tracker, p.pool), now)
+            if hit is not None:
+                hits[p.pool] = hit
+            else:
+                missing[p.pool] = p.size
+        return hits, missing
+
 
 def tracker_stats(tracker: Tracker, calls: Sequence[CallStats],
                   visitors: Sequence[VisitorStats], pools: Sequence[PoolStats],
                   attributions: Sequence[AttributionStats],
-                  sizings: dict[str, Sizing] | None = None) -> dict[str, Any]:
-    """One tracker's entry of `/v1/stats`."""
+                  sizings: Mapping[str, Sizing] | None = None,
+                  shed: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """One tracker's entry of `/v1/stats`; `shed`: tracker id → INVITEs shed
+    (`Engine.shed_counts()["trackers"]`)."""
     sizings = sizings or {}
     mine = [c for c in calls if c.tracker == tracker.id]
     sources = []
@@ -144,6 +164,7 @@ def tracker_stats(tracker: Tracker, calls: Sequence[CallStats],
         "accuracy": (round(1 - default_calls / totals["calls"], 4) if totals["calls"]
                      else None),
         "estimated_accuracy": estimated_accuracy(att),
+        "shed": (shed or {}).get(tracker.id, 0),
         "sources": sources,
         "visitor_sources": [{"source": _source(v.utm_source, v.utm_medium),
                              "visitors": v.visitors, "dynamic": v.dynamic,

@@ -65,6 +65,11 @@ def test_call_in_progress_at_sigterm_completes_and_is_recorded(
                         "-timeout", "20s", "-timeout_error", remote=remote)
     assert late.wait(30).ok, late.messages()
     assert re.search(r"^Retry-After: *\d+", late.messages(), re.M), late.messages()
+    # counted as shed while draining, in /v1/stats (the API answers until the drain ends)
+    status, stats = daemon.http("GET", "/v1/stats?tracker=main")
+    assert status == 200, stats
+    assert stats["shed"]["reasons"]["draining"] == 1 and stats["shed"]["total"] == 1, stats
+    assert [t["shed"] for t in stats["trackers"]] == [1], stats
     # and the dispatcher's probe takes the node out of its set
     probe = options(sip).decode()
     assert probe.startswith("SIP/2.0 503 ") and "\r\nRetry-After: " in probe, probe
