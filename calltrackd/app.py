@@ -31,6 +31,7 @@ from aiohttp import web
 
 from . import sip
 from .b2bua.engine import Engine
+from .backoff import Backoff
 from .config import ConfigError, Settings, load_config
 from .exports import OutboxDestinations, OutboxRows
 from .gcpolicy import CollectorPolicy
@@ -52,7 +53,6 @@ from .store import create_store
 from .tracking.service import TrackingService
 from .transport.stack import Listen, SipStack
 from .transport.strangers import StrangerGate, StrangerSettings
-from .webhooks.backoff import ExponentialJitterBackoff
 from .webhooks.worker import WebhookWorker
 
 log = structlog.get_logger("calltrackd")
@@ -140,7 +140,7 @@ class App:
             self.store, self._webhook_secret, on_result=self._webhook_result,
             per_endpoint_concurrency=wh.concurrency, initial_concurrency=wh.initial_concurrency,
             timeout=wh.timeout, max_age=wh.max_age,
-            backoff=ExponentialJitterBackoff(base=wh.backoff_base, cap=wh.backoff_cap),
+            backoff=Backoff(wh.backoff_base, wh.backoff_cap, jitter=True),
             resolve=OutboxDestinations(lambda: self.settings.trackers),
             on_outcome=self.metrics.outbox_outcome, on_skip=self.metrics.outbox_skip)
         outbox = OutboxRows(lambda: self.settings.http.public_url, self.metrics.outbox_skip)

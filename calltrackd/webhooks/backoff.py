@@ -1,19 +1,19 @@
 """When to try a failed webhook delivery again, and when to give up.
 
-In the manner of redis-py (`redis/backoff.py`, `redis/retry.py`): a backoff is a tiny
-object with `compute(failures) -> seconds`; the policy around it decides what is retried
-and for how long. The webhook contract asks for retries on network errors and non-2xx answers for at
-least 24 h; 2xx is done.
+The wait itself is the daemon's one `Backoff` (calltrackd/backoff.py, re-exported here);
+`RetryPolicy` around it decides what is retried and for how long. The webhook contract
+asks for retries on network errors and non-2xx answers for at least 24 h; 2xx is done.
 """
 
 from __future__ import annotations
 
-import abc
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Final
+
+from ..backoff import Backoff
 
 __all__ = [
     "RETRY_AFTER_STATUSES",
@@ -27,45 +27,14 @@ __all__ = [
 # Statuses whose Retry-After we honour: the receiver told us when it can take more.
 RETRY_AFTER_STATUSES: Final = frozenset({429, 503})
 
-# 2**62 is far past any cap; bounding the exponent keeps float maths from overflowing.
-_MAX_EXPONENT: Final = 62
-
-
-class Backoff(abc.ABC):
-    @abc.abstractmethod
-    def compute(self, failures: int) -> float:
-        """Seconds to wait after the `failures`-th consecutive failure (1 for the first)."""
-
 
 class ExponentialJitterBackoff(Backoff):
-    """Exponential backoff with *equal jitter*.
+    """`Backoff` with equal jitter and the webhook defaults: the n-th failure waits
+    2.5-5 s, then 5-10 s, ... up to 30-60 min (kept by the name callers know)."""
 
-    The n-th failure waits a random time in [d/2, d], d = min(cap, base * 2**(n-1)): with
-    the defaults 2.5-5 s, then 5-10 s, ... up to 30-60 min. Equal rather than full jitter
-    (which is uniform in [0, d]) so a receiver that is down is never hit again at once, while
-    the random half still spreads a burst of events that failed together.
-    """
-
-    def __init__(
-        self,
-        base: float = 5.0,
-        cap: float = 3600.0,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
-        if base <= 0 or cap < base:
-            raise ValueError(f"need 0 < base <= cap, got base={base}, cap={cap}")
-        self._base = base
-        self._cap = cap
-        self._rng = rng
-
-    def ceiling(self, failures: int) -> float:
-        """The upper bound d of the wait after the `failures`-th failure."""
-        exponent = min(max(failures, 1) - 1, _MAX_EXPONENT)
-        return min(self._cap, self._base * 2.0**exponent)
-
-    def compute(self, failures: int) -> float:
-        half = self.ceiling(failures) / 2
-        return half + half * self._rng()
+    def __init__(self, base: float = 5.0, cap: float = 3600.0,
+                 rng: Callable[[], float] = random.random) -> None:
+        super().__init__(base, cap, jitter=True, rng=rng)
 
 
 def is_success(status: int) -> bool:
