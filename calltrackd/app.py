@@ -147,6 +147,7 @@ class App:
         self.recorder = Recorder(self.tracking, self.metrics, self.webhooks.notify,
                                  outbox.rows)
         self.engine = Engine(self.stack, lambda: self.settings, self.recorder)
+        self.metrics.count_active_calls(lambda: self.engine.active_calls)
         # strangers (no carrier, trusted source or peer) cost nothing: the ACL is the live
         # settings' (a reload changes carriers), the dialogs the engine's
         self.strangers = StrangerGate(
@@ -422,7 +423,6 @@ class App:
 
     async def refresh_gauges(self) -> None:
         m = self.metrics
-        m.active_calls.set(self.engine.active_calls)
         m.overload_rejects.inc(self.engine.rejected_overload - self._rejects_seen)
         self._rejects_seen = self.engine.rejected_overload
         m.sip_queue_delay.set(self.load.queue_delay)

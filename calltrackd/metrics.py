@@ -7,7 +7,7 @@ one process and the exposition carries only calltrackd's own series plus process
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -40,6 +40,7 @@ class Metrics:
         GCCollector(registry=r)
         self.calls = Counter("calltrackd_calls", "Calls that reached routing, by outcome",
                              ["tracker", "outcome"], registry=r)
+        # read from the engine's count at scrape time (`count_active_calls`), never counted
         self.active_calls = Gauge("calltrackd_active_calls", "Calls in progress", registry=r)
         # counted in a plain dict (sip_tap runs for every datagram, a labelled Counter
         # takes a lock per inc) and exposed by a collector at scrape time
@@ -106,6 +107,10 @@ class Metrics:
                                   registry=r)
         self.build_info = Gauge("calltrackd_build_info", "Always 1: the build that runs",
                                 ["version", "python", "sip_core"], registry=r)
+
+    def count_active_calls(self, count: Callable[[], int]) -> None:
+        """`calltrackd_active_calls` is `count()` at each scrape (the engine's calls)."""
+        self.active_calls.set_function(count)
 
     def set_build_info(self, sip_core: str) -> None:
         """`sip_core`: "compiled" or "pure python" (the reason stays in the start-up log)."""

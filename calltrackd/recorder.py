@@ -53,7 +53,6 @@ class Recorder:
     # -- CallHooks ---------------------------------------------------------------------
 
     def call_started(self, call: CallInfo) -> None:
-        self.metrics.active_calls.inc()
         self._chain(call, self._started)
 
     def call_forwarded(self, call: CallInfo, seconds: float) -> None:
@@ -63,7 +62,6 @@ class Recorder:
         self._chain(call, self._answered)
 
     def call_ended(self, call: CallInfo) -> None:
-        self.metrics.active_calls.dec()
         self.metrics.calls.labels(call.tracker.id, call.outcome or "failed").inc()
         self._chain(call, self._ended)
 

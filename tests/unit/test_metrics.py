@@ -452,3 +452,12 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     path.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))
     out = run_promtool("check", "rules", str(path))
     assert f"SUCCESS: {len(rules)} rules found" in out
+
+
+def test_active_calls_is_the_engines_count_at_scrape_time() -> None:
+    m = Metrics()
+    calls = [object(), object()]
+    m.count_active_calls(lambda: len(calls))
+    assert m.registry.get_sample_value("calltrackd_active_calls") == 2
+    calls.pop()
+    assert m.registry.get_sample_value("calltrackd_active_calls") == 1
