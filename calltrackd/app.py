@@ -24,7 +24,7 @@ import gc
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import structlog
 from aiohttp import web
@@ -117,15 +117,20 @@ def config_changes(old: Settings, new: Settings) -> list[str]:
 
 
 class App:
-    def __init__(self, settings: Settings, shutdown: asyncio.Event | None = None) -> None:
+    def __init__(self, settings: Settings, shutdown: asyncio.Event | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
+        # wall-clock seconds for everything this module and the HTTP API decide on time
+        # (heartbeats, crash recovery, sessions, windows); the SIP stack keeps its own
+        # monotonic timer clock
+        self.clock = clock
         self.shutdown = shutdown or asyncio.Event()
         self.force = asyncio.Event()
         self.metrics = Metrics()
         self.store = create_store(settings.store.url, settings.store.retention)
         self.node_id = self.store.node_id = node_id(settings)
-        self.boot = time.time()  # calls of this process start after this
-        self.tracking = TrackingService(self.store, settings.trackers)
+        self.boot = clock()  # calls of this process start after this
+        self.tracking = TrackingService(self.store, settings.trackers, clock)
         self.media = Media(settings.media, self.metrics)  # rtpengine client, recordings
         layer = TransactionLayer(
             TimerConfig(settings.sip.t1, settings.sip.t2, settings.sip.t4),
@@ -217,7 +222,7 @@ class App:
             parts.push_async_callback(self._flush_records)
             self._parts = parts.pop_all()
         log.info(
-            "calltrackd started",
+            "app.started",
             sip=[f"{x.transport}:{x.host}:{x.port}" for x in self.stack.listening],
             http=f"{self.settings.http.host}:{self.http_port}",
             store=self.settings.store.url.split("@")[-1],
@@ -272,7 +277,7 @@ class App:
         http[keys.SCRAPE] = self.scrape
         http[keys.NOTIFY_OUTBOX] = self.webhooks.notify
         http[keys.SHED] = self.engine.shed_counts
-        http[keys.CLOCK] = time.time
+        http[keys.CLOCK] = self.clock
         for module in (api, reports_api, tracking_api, recordings_api, auth_api, dashboard):
             module.setup(http)
         return http
@@ -332,7 +337,7 @@ class App:
         grace = self.settings.sip.shutdown_grace
         self.engine.draining = True
         self.systemd.notify("STOPPING=1", f"STATUS=draining {self.engine.active_calls} calls")
-        log.info("draining", active_calls=self.engine.active_calls, grace=grace)
+        log.info("app.draining", active_calls=self.engine.active_calls, grace=grace)
         self._idle.clear()
         if self.engine.active_calls:  # no await since the clear: no call can end unseen
             await _first_of(self._idle, self.force, within=grace)
@@ -346,7 +351,7 @@ class App:
         parts, self._parts = self._parts, None
         if parts is not None:
             await parts.aclose()
-            log.info("calltrackd stopped")
+            log.info("app.stopped")
 
     # -- health and gauges -------------------------------------------------------------
 
@@ -380,7 +385,7 @@ class App:
                                                                PROBE_TIMEOUT)
             # one write at a time: a frozen file must not pile probes up in the writer
             if self._probe is None or self._probe.done():
-                self._probe = asyncio.ensure_future(self.store.heartbeat(time.time()))
+                self._probe = asyncio.ensure_future(self.store.heartbeat(self.clock()))
             done, _ = await asyncio.wait({self._probe}, timeout=PROBE_TIMEOUT)
             if not done:
                 raise TimeoutError(f"a write took more than {PROBE_TIMEOUT:g} s")
@@ -396,19 +401,18 @@ class App:
                     self.recorder.close_crashed(self.boot, self._prior_heartbeat), 10.0)
                 self._recovery_pending = False
             except Exception as exc:
-                log.warning("closing calls left open by a crash failed, will retry",
-                            error=repr(exc))
+                log.warning("app.crash_recovery_failed", error=repr(exc), will_retry=True)
 
     def _store_verdict(self, error: str | None) -> None:
         was = self.store_error
         self.store_error = error
         self.metrics.store_up.set(1 if error is None else 0)
-        now = time.monotonic()
+        now = self.clock()
         if error is not None and (was is None or was == "not probed yet"):
             self._store_down_since = now
-            log.error("store down: records wait in memory", error=error[:200])
+            log.error("store.down", error=error[:200])  # records wait in memory
         elif error is None and self._store_down_since is not None:
-            log.warning("store back", down_seconds=round(now - self._store_down_since, 1),
+            log.warning("store.back", down_seconds=round(now - self._store_down_since, 1),
                         records_waiting=self.tracking.pending_records)
             self._store_down_since = None
 
@@ -455,20 +459,18 @@ class App:
         try:
             new = load_config(self.settings.source)
         except ConfigError as exc:
-            log.error("reload refused, keeping the running configuration",
-                      problems=exc.problems)
+            log.error("config.reload_refused", problems=exc.problems)  # the old one runs on
         else:
             changed = config_changes(self.settings, new)
             restart = [k for k in changed if k in RESTART_KEYS]
             self.settings = new
             self.tracking.update_trackers(new.trackers)
             self.strangers.configure(StrangerSettings.of(new.sip))
-            log.info("configuration reloaded", trackers=len(new.trackers),
+            log.info("config.reloaded", trackers=len(new.trackers),
                      changed=changed, applied=[k for k in changed if k not in RESTART_KEYS],
                      needs_restart=restart)
             if restart:
-                log.warning("reload cannot apply these keys: restart to use them",
-                            needs_restart=restart)
+                log.warning("config.needs_restart", needs_restart=restart)
         self.systemd.notify("READY=1")
 
 
@@ -477,7 +479,7 @@ _sip_log = structlog.get_logger("calltrackd.sip.trace")
 
 def _sip_trace(direction: str, data: bytes) -> None:
     """Every SIP message, at debug level only (far too costly for production rates)."""
-    _sip_log.debug("sip " + direction, message=data.decode("utf-8", "replace"))
+    _sip_log.debug("sip." + direction, message=data.decode("utf-8", "replace"))
 
 
 async def _first_of(a: asyncio.Event, b: asyncio.Event, within: float) -> None:

@@ -50,14 +50,16 @@ def _warn_defaults(settings: Settings) -> None:
     listen = [f"{x.transport}:{x.host}:{x.port}" for x in settings.sip.listen]
     if settings.source is None:
         log.warning(
-            f"NO CONFIGURATION FILE: running on built-in defaults ({DEFAULT_PATH} not "
-            "found and no --config given)",
+            "config.defaults",
+            message=f"NO CONFIGURATION FILE: running on built-in defaults ({DEFAULT_PATH} "
+                    "not found and no --config given)",
             sip=listen, http=f"{settings.http.host}:{settings.http.port}",
             store=settings.store.url, carriers=0, trackers=0,
             hint="SIP listens on all interfaces and no carrier may call: every INVITE "
                  "gets 403. Start with --config FILE (config/calltrackd.toml is an example)")
     elif not settings.carriers:
-        log.warning("no [[carriers]] configured: every INVITE gets 403", sip=listen)
+        log.warning("config.no_carriers", sip=listen,
+                    message="no [[carriers]] configured: every INVITE gets 403")
 
 
 if __name__ == "__main__":

@@ -159,11 +159,11 @@ _crash_log = structlog.get_logger("calltrackd.crash")
 
 def _uncaught(kind: type[BaseException], exc: BaseException,
               tb: TracebackType | None) -> None:
-    _crash_log.critical("uncaught exception", exc_info=(kind, exc, tb))
+    _crash_log.critical("crash.uncaught", exc_info=(kind, exc, tb))
 
 
 def _uncaught_thread(args: threading.ExceptHookArgs) -> None:
     if args.exc_value is not None:
-        _crash_log.critical("uncaught exception in a thread",
+        _crash_log.critical("crash.uncaught_in_thread",
                             thread=args.thread.name if args.thread else None,
                             exc_info=(args.exc_type, args.exc_value, args.exc_traceback))

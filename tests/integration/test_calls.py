@@ -223,7 +223,7 @@ def test_answered_call_caller_hangs_up(plan: Plan, sipp_factory: Callable[..., S
     assert events["call started"]["caller"] == CALLER
     ended = events["call ended"]
     assert (ended["outcome"], ended["sip_code"], ended["hangup_by"]) == ("answered", 200, "caller")
-    assert '"event": "sip in"' in plan.daemon.log_text()
+    assert '"event": "sip.in"' in plan.daemon.log_text()
 
 
 def test_answered_call_callee_hangs_up(plan: Plan, sipp_factory: Callable[..., Sipp]) -> None:

@@ -40,7 +40,7 @@ def traced(daemon: Daemon, direction: str, pred: Callable[[str], bool],
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in daemon.log_text().splitlines():
-            if line.startswith("{") and f'"sip {direction}"' in line:
+            if line.startswith("{") and f'"sip.{direction}"' in line:
                 msg = str(json.loads(line)["message"])
                 if pred(msg):
                     return msg

@@ -78,7 +78,7 @@ def test_call_in_progress_at_sigterm_completes_and_is_recorded(
     assert pbx.wait(10).ok
     assert daemon.proc.wait(20) == 0
     log = daemon.log_text()
-    assert '"draining"' in log and '"calltrackd stopped"' in log
+    assert '"app.draining"' in log and '"app.stopped"' in log
     assert not receiver.received
     receiver.fail_first = receiver.attempts  # the CRM is back
     # the record was written before exit: a new process finds it
@@ -152,7 +152,7 @@ def test_http_port_taken_exits_1_with_one_line_naming_the_step(tmp_path: Path) -
     assert len(errors) == 1, errors  # no traceback, no second complaint from the unwinding
     assert errors[0]["event"] == "app.start_failed" and errors[0]["step"] == "http", errors
     assert str(http) in errors[0]["error"], errors
-    assert not any(x["event"] == "calltrackd started" for x in lines)
+    assert not any(x["event"] == "app.started" for x in lines)
     assert _bindable(sip)
 
 

@@ -228,7 +228,7 @@ def test_after_a_reload_that_lists_it_as_a_carrier_the_stranger_places_calls(
             'addresses = ["127.0.0.1/32"]', 'addresses = ["127.0.0.1/32", "127.0.0.2/32"]'))
         daemon.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 30
-        while "configuration reloaded" not in daemon.log_text():
+        while '"config.reloaded"' not in daemon.log_text():
             assert time.monotonic() < deadline, daemon.log_text()[-2000:]
             time.sleep(0.1)
         uas = sipp_factory("pbx", "uas_bye.xml", pbx_port, "-i", PBX_HOST, "-d", "200",

@@ -80,7 +80,7 @@ def test_notify_protocol_and_reload_without_dropping_a_call(
         daemon.config.write_text(text + "\nbogus = 1\n")
         daemon.proc.send_signal(signal.SIGHUP)
         read_until(notify_socket, "READY=1")
-        assert "reload refused" in daemon.log_text()
+        assert '"config.reload_refused"' in daemon.log_text()
         # a good one with a new static number takes effect
         daemon.config.write_text(text.replace(
             'channel = "billboard"',
@@ -151,13 +151,13 @@ def test_sighup_with_a_changed_pool_takes_effect_without_dropping_a_call_in_prog
         daemon.config.write_text(text.replace(json.dumps(POOL), changed))
         mark = len(daemon.log_text())
         daemon.proc.send_signal(signal.SIGHUP)
-        wait_log(daemon, "configuration reloaded", mark)
+        wait_log(daemon, '"config.reloaded"', mark)
         # a bad file is refused with the reason and the pool just loaded stays
         daemon.config.write_text(text.replace(
             json.dumps(POOL), json.dumps([*kept, NEW_POOL_NUMBER, "not a number"])))
         mark = len(daemon.log_text())
         daemon.proc.send_signal(signal.SIGHUP)
-        refused = wait_log(daemon, "reload refused", mark)
+        refused = wait_log(daemon, '"config.reload_refused"', mark)
         assert "trackers[0].pools[0].numbers[3]" in refused, refused
 
         for number in kept:  # visitors whose numbers stayed keep them

@@ -107,6 +107,7 @@ def test_run_without_a_configuration_warns_loudly() -> None:
     with structlog.testing.capture_logs() as logs:
         _warn_defaults(default_settings())
     assert logs[0]["log_level"] == "warning"
-    assert logs[0]["event"].startswith("NO CONFIGURATION FILE")
+    assert logs[0]["event"] == "config.defaults"
+    assert logs[0]["message"].startswith("NO CONFIGURATION FILE")
     assert logs[0]["sip"] == ["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060"]
     assert logs[0]["carriers"] == 0 and "every INVITE gets 403" in logs[0]["hint"]
