@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from calltrackd.app import App, StartError
+from calltrackd import app as app_module
+from calltrackd.app import App, StartError, serve
 from calltrackd.config import parse_config
+from calltrackd.gcpolicy import CollectorPolicy
 
 from .conftest import Receiver, Sipp, free_port, start_daemon
 from .test_calls import DID_MAIN, config
@@ -202,3 +204,68 @@ def test_a_store_that_cannot_be_reached_fails_the_start_before_sip_listens(
         assert _others() <= before, _others()
 
     asyncio.run(main())
+
+
+class _Crashing(CollectorPolicy):
+    """The collector worker, replaced by one that fails a moment after the start."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.sleep(0.05)
+        raise RuntimeError("worker bug")
+
+
+class _Deaf(CollectorPolicy):
+    """A worker that does not listen to stop."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.sleep(3600)
+
+
+def test_a_crashing_worker_drains_the_node_and_marks_it_failed(tmp_path: Path) -> None:
+    sip, http = free_port(), free_port()
+
+    async def main() -> None:
+        app = _app(tmp_path, sip, http, f"sqlite:///{tmp_path}/calltrackd.db")
+        before = _others()
+        app.gc_policy = _Crashing(lambda: 0)
+        await app.start()
+        await asyncio.wait_for(app.shutdown.wait(), 30)  # the crash asked for a drain
+        assert app.failed
+        await app.drain_and_stop()
+        assert _others() <= before, _others()
+        assert _bindable(sip) and _bindable(http)
+
+    asyncio.run(main())
+
+
+def test_a_worker_that_ignores_stop_is_cancelled_after_the_grace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sip, http = free_port(), free_port()
+    monkeypatch.setattr(app_module, "WORKER_GRACE", 0.2)
+
+    async def main() -> None:
+        app = _app(tmp_path, sip, http, f"sqlite:///{tmp_path}/calltrackd.db")
+        before = _others()
+        app.gc_policy = _Deaf(lambda: 0)
+        await app.start()
+        await asyncio.wait_for(app.drain_and_stop(), 30)
+        assert not app.failed  # cancelled by us, not crashed
+        assert _others() <= before, _others()
+
+    asyncio.run(main())
+
+
+def test_signal_handlers_are_removed_after_a_failed_start(tmp_path: Path) -> None:
+    sip, http = free_port(), free_port()
+    text = config(sip, http, free_port(), free_port(), "udp").replace(
+        "sqlite:///./var/calltrackd.db", f"sqlite:///{tmp_path}/calltrackd.db")
+
+    async def main() -> int:
+        return await serve(parse_config(tomllib.loads(text)))
+
+    with _taken(http):
+        assert asyncio.run(main()) == 1
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
