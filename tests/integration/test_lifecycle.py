@@ -24,8 +24,10 @@ from calltrackd.app import App, StartError, serve
 from calltrackd.config import parse_config
 from calltrackd.gcpolicy import CollectorPolicy
 
-from .conftest import Receiver, Sipp, free_port, start_daemon
+from .conftest import ADMIN, Receiver, Sipp, free_port, start_daemon
 from .test_calls import DID_MAIN, config
+
+VIEWER = "viewer-main-0123456789"
 
 
 def options(port: int) -> bytes:
@@ -50,6 +52,7 @@ def test_call_in_progress_at_sigterm_completes_and_is_recorded(
         'channel = "billboard"',
         f'channel = "billboard"\n  [[trackers.webhooks]]\n  url = "{receiver.url}"\n'
         '  secret = "s3cret"') + '\n[webhooks]\nbackoff_base = "200ms"\nbackoff_cap = "1s"\n'
+    text = text.replace('id = "main"\n', f'id = "main"\nviewer_tokens = ["{VIEWER}"]\n', 1)
     receiver.fail_first = 10**6  # the CRM is down until the daemon has exited
     daemon = start_daemon(tmp_path, text, sip, http)
     remote = f"127.0.0.1:{sip}"
@@ -72,6 +75,12 @@ def test_call_in_progress_at_sigterm_completes_and_is_recorded(
     assert status == 200, stats
     assert stats["shed"]["reasons"]["draining"] == 1 and stats["shed"]["total"] == 1, stats
     assert [t["shed"] for t in stats["trackers"]] == [1], stats
+    # a viewer sees its tracker's count, not the node's (other trackers', unknown DIDs')
+    daemon.admin_token = VIEWER
+    status, seen = daemon.http("GET", "/v1/stats")
+    daemon.admin_token = ADMIN
+    assert status == 200 and "shed" not in seen, seen
+    assert [(t["tracker"], t["shed"]) for t in seen["trackers"]] == [("main", 1)], seen
     # and the dispatcher's probe takes the node out of its set
     probe = options(sip).decode()
     assert probe.startswith("SIP/2.0 503 ") and "\r\nRetry-After: " in probe, probe
