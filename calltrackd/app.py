@@ -152,7 +152,6 @@ class App:
         self.recorder = Recorder(self.tracking, self.metrics, self.webhooks.notify,
                                  outbox.rows)
         self.engine = Engine(self.stack, lambda: self.settings, self.recorder)
-        self.metrics.count_active_calls(lambda: self.engine.active_calls)
         # strangers (no carrier, trusted source or peer) cost nothing: the ACL is the live
         # settings' (a reload changes carriers), the dialogs the engine's
         self.strangers = StrangerGate(
@@ -163,6 +162,13 @@ class App:
         self.load = LoopLagMonitor()
         self.gc_policy = CollectorPolicy(lambda: self.engine.active_calls)
         self.engine.overloaded = lambda: self.load.overloaded
+        # the daemon's own figures, read when /metrics is scraped: nothing counted twice
+        m = self.metrics
+        m.count_active_calls(lambda: self.engine.active_calls)
+        m.overload_rejects.count = lambda: self.engine.rejected_overload
+        m.sip_retransmissions.count = lambda: self.stack.layer.retransmissions
+        m.sip_queue_delay.set_function(lambda: self.load.queue_delay)
+        m.loop_lag.set_function(lambda: self.load.lag)
         self.metrics.registry.register(DictCounter(
             "calltrackd_dialog_rejected", "In-dialog requests refused: wrong source or tags",
             ["reason", "method"], self.engine.dialog_rejects))
@@ -178,8 +184,6 @@ class App:
         self._idle = asyncio.Event()  # set when the last call has ended
         self.engine.on_call_finished = self._call_finished
         self._sip_up = False
-        self._retrans_seen = 0
-        self._rejects_seen = 0
         self.systemd = Notifier()
         self.metrics.set_build_info(sip.NATIVE)
         # the store write probe (heartbeat): its latest verdict, read by /healthz
@@ -426,14 +430,8 @@ class App:
         return self.metrics.render()
 
     async def refresh_gauges(self) -> None:
+        """What takes a store round trip; the rest is read at scrape time (see __init__)."""
         m = self.metrics
-        m.overload_rejects.inc(self.engine.rejected_overload - self._rejects_seen)
-        self._rejects_seen = self.engine.rejected_overload
-        m.sip_queue_delay.set(self.load.queue_delay)
-        m.loop_lag.set(self.load.lag)
-        retrans = self.stack.layer.retransmissions
-        m.sip_retransmissions.inc(retrans - self._retrans_seen)
-        self._retrans_seen = retrans
         with contextlib.suppress(Exception):
             m.webhook_queue.set(await asyncio.wait_for(self.store.pending_count(), 1.0))
         with contextlib.suppress(Exception):

@@ -23,7 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import __version__
 
-__all__ = ["CONTENT_TYPE_LATEST", "WEBHOOK_RESULTS", "DictCounter", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "WEBHOOK_RESULTS", "CounterOf", "DictCounter", "Metrics"]
 
 # INVITE handling is sub-millisecond when healthy; the tail shows queueing.
 _SIP_BUCKETS = (
@@ -75,12 +75,12 @@ class Metrics:
                                       "Calls not exported, by kind and reason (no analytics "
                                       "client id, older than the service accepts)",
                                       ["kind", "reason"], registry=r)
-        self.sip_retransmissions = Counter("calltrackd_sip_retransmissions",
-                                           "SIP retransmissions sent by our transactions",
-                                           registry=r)
-        self.overload_rejects = Counter("calltrackd_overload_rejected",
-                                        "INVITEs answered 503 because of load or drain",
-                                        registry=r)
+        # counted by their owners (the transaction layer, the engine) and read at scrape
+        # time: set `.count` to the owner's number
+        self.sip_retransmissions = CounterOf("calltrackd_sip_retransmissions",
+                                             "SIP retransmissions sent by our transactions", r)
+        self.overload_rejects = CounterOf("calltrackd_overload_rejected",
+                                          "INVITEs answered 503 because of load or drain", r)
         self.sip_queue_delay = Gauge("calltrackd_sip_queue_delay_seconds",
                                      "Time a datagram waits in the SIP UDP receive queue "
                                      "(the load shedder's signal)", registry=r)
@@ -187,6 +187,20 @@ _KNOWN_METHODS = frozenset({
     "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE", "INFO", "PRACK", "REGISTER",
     "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH",
 })
+
+
+class CounterOf:
+    """A counter without labels read at scrape time from `count()`, a number its owner
+    keeps and only ever raises (no delta bookkeeping between scrapes)."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.count: Callable[[], float] = lambda: 0
+        registry.register(self)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.documentation, value=self.count())
 
 
 class DictCounter:

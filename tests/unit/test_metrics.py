@@ -461,3 +461,15 @@ def test_active_calls_is_the_engines_count_at_scrape_time() -> None:
     assert m.registry.get_sample_value("calltrackd_active_calls") == 2
     calls.pop()
     assert m.registry.get_sample_value("calltrackd_active_calls") == 1
+
+
+def test_owner_counted_figures_are_read_at_scrape_time_as_counters() -> None:
+    m = Metrics()
+    retransmissions = [0]
+    m.sip_retransmissions.count = lambda: retransmissions[0]
+    assert m.registry.get_sample_value("calltrackd_sip_retransmissions_total") == 0
+    retransmissions[0] = 5
+    assert m.registry.get_sample_value("calltrackd_sip_retransmissions_total") == 5
+    assert m.registry.get_sample_value("calltrackd_overload_rejected_total") == 0
+    families = {f.name: f.type for f in m.registry.collect()}
+    assert families["calltrackd_sip_retransmissions"] == "counter"
