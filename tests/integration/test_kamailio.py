@@ -52,13 +52,20 @@ class Cluster:
         return found[1]
 
 
-def start_kamailio(tmp: Path, port: int, nodes: list[int]
+def start_kamailio(tmp: Path, port: int, nodes: list[int],
+                   carriers: dict[str, str] | None = None,
                    ) -> tuple[subprocess.Popen[bytes], Path, str]:
+    """Kamailio on 127.0.0.1:`port` (UDP and TCP) with the shipped configuration, the
+    `nodes` as its dispatcher set and `carriers` (address -> calltrackd carrier name, one
+    group each) as its address file; by default the carrier "lo" on 127.0.0.1."""
     binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
     if not Path(binary).exists():
         pytest.fail("kamailio is not installed: run the README's test command (scripts/test)")
     ds = tmp / "dispatcher.list"
     ds.write_text("".join(f"1 sip:127.0.0.1:{p}\n" for p in nodes))
+    acl = tmp / "carriers.list"
+    acl.write_text("".join(f"{group} {address} 32 0 {name}\n" for group, (address, name)
+                           in enumerate((carriers or {"127.0.0.1": "lo"}).items(), 1)))
     run = tmp / "run"
     run.mkdir()
     ctl = f"unix:{run / 'kamailio_ctl'}"
@@ -66,7 +73,8 @@ def start_kamailio(tmp: Path, port: int, nodes: list[int]
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [binary, "-f", str(CFG), "-DD", "-E", "-Y", str(run), "-m", "64", "-M", "8",
-             "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", f'DS_LIST="{ds}"',
+             "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", f"LISTEN_TCP=tcp:127.0.0.1:{port}",
+             "-A", f'DS_LIST="{ds}"', "-A", f'CARRIERS="{acl}"',
              "-A", f"PING_INTERVAL={PING_INTERVAL}", "-A", f'CTL_SOCKET="{ctl}"'],
             stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 10
@@ -76,6 +84,15 @@ def start_kamailio(tmp: Path, port: int, nodes: list[int]
         time.sleep(0.05)
     time.sleep(PING_INTERVAL + 0.5)  # the first probes have found the nodes
     return proc, log, ctl
+
+
+def stop_kamailio(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 @pytest.fixture
@@ -94,12 +111,7 @@ def cluster(tmp_path: Path, redis: Redis) -> Iterator[Cluster]:
         yield Cluster(proc, port, nodes, pbx, log, ctl)
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            stop_kamailio(proc)
         for n in nodes:
             n.stop(signal.SIGKILL)
 
