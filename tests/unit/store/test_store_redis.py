@@ -16,6 +16,7 @@ from calltrackd.store.base import Store, StoreError
 from calltrackd.store.redis import RedisStore
 from calltrackd.tracking.model import (
     ForwardTarget,
+    Hold,
     Pool,
     Tracker,
 )
@@ -79,6 +80,11 @@ async def test_lease_expires_so_another_node_retries(store: RedisStore, redis_ur
 
 
 async def test_two_nodes_1000_concurrent_visitors_pool_of_100(redis_url: str) -> None:
+    """1,000 visitors ask two nodes for a number of a pool of 100 at once: each number is
+    handed out once, to one visitor. A node's pool of connections lets a burst wait 1 s
+    for a connection and 0.5 s to open one; on a busy machine some requests fail so
+    (StoreError) and the visitor asks again with its session, as the snippet does
+    (reserving is idempotent per session: the retry gets the same hold or none)."""
     numbers = tuple(f"+7499200{i:04d}" for i in range(100))
     tracker = Tracker(id="acme", public_key="pk", default_number="+74990000000",
                       forward=(ForwardTarget("sip:pbx"),), pools=(Pool("web", ("*",), numbers),))
@@ -86,14 +92,31 @@ async def test_two_nodes_1000_concurrent_visitors_pool_of_100(redis_url: str) ->
     for n in nodes:
         await n.open()
         await n.sync_pools([tracker])
+    retries = 0
+
+    async def visitor(i: int) -> Hold | None:
+        nonlocal retries
+        for attempt in range(40):
+            try:
+                return await nodes[i % 2].reserve("acme", "web", f"s_{i}", 5000.0, 360.0)
+            except StoreError:
+                retries += 1
+                await asyncio.sleep(0.05 + 0.01 * attempt)
+        raise AssertionError(f"visitor {i}: the store failed 40 times")
+
     try:
-        holds = await asyncio.gather(*(
-            nodes[i % 2].reserve("acme", "web", f"s_{i}", 5000.0, 360.0) for i in range(1000)))
+        holds = await asyncio.wait_for(asyncio.gather(*(visitor(i) for i in range(1000))),
+                                       120)
+        held = {n: await nodes[0].holders(n, 5000.0) for n in numbers}
     finally:
         for n in nodes:
             await n.close()
     got = [h.number for h in holds if h is not None]
-    assert len(got) == 100 and sorted(got) == sorted(numbers)  # never held twice
+    assert len(got) == 100 and sorted(got) == sorted(numbers), retries  # never held twice
+    # and the store agrees: each number held by the one visitor it was handed to
+    by_number = {h.number: h.session_id for h in holds if h is not None}
+    assert len(set(by_number.values())) == 100  # and no visitor holds two
+    assert {n: cur.session_id if cur else None for n, (cur, _) in held.items()} == by_number
 
 
 async def test_redis_down_raises_store_error_quickly(redis_server: Any) -> None:
