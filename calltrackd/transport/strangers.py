@@ -1,7 +1,8 @@
 """Strangers cost nothing: who may make the SIP core work, decided before and after parsing.
 
 A *stranger* is a source that is none of: a carrier (`[[carriers]] addresses`, read live
-so a reload applies), a `sip.trusted_sources` network, or a *peer* (an address we sent a
+so a reload applies), a `sip.trusted_sources` or `sip.trusted_proxies` network, or a
+*peer* (an address we sent a
 request to within `peer_ttl`: the PBXes calls were forwarded to, a carrier's Contact).
 
 - Before parsing, a stranger's datagram takes a token from its source's bucket and from
@@ -67,7 +68,8 @@ class StrangerSettings:
         """From the `[sip]` settings."""
         return cls(udp=sip.stranger_policy, tcp=sip.stranger_policy_tcp,
                    rate=sip.stranger_rate, burst=sip.stranger_burst,
-                   total_rate=sip.stranger_rate_total, trusted=sip.trusted_sources,
+                   total_rate=sip.stranger_rate_total,
+                   trusted=sip.trusted_sources + sip.trusted_proxies,
                    peer_ttl=sip.max_call_duration + 600.0)
 
 
