@@ -56,11 +56,12 @@ class Cluster:
 
 
 def start_kamailio(tmp: Path, port: int, nodes: list[int],
-                   carriers: dict[str, str] | None = None,
+                   carriers: dict[str, str] | None = None, defines: tuple[str, ...] = (),
                    ) -> tuple[subprocess.Popen[bytes], Path, str]:
     """Kamailio on 127.0.0.1:`port` (UDP and TCP) with the shipped configuration, the
     `nodes` as its dispatcher set and `carriers` (address -> calltrackd carrier name, one
-    group each) as its address file; by default the carrier "lo" on 127.0.0.1."""
+    group each) as its address file; by default the carrier "lo" on 127.0.0.1. `defines`
+    are more -A arguments (e.g. STRANGERS_DROP_UDP)."""
     binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
     if not Path(binary).exists():
         pytest.fail("kamailio is not installed: run the README's test command (scripts/test)")
@@ -78,7 +79,8 @@ def start_kamailio(tmp: Path, port: int, nodes: list[int],
             [binary, "-f", str(CFG), "-DD", "-E", "-Y", str(run), "-m", "64", "-M", "8",
              "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", f"LISTEN_TCP=tcp:127.0.0.1:{port}",
              "-A", f'DS_LIST="{ds}"', "-A", f'CARRIERS="{acl}"',
-             "-A", f"PING_INTERVAL={PING_INTERVAL}", "-A", f'CTL_SOCKET="{ctl}"'],
+             "-A", f"PING_INTERVAL={PING_INTERVAL}", "-A", f'CTL_SOCKET="{ctl}"',
+             *(arg for d in defines for arg in ("-A", d))],
             stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while not (run / "kamailio_ctl").exists() and time.monotonic() < deadline:

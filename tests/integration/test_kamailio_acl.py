@@ -4,13 +4,16 @@ Kamailio (127.0.0.1) admits INVITEs only from the carriers of its address file, 
 and TCP, and names the carrier in X-Calltrackd-Carrier, which the node believes from
 Kamailio only (`[sip] trusted_proxies`). Two carriers (127.0.0.2 "alpha", 127.0.0.3
 "beta") and a stranger (127.0.0.4) call through it; the node's [[carriers]] entries have
-no addresses of their own, so only Kamailio's word makes a call theirs.
+no addresses of their own, so only Kamailio's word makes a call theirs. With
+STRANGERS_DROP_UDP a stranger hears nothing over UDP (no reflection), still 403 over TCP.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -65,8 +68,9 @@ class Edge:
     kamailio_log: Path
 
 
-@pytest.fixture
-def edge(tmp_path: Path) -> Iterator[Edge]:
+@contextlib.contextmanager
+def behind_kamailio(tmp_path: Path, defines: tuple[str, ...] = ()) -> Iterator[Edge]:
+    """A node behind Kamailio (started with more `defines`)."""
     pbx, sip, http = free_port(), free_port(), free_port()
     node_dir = tmp_path / "node"
     node_dir.mkdir()
@@ -74,12 +78,25 @@ def edge(tmp_path: Path) -> Iterator[Edge]:
     proc: subprocess.Popen[bytes] | None = None
     try:
         port = free_port()
-        proc, log, _ = start_kamailio(tmp_path, port, [sip], {ALPHA: "alpha", BETA: "beta"})
+        proc, log, _ = start_kamailio(tmp_path, port, [sip], {ALPHA: "alpha", BETA: "beta"},
+                                      defines)
         yield Edge(node, port, pbx, log)
     finally:
         if proc is not None:
             stop_kamailio(proc)
         node.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def edge(tmp_path: Path) -> Iterator[Edge]:
+    with behind_kamailio(tmp_path) as e:
+        yield e
+
+
+@pytest.fixture
+def dropping_edge(tmp_path: Path) -> Iterator[Edge]:
+    with behind_kamailio(tmp_path, ("STRANGERS_DROP_UDP",)) as e:
+        yield e
 
 
 def forging(tmp: Path, scenario: str, carrier: str) -> str:
@@ -160,3 +177,38 @@ def test_carriers_are_named_by_kamailio_and_strangers_get_403_and_reach_nobody(
     assert len(edge.node.calls(limit="100")) == len(calls) + 1
     log = edge.node.log_text()
     assert STRANGER not in log, "a stranger's request reached the node"
+
+
+def stranger_invite(port: int, call_id: str) -> bytes:
+    return (f"INVITE sip:{STATIC}@127.0.0.1:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {STRANGER}:5070;branch=z9hG4bK{call_id};rport\r\n"
+            f"From: <sip:{CALLER}@{STRANGER}>;tag=1\r\nTo: <sip:{STATIC}@127.0.0.1>\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:x@{STRANGER}:5070>\r\n"
+            "X-Calltrackd-Carrier: alpha\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+
+
+def test_with_strangers_drop_udp_a_stranger_hears_nothing_over_udp_and_403_over_tcp(
+    dropping_edge: Edge, sipp_factory: Callable[..., Sipp]
+) -> None:
+    edge = dropping_edge
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((STRANGER, 0))
+        s.settimeout(3.0)
+        for i in range(5):
+            s.sendto(stranger_invite(edge.port, f"drop-{i}"), ("127.0.0.1", edge.port))
+        with pytest.raises(TimeoutError):
+            s.recv(65535)  # not even a 100 Trying
+    sipp = sipp_factory("stranger_tcp", "uac_expect_403.xml", free_port(), "-i", STRANGER,
+                        "-s", STATIC, "-m", "1", "-timeout", "20s", "-timeout_error",
+                        remote=f"127.0.0.1:{edge.port}", transport="tcp")
+    assert sipp.wait(30).ok
+    # a carrier still calls in (over UDP)
+    pbx = sipp_factory("pbx", "uas_answer.xml", edge.pbx, "-m", "1", "-timeout", "30s")
+    res = sipp_factory("alpha", "uac_call.xml", free_port(), "-i", ALPHA, "-s", NATIONAL,
+                       "-m", "1", "-d", "200", "-timeout", "20s", "-timeout_error",
+                       remote=f"127.0.0.1:{edge.port}").wait(30)
+    assert res.ok, res.output
+    assert pbx.wait(20).ok
+    assert STRANGER not in edge.node.log_text()
+    assert len(edge.node.calls()) == 1
