@@ -354,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1.0)
         end_text = daemon.metrics_text() if daemon.alive() else ""
         cdrs = all_calls(daemon, limit_pages=1000) if daemon.alive() else []
+        problems = {k: v for k, v in daemon.log_problems().items() if not k.startswith("info")}
         alive = daemon.alive()
         daemon.stop()
     finally:
@@ -369,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report(args, samples, t0, probe_windows(probe_file),
            read_stat_csv(rundir / "uac_stat.csv"), end_text, cdrs, renew, visitors, receiver,
-           loaded_for)
+           loaded_for, problems)
     log(f"load average at the end: {loadavg()}")
     log(f"command: {command}")
     if not alive:
@@ -385,7 +386,7 @@ def mmss(t: float) -> str:
 def report(args: argparse.Namespace, samples: list[Sample], t0: float,
            probes: list[tuple[float, float, int]], st: dict[str, str], end_text: str,
            cdrs: list[dict[str, object]], renew: RenewStats, visitors: VisitorStats,
-           receiver: Receiver | None, loaded_for: float) -> None:
+           receiver: Receiver | None, loaded_for: float, problems: dict[str, int]) -> None:
     if len(samples) < 2:
         log("! too few samples")
         return
@@ -457,6 +458,8 @@ def report(args: argparse.Namespace, samples: list[Sample], t0: float,
         ["webhooks", f"{delivered} events delivered ({arrivals - delivered} duplicates), "
                      f"queue at the end {end.get('calltrackd_webhook_queue', 0):.0f}"
                      if receiver is not None else "none"],
+        ["daemon log, warnings and errors", "; ".join(
+            f"{k} {v}" for k, v in sorted(problems.items(), key=lambda kv: -kv[1])) or "none"],
         ["GC collections (generation 0 / 1 / 2)",
          " / ".join(f"{float(gc_runs.get(str(g), 'nan')):.0f}" for g in range(3))],
     ]))
