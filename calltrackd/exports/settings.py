@@ -1,5 +1,5 @@
 """`[[trackers.analytics]]` and `[[trackers.alerts]]` of the configuration: read and checked
-with the configuration's checker (calltrackd/config.py), one problem per line naming its
+with the configuration's checker (calltrackd/config/checker.py), one problem per line naming its
 key. Secrets (api_secret, token, bot_token, a Slack URL) never appear in a problem's text.
 """
 
@@ -14,7 +14,7 @@ from calltrackd.tracking.model import AlertExport, Ga4Export, MetricaExport
 from .ga4 import event_name_problem
 
 if TYPE_CHECKING:
-    from calltrackd.config import _Checker
+    from calltrackd.config.checker import Checker as _Checker
 
 __all__ = ["alert_name", "alert_settings", "analytics_settings", "http_url_problem"]
 

@@ -1,6 +1,6 @@
 """The domain vocabulary: plain frozen dataclasses, importing nothing of the project.
 
-Configuration (config.py) builds the tracker side; the store and webhooks import the
+Configuration (calltrackd/config/) builds the tracker side; the store and webhooks import the
 record side. Times are timezone-aware UTC datetimes or unix seconds (floats) where noted.
 """
 
