@@ -237,7 +237,7 @@ def test_one_timer_heap_for_many_transactions() -> None:
 
 
 def test_own_via_is_cached_as_it_would_parse() -> None:
-    from calltrackd.sip.message import Via, _via_cache
+    from calltrackd.sip.headers import Via, _via_cache
 
     for host, port in (("127.0.0.1", 5060), ("[2001:DB8::1]", 5062), ("Node-A.Example", 5080)):
         text = Via.own("udp", host, port, "z9hG4bKabc")
