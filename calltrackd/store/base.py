@@ -1,8 +1,9 @@
 """The one storage interface, with the record codec its backends share.
 
-Backends: `sqlite.py` (embedded, one node) and, later, `redis.py` (shared by several
-nodes). Every method is async; a method raises (any exception, typically `StoreError`)
-when the store cannot do it — callers that must not fail (a call in progress) catch.
+Backends: `sqlite/` (embedded, one node) and `redis/` (shared by several nodes), each
+in four parts: plumbing, reservations, records, outbox. Every method is async; a method
+raises (any exception, typically `StoreError`) when the store cannot do it — callers that
+must not fail (a call in progress) catch.
 Times are unix seconds (float) except CDR filters, which follow `CallRecord` (datetimes).
 """
 

@@ -1,0 +1,444 @@
+"""The SQLite store's call records: written through and group-committed, read back in
+pages, counted for statistics and reports; spend, CRM updates and retention.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import sqlite3
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from calltrackd.store.base import (
+    AttributionStats,
+    CallStats,
+    Visit,
+    VisitorStats,
+    crm_json,
+    decode_call,
+    decode_cursor,
+    encode_call,
+    encode_cursor,
+    session_stats_source,
+    storable_call,
+    timestamp,
+    with_crm,
+)
+from calltrackd.tracking.attribution import is_anonymous
+from calltrackd.tracking.model import (
+    CallRecord,
+    WebhookDelivery,
+)
+from calltrackd.tracking.reports import (
+    CallGroup,
+    ReportQuery,
+    SpendRow,
+    VisitGroup,
+    aggregate_visits,
+    call_fact,
+    cents,
+)
+
+from .outbox import DELIVERY_COLS, NDELIVERY_COLS, delivery_row
+from .plumbing import (
+    _FACT_COLS,
+    _FACT_UPSERT,
+    _MAX_LIMIT,
+    SqlitePlumbing,
+    _CdrItem,
+    _execute_rows,
+    _fact_row,
+)
+
+log = structlog.get_logger(__name__)
+
+CDR_BATCH_WINDOW = 0.02  # seconds a call record may wait for others to share its write
+_CRM_OF_CALL = "(SELECT crm FROM report_calls r WHERE r.id = calls.id)"
+_VISIT_COLS = ("channel", "source", "medium", "campaign", "term", "content", "landing_page",
+               "referrer_domain")
+
+
+def _in(column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+    return f"{column} IN ({','.join('?' * len(values))})", list(values)
+
+
+def _report_sql(q: ReportQuery) -> tuple[str, list[Any]]:
+    """The SELECT of `report_calls` computing `CallGroup`s as `aggregate_calls` does."""
+    exprs: list[str] = []
+    args: list[Any] = []
+    join = ""
+    for dim in q.group_by:
+        if dim == "weekday":
+            exprs.append("(r.day + 3) % 7 + 1")
+        elif dim == "tag":
+            exprs.append("t.tag")
+            join = " LEFT JOIN call_tags t ON t.id = r.id"
+        elif dim == "pool":
+            if q.pools:
+                exprs.append("CASE r.did " + "WHEN ? THEN ? " * len(q.pools) + "END")
+                args += [x for kv in q.pools.items() for x in kv]
+            else:
+                exprs.append("NULL")
+        else:
+            exprs.append(f"r.{dim}")
+    conds: list[str] = []
+    wargs: list[Any] = []
+    if q.tracker is not None:
+        conds.append("r.tracker = ?")
+        wargs.append(q.tracker)
+    conds.append("r.ts >= ?")
+    wargs.append(q.since)
+    if q.until != float("inf"):
+        conds.append("r.ts < ?")
+        wargs.append(q.until)
+    for dim, accepted in sorted(q.filters.items()):
+        values = sorted(accepted, key=repr)
+        if dim == "tag":
+            cond, a = _in("tag", values)
+            conds.append(f"r.id IN (SELECT id FROM call_tags WHERE {cond})")
+            if join:  # grouped by tag too: only the tags asked for
+                tcond, ta = _in("t.tag", values)
+                conds.append(tcond)
+                a = a + ta
+        elif dim == "pool":
+            cond, a = _in("r.did", sorted(n for n, p in q.pools.items() if p in accepted))
+            conds.append(cond)
+        elif dim == "first_time":
+            cond, a = _in("r.first_time", [int(v) for v in values])
+            conds.append(cond)
+        elif dim == "weekday":
+            cond, a = _in("(r.day + 3) % 7 + 1", values)
+            conds.append(cond)
+        else:
+            cond, a = _in(f"r.{dim}", values)
+            conds.append(cond)
+        wargs += a
+    keys = ", ".join(exprs) + ", " if exprs else ""
+    group = " GROUP BY " + ", ".join(str(i + 1) for i in range(len(exprs))) if exprs else ""
+    sql = (
+        f"SELECT {keys}count(*), total(r.outcome = 'answered'),"
+        " total(r.outcome IS NOT NULL AND r.outcome != 'answered'), total(r.qualified = 1),"
+        " total(r.first_time = 1), count(DISTINCT r.caller), total(r.ring_ms),"
+        " count(r.ring_ms), total(r.talk_ms), count(r.talk_ms), total(r.value_cents)"
+        f" FROM report_calls r{join} WHERE {' AND '.join(conds)}{group}"
+    )
+    return sql, args + wargs
+
+
+
+
+class SqliteRecords(SqlitePlumbing):
+    """Call records, statistics, reports, spend and their retention."""
+
+    # --- call records: written through, group-committed ------------------------------
+
+    async def save_call(
+        self, record: CallRecord, deliveries: Sequence[WebhookDelivery] = ()
+    ) -> None:
+        self._check_open()
+        record = storable_call(record)  # without a field no store can write, never refused
+        att = record.attribution
+        session = att.session if att else None
+        row = (
+            record.id, record.tracker, timestamp(record.started_at), record.outcome,
+            att.kind if att else None, att.channel if att else None,
+            *(session_stats_source(session) if session else (None, None)),
+            None if record.qualified is None else int(record.qualified),
+            None if record.first_time_caller is None else int(record.first_time_caller),
+            encode_call(record),
+        )
+        drows = [delivery_row(d) for d in deliveries]
+        caller = None if is_anonymous(record.caller) else (record.tracker, record.caller, row[2])
+        assert self._loop is not None
+        done: asyncio.Future[None] = self._loop.create_future()
+        self._cdr_queue.append((row, drows, caller, _fact_row(call_fact(record)), done))
+        if self._cdr_task is None or self._cdr_task.done():
+            self._cdr_task = asyncio.create_task(self._drain_calls(), name="sqlite-cdrs")
+        # no shield needed: a cancelled waiter cancels `done`, which the batch skips,
+        # and the row is written all the same
+        await done
+
+    async def _drain_calls(self) -> None:
+        while self._cdr_queue:
+            # at most one batch per window: under load the records of the window share a
+            # write (a batch of one costs the writer thread and the loop as many
+            # hand-overs as a batch of sixty; 3,000 records/s came in ~1,000 batches);
+            # a lone record after a quiet spell is written at once
+            assert self._loop is not None
+            wait = self._last_batch + CDR_BATCH_WINDOW - self._loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._last_batch = self._loop.time()
+            batch, self._cdr_queue = self._cdr_queue, []
+            try:
+                errors = await self._write(functools.partial(self._write_calls, batch))
+            except Exception as exc:
+                errors = [exc] * len(batch)
+            for (*_, done), error in zip(batch, errors, strict=True):
+                if done.done():
+                    continue
+                if error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(error)
+
+    @staticmethod
+    def _write_calls(batch: list[_CdrItem], conn: sqlite3.Connection) -> list[Exception | None]:
+        """One transaction for the batch. First all rows at once; if the database refuses
+        one, again with a savepoint per save_call, so that the refused row fails its own
+        save_call only."""
+        def fast() -> None:
+            _execute_rows(conn, "INSERT OR REPLACE INTO calls VALUES {values}", 11,
+                          [item[0] for item in batch])
+            _execute_rows(conn, f"INSERT INTO deliveries ({DELIVERY_COLS}) VALUES {{values}}"
+                          " ON CONFLICT (id) DO NOTHING", NDELIVERY_COLS,
+                          [d for item in batch for d in item[1]])
+            _execute_rows(conn, "INSERT OR IGNORE INTO callers VALUES {values}", 3,
+                          [item[2] for item in batch if item[2] is not None])
+            _execute_rows(conn, _FACT_UPSERT, len(_FACT_COLS), [item[3] for item in batch])
+
+        try:
+            SqlitePlumbing._tx(conn, fast)
+            return [None] * len(batch)
+        except (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+                sqlite3.DataError, ValueError):
+            pass  # rolled back: find the culprit row by row
+        errors: list[Exception | None] = []
+
+        def body() -> None:
+            for row, drows, caller, fact, _ in batch:
+                conn.execute("SAVEPOINT save_call")
+                try:
+                    conn.execute("INSERT OR REPLACE INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
+                    conn.executemany(
+                        f"INSERT INTO deliveries ({DELIVERY_COLS})"
+                        f" VALUES ({','.join('?' * NDELIVERY_COLS)})"
+                        " ON CONFLICT (id) DO NOTHING",
+                        drows,
+                    )
+                    if caller is not None:
+                        conn.execute("INSERT OR IGNORE INTO callers VALUES (?,?,?)", caller)
+                    _execute_rows(conn, _FACT_UPSERT, len(_FACT_COLS), [fact])
+                except (sqlite3.IntegrityError, sqlite3.InterfaceError,
+                        sqlite3.ProgrammingError, sqlite3.DataError, ValueError) as exc:
+                    conn.execute("ROLLBACK TO save_call")
+                    errors.append(exc)
+                else:
+                    errors.append(None)
+                conn.execute("RELEASE save_call")
+
+        SqlitePlumbing._tx(conn, body)
+        return errors
+
+    async def get_call(self, call_id: str) -> CallRecord | None:
+        sql = f"SELECT data, {_CRM_OF_CALL} FROM calls WHERE id = ?"
+        row = await self._read(lambda c: c.execute(sql, (call_id,)).fetchone())
+        return with_crm(decode_call(row[0]), row[1]) if row else None
+
+    async def list_calls(
+        self,
+        tracker: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        outcome: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[CallRecord], str | None]:
+        after = None
+        if cursor is not None:
+            ts, call_id = decode_cursor(cursor)
+            after = (ts, ts, call_id)
+        where, args = self._where(tracker, since, until, extra=[
+            ("outcome = ?", outcome),
+            ("(started_ts < ? OR (started_ts = ? AND id < ?))", after),
+        ])
+        limit = max(1, min(limit, _MAX_LIMIT))
+        sql = (f"SELECT started_ts, id, data, {_CRM_OF_CALL} FROM calls{where}"
+               " ORDER BY 1 DESC, 2 DESC LIMIT ?")
+        rows = await self._read(lambda c: c.execute(sql, (*args, limit + 1)).fetchall())
+        page = rows[:limit]
+        more = len(rows) > limit
+        return [with_crm(decode_call(r[2]), r[3]) for r in page], (
+            encode_cursor(page[-1][0], page[-1][1]) if more else None
+        )
+
+    async def open_calls(self, started_before: float) -> list[CallRecord]:
+        sql = ("SELECT data FROM calls INDEXED BY calls_open WHERE outcome IS NULL"
+               " AND started_ts < ? ORDER BY started_ts")
+        rows = await self._read(lambda c: c.execute(sql, (started_before,)).fetchall())
+        return [decode_call(r[0]) for r in rows]
+
+    # --- statistics ------------------------------------------------------------------
+
+    async def call_stats(
+        self,
+        tracker: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[CallStats]:
+        where, args = self._where(tracker, since, until)
+        sql = (
+            "SELECT tracker, coalesce(kind, 'none'), channel, utm_source, utm_medium, count(*),"
+            " total(outcome = 'answered'), total(outcome IS NOT NULL AND outcome != 'answered'),"
+            f" total(qualified = 1), total(first_time = 1) FROM calls{where}"
+            " GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 6 DESC"
+        )
+        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        return [CallStats(*r[:6], *map(int, r[6:])) for r in rows]
+
+    async def visitor_stats(
+        self,
+        tracker: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[VisitorStats]:
+        try:
+            await self._flush_behind()  # sessions are written behind: count the newest too
+        except Exception as exc:  # the store's trouble: count what is written
+            log.warning("store.write_behind_failed", error=repr(exc))
+        where, args = self._where(tracker, since, until, col="first_seen")
+        sql = (
+            f"SELECT tracker, utm_source, utm_medium, count(*), total(dynamic) FROM sessions{where}"
+            " GROUP BY 1, 2, 3 ORDER BY 1, 4 DESC"
+        )
+        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        return [VisitorStats(r[0], r[1], r[2], r[3], int(r[4])) for r in rows]
+
+    async def visits(self, tracker: str, since: float, until: float) -> list[Visit]:
+        await self._flush_behind()
+        sql = ("SELECT first_seen, last_seen, utm_source, utm_medium FROM sessions"
+               " WHERE first_seen >= ? AND first_seen < ? AND tracker = ? ORDER BY first_seen")
+        rows = await self._read(lambda c: c.execute(sql, (since, until, tracker)).fetchall())
+        return [Visit(tracker, r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def attribution_stats(
+        self,
+        tracker: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[AttributionStats]:
+        where, args = self._where(tracker, since, until)
+        sql = (
+            "SELECT tracker, json_extract(data, '$.attribution.pool'), coalesce(kind, 'none'),"
+            " count(*), count(json_extract(data, '$.attribution.confidence')),"
+            f" total(json_extract(data, '$.attribution.confidence')) FROM calls{where}"
+            " GROUP BY 1, 2, 3"
+        )
+        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        return [AttributionStats(r[0], r[1], r[2], r[3], r[4], float(r[5])) for r in rows]
+
+    # --- end of holder history ----------------------------------------------------------
+    async def update_call(
+        self, record: CallRecord, deliveries: Sequence[WebhookDelivery] = ()
+    ) -> None:
+        crm = crm_json(record)
+        value = cents(record.value)
+        drows = [delivery_row(d) for d in deliveries]
+
+        def write(conn: sqlite3.Connection) -> None:
+            def body() -> None:
+                cur = conn.execute(
+                    "UPDATE report_calls SET crm = ?, value_cents = ? WHERE id = ?",
+                    (crm, value, record.id))
+                if cur.rowcount == 0:  # a call recorded before reports existed
+                    _execute_rows(conn, _FACT_UPSERT, len(_FACT_COLS),
+                                  [_fact_row(call_fact(record))])
+                    conn.execute("UPDATE report_calls SET crm = ?, value_cents = ? WHERE id = ?",
+                                 (crm, value, record.id))
+                conn.execute("DELETE FROM call_tags WHERE id = ?", (record.id,))
+                conn.executemany("INSERT OR IGNORE INTO call_tags VALUES (?, ?)",
+                                 [(record.id, t) for t in record.tags])
+                conn.executemany(
+                    f"INSERT INTO deliveries ({DELIVERY_COLS})"
+                    f" VALUES ({','.join('?' * NDELIVERY_COLS)}) ON CONFLICT (id) DO NOTHING",
+                    drows)
+
+            self._tx(conn, body)
+
+        await self._write(write)
+
+    async def report_calls(self, query: ReportQuery) -> list[CallGroup]:
+        sql, args = _report_sql(query)
+        rows = await self._report(lambda c: c.execute(sql, args).fetchall())
+        n = len(query.group_by)
+        out = []
+        for r in rows:
+            if not r[n]:  # no group (and no row): count(*) of an empty set
+                continue
+            key = tuple(bool(v) if d == "first_time" and v is not None else v
+                        for d, v in zip(query.group_by, r[:n], strict=True))
+            out.append(CallGroup(key, *map(int, r[n:])))
+        return out
+
+    async def report_visits(self, query: ReportQuery) -> list[VisitGroup]:
+        await self._flush_behind()  # counters are written behind: count the newest too
+        conds: list[str] = ["hour >= ?"]
+        args: list[Any] = [int(query.since // 3600)]
+        if query.until != float("inf"):
+            conds.append("hour < ?")
+            args.append(math.ceil(query.until / 3600))
+        if query.tracker is not None:
+            conds.append("tracker = ?")
+            args.append(query.tracker)
+        sql = (f"SELECT hour, {', '.join(_VISIT_COLS)}, visitors, dynamic FROM report_visits"
+               f" WHERE {' AND '.join(conds)}")
+        rows = await self._report(lambda c: c.execute(sql, args).fetchall())
+        return aggregate_visits(((r[:9], r[9], r[10]) for r in rows), query)
+
+    async def put_spend(self, rows: Sequence[SpendRow]) -> None:
+        values = [(r.tracker, r.day, r.source, r.medium, r.campaign, r.amount_cents,
+                   r.currency) for r in rows]
+
+        def write(conn: sqlite3.Connection) -> None:
+            def body() -> None:
+                conn.executemany("INSERT OR REPLACE INTO spend VALUES (?,?,?,?,?,?,?)", values)
+
+            self._tx(conn, body)
+
+        await self._write(write)
+
+    async def list_spend(
+        self, tracker: str | None = None, since_day: str | None = None,
+        until_day: str | None = None,
+    ) -> list[SpendRow]:
+        conds = [("tracker = ?", tracker), ("day >= ?", since_day), ("day < ?", until_day)]
+        used = [(c, v) for c, v in conds if v is not None]
+        where = " WHERE " + " AND ".join(c for c, _ in used) if used else ""
+        sql = f"SELECT * FROM spend{where} ORDER BY tracker, day, source, medium, campaign"
+        rows = await self._report(lambda c: c.execute(sql, [v for _, v in used]).fetchall())
+        return [SpendRow(*r) for r in rows]
+
+    async def purge_calls(self, before: float) -> int:
+        """In batches of 5,000 calls, each its own transaction (the writer stays free)."""
+        hour = int(before // 3600)
+
+        def batch(conn: sqlite3.Connection) -> int:
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM calls WHERE started_ts < ? LIMIT 5000", (before,))]
+            facts = [r[0] for r in conn.execute(
+                "SELECT id FROM report_calls INDEXED BY report_calls_ts WHERE ts < ?"
+                " LIMIT 5000", (before,))]
+
+            def body() -> None:
+                _execute_rows(conn, "DELETE FROM calls WHERE id IN (VALUES {values})", 1,
+                              [(i,) for i in ids])
+                _execute_rows(conn, "DELETE FROM report_calls WHERE id IN (VALUES {values})",
+                              1, [(i,) for i in facts])
+                _execute_rows(conn, "DELETE FROM call_tags WHERE id IN (VALUES {values})", 1,
+                              [(i,) for i in facts])
+                conn.execute("DELETE FROM report_visits WHERE hour < ?", (hour,))
+
+            self._tx(conn, body)
+            return max(len(ids), len(facts))
+
+        total = 0
+        while n := await self._write(batch):
+            total += n
+        return total
+
+
