@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 # compiled, in dependency order (each imports only those before it)
-COMPILED = ("uri", "headers", "model", "parse", "framing", "message", "transaction", "dialog",
-            "endpoint")
+COMPILED = ("errors", "uri", "headers", "model", "parse", "framing", "message", "transaction",
+            "dialog", "endpoint")
 STAMP = "native.json"
 
 NATIVE: str  # "compiled", "pure python", or "pure python (...)": for logs and benchmarks

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .errors import DialogError
 from .message import Headers, Request, Response
 from .uri import NameAddr, SipSyntaxError, SipURI
 
@@ -18,15 +19,6 @@ __all__ = ["TARGET_REFRESH", "Dialog", "DialogError", "make_cancel"]
 # Requests whose Contact (and their 2xx's) replaces the remote target (§12.2, RFC 3311
 # §5.1). SUBSCRIBE, NOTIFY and REFER would be others; calltrackd allows none of them.
 TARGET_REFRESH = frozenset({"INVITE", "UPDATE"})
-
-
-class DialogError(Exception):
-    """The peer broke the dialog's rules; `status` is what to answer its request with."""
-
-    def __init__(self, reason: str, status: int) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
 
 
 class Dialog:

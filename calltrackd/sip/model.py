@@ -7,21 +7,11 @@ enough of it was readable, the partial request so a 400 can be formed.
 
 from __future__ import annotations
 
+from .errors import ParseError
 from .headers import VERSION, Headers, Via, is_token, reason_phrase
 from .uri import NameAddr, SipSyntaxError, ascii_number
 
 __all__ = ["Message", "ParseError", "Request", "Response", "parse_cseq", "response_for"]
-
-
-class ParseError(Exception):
-    """The peer broke the grammar. `status` is what to answer (when a request)."""
-
-    def __init__(self, reason: str, status: int = 400, partial: Request | None = None) -> None:
-        reason = reason[:200]  # it quotes the peer's bytes, which may be 64 KB of them
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-        self.partial = partial
 
 
 class Message:

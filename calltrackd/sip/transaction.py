@@ -36,6 +36,7 @@ import enum
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from .errors import TransactionError
 from .message import Headers, Request, Response
 
 __all__ = [
@@ -91,13 +92,6 @@ class State(enum.Enum):
     CONFIRMED = "Confirmed"  # §17.2.1
     ACCEPTED = "Accepted"  # RFC 6026 §7.1, §7.2
     TERMINATED = "Terminated"
-
-
-class TransactionError(Exception):
-    """The TU asked for something the state does not allow (we broke the protocol)."""
-
-    def __init__(self, kind: str, state: State, event: str) -> None:
-        super().__init__(f"{kind}: event {event!r} not allowed in state {state.value}")
 
 
 class Transaction:

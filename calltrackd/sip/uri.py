@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
+from .errors import SipSyntaxError
+
 __all__ = [
     "TOKEN_CHARS",
     "NameAddr",
@@ -22,10 +24,6 @@ __all__ = [
 
 
 T = TypeVar("T")
-
-
-class SipSyntaxError(ValueError):
-    """A URI or header value that does not follow the grammar."""
 
 
 _HOST_BAD = set(' \t"<>@,;?\\')

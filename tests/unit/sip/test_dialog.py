@@ -10,6 +10,7 @@ from typing import TypeVar
 import pytest
 
 from calltrackd.sip.dialog import Dialog, DialogError, make_cancel
+from calltrackd.sip.errors import RemoteProtocolError
 from calltrackd.sip.message import Request, Response, parse_message, response_for
 
 ALICE_CONTACT = "<sip:alice@192.0.2.1:5060>"
@@ -167,6 +168,7 @@ def test_a_request_below_the_last_cseq_is_refused_with_500() -> None:
     with pytest.raises(DialogError) as refused:
         uas.receive_request(wire(info))
     assert refused.value.status == 500
+    assert isinstance(refused.value, RemoteProtocolError)  # the peer's fault (sip/errors.py)
     assert uas.remote_cseq == 3
     uas.receive_request(wire(uac.request("ACK", via(), cseq=1)))  # an ACK keeps its INVITE's
     uas.receive_request(wire(uac.request("BYE", via())))
