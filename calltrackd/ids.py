@@ -1,37 +1,13 @@
-"""Random identifiers (Call-IDs, tags, branches, call, session and event ids) from a
-buffered `os.urandom`: the same kernel CSPRNG as `secrets`, but one getrandom() system
-call per 4 KiB instead of one per id, which shows in profiles at hundreds of calls per
-second (each call makes about ten ids). Not fork-safe: a forked child must call `reset()`.
-"""
+"""The project's ids: the SIP core's generator (calltrackd/sip/ids.py: a buffered
+`os.urandom`, the only one), and the ids the daemon makes with it."""
 
 from __future__ import annotations
 
-import base64
-import os
+from .sip.ids import reset, token_bytes, token_hex, token_urlsafe
 
-_BUFFER = 4096
-_buf = b""
-_pos = 0
+__all__ = ["reset", "session_id", "token_bytes", "token_hex", "token_urlsafe"]
 
 
-def reset() -> None:
-    global _buf, _pos
-    _buf, _pos = b"", 0
-
-
-def token_bytes(n: int) -> bytes:
-    global _buf, _pos
-    if _pos + n > len(_buf):
-        _buf, _pos = os.urandom(max(_BUFFER, n)), 0
-    out = _buf[_pos:_pos + n]
-    _pos += n
-    return out
-
-
-def token_urlsafe(n: int) -> str:
-    """Like `secrets.token_urlsafe(n)`: n random bytes, base64url without padding."""
-    return base64.urlsafe_b64encode(token_bytes(n)).rstrip(b"=").decode("ascii")
-
-
-def token_hex(n: int) -> str:
-    return token_bytes(n).hex()
+def session_id() -> str:
+    """A visitor session's id: `s_` and 128 random bits in 22 base64url characters."""
+    return "s_" + token_urlsafe(16)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from .. import ids
+from . import ids
 
 __all__ = ["Challenge", "authorization_for", "build_authorization", "parse_challenge"]
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, TypeAlias
 
-from .. import ids
+from . import ids
 from .message import ParseError, Request, Response, Via, parse_message, response_for
 from .transaction import (
     Action,

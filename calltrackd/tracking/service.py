@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import math
 import re
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from calltrackd import ids
 from calltrackd.store.base import Store
 from calltrackd.tracking import attribution as attr
 from calltrackd.tracking import visits
@@ -49,7 +49,7 @@ PENDING_LIMIT = 100_000
 
 
 def new_session_id() -> str:
-    return "s_" + secrets.token_urlsafe(16)  # 128 random bits, 22 characters
+    return ids.session_id()  # 128 random bits, 22 characters
 
 
 @dataclass(frozen=True, slots=True)
