@@ -6,7 +6,8 @@
     │   └── TransactionError
     └── RemoteProtocolError: the peer did (a malformed message, a value off the grammar,
         a request against its dialog's rules): answered with `status`, a 4xx or 5xx
-        ├── ParseError (a message that does not parse; may carry the readable part)
+        ├── ParseError (a message that does not parse; may carry the readable part:
+        │   a `Request`, so it is defined beside it in model.py)
         ├── SipSyntaxError (a URI or header value; also a ValueError)
         └── DialogError
 
@@ -19,15 +20,10 @@ escaping is ours to fix. The old names stay where they were defined (`message`, 
 from __future__ import annotations
 
 from enum import Enum
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .model import Request
 
 __all__ = [
     "DialogError",
     "LocalProtocolError",
-    "ParseError",
     "RemoteProtocolError",
     "SipError",
     "SipSyntaxError",
@@ -58,15 +54,6 @@ class RemoteProtocolError(SipError):
 
     def __init__(self, reason: str, status: int = 400) -> None:
         super().__init__(reason, status)
-
-
-class ParseError(RemoteProtocolError):
-    """A message that does not follow the grammar. `status` is what to answer (when a
-    request); `partial` the request as far as it was read, when a response can be formed."""
-
-    def __init__(self, reason: str, status: int = 400, partial: Request | None = None) -> None:
-        super().__init__(reason, status)
-        self.partial = partial
 
 
 class SipSyntaxError(RemoteProtocolError, ValueError):

@@ -7,11 +7,20 @@ enough of it was readable, the partial request so a 400 can be formed.
 
 from __future__ import annotations
 
-from .errors import ParseError
+from .errors import RemoteProtocolError
 from .headers import VERSION, Headers, Via, is_token, reason_phrase
 from .uri import NameAddr, SipSyntaxError, ascii_number
 
 __all__ = ["Message", "ParseError", "Request", "Response", "parse_cseq", "response_for"]
+
+
+class ParseError(RemoteProtocolError):
+    """A message that does not follow the grammar. `status` is what to answer (when a
+    request); `partial` the request as far as it was read, when a response can be formed."""
+
+    def __init__(self, reason: str, status: int = 400, partial: Request | None = None) -> None:
+        super().__init__(reason, status)
+        self.partial = partial
 
 
 class Message:
