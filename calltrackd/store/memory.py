@@ -12,9 +12,16 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from calltrackd.store.allocation import Allocator
 from calltrackd.store.base import HISTORY_KEEP, HISTORY_MAX, PoolStats
-from calltrackd.tracking.allocator import Allocator, NumberState, UsageBucket
-from calltrackd.tracking.model import Hold, LastVisit, Tracker, VisitorSession
+from calltrackd.tracking.model import (
+    Hold,
+    LastVisit,
+    NumberState,
+    Tracker,
+    UsageBucket,
+    VisitorSession,
+)
 
 _SESSION_CACHE = 50_000
 

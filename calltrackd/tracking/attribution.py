@@ -30,10 +30,17 @@ from calltrackd.tracking.model import (
     Pool,
     Tracker,
     VisitorSession,
+    is_anonymous,
 )
 
-_ANONYMOUS = frozenset({"", "anonymous", "unknown", "unavailable", "restricted", "private"})
-
+__all__ = [
+    "attribute",
+    "is_anonymous",  # the domain's (tracking/model.py), kept importable from here
+    "is_pool_number",
+    "overflow_for",
+    "overflow_number",
+    "qualified",
+]
 
 # (static number → channel, pool number → pool name, pool default number → pool name)
 _Roles = tuple[dict[str, str], dict[str, str], dict[str, str]]
@@ -76,11 +83,6 @@ def overflow_for(tracker: Tracker, session: VisitorSession | None) -> str:
     else:
         pool = match_pool(tracker.pools, session.utm_source, session.utm_medium)
     return overflow_number(tracker, pool)
-
-
-def is_anonymous(caller: str) -> bool:
-    """A caller id that says nothing about who called (withheld, unknown)."""
-    return caller.strip().lower() in _ANONYMOUS
 
 
 def qualified(talk_seconds: float | None, min_seconds: float) -> bool:

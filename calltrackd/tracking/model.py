@@ -15,6 +15,16 @@ HangupBy = Literal["caller", "callee", "system"]
 AttributionKind = Literal["dynamic", "static", "default", "expired", "none"]
 ReservationKind = Literal["dynamic", "default"]
 
+# caller ids that say nothing about who called (withheld, unknown): no caller history,
+# neither first-time nor repeat, no distinct caller in reports; in every store alike
+ANONYMOUS_CALLERS = frozenset({"", "anonymous", "unknown", "unavailable", "restricted",
+                               "private"})
+
+
+def is_anonymous(caller: str) -> bool:
+    """A caller id that says nothing about who called (withheld, unknown)."""
+    return caller.strip().lower() in ANONYMOUS_CALLERS
+
 
 # --- configuration vocabulary -------------------------------------------------------
 
@@ -374,3 +384,29 @@ class Hold:
     pool: str
     started_at: float
     until: float
+
+
+@dataclass(frozen=True, slots=True)
+class NumberState:
+    """A number's reservation state, as persisted and restored by a store."""
+
+    number: str
+    tracker: str
+    pool: str
+    holder: str | None = None
+    held_since: float = 0.0
+    expires_at: float = 0.0
+    last_holder: str | None = None
+    last_held_since: float = 0.0
+    released_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class UsageBucket:
+    """One hour of a pool's use: peak concurrent reservations and requests turned away."""
+
+    tracker: str
+    pool: str
+    hour: int  # unix seconds // 3600
+    peak: int
+    shortfall: int

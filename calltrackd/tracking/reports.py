@@ -25,7 +25,7 @@ from datetime import date
 from typing import Any
 from urllib.parse import urlsplit
 
-from calltrackd.tracking.model import Attribution, CallRecord, VisitorSession
+from calltrackd.tracking.model import Attribution, CallRecord, VisitorSession, is_anonymous
 
 DIMENSIONS: tuple[str, ...] = (
     "channel", "source", "medium", "campaign", "term", "content", "landing_page",
@@ -165,7 +165,7 @@ def call_fact(record: CallRecord) -> CallFact:
     return CallFact(
         id=record.id, tracker=record.tracker, ts=record.started_at.timestamp(),
         did=record.did,
-        caller=None if record.caller in ("", "anonymous") else _clean(record.caller),
+        caller=None if is_anonymous(record.caller) else _clean(record.caller),
         channel=_clean(channel), source=_clean(source), medium=_clean(medium),
         campaign=_clean(session.utm_campaign) if session else None,
         term=_clean(session.utm_term) if session else None,

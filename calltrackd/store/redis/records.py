@@ -31,6 +31,7 @@ from calltrackd.store.base import (
 from calltrackd.tracking.model import (
     CallRecord,
     WebhookDelivery,
+    is_anonymous,
 )
 from calltrackd.tracking.reports import (
     CallGroup,
@@ -66,7 +67,7 @@ class RedisRecords(RedisPlumbing):
     ) -> None:
         record = storable_call(record)  # without a field no store can write, never refused
         args: list[Any] = [record.id, record.tracker, timestamp(record.started_at),
-                           record.caller if record.caller != "anonymous" else "",
+                           "" if is_anonymous(record.caller) else record.caller,
                            encode_call(record), len(deliveries)]
         for d in deliveries:
             args += [d.id, d.event_id, d.event, d.tracker, d.url, d.body, d.created_at,

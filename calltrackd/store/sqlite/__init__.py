@@ -1,6 +1,6 @@
 """The embedded store: one node, stdlib sqlite3 in WAL mode, off the event loop.
 
-- Reservations live in memory (`tracking.allocator.Allocator`): allocation runs on the
+- Reservations live in memory (`store.allocation.Allocator`): allocation runs on the
   loop with no await between check and take, so it is atomic within the one asyncio
   process. Number states, hourly pool usage and visitor sessions are written behind,
   batched every `flush_interval` (a kill loses at most that much reservation activity).

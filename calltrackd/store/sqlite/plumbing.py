@@ -36,7 +36,7 @@ from calltrackd.store.base import (
     timestamp,
 )
 from calltrackd.store.memory import MemoryState
-from calltrackd.tracking.allocator import NumberState, UsageBucket
+from calltrackd.tracking.model import NumberState, UsageBucket
 from calltrackd.tracking.reports import (
     CallFact,
     VisitCell,

@@ -29,10 +29,10 @@ from calltrackd.store.base import (
     timestamp,
     with_crm,
 )
-from calltrackd.tracking.attribution import is_anonymous
 from calltrackd.tracking.model import (
     CallRecord,
     WebhookDelivery,
+    is_anonymous,
 )
 from calltrackd.tracking.reports import (
     CallGroup,

@@ -14,12 +14,15 @@ from test_store_sqlite import NUMBERS, T0, TRACKER, call, delivery, session
 from calltrackd.store import create_store
 from calltrackd.store.base import Store
 from calltrackd.tracking.model import (
+    ANONYMOUS_CALLERS,
     Attribution,
     CallRecord,
     ForwardTarget,
     Pool,
     Tracker,
+    is_anonymous,
 )
+from calltrackd.tracking.reports import ReportQuery
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -101,6 +104,20 @@ async def test_sessions_and_callers(store: Store) -> None:
     await store.save_call(call("c_1"))
     assert await store.caller_seen("acme", "+79161234567")
     assert not await store.caller_seen("other", "+79161234567")
+
+
+@pytest.mark.parametrize("caller", [*sorted(ANONYMOUS_CALLERS), "Anonymous", " Private "])
+async def test_an_anonymous_caller_is_no_caller_in_either_store(store: Store,
+                                                                 caller: str) -> None:
+    """One rule (tracking/model.py's is_anonymous): no caller history, no distinct caller
+    in reports, in the SQLite and the Redis store alike."""
+    assert is_anonymous(caller)
+    await store.save_call(call("c_anon", caller=caller))
+    await store.save_call(call("c_known"))
+    assert not await store.caller_seen("acme", caller)
+    assert await store.caller_seen("acme", "+79161234567")
+    [group] = await store.report_calls(ReportQuery(group_by=()))
+    assert (group.calls, group.unique_callers) == (2, 1)
 
 
 async def test_reservations_idle_longest_renew_release_and_holders(store: Store) -> None:
