@@ -16,6 +16,7 @@ import math
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 
@@ -28,7 +29,7 @@ from .keys import CLOCK, NOTIFY_OUTBOX, STORE, TRACKING, require
 
 NEEDS: Final = (STORE, TRACKING, NOTIFY_OUTBOX, CLOCK)
 
-DEFAULT_DAYS = 30  # a report without `since` covers the last 30 UTC days
+DEFAULT_DAYS = 30  # a report without `since` covers the last 30 local days
 MAX_SPEND_ROWS = 100_000
 _LOWERED = frozenset({"channel", "source", "medium", "referrer_domain"})
 
@@ -73,7 +74,7 @@ def _pools(trackers: tuple[Tracker, ...], only: str | None) -> dict[str, str]:
 
 
 def parse_report_query(request: web.Request) -> rep.ReportQuery:
-    allowed = {"group_by", "tracker", "since", "until", *rep.DIMENSIONS}
+    allowed = {"group_by", "tracker", "since", "until", "tz", *rep.DIMENSIONS}
     for name in request.query:
         if name not in allowed:
             raise _invalid(name, "unknown parameter (group_by, tracker, since, until or a "
@@ -91,17 +92,48 @@ def parse_report_query(request: web.Request) -> rep.ReportQuery:
         if not accepted:
             raise _invalid(dim, "expected one or more values (comma-separated or repeated)")
     tracker = _tracker_param(request)
-    until = _time_param(request, "until") or datetime.fromtimestamp(request.app[CLOCK](), UTC)
-    since = _time_param(request, "since")
+    zone = _zone_param(request, tracker)
+    until = (_local_time_param(request, "until", zone)
+             or datetime.fromtimestamp(request.app[CLOCK](), UTC))
+    since = _local_time_param(request, "since", zone)
     if since is None:
-        start = datetime(until.year, until.month, until.day, tzinfo=UTC)
-        since = start - timedelta(days=DEFAULT_DAYS - 1)
+        today = rep.local_date(until.timestamp(), zone)
+        since = datetime.fromtimestamp(
+            rep.local_midnight(today - timedelta(days=DEFAULT_DAYS - 1), zone), UTC)
     if since > until:
         raise _invalid("since", "must not be after until")
     return rep.ReportQuery(
         group_by=tuple(group_by), filters=filters, tracker=tracker,
         since=since.timestamp(), until=until.timestamp(),
-        pools=_pools(request.app[TRACKING].trackers, tracker))
+        pools=_pools(request.app[TRACKING].trackers, tracker), zone=zone)
+
+
+def _zone_param(request: web.Request, tracker: str | None) -> str:
+    """`?tz=`, else the tracker's `timezone`, else UTC: the report's days and hours."""
+    zone = request.query.get("tz") or None
+    if zone is None:
+        t = request.app[TRACKING].tracker(tracker) if tracker else None
+        return t.timezone if t is not None else "UTC"
+    try:
+        ZoneInfo(zone)
+    except (ValueError, ZoneInfoNotFoundError):
+        raise _invalid("tz", f"expected an IANA time zone (Europe/Berlin), got {zone!r}") \
+            from None
+    return zone
+
+
+def _local_time_param(request: web.Request, name: str, zone: str) -> datetime | None:
+    """A time without an offset (a day "2026-12-01" or "2026-12-01T09:00") is the zone's
+    local time; with one ("Z", "+03:00") or unix seconds it is that instant."""
+    raw = request.query.get(name) or ""
+    if raw and not raw.replace(".", "", 1).isdigit() and not raw.endswith("Z"):
+        try:
+            naive = datetime.fromisoformat(raw)
+        except ValueError:
+            naive = None  # _time_param answers 400
+        if naive is not None and naive.tzinfo is None:
+            return naive.replace(tzinfo=ZoneInfo(zone))
+    return _time_param(request, name)
 
 
 def _iso(ts: float) -> str:
@@ -117,14 +149,14 @@ async def report(request: web.Request) -> web.Response:
     coarse = rep.spend_query(query)
     spend_rows: list[rep.SpendRow] = []
     if query.spend_applies() or coarse is not None:
-        since_day = datetime.fromtimestamp(query.since, UTC).date()
-        until_day = datetime.fromtimestamp(query.until, UTC).date() + timedelta(days=1)
+        since_day = rep.local_date(query.since, query.zone)
+        until_day = rep.local_date(query.until, query.zone) + timedelta(days=1)
         spend_rows = await store.list_spend(query.tracker, since_day.isoformat(),
                                             until_day.isoformat())
     out, totals = rep.build_rows(query, calls, visits, rep.aggregate_spend(spend_rows, query))
     answer: dict[str, Any] = {
         "since": _iso(query.since), "until": _iso(query.until),
-        "tracker": query.tracker, "group_by": list(query.group_by),
+        "tracker": query.tracker, "timezone": query.zone, "group_by": list(query.group_by),
         "rows": out, "totals": totals,
     }
     if coarse is not None:

@@ -13,17 +13,24 @@ A store answers a `ReportQuery` with `CallGroup`s (SQL on SQLite, `aggregate_cal
 Python on Redis: both yield the same integers, sums are in milliseconds and cents) and
 `VisitGroup`s; `build_rows` joins them with spend into the answer's rows.
 
-Days, hours and weekdays are UTC. Money is kept in cents (integers) so that sums are
-exact on every store.
+Days, hours and weekdays are local to the query's `zone` (the tracker's `timezone`,
+DST-correct): a call's local day and hour come from its timestamp and the zone's UTC
+offsets over the period (`zone_segments`); the period itself is given in unix seconds
+(the HTTP layer makes `since`/`until` days local midnights). Visit cells are counted per
+UTC hour and shown at that hour's local time (exact for zones whose offsets are whole
+hours). Money is kept in cents (integers) so that sums are exact on every store.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import bisect
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 from calltrackd.tracking.model import Attribution, CallRecord, VisitorSession, is_anonymous
 
@@ -234,6 +241,7 @@ def aggregate_encoded(facts: Iterable[bytes], crm: Mapping[bytes, bytes],
     and their CRM parts by call id (`encode_crm`): the same groups, without building a
     CallFact per call (1M facts are the budget of a report)."""
     lo, hi = query.since, query.until
+    segs = query.segments() if query.local_time() else None
     pools = {n.encode(): p.encode() for n, p in query.pools.items()}
     plain = [(_FIELD[d], {_raw(d, v) for v in ok}) for d, ok in query.filters.items()
              if d not in ("tag", "pool")]
@@ -252,6 +260,9 @@ def aggregate_encoded(facts: Iterable[bytes], crm: Mapping[bytes, bytes],
         ts = float(p[1])
         if ts < lo or ts >= hi:
             continue
+        if segs is not None:  # the local day, hour and weekday in place of UTC's
+            day, hour = local_day_hour(segs, ts)
+            p[2], p[3], p[4] = b"%d" % day, b"%d" % hour, b"%d" % weekday(day)
         if plain and not all(p[i] in ok for i, ok in plain):
             continue
         c = crm.get(p[0]) if crm else None
@@ -336,6 +347,16 @@ class ReportQuery:
     since: float = 0.0
     until: float = float("inf")
     pools: Mapping[str, str] = field(default_factory=dict)
+    zone: str = "UTC"  # IANA name: the days, hours and weekdays of the report
+
+    def segments(self) -> Segments:
+        """The zone's UTC offsets over the period (`zone_segments`)."""
+        return zone_segments(self.zone, self.since, self.until)
+
+    def local_time(self) -> bool:
+        """Does the query need local (not UTC) days, hours or weekdays?"""
+        return self.segments() != _UTC_SEGMENTS and any(
+            d in TIME_DIMENSIONS for d in (*self.group_by, *self.filters))
 
     def visits_apply(self) -> bool:
         """Visitors can be counted for this query (no call-only dimension in it)."""
@@ -343,6 +364,98 @@ class ReportQuery:
 
     def spend_applies(self) -> bool:
         return all(d in SPEND_DIMENSIONS for d in (*self.group_by, *self.filters))
+
+
+# --- local time: a zone's UTC offsets over a period ------------------------------------
+# (starts, offsets): the offset in seconds is offsets[i] from starts[i] (starts[0] is
+# -inf) until starts[i + 1]. A period of 90 days has at most a few transitions.
+
+Segments = tuple[tuple[float, ...], tuple[int, ...]]
+TIME_DIMENSIONS = frozenset({"day", "hour", "weekday"})
+_UTC_SEGMENTS: Segments = ((float("-inf"),), (0,))
+_SEARCH_LIMIT = 2**31  # periods open to the future are searched up to 2038
+
+
+def _offset(zone: ZoneInfo, ts: float) -> int:
+    off = datetime.fromtimestamp(ts, zone).utcoffset()
+    return int(off.total_seconds()) if off is not None else 0
+
+
+@functools.lru_cache(maxsize=256)
+def zone_segments(zone: str, since: float, until: float) -> Segments:
+    """The UTC offsets of `zone` over [since, until): found by a walk a day at a time and
+    a bisection to the second at each change (offsets change at most twice a year)."""
+    if zone in ("UTC", "Etc/UTC"):
+        return _UTC_SEGMENTS
+    tz = ZoneInfo(zone)
+    lo = max(since, 0.0)
+    hi = min(until, float(_SEARCH_LIMIT))
+    starts, offsets = [float("-inf")], [_offset(tz, lo)]
+    t = lo
+    while t < hi:
+        nxt = min(t + DAY, hi)
+        off = _offset(tz, nxt)
+        if off != offsets[-1]:
+            a, b = t, nxt  # offset(a) is the old one, offset(b) the new
+            while b - a > 1:
+                mid = (a + b) // 2
+                if _offset(tz, mid) == off:
+                    b = mid
+                else:
+                    a = mid
+            starts.append(float(b))
+            offsets.append(off)
+        t = nxt
+    return tuple(starts), tuple(offsets)
+
+
+def offset_at(segs: Segments, ts: float) -> int:
+    starts, offsets = segs
+    if len(starts) == 1:
+        return offsets[0]
+    return offsets[bisect.bisect_right(starts, ts) - 1]
+
+
+def local_day_hour(segs: Segments, ts: float) -> tuple[int, int]:
+    """(day number, hour) of a unix time in the local time of the segments."""
+    local = ts + offset_at(segs, ts)
+    return int(local // DAY), int(local % DAY // 3600)
+
+
+def local_ts_sql(column: str, segs: Segments) -> str:
+    """SQL for the local time (unix seconds shifted by the offset) of a unix-seconds
+    column; the numbers are the zone's own, written as literals."""
+    starts, offsets = segs
+    if len(starts) == 1:
+        return f"({column} + {offsets[0]})"
+    cases = " ".join(f"WHEN {column} < {starts[i + 1]!r} THEN {offsets[i]}"
+                     for i in range(len(starts) - 1))
+    return f"({column} + CASE {cases} ELSE {offsets[-1]} END)"
+
+
+def time_sql(dim: str, query: ReportQuery, floor: Callable[[str], str],
+             column: str = "r.ts") -> str | None:
+    """SQL for a local day number, hour or weekday of the query's zone from a
+    unix-seconds column (`floor` writes the dialect's integer floor of an expression);
+    None when the query's times are UTC (the store's own day and hour columns do)."""
+    if dim not in TIME_DIMENSIONS or not query.local_time():
+        return None
+    local = local_ts_sql(column, query.segments())
+    day = floor(f"{local} / {DAY}")
+    if dim == "hour":
+        return f"({floor(f'{local} / 3600')} % 24)"
+    return day if dim == "day" else f"(({day} + 3) % 7 + 1)"
+
+
+def local_midnight(day: date, zone: str) -> float:
+    """Unix seconds of the start of a local day (DST-correct)."""
+    tz = UTC if zone in ("UTC", "Etc/UTC") else ZoneInfo(zone)
+    return datetime(day.year, day.month, day.day, tzinfo=tz).timestamp()
+
+
+def local_date(ts: float, zone: str) -> date:
+    tz = UTC if zone in ("UTC", "Etc/UTC") else ZoneInfo(zone)
+    return datetime.fromtimestamp(ts, tz).date()
 
 
 def weekday(day_number: int) -> int:
@@ -358,16 +471,14 @@ def day_text(number: int) -> str:
     return date.fromordinal(number + date(1970, 1, 1).toordinal()).isoformat()
 
 
-def _fact_values(fact: CallFact, dim: str, pools: Mapping[str, str]) -> tuple[Any, ...]:
+def _fact_values(fact: CallFact, dim: str, pools: Mapping[str, str],
+                 segs: Segments = _UTC_SEGMENTS) -> tuple[Any, ...]:
     """The fact's value(s) of a dimension: one, or one per tag (None without tags)."""
     if dim == "tag":
         return fact.tags or (None,)
-    if dim == "day":
-        return (fact.day,)
-    if dim == "hour":
-        return (fact.hour,)
-    if dim == "weekday":
-        return (weekday(fact.day),)
+    if dim in TIME_DIMENSIONS:
+        day, hour = local_day_hour(segs, fact.ts)
+        return (hour,) if dim == "hour" else (day,) if dim == "day" else (weekday(day),)
     if dim == "pool":
         return (pools.get(fact.did),)
     return (getattr(fact, dim),)
@@ -393,8 +504,9 @@ class CallGroup:
 
 def _keys(fact: CallFact, query: ReportQuery) -> list[tuple[Any, ...]]:
     keys: list[tuple[Any, ...]] = [()]
+    segs = query.segments()
     for dim in query.group_by:
-        values = _fact_values(fact, dim, query.pools)
+        values = _fact_values(fact, dim, query.pools, segs)
         if dim == "tag" and "tag" in query.filters:  # grouped by tag, only those asked for
             values = tuple(v for v in values if v in query.filters["tag"])
         keys = [(*k, v) for k in keys for v in values]
@@ -406,8 +518,9 @@ def _passes(fact: CallFact, query: ReportQuery) -> bool:
         return False
     if not query.since <= fact.ts < query.until:
         return False
+    segs = query.segments()
     for dim, accepted in query.filters.items():
-        if not any(v in accepted for v in _fact_values(fact, dim, query.pools)):
+        if not any(v in accepted for v in _fact_values(fact, dim, query.pools, segs)):
             return False
     return True
 
@@ -460,13 +573,14 @@ _CELL_INDEX = {"channel": 1, "source": 2, "medium": 3, "campaign": 4, "term": 5,
                "content": 6, "landing_page": 7, "referrer_domain": 8}
 
 
-def cell_value(cell: Sequence[Any], dim: str) -> Any:
-    """A visit cell's value of a (visit) dimension, typed as the report shows it."""
-    if dim in ("day", "hour", "weekday"):
-        hour = int(cell[0])
+def cell_value(cell: Sequence[Any], dim: str, segs: Segments = _UTC_SEGMENTS) -> Any:
+    """A visit cell's value of a (visit) dimension, typed as the report shows it; a
+    cell's time is its UTC hour's start in local time."""
+    if dim in TIME_DIMENSIONS:
+        day, hour = local_day_hour(segs, int(cell[0]) * 3600)
         if dim == "hour":
-            return hour % 24
-        return hour // 24 if dim == "day" else weekday(hour // 24)
+            return hour
+        return day if dim == "day" else weekday(day)
     return cell[_CELL_INDEX[dim]] or None
 
 
@@ -475,13 +589,14 @@ def aggregate_visits(cells: Iterable[tuple[Sequence[Any], int, int]],
     """Visit cells (cell, visitors, dynamic) of the query's tracker and hours → groups.
     The period applies by hour: a visit counts when its first hour is in [since, until)."""
     lo, hi = query.since // 3600, query.until / 3600
+    segs = query.segments()
     groups: dict[tuple[Any, ...], VisitGroup] = {}
     for cell, visitors, dynamic in cells:
         if not lo <= int(cell[0]) < hi:
             continue
-        if any(cell_value(cell, d) not in ok for d, ok in query.filters.items()):
+        if any(cell_value(cell, d, segs) not in ok for d, ok in query.filters.items()):
             continue
-        key = tuple(cell_value(cell, d) for d in query.group_by)
+        key = tuple(cell_value(cell, d, segs) for d in query.group_by)
         g = groups.get(key)
         if g is None:
             g = groups[key] = VisitGroup(key)
@@ -526,15 +641,16 @@ def spend_value(row: SpendRow, dim: str) -> Any:
 def aggregate_spend(rows: Iterable[SpendRow], query: ReportQuery
                     ) -> dict[tuple[Any, ...], tuple[int, frozenset[str]]]:
     """Spend by report key: cents and the currencies summed. Only for queries whose
-    dimensions spend has (`spend_applies`); a day's spend counts when the day starts in
-    [since, until)."""
+    dimensions spend has (`spend_applies`); a day's spend counts when the day (a local
+    day of the query's zone) starts in [since, until)."""
     out: dict[tuple[Any, ...], tuple[int, frozenset[str]]] = {}
     if not query.spend_applies():
         return out
     for row in rows:
         if query.tracker is not None and row.tracker != query.tracker:
             continue
-        if not query.since <= day_number(row.day) * DAY < query.until:
+        if not query.since <= local_midnight(date.fromisoformat(row.day), query.zone) \
+                < query.until:
             continue
         if any(spend_value(row, d) not in ok for d, ok in query.filters.items()):
             continue

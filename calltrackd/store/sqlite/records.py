@@ -42,6 +42,7 @@ from calltrackd.tracking.reports import (
     aggregate_visits,
     call_fact,
     cents,
+    time_sql,
 )
 
 from .outbox import DELIVERY_COLS, NDELIVERY_COLS, delivery_row
@@ -67,13 +68,19 @@ def _in(column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
     return f"{column} IN ({','.join('?' * len(values))})", list(values)
 
 
+def _floor(x: str) -> str:
+    return f"CAST({x} AS INTEGER)"  # unix times are positive: truncation is the floor
+
+
 def _report_sql(q: ReportQuery) -> tuple[str, list[Any]]:
     """The SELECT of `report_calls` computing `CallGroup`s as `aggregate_calls` does."""
     exprs: list[str] = []
     args: list[Any] = []
     join = ""
     for dim in q.group_by:
-        if dim == "weekday":
+        if local := time_sql(dim, q, _floor):  # the query's local time, not UTC's
+            exprs.append(local)
+        elif dim == "weekday":
             exprs.append("(r.day + 3) % 7 + 1")
         elif dim == "tag":
             exprs.append("t.tag")
@@ -110,6 +117,9 @@ def _report_sql(q: ReportQuery) -> tuple[str, list[Any]]:
             conds.append(cond)
         elif dim == "first_time":
             cond, a = _in("r.first_time", [int(v) for v in values])
+            conds.append(cond)
+        elif local := time_sql(dim, q, _floor):
+            cond, a = _in(local, values)
             conds.append(cond)
         elif dim == "weekday":
             cond, a = _in("(r.day + 3) % 7 + 1", values)
