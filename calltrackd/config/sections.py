@@ -110,9 +110,9 @@ def store(c: Checker, data: object) -> StoreSettings:
     def check(v: str) -> str | None:
         if v.startswith("sqlite://") and len(v) > len("sqlite://"):
             return None
-        if v.startswith(("redis://", "rediss://", "unix://")):
+        if v.startswith(("redis://", "rediss://", "unix://", "postgresql://", "postgres://")):
             return None
-        return f"expected sqlite:///PATH or redis://HOST:PORT/DB, got {v!r}"
+        return f"expected sqlite:///PATH, redis://HOST:PORT/DB or postgresql://HOST/DB, got {v!r}"
 
     node = c.get(d, "store", "node_id", str, None,
                  lambda v: None if re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", v)

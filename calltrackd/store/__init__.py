@@ -11,7 +11,8 @@ __all__ = ["Store", "StoreError", "create_store"]
 
 
 def create_store(url: str, retention: float | None = None) -> Store:
-    """The store for a `[store] url` (not opened yet): `sqlite://...` or `redis://...`.
+    """The store for a `[store] url` (not opened yet): `sqlite://...`, `redis://...` or
+    `postgresql://...` (`postgres.py`).
 
     Raises ValueError naming `store.url` when the URL is not usable. `retention`
     (seconds, `[store] retention`): call records older than that are deleted in the
@@ -27,4 +28,8 @@ def create_store(url: str, retention: float | None = None) -> Store:
         except ImportError:
             raise ValueError(f"store.url: the redis backend is not available: {url!r}") from None
         return cast(Store, module.RedisStore.from_url(url, retention or None))
-    raise ValueError(f"store.url: expected sqlite:// or redis://, got {url!r}")
+    if url.startswith(("postgresql://", "postgres://")):
+        from calltrackd.store.postgres import postgres_store
+
+        return postgres_store(url, retention or None)
+    raise ValueError(f"store.url: expected sqlite://, redis:// or postgresql://, got {url!r}")
