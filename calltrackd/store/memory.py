@@ -273,3 +273,64 @@ class HoldHistory:
 
 
 # --- end of holder history -------------------------------------------------------------
+
+
+class InMemoryReservations:
+    """The `Store` methods a backend answers from its `MemoryState` (reservations, the
+    holder history, returning visitors and custom updates; written behind by the
+    backend, which provides `_check_open` and `_kick`). PostgreSQL uses it; SQLite has
+    the same methods of its own (to be moved here once its module split lands)."""
+
+    _mem: MemoryState
+
+    def _check_open(self) -> None:
+        raise NotImplementedError
+
+    def _kick(self) -> None:
+        """Wake the write-behind when much is pending."""
+
+    async def sync_pools(self, trackers: Sequence[Tracker]) -> None:
+        self._check_open()
+        self._mem.sync_pools(trackers)
+
+    async def reserve(
+        self, tracker: str, pool: str, session_id: str, now: float, ttl: float
+    ) -> Hold | None:
+        self._check_open()
+        hold = self._mem.reserve(tracker, pool, session_id, now, ttl)
+        self._kick()
+        return hold
+
+    async def reserve_number(
+        self, tracker: str, pool: str, number: str, session_id: str, now: float, ttl: float,
+        previous: str | None = None,
+    ) -> Hold | None:
+        self._check_open()
+        hold = self._mem.reserve_number(tracker, pool, number, session_id, now, ttl, previous)
+        self._kick()
+        return hold
+
+    async def renew(self, session_id: str, now: float, ttl: float) -> Hold | None:
+        self._check_open()
+        return self._mem.renew(session_id, now, ttl)
+
+    async def release(self, session_id: str, now: float) -> bool:
+        self._check_open()
+        return self._mem.release(session_id, now)
+
+    async def holders(self, number: str, now: float) -> tuple[Hold | None, Hold | None]:
+        self._check_open()
+        return self._mem.holders(number, now)
+
+    async def pool_stats(self, now: float, since: float | None = None) -> list[PoolStats]:
+        self._check_open()
+        return self._mem.pool_stats(now, since)
+
+    async def hold_history(self, number: str, now: float) -> list[Hold]:
+        self._check_open()
+        return self._mem.history.of(number, now)
+
+    async def update_session(self, session: VisitorSession) -> None:
+        self._check_open()
+        self._mem.update_session(session)
+        self._kick()

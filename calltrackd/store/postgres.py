@@ -35,7 +35,6 @@ import structlog
 from calltrackd.store.base import (
     AttributionStats,
     CallStats,
-    PoolStats,
     StoreError,
     Visit,
     VisitorStats,
@@ -54,14 +53,12 @@ from calltrackd.store.base import (
     timestamp,
     with_crm,
 )
-from calltrackd.store.memory import MemoryState
+from calltrackd.store.memory import InMemoryReservations, MemoryState
 from calltrackd.tracking.allocator import NumberState, UsageBucket
 from calltrackd.tracking.attribution import is_anonymous
 from calltrackd.tracking.model import (
     CallRecord,
-    Hold,
     LastVisit,
-    Tracker,
     VisitorSession,
     WebhookDelivery,
 )
@@ -331,8 +328,9 @@ _CdrItem = tuple[tuple[Any, ...], list[tuple[Any, ...]], tuple[str, str, float] 
 _ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
-class PostgresStore:
-    """`Store` over a PostgreSQL database (asyncpg connection pool)."""
+class PostgresStore(InMemoryReservations):
+    """`Store` over a PostgreSQL database (asyncpg connection pool); reservations in
+    memory (`InMemoryReservations`)."""
 
     def __init__(self, dsn: str, *, flush_interval: float = 0.2,
                  retention: float | None = None, pool_size: int = 8) -> None:
@@ -586,11 +584,6 @@ class PostgresStore:
         self._visit_seen[session_id] = (tracker, cell, True)
         self._visits_pending.setdefault((tracker, cell), [0, 0])[1] += 1
 
-    async def update_session(self, session: VisitorSession) -> None:
-        self._check_open()
-        self._mem.update_session(session)
-        self._kick()
-
     async def note_visit(self, tracker: str, keys: Sequence[str], visit: LastVisit,
                          keep: float) -> None:
         self._check_open()
@@ -610,49 +603,6 @@ class PostgresStore:
                 if best is None or visit.at > best.at:
                     best = visit
         return best
-
-    async def reserve_number(
-        self, tracker: str, pool: str, number: str, session_id: str, now: float, ttl: float,
-        previous: str | None = None,
-    ) -> Hold | None:
-        self._check_open()
-        hold = self._mem.reserve_number(tracker, pool, number, session_id, now, ttl, previous)
-        self._kick()
-        return hold
-
-    # --- reservations (in memory, persisted behind) ----------------------------------
-
-    async def sync_pools(self, trackers: Sequence[Tracker]) -> None:
-        self._check_open()
-        self._mem.sync_pools(trackers)
-
-    async def reserve(
-        self, tracker: str, pool: str, session_id: str, now: float, ttl: float
-    ) -> Hold | None:
-        self._check_open()
-        hold = self._mem.reserve(tracker, pool, session_id, now, ttl)
-        self._kick()
-        return hold
-
-    async def renew(self, session_id: str, now: float, ttl: float) -> Hold | None:
-        self._check_open()
-        return self._mem.renew(session_id, now, ttl)
-
-    async def release(self, session_id: str, now: float) -> bool:
-        self._check_open()
-        return self._mem.release(session_id, now)
-
-    async def holders(self, number: str, now: float) -> tuple[Hold | None, Hold | None]:
-        self._check_open()
-        return self._mem.holders(number, now)
-
-    async def pool_stats(self, now: float, since: float | None = None) -> list[PoolStats]:
-        self._check_open()
-        return self._mem.pool_stats(now, since)
-
-    async def hold_history(self, number: str, now: float) -> list[Hold]:
-        self._check_open()
-        return self._mem.history.of(number, now)
 
     # --- caller history --------------------------------------------------------------
 
