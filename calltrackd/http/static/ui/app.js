@@ -89,11 +89,10 @@
     return state.me.trackers[0] || null;
   }
 
-  // the day (YYYY-MM-DD) of a moment as the reports count days: in UTC (the reports do not
-  // take the tracker's time zone yet; the charts say so)
+  // the day (YYYY-MM-DD) of a moment as the reports count days: in the tracker's zone
   function dayOf(date) {
     var parts = new Intl.DateTimeFormat("en-CA", {
-      timeZone: "UTC", year: "numeric", month: "2-digit", day: "2-digit"
+      timeZone: tz(), year: "numeric", month: "2-digit", day: "2-digit"
     }).formatToParts(date);
     var get = function (t) { return parts.filter(function (p) { return p.type === t; })[0].value; };
     return get("year") + "-" + get("month") + "-" + get("day");
@@ -266,9 +265,9 @@
         var c1 = el("canvas", { id: "chart-channels", "aria-label": "Calls per day by channel" });
         var c2 = el("canvas", { id: "chart-answered", "aria-label": "Answered and missed calls per day" });
         p.appendChild(el("div", { class: "charts" },
-          el("div", { class: "card" }, el("h2", { text: "Calls per day by channel (days in UTC)" }),
+          el("div", { class: "card" }, el("h2", { text: "Calls per day by channel" }),
              el("div", { class: "chart" }, c1)),
-          el("div", { class: "card" }, el("h2", { text: "Answered and missed per day (UTC)" }),
+          el("div", { class: "card" }, el("h2", { text: "Answered and missed per day" }),
              el("div", { class: "chart" }, c2))));
         var stacked = { x: { stacked: true }, y: { stacked: true, beginAtZero: true,
                                                      ticks: { precision: 0 } } };
