@@ -6,8 +6,9 @@ database server, for report volumes the embedded store answers slowly.
 - Reservations, visitor sessions and returning visitors live in this process's memory
   (`MemoryState`, as on SQLite: an allocation is atomic on the event loop) and are
   written behind to the database every `flush_interval`, restored at start. So one
-  daemon node per database: several nodes sharing one database would each hand out the
-  same numbers. (CDRs, open calls and heartbeats are kept per `node_id` all the same.)
+  daemon node per database: the store holds an advisory lock while open, and a second
+  node's store refuses to open (it would hand out the same numbers). CDRs, open calls
+  and heartbeats are kept per `node_id` all the same.
 - CDRs, outbox rows, report facts and CRM updates are written through: `save_call`
   returns once its transaction committed; concurrent `save_call`s share a transaction.
   Handing out due deliveries leases them for `LEASE` seconds (`FOR UPDATE SKIP
@@ -85,6 +86,7 @@ _MAX_LIMIT = 1000
 _SEEN_CALLERS_MAX = 100_000
 _VISIT_SEEN_MAX = 200_000
 _SCHEMA_LOCK = 0x63746470  # advisory lock id: one node creates the schema at a time
+_NODE_LOCK = 0x6374646E  # advisory lock id held while open: one node per database
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -342,6 +344,7 @@ class PostgresStore(InMemoryReservations):
         self._flush_interval = flush_interval
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
+        self._lock_conn: asyncpg.Connection | None = None
         self._mem = MemoryState()
         self._seen_callers: set[tuple[str, str]] = set()
         self._cdr_queue: list[_CdrItem] = []
@@ -400,6 +403,7 @@ class PostgresStore(InMemoryReservations):
         except _ERRORS as exc:
             raise StoreError(f"postgresql: cannot connect: {exc!r}") from exc
         try:
+            await self._take_node_lock()
             async with self._conn() as c, c.transaction():
                 await c.execute(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
                 await c.execute(_SCHEMA)
@@ -419,6 +423,18 @@ class PostgresStore(InMemoryReservations):
             self._retention_task = asyncio.create_task(
                 retention_loop(self, self.retention), name="pg-retention")
 
+    async def _take_node_lock(self) -> None:
+        """Hold the database's node lock on a connection of its own while open: a second
+        node would hand out the numbers this one holds in memory."""
+        try:
+            self._lock_conn = await asyncpg.connect(self.dsn, timeout=10)
+            taken = await self._lock_conn.fetchval(f"SELECT pg_try_advisory_lock({_NODE_LOCK})")
+        except _ERRORS as exc:
+            raise StoreError(f"postgresql: {exc!r}") from exc
+        if not taken:
+            raise StoreError("store.url: another calltrackd node has this database open (one"
+                             " node per PostgreSQL database: reservations live in its memory)")
+
     async def close(self) -> None:
         """Flush what is written behind and close; a no-op when not open."""
         await stop_task(self._retention_task)
@@ -435,6 +451,10 @@ class PostgresStore(InMemoryReservations):
             if pool is not None:
                 with contextlib.suppress(*_ERRORS):
                     await asyncio.wait_for(pool.close(), 10)
+            lock, self._lock_conn = self._lock_conn, None
+            if lock is not None:  # closing the session releases the node lock
+                with contextlib.suppress(*_ERRORS):
+                    await asyncio.wait_for(lock.close(), 10)
 
     async def ping(self) -> None:
         await self._fetch("SELECT 1")

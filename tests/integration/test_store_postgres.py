@@ -125,23 +125,28 @@ async def test_reservations_sessions_and_visit_counters_survive_a_restart(pg_url
     await s.close()
 
 
-async def test_two_nodes_lease_due_deliveries_apart(pg_url: str) -> None:
+async def test_one_node_per_database_and_due_deliveries_are_leased(pg_url: str) -> None:
     a, b = create_store(pg_url), create_store(pg_url)
     a.node_id, b.node_id = "n1", "n2"
     await a.open()
-    await b.open()
     try:
+        with pytest.raises(StoreError, match="another calltrackd node"):
+            await b.open()  # its reservations would be a's numbers all over again
         await a.save_call(call("c_1"), [delivery(f"d_{i}", at=100.0 + i) for i in range(20)])
-        got_a = {d.id for d in await a.due_deliveries(500.0, 15)}
-        got_b = {d.id for d in await b.due_deliveries(500.0, 15)}
-        assert len(got_a) == 15 and len(got_b) == 5 and not got_a & got_b
-        assert len(await b.due_deliveries(500.0 + 61, 50)) == 20  # leases end: retried
+        first = {d.id for d in await a.due_deliveries(500.0, 15)}
+        second = {d.id for d in await a.due_deliveries(500.0, 15)}  # the rest only
+        assert len(first) == 15 and len(second) == 5 and not first & second
+        assert len(await a.due_deliveries(500.0 + 61, 50)) == 20  # leases end: retried
         await a.heartbeat(10.0)
-        assert await b.last_heartbeat() is None and await a.last_heartbeat() == 10.0
+        assert await a.last_heartbeat() == 10.0
         assert [c.id for c in await a.open_calls(1e12)] == ["c_1"]  # no outcome yet
-        assert await b.open_calls(1e12) == []  # each node closes its own only
     finally:
         await a.close()
+    await b.open()  # a closed: the lock is free, and b's node has nothing open
+    try:
+        assert await b.last_heartbeat() is None and await b.open_calls(1e12) == []
+        assert len(await b.due_deliveries(1000.0, 50)) == 20
+    finally:
         await b.close()
 
 
