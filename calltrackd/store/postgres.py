@@ -55,13 +55,14 @@ from calltrackd.store.base import (
     with_crm,
 )
 from calltrackd.store.memory import InMemoryReservations, MemoryState
-from calltrackd.tracking.allocator import NumberState, UsageBucket
-from calltrackd.tracking.attribution import is_anonymous
 from calltrackd.tracking.model import (
     CallRecord,
     LastVisit,
+    NumberState,
+    UsageBucket,
     VisitorSession,
     WebhookDelivery,
+    is_anonymous,
 )
 from calltrackd.tracking.reports import (
     CallFact,
