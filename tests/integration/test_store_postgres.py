@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -41,6 +42,14 @@ from .test_reports_flow import (  # noqa: F401 - the flow and its fixture, on Po
 
 # the shared store tests: those whose only argument is the store; the modules whose own
 # fixture configures the pools get them configured here too
+def _store_only(fn: Callable[..., Any]) -> bool:
+    """Does the test take the store and nothing else but its parametrized arguments?"""
+    given = {n.strip() for m in getattr(fn, "pytestmark", []) if m.name == "parametrize"
+             for n in (m.args[0].split(",") if isinstance(m.args[0], str) else m.args[0])}
+    params = list(inspect.signature(fn).parameters)
+    return bool(params) and params[0] == "store" and set(params[1:]) <= given
+
+
 def _with_pools(fn: Callable[[Store], Awaitable[None]]) -> Callable[[Store], Awaitable[None]]:
     @functools.wraps(fn)
     async def test(store: Store) -> None:
@@ -55,7 +64,7 @@ for _module, _pools in ((test_store_contract, False), (test_store_reports, False
                         (test_hold_history, True), (test_storable, False)):
     for _name, _fn in vars(_module).items():
         if _name.startswith("test_") and inspect.iscoroutinefunction(_fn) and \
-                list(inspect.signature(_fn).parameters) == ["store"]:
+                _store_only(_fn):
             globals()[_name] = _with_pools(_fn) if _pools else _fn
 
 
