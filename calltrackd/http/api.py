@@ -26,7 +26,7 @@ import structlog
 from aiohttp import web
 
 from ..metrics import CONTENT_TYPE_LATEST
-from ..store.base import StoreError, text_ok
+from ..store.base import CALL_FILTERS, StoreError, text_ok
 from .keys import HEALTH, SCRAPE, SETTINGS, STORE, require
 
 NEEDS: Final = (SETTINGS, STORE, HEALTH, SCRAPE)
@@ -177,6 +177,28 @@ def _time_param(request: web.Request, name: str) -> datetime | None:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
+MAX_FILTER = 256  # characters of a channel/source/campaign/tag filter of GET /v1/calls
+
+
+def _filters(request: web.Request) -> dict[str, str]:
+    """`channel`, `source`, `campaign`, `tag` of the query (CALL_FILTERS), each one value
+    of 1..MAX_FILTER printable characters matched exactly as the reports show it."""
+    out = {}
+    for name in CALL_FILTERS:
+        values = request.query.getall(name, [])
+        if len(values) > 1:
+            raise ApiError(400, "invalid_parameter", f"{name}: give it once")
+        value = values[0].strip() if values else ""
+        if not value:
+            continue
+        if len(value) > MAX_FILTER or not text_ok(value) or any(
+                ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise ApiError(400, "invalid_parameter",
+                           f"{name}: expected 1..{MAX_FILTER} printable characters")
+        out[name] = value
+    return out
+
+
 async def list_calls(request: web.Request) -> web.Response:
     require_admin(request)
     q = request.query
@@ -194,6 +216,7 @@ async def list_calls(request: web.Request) -> web.Response:
             outcome=outcome,
             limit=int(limit_s),
             cursor=q.get("cursor") or None,
+            where=_filters(request),
         )
     except ValueError as exc:
         raise ApiError(400, "invalid_parameter", f"cursor: {exc}") from None

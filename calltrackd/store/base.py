@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol, overload
@@ -29,6 +29,7 @@ from calltrackd.tracking.model import (
     Hold,
     LastVisit,
     Tracker,
+    UsageBucket,
     VisitorSession,
     WebhookDelivery,
 )
@@ -37,6 +38,7 @@ from calltrackd.tracking.reports import (
     ReportQuery,
     SpendRow,
     VisitGroup,
+    call_fact,
 )
 
 
@@ -201,9 +203,11 @@ class Store(Protocol):
         outcome: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        where: Mapping[str, str] | None = None,
     ) -> tuple[list[CallRecord], str | None]:
-        """CDRs newest first (by started_at) with `since <= started_at < until`, and
-        the opaque cursor of the next page. Raises ValueError for a malformed cursor."""
+        """CDRs newest first (by started_at) with `since <= started_at < until` and the
+        values of `where` (`call_matches`), and the opaque cursor of the next page.
+        Raises ValueError for a malformed cursor."""
 
     async def due_deliveries(self, now: float, limit: int,
                              exclude_urls: Collection[str] = ()) -> list[WebhookDelivery]:
@@ -247,6 +251,10 @@ class Store(Protocol):
         """Sessions by `first_seen` in the window."""
 
     async def pool_stats(self, now: float, since: float | None = None) -> list[PoolStats]: ...
+    async def pool_usage(self, tracker: str, pool: str, first_hour: int,
+                         end_hour: int) -> list[UsageBucket]:
+        """The pool's recorded hours in [first_hour, end_hour) (unix seconds // 3600),
+        oldest first; an hour in which no number was taken has none."""
 
     # --- node liveness and crash recovery ----------------------------------------------
     # `node_id` (set before `open`) names this node in a store several nodes share; a
@@ -517,6 +525,20 @@ def decode_text(value: bytes) -> str:
     """Stored bytes as text, never raising (defensive: bytes that are not UTF-8 become
     U+FFFD rather than an error for the whole query)."""
     return value.decode("utf-8", "replace")
+
+
+# `list_calls(where=...)`: a call's values as the reports show them (`call_fact`)
+CALL_FILTERS = ("channel", "source", "campaign", "tag")
+
+
+def call_matches(record: CallRecord, where: Mapping[str, str] | None) -> bool:
+    """The record has every value of `where` (keys of CALL_FILTERS; `tag`: one of its
+    tags), compared exactly with what `GET /v1/reports` groups it under."""
+    if not where:
+        return True
+    fact = call_fact(record)
+    return all(value in record.tags if key == "tag" else getattr(fact, key) == value
+               for key, value in where.items())
 
 
 def encode_cursor(started_ts: float, call_id: str) -> str:

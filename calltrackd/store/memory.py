@@ -230,6 +230,12 @@ class MemoryState:
             ))
         return out
 
+    def pool_usage(self, tracker: str, pool: str, first_hour: int,
+                   end_hour: int) -> list[UsageBucket]:
+        key = (tracker, pool)
+        return [b for h in range(first_hour, end_hour)
+                if (b := self.alloc.usage(key, h)) is not None]
+
 
 # --- holder history --------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ back in pages, counted for statistics and reports; spend, CRM updates and retent
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +17,7 @@ from calltrackd.store.base import (
     StoreError,
     Visit,
     VisitorStats,
+    call_matches,
     crm_json,
     decode_call,
     decode_cursor,
@@ -113,6 +114,7 @@ class RedisRecords(RedisPlumbing):
         outcome: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        where: Mapping[str, str] | None = None,
     ) -> tuple[list[CallRecord], str | None]:
         limit = max(1, min(limit, _MAX_LIMIT))
         after: tuple[float, str] | None = decode_cursor(cursor) if cursor else None
@@ -138,7 +140,7 @@ class RedisRecords(RedisPlumbing):
             for (_cid, ts), rec in zip(ids, recs, strict=True):
                 if rec is None:
                     continue
-                if outcome is None or rec.outcome == outcome:
+                if (outcome is None or rec.outcome == outcome) and call_matches(rec, where):
                     found.append((rec, ts))
                     if len(found) > limit:
                         break

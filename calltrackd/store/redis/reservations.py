@@ -21,6 +21,7 @@ from calltrackd.tracking.model import (
     Hold,
     LastVisit,
     Tracker,
+    UsageBucket,
     VisitorSession,
 )
 
@@ -209,6 +210,18 @@ class RedisReservations(RedisPlumbing):
         if current is not None and current.until <= now:
             return None, current  # lapsed: not yet moved by a script, but over
         return current, last
+
+    async def pool_usage(self, tracker: str, pool: str, first_hour: int,
+                         end_hour: int) -> list[UsageBucket]:
+        key = f"{tracker}:{pool}"
+        hours = [str(h) for h in range(first_hour, end_hour)]
+        if not hours:
+            return []
+        peaks = await self._do(self.r.hmget(f"ctd:peak:{key}", hours))
+        shorts = await self._do(self.r.hmget(f"ctd:short:{key}", hours))
+        return [UsageBucket(tracker, pool, int(h), int(p or 0), int(s or 0))
+                for h, p, s in zip(hours, peaks, shorts, strict=True)
+                if p is not None or s is not None]
 
     async def pool_stats(self, now: float, since: float | None = None) -> list[PoolStats]:
         names = await self._do(self.r.hgetall("ctd:poolnames"))

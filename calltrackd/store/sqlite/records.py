@@ -8,7 +8,7 @@ import asyncio
 import functools
 import math
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -258,17 +258,23 @@ class SqliteRecords(SqlitePlumbing):
         outcome: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        where: Mapping[str, str] | None = None,
     ) -> tuple[list[CallRecord], str | None]:
         after = None
         if cursor is not None:
             ts, call_id = decode_cursor(cursor)
             after = (ts, ts, call_id)
-        where, args = self._where(tracker, since, until, extra=[
+        match = where or {}
+        clause, args = self._where(tracker, since, until, extra=[
             ("outcome = ?", outcome),
             ("(started_ts < ? OR (started_ts = ? AND id < ?))", after),
+            *((f"EXISTS (SELECT 1 FROM report_calls r WHERE r.id = calls.id AND r.{k} = ?)",
+               match.get(k)) for k in ("channel", "source", "campaign")),
+            ("EXISTS (SELECT 1 FROM call_tags t WHERE t.id = calls.id AND t.tag = ?)",
+             match.get("tag")),
         ])
         limit = max(1, min(limit, _MAX_LIMIT))
-        sql = (f"SELECT started_ts, id, data, {_CRM_OF_CALL} FROM calls{where}"
+        sql = (f"SELECT started_ts, id, data, {_CRM_OF_CALL} FROM calls{clause}"
                " ORDER BY 1 DESC, 2 DESC LIMIT ?")
         rows = await self._read(lambda c: c.execute(sql, (*args, limit + 1)).fetchall())
         page = rows[:limit]

@@ -15,6 +15,7 @@ from calltrackd.tracking.model import (
     Hold,
     LastVisit,
     Tracker,
+    UsageBucket,
     VisitorSession,
 )
 from calltrackd.tracking.reports import (
@@ -123,6 +124,11 @@ class SqliteReservations(SqlitePlumbing):
     async def pool_stats(self, now: float, since: float | None = None) -> list[PoolStats]:
         self._check_open()
         return self._mem.pool_stats(now, since)
+
+    async def pool_usage(self, tracker: str, pool: str, first_hour: int,
+                         end_hour: int) -> list[UsageBucket]:
+        self._check_open()
+        return self._mem.pool_usage(tracker, pool, first_hour, end_hour)
 
     # --- caller history --------------------------------------------------------------
 
