@@ -9,9 +9,10 @@ import functools
 import hashlib
 import json
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
@@ -250,6 +251,55 @@ async def _sizings(request: web.Request, tracker: Tracker, pools: list[PoolStats
     return out
 
 
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def local_day_hours(day: date, zone: ZoneInfo) -> range:
+    """The store's usage hours (unix seconds // 3600) that overlap the day in the zone:
+    24 of them, 23 or 25 on a day the clocks change, one more where the zone's offset is
+    not whole hours (the first and last then straddle midnight)."""
+    start = datetime.combine(day, time(), zone).timestamp()
+    end = datetime.combine(day + timedelta(days=1), time(), zone).timestamp()
+    return range(int(start // 3600), -int(-end // 3600))
+
+
+async def pool_usage(request: web.Request) -> web.Response:
+    """Each pool of a tracker hour by hour over one day of the tracker's time zone: the
+    most numbers in use at once and the requests turned away, against the pool's size."""
+    require_admin(request)
+    q = request.query
+    trackers = {t.id: t for t in request.app[SETTINGS]().trackers}
+    tracker = trackers.get(q.get("tracker") or "")
+    if tracker is None:
+        raise ApiError(400, "invalid_parameter",
+                       "tracker: required, one of " + ", ".join(sorted(trackers)))
+    zone = ZoneInfo(tracker.timezone)
+    raw = q.get("date") or datetime.fromtimestamp(request.app[CLOCK](), zone).date().isoformat()
+    try:
+        day = date.fromisoformat(raw) if _DATE.fullmatch(raw) else None
+        hours = local_day_hours(day, zone) if day is not None else None
+    except (ValueError, OverflowError):
+        day = hours = None
+    if day is None or hours is None:
+        raise ApiError(400, "invalid_parameter", f"date: expected YYYY-MM-DD, got {raw!r}")
+    pools = [p for p in tracker.pools if q.get("pool") in (None, "", p.name)]
+    if not pools:
+        raise ApiError(400, "invalid_parameter", "pool: one of "
+                       + ", ".join(p.name for p in tracker.pools) if tracker.pools
+                       else "pool: this tracker has no pools")
+    out = []
+    for pool in pools:
+        recorded = {b.hour: b for b in await request.app[STORE].pool_usage(
+            tracker.id, pool.name, hours.start, hours.stop)}
+        out.append({"pool": pool.name, "size": len(pool.numbers), "hours": [{
+            "at": _iso(h * 3600), "local": datetime.fromtimestamp(h * 3600, zone).isoformat(),
+            "peak": recorded[h].peak if h in recorded else None,
+            "shortfall": recorded[h].shortfall if h in recorded else 0,
+        } for h in hours]})
+    return web.json_response({"tracker": tracker.id, "timezone": tracker.timezone,
+                              "date": day.isoformat(), "pools": out})
+
+
 # --- webhook admin ---------------------------------------------------------------------
 
 
@@ -321,6 +371,7 @@ def setup(http: web.Application) -> None:
         web.post("/v1/sessions", create_session),
         web.post("/v1/sessions/{session_id}/ping", ping),
         web.get("/v1/stats", stats),
+        web.get("/v1/pools/usage", pool_usage),
         web.get("/v1/admin/webhooks", list_webhooks),
         web.post("/v1/admin/webhooks/{delivery_id}/resend", resend_webhook),
     ])
