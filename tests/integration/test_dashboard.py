@@ -12,8 +12,10 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -25,6 +27,13 @@ BETA_VIEWER = "viewer-beta-0123456789"
 POOL = ["+74990000011", "+74990000012", "+74990000013", "+74990000014"]
 BILLBOARD = "+74990000100"
 RADIO = "+74990000200"
+MOSCOW = ZoneInfo("Europe/Moscow")
+
+
+def local(iso: str) -> str:
+    """A time as the page shows it: en-GB in the acme tracker's zone."""
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone(MOSCOW).strftime(
+        "%d %b %Y, %H:%M:%S")
 
 
 def config(sip: int, http: int, pbx: int) -> str:
@@ -130,7 +139,12 @@ class Browser:
         self.page.wait_for_selector(f'body[data-loading="0"][data-page="{name}"]',
                                     state="attached", timeout=20000)
 
+    def unmark(self) -> None:
+        """Forget which page is shown: the next wait_page waits for the next rendering."""
+        self.page.evaluate("document.body.setAttribute('data-page', '')")
+
     def open(self, name: str) -> None:
+        self.unmark()
         self.page.evaluate(f"location.hash = '#/{name}'")
         self.wait_page(name.split("?")[0])
 
@@ -183,6 +197,11 @@ def test_every_page_shows_what_the_api_reports(site: dict[str, Any],
     assert b.tile("answered") == "5"
     assert b.tile("missed") == "0"
     assert b.page.locator("#chart-channels").count() == 1
+    # the days are the zone's the report counted them in, and the chart says which
+    status, by_day = daemon.http("GET", "/v1/reports?tracker=acme&group_by=day")
+    assert status == 200, by_day
+    zone = by_day.get("timezone", "UTC")
+    assert f"(days in {zone})" in b.page.inner_text("#page")
     b.shot("overview")
 
     # Sources: channel -> source -> campaign -> keyword
@@ -212,7 +231,43 @@ def test_every_page_shows_what_the_api_reports(site: dict[str, Any],
     api_calls = daemon.calls(tracker="acme")
     ids = b.page.locator("#calls tbody tr").evaluate_all("rows => rows.map(r => r.dataset.call)")
     assert ids == [c["id"] for c in api_calls]
+    # times in the tracker's zone, named in the column
+    assert "Started (Europe/Moscow)" in b.page.inner_text("#calls thead")
+    first = b.page.locator("#calls tbody tr").first.locator("td").first.inner_text()
+    assert first == local(api_calls[0]["started_at"]), first
     b.shot("calls")
+
+    # filters are the API's: a channel shows that channel's calls only, as /v1/calls does
+    b.page.fill("#f-channel", "billboard")
+    b.unmark()
+    b.page.click("#f-apply")
+    b.wait_page("calls")
+    assert b.page.input_value("#f-channel") == "billboard"
+    billboard = daemon.calls(tracker="acme", channel="billboard")
+    assert len(billboard) == 2 and {c["did"] for c in billboard} == {BILLBOARD}
+    ids = b.page.locator("#calls tbody tr").evaluate_all("rows => rows.map(r => r.dataset.call)")
+    assert ids == [c["id"] for c in billboard]
+    assert set(b.page.locator("#calls tbody tr td:nth-child(7)").all_inner_texts()) == {
+        "billboard"}
+    b.shot("calls-billboard")
+    paid = daemon.calls(tracker="acme", channel="paid")
+    assert len(paid) == 3 and BILLBOARD not in {c["did"] for c in paid}
+    assert [c["id"] for c in daemon.calls(tracker="acme", source="yandex")] == [
+        c["id"] for c in paid if c["attribution"]["session"]["utm_source"] == "yandex"]
+    pages, cursor = [], ""
+    while True:  # pages walk the matching calls only
+        status, body = daemon.http(
+            "GET", f"/v1/calls?tracker=acme&channel=paid&limit=1&cursor={cursor}")
+        assert status == 200, body
+        pages += [c["id"] for c in body["calls"]]
+        if not body["next_cursor"]:
+            break
+        cursor = body["next_cursor"]
+    assert pages == [c["id"] for c in paid]
+    for bad in ("channel=a&channel=b", "tag=" + "x" * 300, "source=%01"):
+        status, body = daemon.http("GET", f"/v1/calls?tracker=acme&{bad}")
+        assert status == 400 and body["error"]["message"].startswith(bad.split("=")[0] + ":")
+    b.open("calls")
     target = next(c for c in api_calls if c["attribution"]["kind"] == "dynamic")
     b.page.click(f'#calls tr[data-call="{target["id"]}"]')
     b.wait_page(f"calls/{target['id']}")
@@ -227,7 +282,15 @@ def test_every_page_shows_what_the_api_reports(site: dict[str, Any],
     assert status == 200
     assert updated["tags"] == ["lead", "sofa"]
     assert updated["lead_status"] == "qualified" and updated["value"] == 1500
+    started = b.page.inner_text('[data-field="Started"]')
+    assert started == local(target["started_at"]) + " GMT+3", started
+    assert b.page.inner_text('[data-field="Time zone"]') == "Europe/Moscow"
     b.shot("call")
+    # the tag just written filters the list, on the page and in the API
+    assert [c["id"] for c in daemon.calls(tracker="acme", tag="sofa")] == [target["id"]]
+    b.open("calls?tag=sofa")
+    ids = b.page.locator("#calls tbody tr").evaluate_all("rows => rows.map(r => r.dataset.call)")
+    assert ids == [target["id"]]
 
     # Pools: the figures of /v1/stats
     b.open("pools")
@@ -237,6 +300,25 @@ def test_every_page_shows_what_the_api_reports(site: dict[str, Any],
     text = b.page.inner_text(f'[data-pool="{pool["pool"]}"]')
     assert f"Size\n{pool['size']}" in text or f"Size\t{pool['size']}" in text, text
     assert str(pool["recommended_size"]) in text
+    # numbers in use over today (Moscow's) against the pool size, as /v1/pools/usage says
+    status, usage = daemon.http("GET", "/v1/pools/usage?tracker=acme")
+    assert status == 200, usage
+    assert usage["timezone"] == "Europe/Moscow"
+    assert usage["date"] == b.page.input_value("#f-date")  # today in Moscow, on both sides
+    [web] = usage["pools"]
+    assert web["pool"] == "web" and web["size"] == len(POOL) and len(web["hours"]) == 24
+    assert web["hours"][0]["local"].startswith(usage["date"] + "T00:00:00+03:00")
+    peak = max(h["peak"] for h in web["hours"] if h["peak"] is not None)
+    assert peak == len(VISITS)  # the three visitors held a number each at once
+    assert b.page.locator('[data-usage="web"] canvas').count() == 1
+    summary = b.page.locator('[data-usage-summary="web"]')
+    assert summary.get_attribute("data-peak") == str(peak)
+    assert f"Most in use: {peak} of {len(POOL)}" in summary.inner_text()
+    assert usage["date"] in b.page.inner_text('[data-usage="web"] h2')
+    for bad in ("date=2026-13-01", "date=yesterday", "pool=nope", "tracker=nope"):
+        query = bad if bad.startswith("tracker") else f"tracker=acme&{bad}"
+        status, body = daemon.http("GET", f"/v1/pools/usage?{query}")
+        assert status == 400 and body["error"]["message"].startswith(bad.split("=")[0] + ":")
     b.shot("pools")
 
     # Health
@@ -268,6 +350,9 @@ def test_a_viewer_sees_only_its_own_tracker(site: dict[str, Any],
     assert get(f"/v1/calls/{acme_call['id']}")[0] == 404
     assert get("/v1/calls?tracker=acme")[0] == 403
     assert get("/v1/stats?tracker=acme")[0] == 403
+    assert get("/v1/pools/usage?tracker=acme")[0] == 403
+    status, usage = get("/v1/pools/usage")
+    assert status == 400 and "pool:" in usage["error"]["message"]  # beta has no pools
     status, stats = get("/v1/stats")
     assert status == 200 and [t["tracker"] for t in stats["trackers"]] == ["beta"]
     status, report = get("/v1/reports?group_by=channel")

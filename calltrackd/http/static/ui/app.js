@@ -89,22 +89,34 @@
     return state.me.trackers[0] || null;
   }
 
-  // the day (YYYY-MM-DD) of a moment as the reports count days: in the tracker's zone
-  function dayOf(date) {
+  // the day (YYYY-MM-DD) of a moment in a time zone: the reports count days in the zone
+  // their answer names (the tracker's), and the charts label them so
+  function dayOf(date, zone) {
     var parts = new Intl.DateTimeFormat("en-CA", {
-      timeZone: tz(), year: "numeric", month: "2-digit", day: "2-digit"
+      timeZone: zone || tz(), year: "numeric", month: "2-digit", day: "2-digit"
     }).formatToParts(date);
     var get = function (t) { return parts.filter(function (p) { return p.type === t; })[0].value; };
     return get("year") + "-" + get("month") + "-" + get("day");
   }
 
-  function fmtTime(iso) {
+  // a moment in the tracker's time zone; with `zoned`, followed by the zone's offset
+  // (e.g. "01 Dec 2026, 13:04:05 GMT+3")
+  function fmtTime(iso, zoned) {
     if (!iso) return "—";
-    return new Intl.DateTimeFormat("en-GB", {
-      timeZone: tz(), year: "numeric", month: "short", day: "2-digit",
-      hour: "2-digit", minute: "2-digit", second: "2-digit"
-    }).format(new Date(iso));
+    var opts = { timeZone: tz(), year: "numeric", month: "short", day: "2-digit",
+                 hour: "2-digit", minute: "2-digit", second: "2-digit" };
+    if (zoned) opts.timeZoneName = "short";
+    return new Intl.DateTimeFormat("en-GB", opts).format(new Date(iso));
   }
+
+  // hours:minutes of a moment in the tracker's time zone
+  function fmtHour(iso) {
+    return new Intl.DateTimeFormat("en-GB", { timeZone: tz(), hour: "2-digit", minute: "2-digit",
+                                              hourCycle: "h23" }).format(new Date(iso));
+  }
+
+  // today (YYYY-MM-DD) in the tracker's time zone
+  function today() { return dayOf(new Date(), tz()); }
 
   function period() {
     var until = new Date();
@@ -208,16 +220,17 @@
 
   // -- Overview ------------------------------------------------------------------------
 
-  function daysOfPeriod() {
+  // the days of the period in the zone, with any other day the report returned
+  function daysOfPeriod(zone, rows) {
     var p = period();
     var out = [];
-    for (var t = p.since.getTime(); t <= p.until.getTime() + 1; t += 86400000) {
-      var d = dayOf(new Date(t));
-      if (out[out.length - 1] !== d) out.push(d);
+    var add = function (d) { if (d && out.indexOf(d) < 0) out.push(d); };
+    for (var t = p.since.getTime(); t <= p.until.getTime() + 1; t += 3600000) {
+      add(dayOf(new Date(t), zone));
     }
-    var last = dayOf(p.until);
-    if (out[out.length - 1] !== last) out.push(last);
-    return out;
+    add(dayOf(p.until, zone));
+    rows.forEach(function (r) { add(r.key.day); });
+    return out.sort();
   }
 
   function sum(rows, field) {
@@ -241,7 +254,8 @@
           tile("First-time callers", num(sum(rows, "first_time"), 0), "first_time"),
           tile("Spend", spend === null ? "—" : num(spend), "spend"),
           tile("Cost per lead", spend === null || !qualified ? "—" : num(spend / qualified), "cpl")));
-        var days = daysOfPeriod();
+        var zone = data.timezone || "UTC";  // the zone the report counted its days in
+        var days = daysOfPeriod(zone, rows);
         var channels = [];
         rows.forEach(function (r) {
           var c = r.key.channel || "none";
@@ -265,9 +279,9 @@
         var c1 = el("canvas", { id: "chart-channels", "aria-label": "Calls per day by channel" });
         var c2 = el("canvas", { id: "chart-answered", "aria-label": "Answered and missed calls per day" });
         p.appendChild(el("div", { class: "charts" },
-          el("div", { class: "card" }, el("h2", { text: "Calls per day by channel" }),
+          el("div", { class: "card" }, el("h2", { text: "Calls per day by channel (days in " + zone + ")" }),
              el("div", { class: "chart" }, c1)),
-          el("div", { class: "card" }, el("h2", { text: "Answered and missed per day" }),
+          el("div", { class: "card" }, el("h2", { text: "Answered and missed per day (" + zone + ")" }),
              el("div", { class: "chart" }, c2))));
         var stacked = { x: { stacked: true }, y: { stacked: true, beginAtZero: true,
                                                      ticks: { precision: 0 } } };
@@ -360,6 +374,11 @@
 
   // -- Calls ---------------------------------------------------------------------------
 
+  var CALL_FILTERS = [["channel", "e.g. paid"], ["source", "e.g. google"],
+                      ["campaign", "e.g. spring"], ["tag", "e.g. lead"]];
+
+  // the call list, filtered by the API (outcome, channel, source, campaign, tag: as the
+  // reports show them), so "Load more" pages through the matching calls only
   function callsPage(route) {
     var p = clear();
     p.appendChild(el("h1", { text: "Calls" }));
@@ -368,40 +387,45 @@
         return el("option", { value: o, text: o || "any" });
       }));
     outcome.value = route.params.get("outcome") || "";
-    var channel = el("input", { id: "f-channel", placeholder: "e.g. paid",
-                                value: route.params.get("channel") || "" });
-    var tag = el("input", { id: "f-tag", placeholder: "e.g. lead", value: route.params.get("tag") || "" });
-    var apply = el("button", { type: "button", id: "f-apply", text: "Apply", onclick: function () {
+    var inputs = CALL_FILTERS.map(function (f) {
+      return el("input", { id: "f-" + f[0], placeholder: f[1], value: route.params.get(f[0]) || "" });
+    });
+    var apply = function () {
       var q = new URLSearchParams();
       if (outcome.value) q.set("outcome", outcome.value);
-      if (channel.value.trim()) q.set("channel", channel.value.trim());
-      if (tag.value.trim()) q.set("tag", tag.value.trim());
+      CALL_FILTERS.forEach(function (f, i) {
+        if (inputs[i].value.trim()) q.set(f[0], inputs[i].value.trim());
+      });
       location.hash = "#/calls" + (q.toString() ? "?" + q.toString() : "");
-    } });
+    };
+    inputs.forEach(function (input) {
+      input.addEventListener("keydown", function (ev) { if (ev.key === "Enter") apply(); });
+    });
     p.appendChild(el("div", { class: "filters card" },
-      el("label", {}, "Outcome", outcome), el("label", {}, "Channel", channel),
-      el("label", {}, "Tag", tag), apply));
+      el("label", {}, "Outcome", outcome),
+      CALL_FILTERS.map(function (f, i) {
+        return el("label", {}, f[0].charAt(0).toUpperCase() + f[0].slice(1), inputs[i]);
+      }),
+      el("button", { type: "button", id: "f-apply", text: "Apply", onclick: apply })));
     var body = el("tbody", {});
-    var more = el("button", { type: "button", class: "secondary", text: "Load more", hidden: true });
+    var more = el("button", { type: "button", class: "secondary", id: "calls-more",
+                              text: "Load more", hidden: true });
+    var none = el("p", { class: "muted", text: "No calls match.", hidden: true });
     p.appendChild(el("div", { class: "card scroll" }, el("table", { id: "calls" },
-      el("thead", {}, el("tr", {}, ["Started", "Caller", "Number", "Outcome", "Ring", "Talk",
-                                    "Channel", "Source / campaign", "Tags"].map(function (h) {
+      el("thead", {}, el("tr", {}, ["Started (" + tz() + ")", "Caller", "Number", "Outcome",
+                                    "Ring", "Talk", "Channel", "Source / campaign",
+                                    "Tags"].map(function (h) {
         return el("th", { text: h });
-      }))), body), more));
-    var wantChannel = (route.params.get("channel") || "").toLowerCase();
-    var wantTag = route.params.get("tag") || "";
+      }))), body), none, more));
+    var base = trackerQuery() + "&" + periodQuery() + "&limit=100";
+    ["outcome"].concat(CALL_FILTERS.map(function (f) { return f[0]; })).forEach(function (name) {
+      var v = (route.params.get(name) || "").trim();
+      if (v) base += "&" + name + "=" + encodeURIComponent(v);
+    });
     var load = function (cursor) {
-      var q = trackerQuery() + "&" + periodQuery() + "&limit=100";
-      if (route.params.get("outcome")) q += "&outcome=" + encodeURIComponent(route.params.get("outcome"));
-      if (wantChannel) q += "&channel=" + encodeURIComponent(wantChannel);
-      if (wantTag) q += "&tag=" + encodeURIComponent(wantTag);
-      if (cursor) q += "&cursor=" + encodeURIComponent(cursor);
+      var q = base + (cursor ? "&cursor=" + encodeURIComponent(cursor) : "");
       return api("/v1/calls?" + q).then(function (data) {
-        data.calls.filter(function (c) {
-          // the API may not filter by these yet: never show a row that does not match
-          return (!wantChannel || callChannel(c).toLowerCase() === wantChannel) &&
-            (!wantTag || (c.tags || []).indexOf(wantTag) >= 0);
-        }).forEach(function (c) {
+        data.calls.forEach(function (c) {
           var s = (c.attribution && c.attribution.session) || {};
           var a = c.attribution || {};
           var src = [a.source || s.utm_source, a.medium || s.utm_medium].filter(Boolean).join("/");
@@ -417,6 +441,7 @@
             el("td", { text: [src, s.utm_campaign].filter(Boolean).join(" · ") || "—" }),
             el("td", {}, (c.tags || []).map(function (t) { return el("span", { class: "tag", text: t }); }))));
         });
+        none.hidden = body.childNodes.length > 0;
         more.hidden = !data.next_cursor;
         more.onclick = function () { load(data.next_cursor).catch(failure); };
       });
@@ -444,8 +469,9 @@
       p.appendChild(el("h1", { text: c.caller + " → " + c.did }));
       p.appendChild(el("div", { class: "grid2" },
         el("div", { class: "card" }, el("h2", { text: "Call" }), fields([
-          ["Started", fmtTime(c.started_at)], ["Answered", fmtTime(c.answered_at)],
-          ["Ended", fmtTime(c.ended_at)], ["Outcome", c.outcome], ["SIP code", c.sip_code],
+          ["Started", fmtTime(c.started_at, true)], ["Answered", fmtTime(c.answered_at, true)],
+          ["Ended", fmtTime(c.ended_at, true)], ["Time zone", tz()], ["Outcome", c.outcome],
+          ["SIP code", c.sip_code],
           ["Hung up by", c.hangup_by], ["Ring", secs(c.ring_seconds)], ["Talk", secs(c.talk_seconds)],
           ["Target", c.target], ["First-time caller", c.first_time_caller ? "yes" : "no"],
           ["Qualified", c.qualified ? "yes" : "no"]])),
@@ -506,10 +532,59 @@
 
   // -- Pools ---------------------------------------------------------------------------
 
-  function pools() {
+  // one pool's day hour by hour (GET /v1/pools/usage): bars of the most numbers in use at
+  // once, the pool's size as a line, requests turned away; an hour in which no number was
+  // taken has no bar
+  function usageChart(grid, usage, day, i) {
+    var hours = usage.hours;
+    var c1 = el("canvas", { id: "pool-usage-" + i, "aria-label": "Numbers in use by hour" });
+    var top = null;
+    var away = 0;
+    hours.forEach(function (h) {
+      if (h.peak !== null && (top === null || h.peak > top.peak)) top = h;
+      away += h.shortfall;
+    });
+    var summary = top === null ? "No number was taken on " + day + "."
+      : "Most in use: " + top.peak + " of " + usage.size + " at " + fmtHour(top.local) +
+        " · turned away: " + away;
+    grid.appendChild(el("div", { "data-usage": usage.pool },
+      el("h2", { text: "Numbers in use by hour, " + day + " (" + tz() + ")" }),
+      el("div", { class: "chart" }, c1),
+      el("p", { class: "muted", "data-usage-summary": usage.pool,
+                "data-peak": top === null ? "" : top.peak, text: summary })));
+    chart(c1, { type: "bar", data: {
+      labels: hours.map(function (h) { return fmtHour(h.local); }),
+      datasets: [
+        { label: "most in use", data: hours.map(function (h) { return h.peak; }),
+          backgroundColor: "#4e79a7", stack: "demand", order: 2 },
+        { label: "turned away", data: hours.map(function (h) { return h.shortfall || null; }),
+          backgroundColor: "#e15759", stack: "demand", order: 3 },
+        { label: "pool size (" + usage.size + ")", type: "line", stack: "size",
+          data: hours.map(function () { return usage.size; }), borderColor: "#59a14f",
+          backgroundColor: "#59a14f", borderDash: [6, 4], pointRadius: 0, order: 1 }] },
+      options: { scales: { x: { stacked: true },
+                           y: { stacked: true, beginAtZero: true, suggestedMax: usage.size + 1,
+                                ticks: { precision: 0 } } } } });
+  }
+
+  function pools(route) {
     var p = clear();
     p.appendChild(el("h1", { text: "Pools" }));
-    return api("/v1/stats?" + trackerQuery() + "&" + periodQuery()).then(function (data) {
+    var day = route.params.get("date") || today();
+    var picker = el("input", { id: "f-date", type: "date", value: day, onchange: function (ev) {
+      if (ev.target.value) location.hash = "#/pools?date=" + encodeURIComponent(ev.target.value);
+    } });
+    p.appendChild(el("div", { class: "filters card" },
+      el("label", {}, "Day (" + tz() + ")", picker)));
+    var hasPools = (currentTracker() || { pools: [] }).pools.length > 0;
+    return Promise.all([
+      api("/v1/stats?" + trackerQuery() + "&" + periodQuery()),
+      hasPools ? api("/v1/pools/usage?" + trackerQuery() + "&date=" + encodeURIComponent(day))
+               : Promise.resolve({ pools: [] })
+    ]).then(function (res) {
+      var data = res[0];
+      var usageOf = {};
+      (res[1].pools || []).forEach(function (u) { usageOf[u.pool] = u; });
       var t = (data.trackers || [])[0];
       if (!t) { p.appendChild(el("p", { class: "muted", text: "No statistics." })); return; }
       p.appendChild(el("div", { class: "tiles" },
@@ -527,27 +602,7 @@
           ["Cooling", pool.cooling], ["Peak in use", pool.peak], ["Turned away", pool.shortfall],
           ["Estimated accuracy", pool.estimated_accuracy === undefined ? null : pct(pool.estimated_accuracy)],
           ["Recommended size", pool.recommended_size]]));
-        var usage = pool.usage || pool.usage_by_hour;
-        var c1 = el("canvas", { id: "pool-usage-" + i });
-        grid.appendChild(el("div", {}, el("h2", { text: usage ? "Numbers in use over the day" :
-                                                  "Peak in use against the pool size" }),
-                            el("div", { class: "chart" }, c1)));
-        if (usage && usage.length) {
-          chart(c1, { type: "line", data: {
-            labels: usage.map(function (u) { return u.hour !== undefined ? u.hour : u.at; }),
-            datasets: [
-              { label: "in use (peak)", data: usage.map(function (u) { return u.peak; }),
-                borderColor: "#4e79a7", backgroundColor: "#4e79a7" },
-              { label: "pool size", data: usage.map(function () { return pool.size; }),
-                borderColor: "#e15759", borderDash: [6, 4], pointRadius: 0 }] },
-            options: { scales: { y: { beginAtZero: true, ticks: { precision: 0 } } } } });
-        } else {
-          chart(c1, { type: "bar", data: { labels: ["peak in use", "pool size", "recommended"],
-            datasets: [{ label: "numbers", data: [pool.peak, pool.size, pool.recommended_size],
-                         backgroundColor: ["#4e79a7", "#bab0ac", "#59a14f"] }] },
-            options: { plugins: { legend: { display: false } },
-                       scales: { y: { beginAtZero: true, ticks: { precision: 0 } } } } });
-        }
+        if (usageOf[pool.pool]) usageChart(grid, usageOf[pool.pool], day, i);
         if (pool.size_curve && pool.size_curve.length) {
           var c2 = el("canvas", { id: "pool-curve-" + i });
           grid.appendChild(el("div", {}, el("h2", { text: "Estimated accuracy by pool size" }),
