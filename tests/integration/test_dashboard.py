@@ -203,6 +203,18 @@ def test_every_page_shows_what_the_api_reports(site: dict[str, Any],
     zone = by_day.get("timezone", "UTC")
     assert f"(days in {zone})" in b.page.inner_text("#page")
     b.shot("overview")
+    # "Today" is the tracker's day: from Moscow's midnight
+    midnight = datetime.now(MOSCOW).replace(hour=0, minute=0, second=0, microsecond=0)
+    status, today = daemon.http("GET", "/v1/reports?tracker=acme&group_by=channel&since="
+                                + midnight.isoformat().replace("+", "%2B"))
+    assert status == 200, today
+    b.unmark()
+    b.page.select_option("#period", "1")
+    b.wait_page("overview")
+    assert b.tile("calls") == str(sum(r["calls"] for r in today["rows"]))
+    b.unmark()
+    b.page.select_option("#period", "30")
+    b.wait_page("overview")
 
     # Sources: channel -> source -> campaign -> keyword
     b.open("sources")

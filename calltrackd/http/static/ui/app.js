@@ -118,10 +118,31 @@
   // today (YYYY-MM-DD) in the tracker's time zone
   function today() { return dayOf(new Date(), tz()); }
 
+  // wall-clock time minus UTC (ms) in a zone at a moment
+  function zoneOffset(ms, zone) {
+    var parts = new Intl.DateTimeFormat("en-CA", {
+      timeZone: zone, hourCycle: "h23", year: "numeric", month: "2-digit", day: "2-digit",
+      hour: "2-digit", minute: "2-digit", second: "2-digit"
+    }).formatToParts(new Date(ms));
+    var v = {};
+    parts.forEach(function (x) { v[x.type] = Number(x.value); });
+    return Date.UTC(v.year, v.month - 1, v.day, v.hour, v.minute, v.second) -
+      Math.floor(ms / 1000) * 1000;
+  }
+
+  // the moment a day (YYYY-MM-DD) begins in a zone
+  function localMidnight(day, zone) {
+    var wall = Date.parse(day + "T00:00:00Z");
+    var t = wall - zoneOffset(wall, zone);
+    return new Date(wall - zoneOffset(t, zone));
+  }
+
+  // the period: today and the days before it, in the tracker's zone, up to now
   function period() {
     var until = new Date();
-    var since = new Date(until.getTime() - state.days * 86400000);
-    return { since: since, until: until };
+    var first = new Date(Date.parse(dayOf(until, tz()) + "T00:00:00Z") -
+                         (state.days - 1) * 86400000);
+    return { since: localMidnight(first.toISOString().slice(0, 10), tz()), until: until };
   }
 
   function periodQuery() {
@@ -663,7 +684,8 @@
       });
       p.appendChild(el("div", { class: "card scroll" }, el("h2", { text: "Failed deliveries" }),
         el("table", { id: "failed" }, el("thead", {}, el("tr", {},
-          ["Created", "Event", "Tracker", "URL", "Attempts", "Last error", ""].map(function (x) {
+          ["Created (" + tz() + ")", "Event", "Tracker", "URL", "Attempts", "Last error",
+           ""].map(function (x) {
             return el("th", { text: x });
           }))), body),
         failed.length ? null : el("p", { class: "muted", text: "None." })));
