@@ -332,6 +332,11 @@ class InMemoryReservations:
         self._check_open()
         return self._mem.pool_stats(now, since)
 
+    async def pool_usage(self, tracker: str, pool: str, first_hour: int,
+                         end_hour: int) -> list[UsageBucket]:
+        self._check_open()
+        return self._mem.pool_usage(tracker, pool, first_hour, end_hour)
+
     async def hold_history(self, number: str, now: float) -> list[Hold]:
         self._check_open()
         return self._mem.history.of(number, now)

@@ -25,7 +25,7 @@ import contextlib
 import operator
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import fields
 from datetime import datetime
 from typing import Any
@@ -722,18 +722,26 @@ class PostgresStore(InMemoryReservations):
         outcome: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        where: Mapping[str, str] | None = None,
     ) -> tuple[list[CallRecord], str | None]:
         a = _Args()
         conds = self._window(a, tracker, since, until, "c.")
         if outcome is not None:
             conds.append(f"c.outcome = {a(outcome)}")
+        match = where or {}
+        for key in ("channel", "source", "campaign"):  # as the report facts have them
+            if key in match:
+                conds.append(f"r.{key} = {a(match[key])}")
+        if "tag" in match:
+            conds.append("EXISTS (SELECT 1 FROM call_tags t WHERE t.id = c.id"
+                         f" AND t.tag = {a(match['tag'])})")
         if cursor is not None:
             ts, call_id = decode_cursor(cursor)
             conds.append(f"(c.started_ts, c.id) < ({a(ts, '::float8')}, {a(call_id)})")
         limit = max(1, min(limit, _MAX_LIMIT))
-        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        clause = f" WHERE {' AND '.join(conds)}" if conds else ""
         rows = await self._fetch(
-            f"{_CALL_WITH_CRM}{where} ORDER BY c.started_ts DESC, c.id DESC"
+            f"{_CALL_WITH_CRM}{clause} ORDER BY c.started_ts DESC, c.id DESC"
             f" LIMIT {a(limit + 1)}", *a.values)
         page = rows[:limit]
         more = len(rows) > limit

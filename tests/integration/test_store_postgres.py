@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "store"))
 
 import test_hold_history
 import test_storable
+import test_store_call_filters
 import test_store_contract
 import test_store_reports
 import test_store_reports_zone
@@ -59,7 +60,8 @@ def _with_pools(fn: Callable[[Store], Awaitable[None]]) -> Callable[[Store], Awa
     return test
 
 
-for _module, _pools in ((test_store_contract, False), (test_store_reports, False),
+for _module, _pools in ((test_store_contract, False), (test_store_call_filters, False),
+                        (test_store_reports, False),
                         (test_store_reports_zone, False), (test_store_visits, True),
                         (test_hold_history, True), (test_storable, False)):
     for _name, _fn in vars(_module).items():

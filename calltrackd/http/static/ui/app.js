@@ -300,9 +300,11 @@
         var c1 = el("canvas", { id: "chart-channels", "aria-label": "Calls per day by channel" });
         var c2 = el("canvas", { id: "chart-answered", "aria-label": "Answered and missed calls per day" });
         p.appendChild(el("div", { class: "charts" },
-          el("div", { class: "card" }, el("h2", { text: "Calls per day by channel (days in " + zone + ")" }),
+          el("div", { class: "card" },
+             el("h2", { text: "Calls per day by channel (days in " + zone + ")" }),
              el("div", { class: "chart" }, c1)),
-          el("div", { class: "card" }, el("h2", { text: "Answered and missed per day (" + zone + ")" }),
+          el("div", { class: "card" },
+             el("h2", { text: "Answered and missed per day (" + zone + ")" }),
              el("div", { class: "chart" }, c2))));
         var stacked = { x: { stacked: true }, y: { stacked: true, beginAtZero: true,
                                                      ticks: { precision: 0 } } };
