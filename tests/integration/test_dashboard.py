@@ -200,8 +200,11 @@ def test_every_page_shows_what_the_api_reports(site: dict[str, Any],
     # the days are the zone's the report counted them in, and the chart says which
     status, by_day = daemon.http("GET", "/v1/reports?tracker=acme&group_by=day")
     assert status == 200, by_day
-    zone = by_day.get("timezone", "UTC")
-    assert f"(days in {zone})" in b.page.inner_text("#page")
+    assert by_day["timezone"] == "Europe/Moscow"
+    assert "(days in Europe/Moscow)" in b.page.inner_text("#page")
+    moscow_days = {datetime.fromisoformat(c["started_at"].replace("Z", "+00:00"))
+                   .astimezone(MOSCOW).date().isoformat() for c in daemon.calls(tracker="acme")}
+    assert {r["key"]["day"] for r in by_day["rows"]} == moscow_days  # the calls' local days
     b.shot("overview")
     # "Today" is the tracker's day: from Moscow's midnight
     midnight = datetime.now(MOSCOW).replace(hour=0, minute=0, second=0, microsecond=0)
