@@ -32,8 +32,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository's root
+
 from aiohttp import web
-from compare import (
+
+from tests.bench.compare import (
     CALLER,
     SIPP,
     STATIC_NUMBER,

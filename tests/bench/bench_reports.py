@@ -46,7 +46,7 @@ SOURCES = [("google", "cpc"), ("yandex", "cpc"), ("google", "organic"), ("yandex
            ("forum.example", "referral"), ("dzen", "social"), ("(direct)", "(none)"),
            ("partner", "affiliate")]
 POOLS = {f"+749900{i:05d}": ("paid", "organic", "social")[i % 3] for i in range(300)}
-QUERIES = [
+QUERIES: list[tuple[str, dict[str, Any]]] = [
     ("campaign,term", {"group_by": ("campaign", "term")}),
     ("source,medium", {"group_by": ("source", "medium")}),
     ("day", {"group_by": ("day",)}),
@@ -214,7 +214,7 @@ async def run_store(name: str, url: str, calls: list[CallRecord], sessions: int,
         print(f"  (machine load: a 10M-step Python loop takes {calibration():.2f} s now)",
               flush=True)
         for label, spec in QUERIES:
-            best, rows = float("inf"), []
+            best, rows = float("inf"), list[dict[str, Any]]()
             times = []
             for _ in range(repeat):
                 t, rows = await report(store, spec)

@@ -33,8 +33,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository's root
+
 from aiohttp import web
-from compare import (
+
+from tests.bench.compare import (
     CALLER,
     SIPP,
     STATIC_NUMBER,

@@ -53,24 +53,27 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository's root
 
 # the names other benchmarks import from compare
-from benchkit.common import *  # noqa: F403
-from benchkit.common import BENCH, ROOT, SYSTEMS, log
-from benchkit.daemon import *  # noqa: F403
-from benchkit.daemon import code_version
-from benchkit.metrics import *  # noqa: F403
-from benchkit.procs import *  # noqa: F403
-from benchkit.procs import Procs, free_port, install_signal_handlers, loadavg
-from benchkit.record import *  # noqa: F403
-from benchkit.record import Step
-from benchkit.sipp import *  # noqa: F403
-from benchkit.stepping import *  # noqa: F403
-from benchkit.stepping import step_system
-from benchkit.summary import *  # noqa: F403
-from benchkit.summary import machine, print_summary
-from benchkit.systems import *  # noqa: F403
-from benchkit.systems import CalltrackdSystem, KamailioSystem, SippySystem, System
+from tests.bench.benchkit.common import *  # noqa: F403
+from tests.bench.benchkit.common import BENCH, ROOT, SYSTEMS, log
+from tests.bench.benchkit.daemon import *  # noqa: F403
+from tests.bench.benchkit.daemon import code_version
+from tests.bench.benchkit.metrics import *  # noqa: F403
+from tests.bench.benchkit.procs import *  # noqa: F403
+from tests.bench.benchkit.procs import Procs, free_port, install_signal_handlers, loadavg
+from tests.bench.benchkit.record import *  # noqa: F403
+from tests.bench.benchkit.record import Step
+from tests.bench.benchkit.sipp import *  # noqa: F403
+from tests.bench.benchkit.stepping import *  # noqa: F403
+from tests.bench.benchkit.stepping import step_system
+from tests.bench.benchkit.summary import *  # noqa: F403
+from tests.bench.benchkit.summary import machine, print_summary
+from tests.bench.benchkit.systems import *  # noqa: F403
+from tests.bench.benchkit.systems import CalltrackdSystem, KamailioSystem, SippySystem, System
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,9 +119,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         saved = json.loads(args.summary_from.read_text())
         known = {f.name for f in fields(Step)}
         lats = ("lat100", "lat180", "lat200")
-        steps = {name: [Step(**{k: tuple(v) if k in lats else v
-                                for k, v in raw.items() if k in known}) for raw in runs]
-                 for name, runs in saved["steps"].items()}
+
+        def step(raw: dict[str, Any]) -> Step:
+            values: dict[str, Any] = {k: tuple(v) if k in lats else v
+                                      for k, v in raw.items() if k in known}
+            return Step(**values)
+
+        steps = {name: [step(raw) for raw in runs] for name, runs in saved["steps"].items()}
         print_summary(steps, saved.get("versions", {}), int(saved["args"]["step_seconds"]),
                       int(saved["args"].get("latency_at", "0")))
         return 0

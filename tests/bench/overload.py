@@ -33,7 +33,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compare import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository's root
+
+from tests.bench.compare import (
     CALLER,
     SCENARIOS,
     SIPP,

@@ -20,7 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_sessions import free_port
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository's root
+
+from tests.bench.bench_sessions import free_port
 
 CONFIG = """
 [sip]

@@ -53,6 +53,11 @@ def need(binary: str) -> str:
     return path
 
 
+def by_did(did: str) -> Callable[[dict[str, Any]], bool]:
+    """A `Daemon.wait_call` predicate: the call to `did` (bound now, also inside a loop)."""
+    return lambda call: call["did"] == did
+
+
 @dataclass
 class Daemon:
     proc: subprocess.Popen[bytes]

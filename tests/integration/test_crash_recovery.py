@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from .conftest import Receiver, Sipp, free_port, start_daemon
 from .test_tracking_flow import STATIC, config
@@ -44,7 +45,7 @@ def test_sigkill_with_calls_up_then_restart_closes_every_record(
     try:
         ids = {str(c["id"]) for c in up}
         deadline = time.monotonic() + 60
-        closed: dict[str, dict[str, object]] = {}
+        closed: dict[str, dict[str, Any]] = {}
         while time.monotonic() < deadline and len(closed) < CALLS:
             closed = {str(c["id"]): c for c in d2.calls(limit="100")
                       if c["id"] in ids and c["outcome"] is not None}

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from .conftest import ADMIN, Daemon, Sipp, free_port, start_daemon
+from .conftest import ADMIN, Daemon, Sipp, by_did, free_port, start_daemon
 from .test_browser_snippet import ARGS, CHROMIUM
 
 ACME_VIEWER = "viewer-acme-0123456789"
@@ -110,7 +110,7 @@ def site(tmp_path: Path, sipp_factory: Callable[..., Sipp]) -> Iterator[dict[str
             assert res.ok, res.output
         assert uas.wait(30).ok
         for did in dids:
-            daemon.wait_call(lambda c, d=did: c["did"] == d, timeout=20)
+            daemon.wait_call(by_did(did), timeout=20)
         yield {"daemon": daemon, "tmp": tmp_path}
     finally:
         daemon.stop()

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from .conftest import Daemon, Receiver, Sipp, free_port, start_daemon
-from .test_tracking_flow import POOL, call, config
+from .test_tracking_flow import POOL, Env, call, config
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_lone_surrogate_is_refused_and_nothing_is_poisoned(
     status, session = d.http("POST", "/v1/sessions", {
         "tracker": "pk_acme", "utm_source": "google", "utm_medium": "cpc"}, admin=False)
     assert status == 200 and session["number"] in POOL, session
-    call(type("E", (), {"daemon": d, "pbx": pbx})(), sipp_factory, session["number"])  # type: ignore[arg-type]
+    call(Env(d.config.parent, d, pbx, d.config.read_text()), sipp_factory, session["number"])
     cdr = d.wait_call(lambda c: c["did"] == session["number"], timeout=30)
     assert cdr["attribution"]["kind"] == "dynamic"
     assert cdr["attribution"]["session"]["utm_source"] == "google"

@@ -5,14 +5,18 @@ import asyncio
 import socket
 import time
 
-from calltrackd.sip.endpoint import TransactionLayer
+from calltrackd.sip.endpoint import Address, TransactionLayer
 from calltrackd.transport.stack import Listen, SipStack
 
 
 async def test_probe_sees_the_time_datagrams_wait_while_the_loop_is_busy() -> None:
     stack = SipStack(TransactionLayer())
     fed: list[bytes] = []
-    stack.feed = lambda data, source: fed.append(data)  # type: ignore[method-assign]
+
+    def feed(data: bytes, source: Address, stranger: bool = False) -> None:
+        fed.append(data)
+
+    stack.feed = feed  # type: ignore[method-assign]
     await stack.start([Listen("udp", "127.0.0.1", 0)])
     try:
         assert len(stack.queue_probes) == 1

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Receiver, Sipp, free_port, start_daemon
+from .conftest import Receiver, Sipp, by_did, free_port, start_daemon
 from .test_tracking_flow import STATIC, Env, call, config
 
 
@@ -58,7 +58,7 @@ def test_report_by_campaign_and_term_shows_counts_spend_cpl_and_roi(
     for number, (_, _, ms) in zip(numbers, visits, strict=True):
         call(env, sipp_factory, number, ms)  # >= 1 s talk is a qualified call here
     call(env, sipp_factory, STATIC, 200)
-    cdrs = {n: env.daemon.wait_call(lambda c, n=n: c["did"] == n, timeout=20)
+    cdrs = {n: env.daemon.wait_call(by_did(n), timeout=20)
             for n in (*numbers, STATIC)}
     today = datetime.now(UTC).date().isoformat()
 

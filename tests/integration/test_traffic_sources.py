@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Daemon, Receiver, Sipp, free_port, start_daemon
+from .conftest import Daemon, Receiver, Sipp, by_did, free_port, start_daemon
 from .test_browser_snippet import SNIPPET, browser_page, shown_number, start_env
 from .test_tracking_flow import POOL, Env, config
 
@@ -93,7 +93,7 @@ def test_each_visit_gets_its_source_and_a_call_to_its_number_carries_it(
     assert all(a["number"] in WEB for a in answers[1:])
     for (name, _, (source, medium, channel)), answer in zip(VISITS, answers, strict=True):
         call(env, sipp_factory, answer["number"], 300)
-        cdr = env.daemon.wait_call(lambda c, n=answer["number"]: c["did"] == n)
+        cdr = env.daemon.wait_call(by_did(answer["number"]))
         att = cdr["attribution"]
         assert att["kind"] == "dynamic", (name, att)
         assert (att["source"], att["medium"], att["channel"]) == (source, medium, channel), name
@@ -131,7 +131,7 @@ PAGES = {f"/product/{i}": PRODUCT.replace("{{", "{").replace("}}", "}")
 
 
 def sessions_request(r: Any) -> bool:
-    return r.url.endswith("/v1/sessions") and r.method == "POST"
+    return bool(r.url.endswith("/v1/sessions") and r.method == "POST")
 
 
 def test_the_call_carries_the_product_viewed_last(

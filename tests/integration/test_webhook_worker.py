@@ -152,7 +152,10 @@ async def test_a_backlog_drains_without_sending_an_acknowledged_event_twice(
 
     for start in range(0, events, 50):
         await asyncio.gather(*(save(i) for i in range(start, start + 50)))
-    ids = lambda: {h["X-Calltrackd-Delivery"] for h, _, _ in receiver.seen}  # noqa: E731
+
+    def ids() -> set[str]:
+        return {h["X-Calltrackd-Delivery"] for h, _, _ in receiver.seen}
+
     await wait_until(lambda: len(ids()) == events, within=30)
     await asyncio.sleep(0.3)
     await node.shutdown()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -51,6 +51,10 @@ class Fake(asyncio.DatagramProtocol):
         return [r["command"] for _, r in self.received]
 
 
+# the fixture's factory: start_fake(handler=rewrite) -> a started Fake
+StartFake = Callable[..., Awaitable[Fake]]
+
+
 def rewrite(request: dict[str, Any], attempt: int) -> Reply:
     if request["command"] == "ping":
         return {"result": "pong"}
@@ -64,7 +68,7 @@ def rewrite(request: dict[str, Any], attempt: int) -> Reply:
 
 
 @pytest.fixture
-async def start_fake() -> AsyncIterator[Callable[..., Any]]:
+async def start_fake() -> AsyncIterator[StartFake]:
     fakes: list[Fake] = []
 
     async def start(handler: Callable[[dict[str, Any], int], Reply] = rewrite) -> Fake:
@@ -87,7 +91,7 @@ def closed_port() -> int:
 
 
 async def test_offer_sends_the_configured_flags_and_returns_the_rewritten_sdp(
-        start_fake: Callable[..., Any]) -> None:
+        start_fake: StartFake) -> None:
     fake = await start_fake()
     client = NgClient([("127.0.0.1", fake.port)], options=OfferOptions(
         direction=("pub", "priv"), ice="remove", flags=("trust address",)))
@@ -106,7 +110,7 @@ async def test_offer_sends_the_configured_flags_and_returns_the_rewritten_sdp(
 
 
 async def test_answer_delete_and_query_go_to_the_offers_instance(
-        start_fake: Callable[..., Any]) -> None:
+        start_fake: StartFake) -> None:
     a, b = await start_fake(), await start_fake()
     client = NgClient([("127.0.0.1", a.port), ("127.0.0.1", b.port)])
     try:
@@ -128,7 +132,7 @@ async def test_answer_delete_and_query_go_to_the_offers_instance(
 
 
 async def test_a_lost_request_is_sent_again_with_the_same_cookie(
-        start_fake: Callable[..., Any]) -> None:
+        start_fake: StartFake) -> None:
     fake = await start_fake(lambda req, attempt: None if attempt < 3 else rewrite(req, 1))
     client = NgClient([("127.0.0.1", fake.port)], timeout=5.0, retransmit=0.05, tries=5)
     try:
@@ -141,7 +145,7 @@ async def test_a_lost_request_is_sent_again_with_the_same_cookie(
 
 
 async def test_replies_are_matched_by_cookie_whatever_their_order(
-        start_fake: Callable[..., Any]) -> None:
+        start_fake: StartFake) -> None:
     held: list[tuple[bytes, Any]] = []
     fake: Fake
 
@@ -160,7 +164,7 @@ async def test_replies_are_matched_by_cookie_whatever_their_order(
             for raw, to in reversed(held):
                 cookie, _, body = raw.partition(b" ")
                 req = bencode.decode(body, text=True)
-                assert isinstance(req, dict)
+                assert isinstance(req, dict) and isinstance(req["call-id"], str)
                 reply = {"result": "ok", "sdp": f"v=0\r\ns={req['call-id']}\r\n"}
                 fake.transport.sendto(cookie + b" " + bencode.encode(reply), to)
 
@@ -173,7 +177,7 @@ async def test_replies_are_matched_by_cookie_whatever_their_order(
     assert [r.sdp.split("s=")[1].strip() for r in results] == [f"c_{i}" for i in range(5)]
 
 
-async def test_no_answer_fails_within_the_budget(start_fake: Callable[..., Any]) -> None:
+async def test_no_answer_fails_within_the_budget(start_fake: StartFake) -> None:
     fake = await start_fake(lambda req, attempt: None)
     client = NgClient([("127.0.0.1", fake.port)], timeout=0.3, retransmit=0.1, tries=10)
     started = time.monotonic()
@@ -188,7 +192,7 @@ async def test_no_answer_fails_within_the_budget(start_fake: Callable[..., Any])
 
 
 async def test_a_dead_instance_is_skipped_and_tried_again_after_recheck(
-        start_fake: Callable[..., Any]) -> None:
+        start_fake: StartFake) -> None:
     live = await start_fake()
     dead_port = closed_port()
     now = [1000.0]
@@ -212,7 +216,7 @@ async def test_a_dead_instance_is_skipped_and_tried_again_after_recheck(
         client.close()
 
 
-async def test_every_instance_dead_fails_at_once(start_fake: Callable[..., Any]) -> None:
+async def test_every_instance_dead_fails_at_once(start_fake: StartFake) -> None:
     client = NgClient([("127.0.0.1", closed_port())], timeout=2.0, retransmit=0.5)
     try:
         with pytest.raises(NgUnavailable):
@@ -226,7 +230,7 @@ async def test_every_instance_dead_fails_at_once(start_fake: Callable[..., Any])
 
 
 async def test_an_error_reply_is_rejected_without_marking_the_instance_dead(
-        start_fake: Callable[..., Any]) -> None:
+        start_fake: StartFake) -> None:
     fake = await start_fake(lambda req, attempt: {"result": "error",
                                                   "error-reason": "Incomplete SDP"})
     client = NgClient([("127.0.0.1", fake.port)])
@@ -239,7 +243,7 @@ async def test_an_error_reply_is_rejected_without_marking_the_instance_dead(
 
 
 async def test_load_limit_moves_the_call_to_the_next_instance(
-        start_fake: Callable[..., Any]) -> None:
+        start_fake: StartFake) -> None:
     full = await start_fake(lambda req, attempt: {"result": "load limit"})
     free = await start_fake()
     client = NgClient([("127.0.0.1", full.port), ("127.0.0.1", free.port)])
@@ -251,7 +255,7 @@ async def test_load_limit_moves_the_call_to_the_next_instance(
     assert full.received  # some calls ranked the full one first and were moved
 
 
-async def test_query_reports_the_last_rtp_of_each_side(start_fake: Callable[..., Any]) -> None:
+async def test_query_reports_the_last_rtp_of_each_side(start_fake: StartFake) -> None:
     def handler(request: dict[str, Any], attempt: int) -> Reply:
         stream = {"flags": ["RTP", "filled"], "last packet": 1796000050,
                   "stats": {"packets": 5, "bytes": 860, "errors": 0}}
@@ -275,7 +279,7 @@ async def test_query_reports_the_last_rtp_of_each_side(start_fake: Callable[...,
 
 
 async def test_a_malformed_reply_is_an_error_not_a_crash(
-        start_fake: Callable[..., Any]) -> None:
+        start_fake: StartFake) -> None:
     fake = await start_fake()
 
     def junk(data: bytes, addr: Any) -> None:

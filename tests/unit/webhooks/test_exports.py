@@ -78,6 +78,7 @@ def test_ga4_body_uses_the_session_id_and_the_newer_attribution_fields(
 ) -> None:
     att = record.attribution
     assert att is not None and att.session is not None
+    seen = att.session
 
     class Session:  # a session of a newer build: more fields than this one knows
         def __init__(self, base: VisitorSession) -> None:
@@ -87,7 +88,7 @@ def test_ga4_body_uses_the_session_id_and_the_newer_attribution_fields(
 
     class Att:
         kind, channel, source, medium, error = "dynamic", "paid", "google", "cpc", None
-        session = Session(att.session)
+        session = Session(seen)
 
     doc = json.loads(ga4.ga4_body(replace(record, attribution=Att()), GA))  # type: ignore[arg-type]
     params = doc["events"][0]["params"]
