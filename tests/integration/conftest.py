@@ -46,6 +46,81 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
+SQLITE = "sqlite:///./var/calltrackd.db"  # the embedded store, in the daemon's directory
+LOOPBACK = {"name": "loopback", "addresses": ["127.0.0.0/8"], "default_country": "RU"}
+
+
+def pbx_uri(port: int, transport: str = "udp", host: str = "127.0.0.1") -> str:
+    return f"sip:{host}:{port};transport={transport}"
+
+
+def tracker(id: str, default_number: str, *forward: str | dict[str, Any],
+            **keys: Any) -> dict[str, Any]:
+    """One [[trackers]] entry: public key pk_<id>, forwarding to `forward` in order; `keys`
+    adds the rest, sub-tables as lists of dicts (pools=[{...}], static=[{...}])."""
+    return {"id": id, "public_key": f"pk_{id}", "default_number": default_number,
+            "forward": list(forward), **keys}
+
+
+def daemon_toml(sip_port: int, http_port: int, *trackers: dict[str, Any], store: str = SQLITE,
+                carriers: list[dict[str, Any]] | None = None, **sections: dict[str, Any]) -> str:
+    """The daemon's configuration file: [sip] on UDP 127.0.0.1:`sip_port`, [http] on
+    127.0.0.1:`http_port` with the tests' admin token, the store, one loopback carrier,
+    the trackers. `sections` adds keys to a section or replaces them (sip={"listen": [...],
+    "shutdown_grace": "5s"}, log={"level": "debug"}, webhooks={...}). The text is laid out
+    as a person writes it (`key = value`, sub-tables indented), so a test can still edit
+    it (a SIGHUP reload) with str.replace."""
+    doc: dict[str, Any] = {
+        "sip": {"listen": [f"udp:127.0.0.1:{sip_port}"]},
+        "http": {"listen": f"127.0.0.1:{http_port}", "admin_token": ADMIN},
+        "store": {"url": store},
+    }
+    for name, keys in sections.items():
+        doc[name] = {**doc.get(name, {}), **keys}
+    doc["carriers"] = [LOOPBACK] if carriers is None else carriers
+    doc["trackers"] = list(trackers)
+    return toml_text(doc)
+
+
+def toml_text(doc: dict[str, Any]) -> str:
+    """`doc` as TOML: tables for dicts, arrays of tables for lists of dicts."""
+    lines: list[str] = []
+
+    def table(keys: dict[str, Any], path: str) -> None:
+        indent = "  " * path.count(".")  # [[trackers.pools]] and its keys: indented
+        lines.extend(f"{indent}{k} = {_toml_value(v)}" for k, v in keys.items()
+                     if not _is_table(v))
+        for key, value in keys.items():
+            if _is_table(value):
+                name = f"{path}.{key}" if path else key
+                head = f"[[{name}]]" if isinstance(value, list) else f"[{name}]"
+                for entry in value if isinstance(value, list) else [value]:
+                    lines.extend([f"{'  ' * name.count('.')}{head}"] if path else ["", head])
+                    table(entry, name)
+
+    table(doc, "")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _is_table(value: Any) -> bool:
+    return isinstance(value, dict) or (
+        isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML for {value!r}")
+
+
 def need(binary: str) -> str:
     path = shutil.which(binary)
     if path is None:
@@ -401,6 +476,6 @@ def store_url(request: pytest.FixtureRequest) -> str:
     """Each test that takes this runs on both stores: the embedded SQLite one (a file in the
     daemon's directory) and Redis (a fresh redis-server of its own)."""
     if request.param == "sqlite":
-        return "sqlite:///./var/calltrackd.db"
+        return SQLITE
     r: Redis = request.getfixturevalue("redis")
     return r.url

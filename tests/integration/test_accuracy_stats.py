@@ -4,13 +4,12 @@ each attribution is and how big the pool should be. On both stores."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import ADMIN, Daemon, Sipp, free_port, start_daemon
+from .conftest import Daemon, Sipp, daemon_toml, free_port, pbx_uri, start_daemon, tracker
 
 POOL = ["+74990000021", "+74990000022"]
 POOL_DEFAULT = "+74990000029"
@@ -18,30 +17,12 @@ DEFAULT = "+74990000020"
 
 
 def config(sip: int, http: int, pbx: int, store: str) -> str:
-    return f"""
-[sip]
-listen = ["udp:127.0.0.1:{sip}"]
-shutdown_grace = "5s"
-[http]
-listen = "127.0.0.1:{http}"
-admin_token = "{ADMIN}"
-[store]
-url = "{store}"
-[[carriers]]
-name = "loopback"
-addresses = ["127.0.0.0/8"]
-[[trackers]]
-id = "acme"
-public_key = "pk_acme"
-default_number = "{DEFAULT}"
-forward = ["sip:127.0.0.1:{pbx};transport=udp"]
-reservation_ttl = "6m"
-  [[trackers.pools]]
-  name = "paid"
-  sources = ["google/cpc"]
-  numbers = {json.dumps(POOL)}
-  default_number = "{POOL_DEFAULT}"
-"""
+    return daemon_toml(
+        sip, http, tracker(
+            "acme", DEFAULT, pbx_uri(pbx), reservation_ttl="6m",
+            pools=[{"name": "paid", "sources": ["google/cpc"], "numbers": POOL,
+                    "default_number": POOL_DEFAULT}]),
+        store=store, sip={"shutdown_grace": "5s"})
 
 
 @pytest.fixture

@@ -17,7 +17,18 @@ from typing import Any
 
 import pytest
 
-from .conftest import ADMIN, CALLER, Daemon, Sipp, SipTrace, free_port, start_daemon
+from .conftest import (
+    CALLER,
+    LOOPBACK,
+    Daemon,
+    Sipp,
+    SipTrace,
+    daemon_toml,
+    free_port,
+    pbx_uri,
+    start_daemon,
+    tracker,
+)
 
 DID_MAIN = "+74990000001"  # → PBX A
 DID_FAILOVER = "+74990000002"  # → PBX A, then PBX B
@@ -39,75 +50,21 @@ class Plan:
         return f"127.0.0.1:{self.daemon.sip_port}"
 
 
-def target_uri(port: int, transport: str) -> str:
-    return f"sip:127.0.0.1:{port};transport={transport}"
-
-
 def config(sip: int, http: int, pbx_a: int, pbx_b: int, transport: str,
            carriers: str = "127.0.0.0/8") -> str:
-    def target(port: int) -> str:
-        return f'"{target_uri(port, transport)}"'
-
-    return f"""
-[sip]
-listen = ["udp:127.0.0.1:{sip}", "tcp:127.0.0.1:{sip}"]
-max_call_duration = "1h"
-shutdown_grace = "10s"
-
-[http]
-listen = "127.0.0.1:{http}"
-admin_token = "{ADMIN}"
-
-[store]
-url = "sqlite:///./var/calltrackd.db"
-
-[log]
-level = "debug"
-format = "json"
-
-[[carriers]]
-name = "loopback"
-addresses = ["{carriers}"]
-did_from = "ruri"
-default_country = "RU"
-
-[[trackers]]
-id = "main"
-public_key = "pk_main"
-default_number = "+74990000000"
-forward = [{target(pbx_a)}]
-ring_timeout = "20s"
-  [[trackers.static]]
-  number = "{DID_MAIN}"
-  channel = "billboard"
-
-[[trackers]]
-id = "failover"
-public_key = "pk_failover"
-default_number = "{DID_FAILOVER}"
-forward = [{target(pbx_a)}, {target(pbx_b)}]
-ring_timeout = "20s"
-
-[[trackers]]
-id = "ring"
-public_key = "pk_ring"
-default_number = "{DID_RING}"
-forward = [{target(pbx_a)}]
-ring_timeout = "2s"
-
-[[trackers]]
-id = "ring_failover"
-public_key = "pk_ring_failover"
-default_number = "{DID_RING_FAILOVER}"
-forward = [{target(pbx_a)}, {target(pbx_b)}]
-ring_timeout = "2s"
-
-[[trackers]]
-id = "auth"
-public_key = "pk_auth"
-default_number = "{DID_AUTH}"
-forward = [{{uri = {target(pbx_a)}, username = "acme", password = "s3cret"}}]
-"""
+    a, b = pbx_uri(pbx_a, transport), pbx_uri(pbx_b, transport)
+    return daemon_toml(
+        sip, http,
+        tracker("main", "+74990000000", a, ring_timeout="20s",
+                static=[{"number": DID_MAIN, "channel": "billboard"}]),
+        tracker("failover", DID_FAILOVER, a, b, ring_timeout="20s"),
+        tracker("ring", DID_RING, a, ring_timeout="2s"),
+        tracker("ring_failover", DID_RING_FAILOVER, a, b, ring_timeout="2s"),
+        tracker("auth", DID_AUTH, {"uri": a, "username": "acme", "password": "s3cret"}),
+        sip={"listen": [f"udp:127.0.0.1:{sip}", f"tcp:127.0.0.1:{sip}"],
+             "max_call_duration": "1h", "shutdown_grace": "10s"},
+        log={"level": "debug", "format": "json"},
+        carriers=[{**LOOPBACK, "addresses": [carriers], "did_from": "ruri"}])
 
 
 @pytest.fixture(scope="module", params=["udp", "tcp"])
@@ -284,7 +241,7 @@ def test_failover_from_failing_target_to_second(plan: Plan, sipp_factory: Callab
     cdr = record(plan, second)
     assert forwarded_call_ids(first) == [cdr["id"]]  # one call hunted both targets
     assert (cdr["outcome"], cdr["sip_code"]) == ("answered", 200)
-    assert cdr["target"] == target_uri(plan.pbx_b, plan.transport)
+    assert cdr["target"] == pbx_uri(plan.pbx_b, plan.transport)
 
 
 def test_first_target_ringing_too_long_hands_call_to_second(
@@ -299,7 +256,7 @@ def test_first_target_ringing_too_long_hands_call_to_second(
     cdr = record(plan, second)
     assert forwarded_call_ids(first) == [cdr["id"]]
     assert (cdr["outcome"], cdr["sip_code"]) == ("answered", 200)
-    assert cdr["target"] == target_uri(plan.pbx_b, plan.transport)
+    assert cdr["target"] == pbx_uri(plan.pbx_b, plan.transport)
     assert 2.0 <= float(cdr["ring_seconds"]) < 4.0, cdr
 
 

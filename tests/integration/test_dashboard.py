@@ -8,7 +8,6 @@ the test's directory (and to $CALLTRACKD_SCREENSHOTS when set)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -19,7 +18,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from .conftest import ADMIN, Daemon, Sipp, by_did, free_port, start_daemon
+from .conftest import (
+    ADMIN,
+    Daemon,
+    Sipp,
+    by_did,
+    daemon_toml,
+    free_port,
+    pbx_uri,
+    start_daemon,
+    tracker,
+)
 from .test_browser_snippet import ARGS, CHROMIUM
 
 ACME_VIEWER = "viewer-acme-0123456789"
@@ -37,45 +46,15 @@ def local(iso: str) -> str:
 
 
 def config(sip: int, http: int, pbx: int) -> str:
-    return f"""
-[sip]
-listen = ["udp:127.0.0.1:{sip}"]
-shutdown_grace = "5s"
-[http]
-listen = "127.0.0.1:{http}"
-admin_token = "{ADMIN}"
-session_rate_limit = 0
-[store]
-url = "sqlite:///./var/calltrackd.db"
-[[carriers]]
-name = "loopback"
-addresses = ["127.0.0.0/8"]
-default_country = "RU"
-[[trackers]]
-id = "acme"
-public_key = "pk_acme"
-default_number = "+74990000010"
-forward = ["sip:127.0.0.1:{pbx};transport=udp"]
-target_call_min_seconds = 1
-timezone = "Europe/Moscow"
-viewer_tokens = ["{ACME_VIEWER}"]
-  [[trackers.pools]]
-  name = "web"
-  sources = ["*"]
-  numbers = {json.dumps(POOL)}
-  [[trackers.static]]
-  number = "{BILLBOARD}"
-  channel = "billboard"
-[[trackers]]
-id = "beta"
-public_key = "pk_beta"
-default_number = "+74990000020"
-forward = ["sip:127.0.0.1:{pbx};transport=udp"]
-viewer_tokens = ["{BETA_VIEWER}"]
-  [[trackers.static]]
-  number = "{RADIO}"
-  channel = "radio"
-"""
+    return daemon_toml(
+        sip, http,
+        tracker("acme", "+74990000010", pbx_uri(pbx), target_call_min_seconds=1,
+                timezone="Europe/Moscow", viewer_tokens=[ACME_VIEWER],
+                pools=[{"name": "web", "sources": ["*"], "numbers": POOL}],
+                static=[{"number": BILLBOARD, "channel": "billboard"}]),
+        tracker("beta", "+74990000020", pbx_uri(pbx), viewer_tokens=[BETA_VIEWER],
+                static=[{"number": RADIO, "channel": "radio"}]),
+        sip={"shutdown_grace": "5s"}, http={"session_rate_limit": 0})
 
 
 VISITS = [  # (utm_source, utm_medium, utm_campaign, utm_term)

@@ -8,29 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ADMIN, Sipp, free_port, start_daemon
+from .conftest import Sipp, daemon_toml, free_port, pbx_uri, start_daemon, tracker
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_call_over_ipv6(tmp_path: Path, sipp_factory: Callable[..., Sipp], transport: str) -> None:
     sip, http, pbx = free_port(), free_port(), free_port()
-    daemon = start_daemon(tmp_path, f"""
-[sip]
-listen = ["udp:[::1]:{sip}", "tcp:[::1]:{sip}"]
-[http]
-listen = "127.0.0.1:{http}"
-admin_token = "{ADMIN}"
-[store]
-url = "sqlite:///./var/c.db"
-[[carriers]]
-name = "v6"
-addresses = ["::1/128"]
-[[trackers]]
-id = "v6"
-public_key = "pk_v6"
-default_number = "+74990000001"
-forward = ["sip:[::1]:{pbx};transport={transport}"]
-""", sip, http)
+    daemon = start_daemon(tmp_path, daemon_toml(
+        sip, http, tracker("v6", "+74990000001", pbx_uri(pbx, transport, host="[::1]")),
+        sip={"listen": [f"udp:[::1]:{sip}", f"tcp:[::1]:{sip}"]},
+        carriers=[{"name": "v6", "addresses": ["::1/128"]}]), sip, http)
     try:
         uas = sipp_factory("pbx", "uas_answer.xml", pbx, "-i", "::1", "-m", "1",
                            "-timeout", "20s", transport=transport)

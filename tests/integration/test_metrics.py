@@ -5,7 +5,6 @@ name with its labels and values that match the traffic."""
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import time
@@ -18,7 +17,18 @@ import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import ADMIN, Daemon, Receiver, Sipp, free_port, need, start_daemon
+from .conftest import (
+    LOOPBACK,
+    Daemon,
+    Receiver,
+    Sipp,
+    daemon_toml,
+    free_port,
+    need,
+    pbx_uri,
+    start_daemon,
+    tracker,
+)
 
 STATIC = "+74990000100"
 POOL = ["+74990000001", "+74990000002"]
@@ -42,48 +52,16 @@ SPEC = {
 
 
 def config(sip: int, http: int, pbx: int, hook: str) -> str:
-    return f"""
-[sip]
-listen = ["udp:127.0.0.1:{sip}"]
-max_call_duration = "1h"
-shutdown_grace = "5s"
-
-[http]
-listen = "127.0.0.1:{http}"
-admin_token = "{ADMIN}"
-session_rate_limit = 0
-
-[store]
-url = "sqlite:///./var/calltrackd.db"
-
-[log]
-level = "info"
-format = "json"
-
-[[carriers]]
-name = "loopback"
-addresses = ["127.0.0.0/8"]
-did_from = "ruri"
-default_country = "RU"
-
-[[trackers]]
-id = "acme"
-public_key = "pk_acme"
-default_number = "{DEFAULT}"
-forward = ["sip:127.0.0.1:{pbx};transport=udp"]
-ring_timeout = "20s"
-  [[trackers.pools]]
-  name = "paid"
-  sources = ["google/cpc"]
-  numbers = {json.dumps(POOL)}
-  [[trackers.static]]
-  number = "{STATIC}"
-  channel = "billboard"
-  [[trackers.webhooks]]
-  url = "{hook}"
-  secret = "whsec_metrics"
-  events = ["call.started", "call.answered", "call.ended"]
-"""
+    return daemon_toml(
+        sip, http, tracker(
+            "acme", DEFAULT, pbx_uri(pbx), ring_timeout="20s",
+            pools=[{"name": "paid", "sources": ["google/cpc"], "numbers": POOL}],
+            static=[{"number": STATIC, "channel": "billboard"}],
+            webhooks=[{"url": hook, "secret": "whsec_metrics",
+                       "events": ["call.started", "call.answered", "call.ended"]}]),
+        sip={"max_call_duration": "1h", "shutdown_grace": "5s"},
+        http={"session_rate_limit": 0}, log={"level": "info", "format": "json"},
+        carriers=[{**LOOPBACK, "did_from": "ruri"}])
 
 
 @dataclass

@@ -15,7 +15,16 @@ from calltrackd.http.recordings import recording_json
 from calltrackd.media.store import RecordingStore
 from tests.audio import tone
 
-from .conftest import ADMIN, Daemon, free_port, need, start_daemon
+from .conftest import (
+    ADMIN,
+    Daemon,
+    daemon_toml,
+    free_port,
+    need,
+    pbx_uri,
+    start_daemon,
+    tracker,
+)
 from .rtpengine import Rtpengine
 from .test_metrics import call
 
@@ -23,36 +32,12 @@ DID = "+74990000100"
 
 
 def config(sip: int, http: int, pbx: int, rtpengine: str, recordings: Path) -> str:
-    return f"""
-[sip]
-listen = ["udp:127.0.0.1:{sip}"]
-shutdown_grace = "5s"
-[http]
-listen = "127.0.0.1:{http}"
-admin_token = "{ADMIN}"
-[store]
-url = "sqlite:///./var/calltrackd.db"
-[media]
-rtpengine = ["{rtpengine}"]
-timeout = "500ms"
-retransmit = "100ms"
-recordings_dir = "{recordings}"
-recording_retention = "30d"
-[[carriers]]
-name = "loopback"
-addresses = ["127.0.0.0/8"]
-default_country = "RU"
-[[trackers]]
-id = "acme"
-public_key = "pk_acme"
-default_number = "+74990000000"
-forward = ["sip:127.0.0.1:{pbx};transport=udp"]
-media = "anchor"
-record = true
-  [[trackers.static]]
-  number = "{DID}"
-  channel = "billboard"
-"""
+    return daemon_toml(
+        sip, http, tracker("acme", "+74990000000", pbx_uri(pbx), media="anchor", record=True,
+                           static=[{"number": DID, "channel": "billboard"}]),
+        sip={"shutdown_grace": "5s"},
+        media={"rtpengine": [rtpengine], "timeout": "500ms", "retransmit": "100ms",
+               "recordings_dir": str(recordings), "recording_retention": "30d"})
 
 
 def get(daemon: Daemon, path: str, headers: dict[str, str] | None = None,

@@ -3,53 +3,36 @@ sharing one Redis behind Kamailio are in test_kamailio.py."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .conftest import ADMIN, Daemon, Receiver, Redis, Sipp, free_port, start_daemon
+from .conftest import (
+    Daemon,
+    Receiver,
+    Redis,
+    Sipp,
+    daemon_toml,
+    free_port,
+    pbx_uri,
+    start_daemon,
+    tracker,
+)
 
 POOL = [f"+7499301{i:04d}" for i in range(20)]
 STATIC = "+74993009999"
 
 
 def config(sip: int, http: int, pbx: int, store: str, hook: str | None = None) -> str:
-    webhook = f'\n  [[trackers.webhooks]]\n  url = "{hook}"\n  secret = "s3cret"' if hook else ""
-    return f"""
-[sip]
-listen = ["udp:127.0.0.1:{sip}"]
-shutdown_grace = "5s"
-[http]
-listen = "127.0.0.1:{http}"
-admin_token = "{ADMIN}"
-session_rate_limit = 0
-[store]
-url = "{store}"
-[log]
-level = "info"
-[webhooks]
-backoff_base = "200ms"
-backoff_cap = "2s"
-[[carriers]]
-name = "lo"
-addresses = ["127.0.0.0/8"]
-default_country = "RU"
-[[trackers]]
-id = "acme"
-public_key = "pk_acme"
-default_number = "+74993000000"
-forward = ["sip:127.0.0.1:{pbx};transport=udp"]
-  [[trackers.pools]]
-  name = "web"
-  sources = ["*"]
-  numbers = {json.dumps(POOL)}
-  [[trackers.static]]
-  number = "{STATIC}"
-  channel = "radio"{webhook}
-"""
+    webhooks = {"webhooks": [{"url": hook, "secret": "s3cret"}]} if hook else {}
+    return daemon_toml(
+        sip, http, tracker("acme", "+74993000000", pbx_uri(pbx),
+                           pools=[{"name": "web", "sources": ["*"], "numbers": POOL}],
+                           static=[{"number": STATIC, "channel": "radio"}], **webhooks),
+        store=store, sip={"shutdown_grace": "5s"}, http={"session_rate_limit": 0},
+        log={"level": "info"}, webhooks={"backoff_base": "200ms", "backoff_cap": "2s"})
 
 
 def all_calls(daemon: Daemon) -> list[dict[str, Any]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,43 +10,23 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .conftest import ADMIN, Daemon, free_port, start_daemon
+from .conftest import SQLITE, Daemon, daemon_toml, free_port, start_daemon, tracker
 
 POOL = [f"+7499100{i:04d}" for i in range(100)]
 DEFAULT = "+74990009999"
 
 
-def config(sip: int, http: int, rate: str = "session_rate_limit = 0",
-           store: str = "sqlite:///./var/calltrackd.db") -> str:
-    return f"""
-[sip]
-listen = ["udp:127.0.0.1:{sip}"]
-[http]
-listen = "127.0.0.1:{http}"
-admin_token = "{ADMIN}"
-{rate}
-[store]
-url = "{store}"
-[log]
-level = "warning"
-[[carriers]]
-name = "lo"
-addresses = ["127.0.0.0/8"]
-[[trackers]]
-id = "acme"
-public_key = "pk_acme"
-default_number = "{DEFAULT}"
-forward = ["sip:127.0.0.1:5070"]
-reservation_ttl = "6m"
-  [[trackers.pools]]
-  name = "paid"
-  sources = ["google/cpc"]
-  numbers = {json.dumps(POOL[:3])}
-  [[trackers.pools]]
-  name = "web"
-  sources = ["*"]
-  numbers = {json.dumps(POOL[3:])}
-"""
+def acme(paid: list[str] = POOL[:3], web: list[str] = POOL[3:]) -> dict[str, Any]:
+    return tracker("acme", DEFAULT, "sip:127.0.0.1:5070", reservation_ttl="6m", pools=[
+        {"name": "paid", "sources": ["google/cpc"], "numbers": paid},
+        {"name": "web", "sources": ["*"], "numbers": web}])
+
+
+def config(sip: int, http: int, *trackers: dict[str, Any], store: str = SQLITE,
+           **rate: int) -> str:
+    """acme's site (or `trackers`), sessions not rate limited unless `rate` says so."""
+    return daemon_toml(sip, http, *(trackers or [acme()]), store=store,
+                       http={"session_rate_limit": 0, **rate}, log={"level": "warning"})
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +94,7 @@ def test_cors_preflight_and_headers(daemon: Daemon) -> None:
 
 def test_1000_concurrent_visitors_against_a_pool_of_100(tmp_path: Path, store_url: str) -> None:
     sip, http = free_port(), free_port()
-    text = config(sip, http, store=store_url).replace(
-        f"numbers = {json.dumps(POOL[:3])}", f'numbers = ["{DEFAULT[:-1]}8"]').replace(
-        f"numbers = {json.dumps(POOL[3:])}", f"numbers = {json.dumps(POOL)}")
+    text = config(sip, http, acme(paid=[f"{DEFAULT[:-1]}8"], web=POOL), store=store_url)
     daemon = start_daemon(tmp_path, text, sip, http)
     try:
         answers = asyncio.run(_storm(daemon.base, 1000))
@@ -148,7 +125,7 @@ async def _storm(base: str, n: int) -> list[dict[str, Any]]:
 def test_rate_limit_gives_default_number_not_an_error(tmp_path: Path) -> None:
     sip, http = free_port(), free_port()
     daemon = start_daemon(tmp_path, config(
-        sip, http, "session_rate_limit = 6\nsession_rate_burst = 3"), sip, http)
+        sip, http, session_rate_limit=6, session_rate_burst=3), sip, http)
     try:
         kinds = []
         first = None
@@ -166,23 +143,14 @@ def test_rate_limit_gives_default_number_not_an_error(tmp_path: Path) -> None:
         assert daemon.stop() == 0
 
 
-OTHER_SITE = """
-[[trackers]]
-id = "other"
-public_key = "pk_other"
-default_number = "+74990008888"
-forward = ["sip:127.0.0.1:5070"]
-  [[trackers.pools]]
-  name = "web"
-  sources = ["*"]
-  numbers = ["+74990008001"]
-"""
+OTHER_SITE = tracker("other", "+74990008888", "sip:127.0.0.1:5070",
+                     pools=[{"name": "web", "sources": ["*"], "numbers": ["+74990008001"]}])
 
 
 def test_a_session_of_another_site_does_not_pass_the_rate_limit(tmp_path: Path) -> None:
     sip, http = free_port(), free_port()
     daemon = start_daemon(tmp_path, config(
-        sip, http, "session_rate_limit = 6\nsession_rate_burst = 3") + OTHER_SITE, sip, http)
+        sip, http, acme(), OTHER_SITE, session_rate_limit=6, session_rate_burst=3), sip, http)
     try:
         status, elsewhere = post(daemon, {"tracker": "pk_other"})
         assert status == 200 and elsewhere["kind"] == "dynamic"

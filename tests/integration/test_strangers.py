@@ -31,7 +31,16 @@ import pytest
 
 from tests.flooding import STRANGER_HOST, Flood
 
-from .conftest import ADMIN, Daemon, Sipp, free_port, start_daemon
+from .conftest import (
+    LOOPBACK,
+    Daemon,
+    Sipp,
+    daemon_toml,
+    free_port,
+    pbx_uri,
+    start_daemon,
+    tracker,
+)
 
 DID = "+74990000100"
 PBX_HOST = "127.0.0.3"
@@ -41,35 +50,12 @@ SECONDS = 20
 
 def config(sip: int, http: int, pbx: int, *, policy: str = "drop",
            carriers: str = "127.0.0.1/32") -> str:
-    return f"""
-[sip]
-listen = ["udp:127.0.0.1:{sip}", "tcp:127.0.0.1:{sip}"]
-stranger_policy = "{policy}"
-
-[http]
-listen = "127.0.0.1:{http}"
-admin_token = "{ADMIN}"
-
-[store]
-url = "sqlite:///./var/calltrackd.db"
-
-[log]
-level = "info"
-
-[[carriers]]
-name = "loopback"
-addresses = ["{carriers}"]
-default_country = "RU"
-
-[[trackers]]
-id = "main"
-public_key = "pk_main"
-default_number = "+74990000000"
-forward = ["sip:{PBX_HOST}:{pbx};transport=udp"]
-  [[trackers.static]]
-  number = "{DID}"
-  channel = "billboard"
-"""
+    return daemon_toml(
+        sip, http, tracker("main", "+74990000000", pbx_uri(pbx, host=PBX_HOST),
+                           static=[{"number": DID, "channel": "billboard"}]),
+        sip={"listen": [f"udp:127.0.0.1:{sip}", f"tcp:127.0.0.1:{sip}"],
+             "stranger_policy": policy},
+        log={"level": "info"}, carriers=[{**LOOPBACK, "addresses": [carriers]}])
 
 
 @pytest.fixture

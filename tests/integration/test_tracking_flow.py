@@ -5,7 +5,6 @@ daemon restart."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,7 +15,18 @@ import pytest
 
 from calltrackd.webhooks.signing import verify
 
-from .conftest import ADMIN, CALLER, Daemon, Receiver, Sipp, free_port, start_daemon
+from .conftest import (
+    CALLER,
+    SQLITE,
+    Daemon,
+    Receiver,
+    Sipp,
+    daemon_toml,
+    free_port,
+    pbx_uri,
+    start_daemon,
+    tracker,
+)
 
 SECRET = "whsec_test_secret"
 POOL = ["+74990000011", "+74990000012", "+74990000013"]
@@ -24,50 +34,15 @@ DEFAULT = "+74990000010"
 STATIC = "+74990000100"
 
 
-def config(sip: int, http: int, pbx: int, hook: str,
-           store: str = "sqlite:///./var/calltrackd.db") -> str:
-    return f"""
-[sip]
-listen = ["udp:127.0.0.1:{sip}"]
-shutdown_grace = "5s"
-
-[http]
-listen = "127.0.0.1:{http}"
-admin_token = "{ADMIN}"
-
-[store]
-url = "{store}"
-
-[log]
-level = "info"
-
-[webhooks]
-backoff_base = "200ms"
-backoff_cap = "1s"
-
-[[carriers]]
-name = "loopback"
-addresses = ["127.0.0.0/8"]
-default_country = "RU"
-
-[[trackers]]
-id = "acme"
-public_key = "pk_acme"
-default_number = "{DEFAULT}"
-forward = ["sip:127.0.0.1:{pbx};transport=udp"]
-reservation_ttl = "6m"
-target_call_min_seconds = 1
-  [[trackers.pools]]
-  name = "web"
-  sources = ["*"]
-  numbers = {json.dumps(POOL)}
-  [[trackers.static]]
-  number = "{STATIC}"
-  channel = "billboard"
-  [[trackers.webhooks]]
-  url = "{hook}"
-  secret = "{SECRET}"
-"""
+def config(sip: int, http: int, pbx: int, hook: str, store: str = SQLITE) -> str:
+    return daemon_toml(
+        sip, http, tracker(
+            "acme", DEFAULT, pbx_uri(pbx), reservation_ttl="6m", target_call_min_seconds=1,
+            pools=[{"name": "web", "sources": ["*"], "numbers": POOL}],
+            static=[{"number": STATIC, "channel": "billboard"}],
+            webhooks=[{"url": hook, "secret": SECRET}]),
+        store=store, sip={"shutdown_grace": "5s"}, log={"level": "info"},
+        webhooks={"backoff_base": "200ms", "backoff_cap": "1s"})
 
 
 @dataclass

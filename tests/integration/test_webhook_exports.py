@@ -23,7 +23,15 @@ from aiohttp import web
 
 from calltrackd.webhooks.signing import verify
 
-from .conftest import ADMIN, Daemon, Sipp, free_port, start_daemon
+from .conftest import (
+    Daemon,
+    Sipp,
+    daemon_toml,
+    free_port,
+    pbx_uri,
+    start_daemon,
+    tracker,
+)
 
 GA_ID, GA_SECRET = "G-TEST123", "ga-api-secret-xyz"
 YM_COUNTER, YM_TOKEN = 4242, "y0_metrica-oauth-token"
@@ -212,59 +220,23 @@ def services() -> Iterator[Services]:
 
 
 def config(sip: int, http: int, pbx: int, base: str, store: str) -> str:
-    return f"""
-[sip]
-listen = ["udp:127.0.0.1:{sip}"]
-shutdown_grace = "5s"
-[http]
-listen = "127.0.0.1:{http}"
-admin_token = "{ADMIN}"
-public_url = "https://track.example"
-[store]
-url = "{store}"
-[webhooks]
-backoff_base = "200ms"
-backoff_cap = "1s"
-[[carriers]]
-name = "loopback"
-addresses = ["127.0.0.0/8"]
-[[trackers]]
-id = "acme"
-public_key = "pk_acme"
-default_number = "+74990000020"
-forward = ["sip:127.0.0.1:{pbx};transport=udp"]
-target_call_min_seconds = 1
-  [[trackers.pools]]
-  name = "web"
-  numbers = {json.dumps(POOL)}
-  [[trackers.static]]
-  number = "{STATIC}"
-  channel = "billboard"
-  [[trackers.webhooks]]
-  url = "{base}/crm"
-  secret = "{HOOK_SECRET}"
-  events = ["call.ended"]
-  batch = 10
-  [[trackers.analytics]]
-  kind = "ga4"
-  measurement_id = "{GA_ID}"
-  api_secret = "{GA_SECRET}"
-  base_url = "{base}"
-  [[trackers.analytics]]
-  kind = "metrica"
-  counter_id = {YM_COUNTER}
-  token = "{YM_TOKEN}"
-  base_url = "{base}"
-  upload_interval = "1s"
-  [[trackers.alerts]]
-  kind = "telegram"
-  bot_token = "{TG_TOKEN}"
-  chat_id = "{TG_CHAT}"
-  base_url = "{base}"
-  [[trackers.alerts]]
-  kind = "slack"
-  url = "{base}{SLACK_PATH}"
-"""
+    return daemon_toml(
+        sip, http, tracker(
+            "acme", "+74990000020", pbx_uri(pbx), target_call_min_seconds=1,
+            pools=[{"name": "web", "numbers": POOL}],
+            static=[{"number": STATIC, "channel": "billboard"}],
+            webhooks=[{"url": f"{base}/crm", "secret": HOOK_SECRET, "events": ["call.ended"],
+                       "batch": 10}],
+            analytics=[
+                {"kind": "ga4", "measurement_id": GA_ID, "api_secret": GA_SECRET,
+                 "base_url": base},
+                {"kind": "metrica", "counter_id": YM_COUNTER, "token": YM_TOKEN,
+                 "base_url": base, "upload_interval": "1s"}],
+            alerts=[
+                {"kind": "telegram", "bot_token": TG_TOKEN, "chat_id": TG_CHAT, "base_url": base},
+                {"kind": "slack", "url": f"{base}{SLACK_PATH}"}]),
+        store=store, sip={"shutdown_grace": "5s"}, http={"public_url": "https://track.example"},
+        webhooks={"backoff_base": "200ms", "backoff_cap": "1s"})
 
 
 def call(daemon: Daemon, sipp_factory: Callable[..., Sipp], pbx_port: int, did: str,
