@@ -11,6 +11,7 @@ import asyncio
 import json
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -260,10 +261,13 @@ def test_the_snippet_pings_while_the_page_is_open_and_the_number_stays_reserved(
                     if r.url.endswith("/ping") and r.request.method == "POST" else None)
             page.goto(f"{site}/sofas", timeout=20000)
             number = shown_number(page)
-            page.wait_for_timeout(5000)  # well past the first reservation's end
+            # four pings, a second apart: well past the first reservation's end
+            deadline = time.monotonic() + 60
+            while len(pings) < 4 and time.monotonic() < deadline:
+                page.wait_for_timeout(100)
             held = page.evaluate("window.calltrackd.number")
             status, stats = env.daemon.http("GET", "/v1/stats?tracker=acme")
-        assert len(pings) >= 3 and set(pings) == {200}, pings
+        assert len(pings) >= 4 and set(pings) == {200}, pings
         assert held == number
         assert status == 200
         (pool,) = stats["trackers"][0]["pools"]

@@ -441,7 +441,7 @@ def test_udp_with_10_percent_loss_completes_calls(plan: Plan,
     pbx = sipp_factory("uas", "uas_answer.xml", plan.pbx_a, "-m", str(calls), "-lost", "10",
                        "-timeout", "90s")
     carrier = sipp_factory("uac", "uac_call.xml", free_port(), "-s", DID_MAIN, "-m", str(calls),
-                           "-r", "2", "-d", "500", "-lost", "10", "-timeout", "90s",
+                           "-r", "5", "-d", "500", "-lost", "10", "-timeout", "90s",
                            "-timeout_error", remote=plan.remote)
     res = carrier.wait(100)
     assert res.ok, res.output

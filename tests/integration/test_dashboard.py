@@ -21,11 +21,11 @@ import pytest
 from .conftest import (
     ADMIN,
     Daemon,
-    Sipp,
     by_did,
     daemon_toml,
     free_port,
     pbx_uri,
+    sipp_processes,
     start_daemon,
     tracker,
 )
@@ -64,32 +64,37 @@ VISITS = [  # (utm_source, utm_medium, utm_campaign, utm_term)
 ]
 
 
-@pytest.fixture
-def site(tmp_path: Path, sipp_factory: Callable[..., Sipp]) -> Iterator[dict[str, Any]]:
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A daemon with two trackers and six finished calls: three visitors of acme (two
-    campaigns), acme's billboard twice, beta's radio once."""
+    campaigns), acme's billboard twice, beta's radio once. One for the module: the tests
+    read it, and the one edit (a call's tags, by the first) changes nothing the others see."""
+    tmp_path = tmp_path_factory.mktemp("site")
     sip, http, pbx = free_port(), free_port(), free_port()
     daemon = start_daemon(tmp_path, config(sip, http, pbx), sip, http)
     try:
-        uas = sipp_factory("pbx", "uas_answer.xml", pbx, "-m", "6", "-timeout", "120s")
-        dids = []
-        for src, medium, campaign, term in VISITS:
-            status, s = daemon.http("POST", "/v1/sessions", {
-                "tracker": "pk_acme", "utm_source": src, "utm_medium": medium,
-                "utm_campaign": campaign, "utm_term": term,
-                "landing_page": f"https://acme.example/sofas?utm_campaign={campaign}"},
-                admin=False)
-            assert status == 200 and s["kind"] == "dynamic", s
-            dids.append(s["number"])
-        dids += [BILLBOARD, BILLBOARD, RADIO]
-        for did in dids:
-            res = sipp_factory("carrier", "uac_call.xml", free_port(), "-s", did, "-m", "1",
-                               "-d", "1200", "-timeout", "30s", "-timeout_error",
-                               remote=f"127.0.0.1:{sip}").wait(40)
-            assert res.ok, res.output
-        assert uas.wait(30).ok
-        for did in dids:
-            daemon.wait_call(by_did(did), timeout=20)
+        with sipp_processes(tmp_path) as sipp_factory:
+            uas = sipp_factory("pbx", "uas_answer.xml", pbx, "-m", "6", "-timeout", "120s")
+            dids = []
+            for src, medium, campaign, term in VISITS:
+                status, s = daemon.http("POST", "/v1/sessions", {
+                    "tracker": "pk_acme", "utm_source": src, "utm_medium": medium,
+                    "utm_campaign": campaign, "utm_term": term,
+                    "landing_page": f"https://acme.example/sofas?utm_campaign={campaign}"},
+                    admin=False)
+                assert status == 200 and s["kind"] == "dynamic", s
+                dids.append(s["number"])
+            dids += [BILLBOARD, BILLBOARD, RADIO]
+            carriers = [sipp_factory(f"carrier{n}", "uac_call.xml", free_port(), "-s", did,
+                                     "-m", "1", "-d", "1200", "-timeout", "30s",
+                                     "-timeout_error", remote=f"127.0.0.1:{sip}")
+                        for n, did in enumerate(dids)]
+            for carrier in carriers:  # the six calls at once
+                res = carrier.wait(40)
+                assert res.ok, res.output
+            assert uas.wait(30).ok
+            for did in dids:
+                daemon.wait_call(by_did(did), timeout=20)
         yield {"daemon": daemon, "tmp": tmp_path}
     finally:
         daemon.stop()
@@ -142,7 +147,7 @@ def browser(site: dict[str, Any]) -> Iterator[Callable[[], Browser]]:
 
     daemon: Daemon = site["daemon"]
     shots_dir = site["tmp"] / "screenshots"
-    shots_dir.mkdir()
+    shots_dir.mkdir(exist_ok=True)
     with sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
 

@@ -10,21 +10,46 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import Daemon, Receiver, Sipp, free_port, start_daemon
+from .conftest import Daemon, Receiver, Sipp, free_port, start_daemon, store_at
 from .test_tracking_flow import POOL, Env, call, config
 
 
+@dataclass
+class Guarded:
+    daemon: Daemon
+    pbx: int
+    receiver: Receiver
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def guarded(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
+    """One daemon per store for the module: the tests send it bad input, which it refuses
+    without writing anything, and one good visitor with a call, which no other test counts."""
+    tmp = tmp_path_factory.mktemp(f"guard-{request.param}")
+    receiver = Receiver(free_port())
+    receiver.start()
+    try:
+        with store_at(request.param, tmp) as store:
+            sip, http, pbx = free_port(), free_port(), free_port()
+            d = start_daemon(tmp, config(sip, http, pbx, receiver.url, store), sip, http)
+            try:
+                yield Guarded(d, pbx, receiver)
+            finally:
+                d.stop()
+    finally:
+        receiver.stop()
+
+
 @pytest.fixture
-def daemon(tmp_path: Path, receiver: Receiver, store_url: str) -> Iterator[tuple[Daemon, int]]:
-    sip, http, pbx = free_port(), free_port(), free_port()
-    d = start_daemon(tmp_path, config(sip, http, pbx, receiver.url, store_url), sip, http)
-    yield d, pbx
-    d.stop()
+def daemon(guarded: Guarded) -> tuple[Daemon, int]:
+    return guarded.daemon, guarded.pbx
 
 
 def post_raw(d: Daemon, path: str, body: bytes,
@@ -39,9 +64,9 @@ def post_raw(d: Daemon, path: str, body: bytes,
 
 
 def test_lone_surrogate_is_refused_and_nothing_is_poisoned(
-    daemon: tuple[Daemon, int], receiver: Receiver, sipp_factory: Callable[..., Sipp]
+    guarded: Guarded, sipp_factory: Callable[..., Sipp]
 ) -> None:
-    d, pbx = daemon
+    d, pbx, receiver = guarded.daemon, guarded.pbx, guarded.receiver
     # exactly the issue's body: the JSON escape of a lone surrogate, unauthenticated
     status, body = post_raw(d, "/v1/sessions", b'{"tracker":"pk_acme","utm_source":"x\\ud800"}')
     assert status == 400, body
