@@ -41,9 +41,12 @@ from dataclasses import dataclass
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository's root
+
 import aiohttp
-from bench_outbox import Receiver
-from compare import (
+
+from tests.bench.bench_outbox import Receiver
+from tests.bench.compare import (
     CALLER,
     HZ,
     PUBLIC_KEY,
