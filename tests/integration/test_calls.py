@@ -12,7 +12,6 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -402,11 +401,12 @@ def test_options_answered_200(plan: Plan) -> None:
     assert f"Via: SIP/2.0/{plan.transport.upper()} ".encode() in data, data
 
 
-@pytest.fixture
-def stranger(tmp_path: Path) -> Iterator[Daemon]:
+@pytest.fixture(scope="module")
+def stranger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """A daemon whose only carrier is an address the test does not call from, answering
     strangers 403 on UDP too (the UDP default is to drop them: tests/integration/
-    test_strangers.py)."""
+    test_strangers.py). One for both transports: it never has a call."""
+    tmp_path = tmp_path_factory.mktemp("stranger")
     sip, http = free_port(), free_port()
     text = config(sip, http, free_port(), free_port(), "udp", carriers="192.0.2.0/24")
     text = text.replace("[sip]\n", '[sip]\nstranger_policy = "reject"\n', 1)
