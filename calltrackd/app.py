@@ -345,8 +345,7 @@ class App:
         self._idle.clear()
         if self.engine.active_calls:  # no await since the clear: no call can end unseen
             await _first_of(self._idle, self.force, within=grace)
-        for call in list(self.engine.calls.values()):
-            call.terminate()
+        self.engine.terminate_all()
         await asyncio.sleep(0.1)  # let the last BYEs and 503s leave
         await self.stop()
 

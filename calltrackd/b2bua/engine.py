@@ -1,5 +1,10 @@
-"""The B2BUA engine: new INVITE → carrier ACL → DID → tracker → a Call; in-dialog
-requests, responses and timeouts to the call that owns them.
+"""The B2BUA engine: the I/O around the calls. A new INVITE goes to `routing.route`
+(carrier ACL, drain, shedding, Max-Forwards, Require, DID → tracker): a `Reject` is
+answered here, a `Route` becomes a `Call`. In-dialog requests, responses and timeouts go
+to the call that owns them, as events; the engine executes the commands the call
+returns (send through the transaction layer, timers on the loop, DNS by getaddrinfo,
+hooks, log lines). The stack flushes once per SIP input; the engine once per timer or
+DNS answer. The engine is the calls' `CallHost` (our address toward a peer, the ids).
 
 Routing needs only configuration: a call is never held up by tracking.
 
@@ -19,11 +24,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from .. import ids
 from ..sip.endpoint import (
     AckReceived,
     Address,
@@ -33,29 +39,56 @@ from ..sip.endpoint import (
     ResponseReceived,
     ServerTransaction,
     TransactionTimeout,
+    new_branch,
+    new_tag,
 )
-from ..sip.message import Request, response_for
-from ..sip.uri import NameAddr, SipSyntaxError, SipURI
-from ..tracking.numbers import normalize
-from .call import Call, CallInfo, Leg
+from ..sip.message import Request, Response, response_for
+from ..sip.transaction import TransactionError
+from ..sip.uri import SipSyntaxError, SipURI
+from .call import Call, CallStateError
+from .commands import (
+    AckIn,
+    CallEvent,
+    CallInfo,
+    CancelIn,
+    CancelTimer,
+    Command,
+    Finished,
+    Log,
+    Notify,
+    RegisterDialog,
+    RequestIn,
+    Resolve,
+    Resolved,
+    ResolveFailed,
+    Respond,
+    ResponseIn,
+    Routed,
+    SendAck,
+    SendRequest,
+    StartTimer,
+    Terminate,
+    TimeoutIn,
+    TimerFired,
+)
 from .guard import LogLimiter, canonical_host
+from .legs import ALLOW, Leg, default_port
+from .routing import DRAIN_RETRY_AFTER, SHED_REASONS, Load, Reject, refused_require, route
 
 if TYPE_CHECKING:
-    from ..config import Carrier, Settings
+    from ..config import Settings
     from ..transport.stack import SipStack
 
 log = structlog.get_logger("calltrackd.b2bua")
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
+__all__ = ["ALLOW", "SHED_REASONS", "CallHooks", "Engine"]
+
 # standard methods a B2BUA in front of PBXes does not serve (RFC 3261, 3265, 3428, 3515, 3903)
 OTHER_METHODS = frozenset({"REGISTER", "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH"})
-DRAIN_RETRY_AFTER = {"Retry-After": "5"}  # seconds; another node takes the call meanwhile
-# the carrier a trusted proxy (Kamailio with its ACL) says an INVITE came from
-CARRIER_HEADER = "X-Calltrackd-Carrier"
 # in-dialog methods counted by name in calltrackd_dialog_rejected_total; others as "other"
 _COUNTED_METHODS = frozenset({"BYE", "INVITE", "UPDATE", "INFO", "ACK", "PRACK", "CANCEL",
                               "OPTIONS"})
-SHED_REASONS = ("overload", "max_calls", "draining")
+RESOLVE_TIMEOUT = 5.0
 
 
 class CallHooks(Protocol):
@@ -73,10 +106,14 @@ class Engine:
         stack: SipStack,
         settings: Callable[[], Settings],
         hooks: CallHooks,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.stack = stack
         self.settings = settings
         self.hooks = hooks
+        self.wall = wall  # Unix time, read once per call: CDR timestamps count from it
+        # a target's host and port → the address to send to (A/AAAA; raises OSError)
+        self.resolver: Callable[[str, int], Awaitable[str]] = self._getaddrinfo
         self.calls: dict[str, Call] = {}  # call id (c_...) → call
         self.dialogs: dict[tuple[str, str], tuple[Call, Leg]] = {}  # (Call-ID, our tag)
         self.draining = False
@@ -91,6 +128,9 @@ class Engine:
         self._reject_log = LogLimiter(60.0, burst=1)  # per source address
         self._shed_log = LogLimiter(10.0, burst=10)  # per reason
         self._log_flush: asyncio.TimerHandle | None = None
+        # the calls' timers: call id → timer name → handle (the handle names the call by
+        # its id, so a call holds no handle and no handle keeps an ended call)
+        self._timers: dict[str, dict[str, asyncio.TimerHandle]] = {}
         # ended calls stay alive while their transactions may still report (a 2xx that
         # crossed our CANCEL must be ACKed and hung up): legs hold their call weakly
         self._linger: deque[tuple[float, Call]] = deque()
@@ -113,6 +153,125 @@ class Engine:
                 trackers[tracker] = trackers.get(tracker, 0) + n
         return {"total": sum(reasons.values()), "reasons": reasons, "trackers": trackers}
 
+    # -- the calls' host ---------------------------------------------------------------
+
+    def local_hostport(self, transport: str, toward: str) -> tuple[str, int]:
+        return self.stack.local_hostport(transport, toward)
+
+    def new_id(self, kind: str) -> str:
+        if kind == "branch":
+            return new_branch()
+        if kind == "tag":
+            return new_tag()
+        if kind == "call-id":
+            return ids.token_urlsafe(16) + "@calltrackd"
+        return "c_" + ids.token_urlsafe(12)
+
+    # -- running a call ----------------------------------------------------------------
+
+    def feed(self, call: Call, event: CallEvent, now: float | None = None) -> None:
+        """One event into a call, and its commands executed (the caller flushes)."""
+        if now is None:
+            now = self.stack.clock()
+        try:
+            commands = call.handle(event, now)
+        except CallStateError as exc:
+            log.error("call.impossible_event", call=call.id, error=str(exc))
+            return
+        for command in commands:
+            self._execute(call, command, now)
+
+    def _execute(self, call: Call, c: Command, now: float) -> None:
+        layer = self.stack.layer
+        if isinstance(c, SendRequest):
+            txn = layer.send_request(c.request, c.dest, now)
+            txn.user = c.leg if c.track else None
+        elif isinstance(c, Respond):
+            layer.respond(c.transaction, c.response, now)
+        elif isinstance(c, SendAck):
+            try:
+                layer.send_ack(c.transaction, c.ack)
+            except TransactionError:
+                pass  # the transaction holds its ACK already, or is gone
+        elif isinstance(c, StartTimer):
+            self._start_timer(call, c.name, c.at, now)
+        elif isinstance(c, CancelTimer):
+            handle = self._timers.get(call.id, {}).pop(c.name, None)
+            if handle is not None:
+                handle.cancel()
+        elif isinstance(c, Notify):
+            self._notify(c)
+        elif isinstance(c, Log):
+            (log.warning if c.level == "warning" else log.info)(c.event, **c.fields)
+        elif isinstance(c, RegisterDialog):
+            self.dialogs[(c.leg.dialog.call_id, c.leg.dialog.local_tag)] = (call, c.leg)
+        elif isinstance(c, Resolve):
+            self.stack.loop.create_task(self._resolve(call, c.uri))
+        elif isinstance(c, Finished):
+            self._finished(call, now)
+
+    def _notify(self, c: Notify) -> None:
+        hooks = self.hooks
+        if c.kind == "started":
+            hooks.call_started(c.info)
+        elif c.kind == "forwarded":
+            hooks.call_forwarded(c.info, c.seconds)
+        elif c.kind == "answered":
+            hooks.call_answered(c.info)
+        else:
+            hooks.call_ended(c.info)
+
+    def _start_timer(self, call: Call, name: str, at: float, now: float) -> None:
+        timers = self._timers.setdefault(call.id, {})
+        old = timers.pop(name, None)
+        if old is not None:
+            old.cancel()
+        loop = self.stack.loop
+        timers[name] = loop.call_at(loop.time() + max(0.0, at - now), self._fire, call.id,
+                                    name)
+
+    def _fire(self, call_id: str, name: str) -> None:
+        timers = self._timers.get(call_id)
+        if timers is not None:
+            timers.pop(name, None)
+        call = self.calls.get(call_id)
+        if call is not None:
+            self._input(call, TimerFired(name))
+
+    def _input(self, call: Call, event: CallEvent) -> None:
+        """An input of the engine's own (a timer, a DNS answer): fed, then flushed."""
+        try:
+            self.feed(call, event)
+        except Exception:  # one bad call must never take the engine down
+            log.exception("b2bua.event_failed", event=type(event).__name__, call=call.id)
+        self.stack.flush()
+
+    async def _resolve(self, call: Call, uri: SipURI) -> None:
+        """A and AAAA lookup of the target host (RFC 3263 SRV/NAPTR are not consulted)."""
+        port = default_port(uri)
+        event: CallEvent
+        try:
+            event = Resolved(Address(uri.transport, await self.resolver(uri.host_bare, port),
+                                     port))
+        except OSError as exc:
+            event = ResolveFailed(str(exc) or type(exc).__name__)
+        self._input(call, event)
+
+    async def _getaddrinfo(self, host: str, port: int) -> str:
+        infos = await asyncio.wait_for(self.stack.loop.getaddrinfo(host, port, type=0),
+                                       RESOLVE_TIMEOUT)
+        if not infos:
+            raise OSError(f"no address for {host}")
+        return str(infos[0][4][0])
+
+    def terminate(self, call: Call, reason: str = "shutdown") -> None:
+        """End a call from our side (shutdown grace over): BYE or 503 to the caller."""
+        self._input(call, Terminate(reason))
+
+    def terminate_all(self, reason: str = "shutdown") -> None:
+        for call in list(self.calls.values()):
+            self.terminate(call, reason)
+
     # -- dispatch ----------------------------------------------------------------------
 
     def handle(self, events: list[Event]) -> None:
@@ -120,13 +279,13 @@ class Engine:
             try:
                 self._dispatch(event)
             except Exception:  # one bad call must never take the engine down
-                log.exception("event handling failed", event=type(event).__name__)
+                log.exception("b2bua.event_failed", event=type(event).__name__)
 
     def _dispatch(self, event: Event) -> None:
         if isinstance(event, ResponseReceived):
             owner = event.transaction.user
             if isinstance(owner, Leg) and (call := owner.call) is not None:
-                call.on_response(owner, event.transaction, event.response)
+                self.feed(call, ResponseIn(owner, event.transaction, event.response))
         elif isinstance(event, RequestReceived):
             self._on_request(event)
         elif isinstance(event, AckReceived):
@@ -135,13 +294,13 @@ class Engine:
                 call, leg = found
                 # an ACK gets no answer: a refused one is only counted and logged
                 if self._in_dialog_refusal(call, leg, event.request, event.source) is None:
-                    call.on_ack(leg, event.request)
+                    self.feed(call, AckIn(leg, event.request))
         elif isinstance(event, TransactionTimeout):
             owner = event.transaction.user
             if isinstance(owner, Leg) and (call := owner.call) is not None:
-                call.on_timeout(owner, event.transaction, event.timer)
+                self.feed(call, TimeoutIn(owner, event.transaction, event.timer))
         elif isinstance(event, MalformedMessage):
-            log.info("malformed sip message", source=str(event.source), reason=event.reason,
+            log.info("b2bua.malformed", source=str(event.source), reason=event.reason,
                      answered=event.answered)
 
     def _find_dialog(self, request: Request) -> tuple[Call, Leg] | None:
@@ -164,7 +323,7 @@ class Engine:
                 refused = self._cancel_refusal(call, req, event.source)
                 if refused is None:
                     self._respond(txn, req, 200)
-                    call.on_cancel(owner)
+                    self.feed(call, CancelIn(owner))
                     return
                 self._refuse(refused, req, event.source)
                 self._respond_stateless(txn, req, 481)
@@ -186,33 +345,28 @@ class Engine:
             if refused is not None:
                 self._respond_stateless(txn, req, 481)  # as for no dialog: nothing to learn
                 return
-            call.on_request(leg, txn, req)
+            self.feed(call, RequestIn(leg, txn, req))
             return
         if not req.uri.lower().startswith(("sip:", "sips:", "tel:")):
             self._respond(txn, req, 416)  # §8.2.2.1: a Request-URI scheme we do not serve
             return
-        # an INVITE is checked after the carrier ACL
-        if method != "INVITE" and self._refused_require(txn, req):
-            return
         if method == "INVITE":
-            self._on_invite(event)
+            self._on_invite(event)  # Require is checked after the carrier ACL
+            return
+        unsupported = refused_require(req)
+        if unsupported is not None:
+            self._respond(txn, req, unsupported.status, unsupported.headers)
         elif method == "OPTIONS":
             if self.draining:  # a dispatcher probing us takes this node out of its set
                 self._respond(txn, req, 503, DRAIN_RETRY_AFTER)
                 return
-            resp = response_for(req, 200)
-            resp.headers.add("Allow", ALLOW)
-            resp.headers.add("Accept", "application/sdp")
-            self._add_to_tag(resp)
-            self.stack.layer.respond(txn, resp, self.stack.clock())
+            self._respond(txn, req, 200, (("Allow", ALLOW), ("Accept", "application/sdp")))
         elif method in ("BYE", "UPDATE", "INFO", "PRACK"):
             self._respond(txn, req, 481)
         else:
             # §8.2.1: a method we know but do not serve is 405, one we do not know 501
-            resp = response_for(req, 405 if method in OTHER_METHODS else 501)
-            resp.headers.add("Allow", ALLOW)
-            self._add_to_tag(resp)
-            self.stack.layer.respond(txn, resp, self.stack.clock())
+            self._respond(txn, req, 405 if method in OTHER_METHODS else 501,
+                          (("Allow", ALLOW),))
 
     # -- who may speak in a dialog -----------------------------------------------------
 
@@ -245,7 +399,7 @@ class Engine:
 
     def _carrier_admits(self, call: Call, source: Address) -> bool:
         carrier = self.settings().carrier_for(source.host)
-        return carrier is not None and carrier.name == call.info.carrier
+        return carrier is not None and carrier.name == call.carrier
 
     def _refuse(self, reason: str, req: Request, source: Address) -> None:
         method = req.method if req.method in _COUNTED_METHODS else "other"
@@ -253,7 +407,7 @@ class Engine:
         self.dialog_rejects[key] = self.dialog_rejects.get(key, 0) + 1
         left_out = self._reject_log.allow(source.host, self.stack.clock())
         if left_out is not None:
-            log.warning("in-dialog request refused", source=source.host, port=source.port,
+            log.warning("b2bua.dialog_refused", source=source.host, port=source.port,
                         transport=source.transport, method=req.method, reason=reason,
                         call_id=req.call_id, suppressed=left_out)
         self._arm_log_flush()
@@ -269,54 +423,18 @@ class Engine:
         self._log_flush = None
         now = self.stack.clock()
         for source, n in self._reject_log.expired(now):
-            log.warning("in-dialog requests refused, lines left out", source=source,
-                        suppressed=n)
+            log.warning("b2bua.dialog_refused_left_out", source=source, suppressed=n)
         for reason, n in self._shed_log.expired(now):
-            log.warning("invites shed, lines left out", reason=reason, suppressed=n)
+            log.warning("b2bua.invite_shed_left_out", reason=reason, suppressed=n)
         self._arm_log_flush()
 
-    def _shed(self, reason: str, txn: ServerTransaction, req: Request, source: Address,
-              carrier: Carrier, settings: Settings, extra: dict[str, str]) -> None:
-        """Answer 503 before any call exists: counted per reason and tracker, logged
-        (at most 10 lines per reason in 10 s, then the count of lines left out)."""
-        tracker = ""
-        try:
-            did = self._dialled(req, carrier)
-        except SipSyntaxError:
-            did = None
-        found = settings.tracker_by_did(did) if did else None
-        if found is not None:
-            tracker = found.id
-        key = (reason, tracker)
-        self.shed[key] = self.shed.get(key, 0) + 1
-        left_out = self._shed_log.allow(reason, self.stack.clock())
-        if left_out is not None:
-            log.warning("invite shed", reason=reason, call_id=req.call_id,
-                        source=source.host, carrier=carrier.name, did=did,
-                        tracker=tracker or None, suppressed=left_out)
-        self._arm_log_flush()
-        self._respond(txn, req, 503, extra)
+    # -- answers without a call --------------------------------------------------------
 
-    @staticmethod
-    def _dialled(req: Request, carrier: Carrier) -> str | None:
-        """The DID in E.164 where the carrier puts it (Request-URI or To); raises
-        SipSyntaxError for a URI that does not parse."""
-        user = SipURI.parse(req.uri).user if carrier.did_from == "ruri" else req.to.uri.user
-        return normalize((user or "").split(";")[0], carrier.default_country)
-
-    def _refused_require(self, txn: ServerTransaction, req: Request) -> bool:
-        """§8.2.2.3: we support no extension a request may require; 420 if it names one."""
-        require = [v.lower() for v in req.headers.values("Require")]
-        if require:
-            self._respond(txn, req, 420, {"Unsupported": ", ".join(require)})
-        return bool(require)
-
-    def _respond(
-        self, txn: ServerTransaction, req: Request, status: int, extra: dict[str, str] | None = None
-    ) -> None:
+    def _respond(self, txn: ServerTransaction, req: Request, status: int,
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:
         resp = response_for(req, status)
-        self._add_to_tag(resp)
-        for name, value in (extra or {}).items():
+        _add_to_tag(resp)
+        for name, value in headers:
             resp.headers.add(name, value)
         self.stack.layer.respond(txn, resp, self.stack.clock())
 
@@ -324,114 +442,67 @@ class Engine:
         """One answer per request, no transaction: nothing retransmitted to the sender and
         no transaction key taken from the peer the request pretends to be."""
         resp = response_for(req, status)
-        self._add_to_tag(resp)
+        _add_to_tag(resp)
         dest = self.stack.layer.transaction_address(txn)
         self.stack.layer.discard(txn)
         self.stack.layer.send_stateless(resp, dest)
-
-    @staticmethod
-    def _add_to_tag(resp: object) -> None:
-        from ..sip.endpoint import new_tag
-        from ..sip.message import Response
-
-        assert isinstance(resp, Response)
-        to = resp.headers.get("To") or ""
-        if ";tag=" not in to.replace(" ", "").lower():
-            resp.headers.set("To", f"{to};tag={new_tag()}")
 
     # -- a new call --------------------------------------------------------------------
 
     def _on_invite(self, event: RequestReceived) -> None:
         req, txn, source = event.request, event.transaction, event.source
-        started = time.time()
+        now = self.stack.clock()
+        wall = self.wall()
         settings = self.settings()
-        carrier = self._carrier_of(req, source, settings)
-        if carrier is None:
-            self._respond(txn, req, 403)
+        load = Load(len(self.calls), self.overloaded(), self.draining)
+        decision = route(req, source, settings, load)
+        if isinstance(decision, Reject):
+            self._reject(decision, txn, req, source, now)
             return
-        if self.draining:
-            self._shed("draining", txn, req, source, carrier, settings, DRAIN_RETRY_AFTER)
-            return
-        max_calls = settings.sip.max_calls
-        full = bool(max_calls and len(self.calls) >= max_calls)
-        if full or self.overloaded():
-            # shed, don't queue: a late answer costs the calls already accepted
-            self.rejected_overload += 1
-            self._shed("max_calls" if full else "overload", txn, req, source, carrier,
-                       settings, {"Retry-After": "1"})
-            return
-        mf = req.headers.get("Max-Forwards")
-        if mf is not None:
-            if not mf.strip().isdigit():
-                self._respond(txn, req, 400)
-                return
-            if int(mf) <= 0:
-                self._respond(txn, req, 483)
-                return
-        if self._refused_require(txn, req):
-            return
-        try:
-            ruri = SipURI.parse(req.uri)
-            to = req.to
-            from_ = req.from_
-        except SipSyntaxError:
-            self._respond(txn, req, 400)
-            return
-        raw = (ruri.user if carrier.did_from == "ruri" else to.uri.user) or ""
-        did = self._dialled(req, carrier)
-        tracker = settings.tracker_by_did(did) if did else None
-        if tracker is None or did is None:
-            log.info("invite to unknown did", did=raw, call_id=req.call_id, carrier=carrier.name)
-            self._respond(txn, req, 404)
-            return
-        caller = _caller_number(from_, carrier.default_country)
-        call = Call(
-            engine=self,
-            tracker=tracker,
-            did=did,
-            caller=caller,
-            carrier=carrier.name,
-            invite=req,
-            transaction=txn,
-            source=source,
-            started=started,
-        )
+        call = Call(self, req, txn, source, now, wall, user_agent=settings.sip.user_agent,
+                    max_duration=settings.sip.max_call_duration)
+        txn.user = call.a
         self.calls[call.id] = call
-        call.start()
+        self.feed(call, Routed(decision), now)
 
-    def _carrier_of(self, req: Request, source: Address, settings: Settings) -> Carrier | None:
-        """The carrier entry an INVITE came in by: the one named in X-Calltrackd-Carrier
-        when a trusted proxy (`sip.trusted_proxies`) sent it, else the one whose
-        addresses hold the source. The header from anyone else is ignored; a trusted
-        proxy naming no configured carrier is refused (it is configured wrong)."""
-        if settings.is_trusted_proxy(source.host):
-            named = req.headers.get(CARRIER_HEADER)
-            if named is not None:
-                carrier = settings.carrier_by_name(named.strip())
-                if carrier is None:
-                    log.warning("trusted proxy names an unknown carrier", source=source.host,
-                                carrier=named.strip()[:64], call_id=req.call_id)
-                return carrier
-        carrier = settings.carrier_for(source.host)
-        if carrier is None:
-            log.info("invite from unknown address", source=source.host, call_id=req.call_id)
-        return carrier
+    def _reject(self, r: Reject, txn: ServerTransaction, req: Request, source: Address,
+                now: float) -> None:
+        if r.reason == "unknown_source":
+            log.info("b2bua.unknown_source", source=source.host, call_id=req.call_id)
+        elif r.reason == "unknown_carrier":
+            log.warning("b2bua.unknown_carrier", source=source.host, carrier=r.detail,
+                        call_id=req.call_id)
+        elif r.reason == "unknown_did":
+            log.info("b2bua.unknown_did", did=r.did, call_id=req.call_id, carrier=r.carrier)
+        elif r.shed:
+            # shed, don't queue: counted per reason and tracker, logged (at most 10 lines
+            # per reason in 10 s, then the count of lines left out)
+            if r.reason != "draining":
+                self.rejected_overload += 1
+            key = (r.reason, r.tracker or "")
+            self.shed[key] = self.shed.get(key, 0) + 1
+            left_out = self._shed_log.allow(r.reason, now)
+            if left_out is not None:
+                log.warning("b2bua.invite_shed", reason=r.reason, call_id=req.call_id,
+                            source=source.host, carrier=r.carrier, did=r.did,
+                            tracker=r.tracker, suppressed=left_out)
+            self._arm_log_flush()
+        self._respond(txn, req, r.status, r.headers)
 
     # -- bookkeeping for calls ---------------------------------------------------------
 
-    def register_dialog(self, call_id: str, tag: str, call: Call, leg: Leg) -> None:
-        self.dialogs[(call_id, tag)] = (call, leg)
-
-    def call_finished(self, call: Call) -> None:
+    def _finished(self, call: Call, now: float) -> None:
         self.calls.pop(call.id, None)
-        for key in call.dialog_keys():
-            self.dialogs.pop(key, None)
+        for leg in call.legs:
+            self.dialogs.pop((leg.dialog.call_id, leg.dialog.local_tag), None)
+        for handle in self._timers.pop(call.id, {}).values():
+            handle.cancel()
         self.on_call_finished()
         # 64*T1 is the longest a transaction of the call may still report (Timer B/F)
-        sip = self.settings().sip
-        self._linger.append((self.stack.clock() + 64 * sip.t1 + 1.0, call))
+        wait = 64 * self.settings().sip.t1 + 1.0
+        self._linger.append((now + wait, call))
         if self._linger_timer is None:
-            self._linger_timer = self.stack.loop.call_later(64 * sip.t1 + 1.0, self._prune)
+            self._linger_timer = self.stack.loop.call_later(wait, self._prune)
 
     def _prune(self) -> None:
         self._linger_timer = None
@@ -449,7 +520,7 @@ class Engine:
         return len(self._linger)
 
 
-def _caller_number(from_: NameAddr, default_country: str | None) -> str:
-    """The caller's number in E.164 when it looks like a number, else From's user as is."""
-    user = (from_.uri.user or "").split(";")[0]
-    return normalize(user, default_country) or user or "anonymous"
+def _add_to_tag(resp: Response) -> None:
+    to = resp.headers.get("To") or ""
+    if ";tag=" not in to.replace(" ", "").lower():
+        resp.headers.set("To", f"{to};tag={new_tag()}")

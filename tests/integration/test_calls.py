@@ -175,9 +175,9 @@ def test_answered_call_caller_hangs_up(plan: Plan, sipp_factory: Callable[..., S
     lines = [json.loads(ln) for ln in plan.daemon.log_text().splitlines()
              if ln.startswith("{") and cdr["id"] in ln]
     events = {ln["event"]: ln for ln in lines}
-    assert events["call started"]["did"] == DID_MAIN
-    assert events["call started"]["caller"] == CALLER
-    ended = events["call ended"]
+    assert events["call.started"]["did"] == DID_MAIN
+    assert events["call.started"]["caller"] == CALLER
+    ended = events["call.ended"]
     assert (ended["outcome"], ended["sip_code"], ended["hangup_by"]) == ("answered", 200, "caller")
     assert '"event": "sip.in"' in plan.daemon.log_text()
 
@@ -366,7 +366,7 @@ def test_sip_account_target_gets_digest_credentials(
 def test_unknown_did_gets_404(plan: Plan, sipp_factory: Callable[..., Sipp]) -> None:
     res = uac(plan, sipp_factory, "uac_expect_404.xml", DID_UNKNOWN).wait(40)
     assert res.ok, res.output
-    assert "invite to unknown did" in plan.daemon.log_text()
+    assert "b2bua.unknown_did" in plan.daemon.log_text()
     # refused before routing: no record
     assert [c for c in plan.daemon.calls(limit="1000") if c["did"] == DID_UNKNOWN] == []
 

@@ -114,7 +114,7 @@ def metric_sum(daemon: Daemon, name: str) -> float:
 
 def refusal_lines(daemon: Daemon) -> list[dict[str, Any]]:
     return [json.loads(ln) for ln in daemon.log_text().splitlines()
-            if ln.startswith("{") and '"in-dialog request refused"' in ln]
+            if ln.startswith("{") and '"b2bua.dialog_refused"' in ln]
 
 
 def test_stranger_bye_and_reinvite_on_a_live_call_are_refused_and_the_call_goes_on(

@@ -153,7 +153,7 @@ def calls_started(node: Daemon) -> set[str]:
     """Ids of the calls this node handled (its own log: the store is shared)."""
     ids = set()
     for line in node.log_text().splitlines():
-        if '"call started"' in line:
+        if '"call.started"' in line:
             ids.add(json.loads(line)["call"])
     return ids
 

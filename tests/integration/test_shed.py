@@ -37,7 +37,7 @@ def test_invite_over_max_calls_is_logged_and_counted_for_its_tracker(
         lines: list[dict[str, object]] = []
         while not lines and time.monotonic() < deadline:
             lines = [x for x in (json.loads(ln) for ln in d.log_text().splitlines()
-                                 if ln.startswith("{") and '"invite shed"' in ln)
+                                 if ln.startswith("{") and '"b2bua.invite_shed"' in ln)
                      if x["reason"] != "overload"]  # the held call's, if it was
             time.sleep(0.1)
         assert len(lines) == 1, lines

@@ -1,0 +1,170 @@
+"""Where a new INVITE goes, as a pure function of the INVITE, its source, the settings
+and the node's load: a `Route` (the tracker, the carrier, the dialled DID, the caller and
+the targets to hunt through) or a `Reject` (the status to answer and why).
+
+The checks, in order (DESIGN's routing box):
+
+1. carrier ACL: the source is a carrier's address, or a trusted proxy
+   (`sip.trusted_proxies`) names the carrier in X-Calltrackd-Carrier -> else 403;
+2. drain: a draining node sheds the INVITE -> 503 Retry-After: 5;
+3. shedding: `sip.max_calls` calls already, or the loop is overloaded -> 503
+   Retry-After: 1 (shed, don't queue: a late answer costs the calls already accepted);
+4. Max-Forwards: not a number -> 400, zero -> 483 (RFC 3261 §16.3);
+5. Require: we support no extension -> 420 with Unsupported (§8.2.2.3);
+6. the Request-URI, To and From parse -> else 400;
+7. the DID (Request-URI or To user, per carrier, in E.164) names a tracker -> else 404.
+
+Nothing here reads a clock, logs or counts: the engine logs and counts what a `Reject`
+says. Per-rule and per-pool routing plug in by choosing `Route.targets`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..sip.message import Request
+from ..sip.uri import NameAddr, SipSyntaxError, SipURI
+from ..tracking.model import ForwardTarget, Tracker
+from ..tracking.numbers import normalize
+
+if TYPE_CHECKING:
+    from ..config import Carrier, Settings
+    from ..sip.endpoint import Address
+
+# the carrier a trusted proxy (Kamailio with its ACL) says an INVITE came from
+CARRIER_HEADER = "X-Calltrackd-Carrier"
+DRAIN_RETRY_AFTER = (("Retry-After", "5"),)  # seconds; another node takes the call meanwhile
+SHED_RETRY_AFTER = (("Retry-After", "1"),)
+SHED_REASONS = ("overload", "max_calls", "draining")
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """What the node is doing when the INVITE arrives."""
+
+    active_calls: int = 0
+    overloaded: bool = False
+    draining: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A call to set up: hunt through `targets` in order, each for `ring_timeout` s."""
+
+    tracker: Tracker
+    carrier: str
+    did: str  # E.164
+    caller: str  # E.164 when it looks like a number, else From's user, or "anonymous"
+    targets: tuple[ForwardTarget, ...]
+    ring_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """No call: answer `status` with `headers`. `reason` is one word for logs and
+    counters (unknown_source, unknown_carrier, draining, max_calls, overload,
+    max_forwards, require, bad_request, unknown_did); `carrier`, `did`, `tracker` and
+    `detail` say what was known of the INVITE."""
+
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...] = ()
+    carrier: str | None = None
+    did: str | None = None
+    tracker: str | None = None
+    detail: str | None = None
+
+    @property
+    def shed(self) -> bool:
+        """Refused for the node's state, not for the INVITE (counted as shed)."""
+        return self.reason in SHED_REASONS
+
+
+def route(invite: Request, source: Address, settings: Settings, load: Load) -> Route | Reject:
+    carrier = carrier_of(invite, source, settings)
+    if isinstance(carrier, Reject):
+        return carrier
+    if load.draining:
+        return _shed("draining", invite, carrier, settings, DRAIN_RETRY_AFTER)
+    max_calls = settings.sip.max_calls
+    if max_calls and load.active_calls >= max_calls:
+        return _shed("max_calls", invite, carrier, settings, SHED_RETRY_AFTER)
+    if load.overloaded:
+        return _shed("overload", invite, carrier, settings, SHED_RETRY_AFTER)
+    mf = invite.headers.get("Max-Forwards")
+    if mf is not None:
+        if not mf.strip().isdigit():
+            return Reject(400, "max_forwards", carrier=carrier.name)
+        if int(mf) <= 0:
+            return Reject(483, "max_forwards", carrier=carrier.name)
+    unsupported = refused_require(invite)
+    if unsupported is not None:
+        return unsupported
+    try:
+        ruri = SipURI.parse(invite.uri)
+        to = invite.to
+        from_ = invite.from_
+    except SipSyntaxError:
+        return Reject(400, "bad_request", carrier=carrier.name)
+    raw = (ruri.user if carrier.did_from == "ruri" else to.uri.user) or ""
+    did = normalize(raw.split(";")[0], carrier.default_country)
+    tracker = settings.tracker_by_did(did) if did else None
+    if tracker is None or did is None:
+        return Reject(404, "unknown_did", carrier=carrier.name, did=raw)
+    return Route(tracker=tracker, carrier=carrier.name, did=did,
+                 caller=caller_number(from_, carrier.default_country),
+                 targets=tracker.forward, ring_timeout=tracker.ring_timeout)
+
+
+def carrier_of(invite: Request, source: Address, settings: Settings) -> Carrier | Reject:
+    """The carrier entry an INVITE came in by: the one named in X-Calltrackd-Carrier
+    when a trusted proxy sent it, else the one whose addresses hold the source. The
+    header from anyone else is ignored; a trusted proxy naming no configured carrier is
+    refused (it is configured wrong)."""
+    if settings.is_trusted_proxy(source.host):
+        named = invite.headers.get(CARRIER_HEADER)
+        if named is not None:
+            carrier = settings.carrier_by_name(named.strip())
+            if carrier is None:
+                return Reject(403, "unknown_carrier", detail=named.strip()[:64])
+            return carrier
+    carrier = settings.carrier_for(source.host)
+    if carrier is None:
+        return Reject(403, "unknown_source")
+    return carrier
+
+
+def refused_require(request: Request) -> Reject | None:
+    """§8.2.2.3: we support no extension a request may require; 420 if it names one."""
+    require = [v.lower() for v in request.headers.values("Require")]
+    if not require:
+        return None
+    return Reject(420, "require", (("Unsupported", ", ".join(require)),))
+
+
+def dialled(invite: Request, carrier: Carrier) -> str | None:
+    """The DID in E.164 where the carrier puts it (Request-URI or To); raises
+    SipSyntaxError for a URI that does not parse."""
+    if carrier.did_from == "ruri":
+        user = SipURI.parse(invite.uri).user
+    else:
+        user = invite.to.uri.user
+    return normalize((user or "").split(";")[0], carrier.default_country)
+
+
+def caller_number(from_: NameAddr, default_country: str | None) -> str:
+    """The caller's number in E.164 when it looks like a number, else From's user as is."""
+    user = (from_.uri.user or "").split(";")[0]
+    return normalize(user, default_country) or user or "anonymous"
+
+
+def _shed(reason: str, invite: Request, carrier: Carrier, settings: Settings,
+          headers: tuple[tuple[str, str], ...]) -> Reject:
+    try:
+        did = dialled(invite, carrier)
+    except SipSyntaxError:
+        did = None
+    found = settings.tracker_by_did(did) if did else None
+    return Reject(503, reason, headers, carrier=carrier.name, did=did,
+                  tracker=found.id if found is not None else None)
