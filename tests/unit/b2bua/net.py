@@ -183,6 +183,7 @@ class Peer:
         self.auto: list[int] = []
         self.answer_ack_body: bytes | None = None
         self.refuse_in_dialog: dict[str, int] = {}  # method → status to answer instead
+        self.answered = False  # its INVITE got a final response from it
 
     # -- as seen by tests --------------------------------------------------------------
 
@@ -230,14 +231,15 @@ class Peer:
         self.layer.send_request(make_cancel(self.client_invite), ENGINE, self.net.clock.now)
         self.net.pump()
 
-    def send(self, method: str, body: bytes = b"") -> Request:
+    def send(self, method: str, body: bytes = b"", pump: bool = True) -> Request:
         """A request in the dialog (BYE, INFO, UPDATE, re-INVITE)."""
         assert self.dialog is not None
         contact = f"<sip:peer@{self.addr.host}:{self.addr.port}>"
         req = self.dialog.request(method, self.via(), contact if method in ("INVITE", "UPDATE")
                                   else None, body, "application/sdp" if body else None)
         self.layer.send_request(req, ENGINE, self.net.clock.now)
-        self.net.pump()
+        if pump:
+            self.net.pump()
         return req
 
     def respond(self, status: int, body: bytes | None = None,
@@ -256,6 +258,8 @@ class Peer:
         if body:
             resp.headers.add("Content-Type", "application/sdp")
             resp.body = body
+        if status >= 200:
+            self.answered = True
         self.layer.respond(txn, resp, self.net.clock.now)
         self.net.pump()
 
@@ -289,20 +293,22 @@ class Peer:
         elif isinstance(event, TransactionTimeout):
             self.timeouts.append(event.timer)
         elif isinstance(event, RequestReceived):
-            req, txn = event.request, event.transaction
+            req, stxn = event.request, event.transaction
             self.requests.append(req)
             method = req.method
             if method == "INVITE" and not req.to.tag:
-                assert isinstance(txn, ServerInviteTransaction)
-                self.invite_txn = txn
+                assert isinstance(stxn, ServerInviteTransaction)
+                self.invite_txn = stxn
                 self.dialog = Dialog.uas(req, new_tag())
                 for status in self.auto:
                     self.respond(status)
                 return
             if method == "CANCEL":
-                self._answer(txn, req, 200)
+                self._answer(stxn, req, 200)
                 inv = self.invite_txn
-                if inv is not None and event.cancels is inv and self.dialog is not None:
+                if inv is not None and event.cancels is inv and self.dialog is not None \
+                        and not self.answered:
+                    self.answered = True
                     resp = response_for(inv.request, 487)
                     resp.headers.set("To", self.dialog.local)
                     self.layer.respond(inv, resp, now)
@@ -311,7 +317,7 @@ class Peer:
                 self.dialog.receive_request(req)
             status = self.refuse_in_dialog.get(method, 200)
             body = self.sdp if method in ("INVITE", "UPDATE") and status == 200 else b""
-            self._answer(txn, req, status, body)
+            self._answer(stxn, req, status, body)
 
     def _answer(self, txn: ServerTransaction, req: Request, status: int,
                 body: bytes = b"") -> None:
@@ -328,8 +334,8 @@ class Peer:
 
 
 class Net:
-    def __init__(self, config: Settings | None = None, loss: Callable[[bytes], bool]
-                 | None = None) -> None:
+    def __init__(self, config: Settings | None = None,
+                 loss: Callable[[bytes, Address], bool] | None = None) -> None:
         self.clock = Clock()
         self.stack = FakeStack(self.clock)
         self.config = config or settings()
@@ -352,8 +358,9 @@ class Net:
             raise OSError(f"{host}: Name or service not known")
         return self.names[host]
 
-    def _lost(self, data: bytes) -> bool:
-        if self.loss is not None and self.loss(data):
+    def _lost(self, data: bytes, dest: Address) -> bool:
+        """Whether the link loses `data` on its way to `dest`."""
+        if self.loss is not None and self.loss(data, dest):
             self.dropped.append(data)
             return True
         return False
@@ -365,12 +372,12 @@ class Net:
             for data, dest in self.stack.layer.transmits():
                 moved = True
                 self.engine_sent.append((data, dest))
-                if not self._lost(data):
+                if not self._lost(data, dest):
                     self.peers[(dest.host, dest.port)].deliver(data, ENGINE)
             for peer in self.peers.values():
                 for data, _dest in peer.layer.transmits():
                     moved = True
-                    if not self._lost(data):
+                    if not self._lost(data, ENGINE):
                         events = self.stack.layer.receive(data, peer.addr, self.clock.now)
                         if events:
                             self.engine.handle(events)
