@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 import structlog
 from aiohttp import web
 
-from . import sip
+from . import b2bua, sip
 from .b2bua.engine import Engine
 from .backoff import Backoff
 from .config import ConfigError, Settings, load_config
@@ -232,6 +232,7 @@ class App:
             store=self.settings.store.url.split("@")[-1],
             trackers=len(self.settings.trackers),
             sip_core=sip.NATIVE,
+            call_engine=b2bua.NATIVE,
             node=self.node_id,
         )
         self.systemd.notify("READY=1", "STATUS=accepting calls")

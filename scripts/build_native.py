@@ -1,4 +1,4 @@
-"""Compile the sans-I/O SIP core with mypyc, in place: calltrackd/sip/*.so beside the sources.
+"""Compile the sans-I/O SIP core and call engine with mypyc, in place: *.so beside the sources.
 
     .venv/bin/python scripts/build_native.py           # build (only when a source changed)
     .venv/bin/python scripts/build_native.py --clean   # back to pure Python
@@ -8,7 +8,10 @@ serialising and the transaction layer take half the time, which is a fifth of th
 CPU per call (see docs/performance.md). Without a C compiler and Python's headers the build
 fails with a message and calltrackd runs as pure Python. calltrackd/sip/native.json records
 the hash of every compiled source; calltrackd.sip uses the compiled modules only while the
-sources still match it (calltrackd/sip/__init__.py).
+sources still match it (calltrackd/sip/__init__.py). The call engine's pure modules
+(calltrackd/b2bua: routing, legs, commands, call; calltrackd.b2bua.COMPILED) are built in
+the same run, as a second group that calls into the first, with calltrackd/b2bua/native.json;
+they are used only while they are fresh and the SIP core is compiled too.
 """
 
 from __future__ import annotations
@@ -22,15 +25,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SIP = ROOT / "calltrackd" / "sip"
+B2BUA = ROOT / "calltrackd" / "b2bua"
 sys.path.insert(0, str(ROOT))
+from calltrackd.b2bua import COMPILED as B2BUA_COMPILED  # noqa: E402
 from calltrackd.sip import COMPILED, STAMP, build_is_fresh, source_hashes  # noqa: E402
 
-SOURCES = [f"calltrackd/sip/{name}.py" for name in COMPILED]
-GROUP = "calltrackd.sip.native"  # the shared library: calltrackd/sip/native__mypyc*.so
+# (directory, modules, the shared library: <dir>/native__mypyc*.so)
+GROUPS = [(SIP, COMPILED, "calltrackd.sip.native"),
+          (B2BUA, B2BUA_COMPILED, "calltrackd.b2bua.native")]
 
 
 def built_files() -> list[Path]:
-    return [p for p in SIP.iterdir() if p.suffix == ".so"] + [SIP / STAMP]
+    return [p for here, _, _ in GROUPS for p in here.iterdir() if p.suffix == ".so"] \
+        + [here / STAMP for here, _, _ in GROUPS]
+
+
+def fresh() -> bool:
+    return all(build_is_fresh(here, names) for here, names, _ in GROUPS)
 
 
 def clean() -> None:
@@ -45,12 +56,18 @@ def build() -> None:
 
     clean()
     os.chdir(ROOT)
-    modules = [s[:-3].replace("/", ".") for s in SOURCES]
-    extensions = mypycify(SOURCES, opt_level="3", separate=[(modules, GROUP)])
+    sources = []
+    separate = []
+    for here, names, group in GROUPS:
+        package = str(here.relative_to(ROOT)).replace("/", ".")
+        sources += [f"{here.relative_to(ROOT)}/{name}.py" for name in names]
+        separate.append(([f"{package}.{name}" for name in names], group))
+    extensions = mypycify(sources, opt_level="3", separate=separate)
     setup(name="calltrackd-native", ext_modules=extensions, script_args=[
         "-q", "build_ext", "--inplace", "--build-temp", "build/native/temp",
         "--build-lib", "build/native/lib"])
-    (SIP / STAMP).write_text(json.dumps(source_hashes(SIP), indent=1) + "\n")
+    for here, names, _ in GROUPS:
+        (here / STAMP).write_text(json.dumps(source_hashes(here, names), indent=1) + "\n")
 
 
 def main() -> int:
@@ -61,7 +78,7 @@ def main() -> int:
     if args.clean:
         clean()
         return 0
-    if not args.force and build_is_fresh(SIP):
+    if not args.force and fresh():
         return 0
     try:
         build()
@@ -70,7 +87,8 @@ def main() -> int:
         print(f"build_native: not compiled, calltrackd runs as pure Python: {exc}",
               file=sys.stderr)
         return 1
-    print(f"build_native: compiled {', '.join(COMPILED)}", file=sys.stderr)
+    names = [f"{here.name}.{name}" for here, group, _ in GROUPS for name in group]
+    print(f"build_native: compiled {', '.join(names)}", file=sys.stderr)
     return 0
 
 

@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 from ..sip.dialog import Dialog, DialogError, make_cancel
 from ..sip.digest import authorization_for
-from ..sip.endpoint import Address, ServerTransaction
+from ..sip.endpoint import Address, ClientTransaction, ServerTransaction
 from ..sip.message import Request, Response
 from ..sip.transaction import ClientInviteTransaction
 from ..sip.uri import SipSyntaxError, SipURI
@@ -76,7 +76,6 @@ from .legs import (
     Phase,
     b_dialog,
     literal_address,
-    origin_request,
     outgoing_invite,
     peer_address,
     response,
@@ -131,7 +130,7 @@ class CallStateError(Exception):
 
 
 class Call:
-    __slots__ = ("__weakref__", "_out", "_t0", "_wall0", "a", "a_txn", "abandoned",
+    __slots__ = ("_out", "_t0", "_wall0", "a", "a_txn", "abandoned",
                  "ack_pending", "attempt", "b", "host", "id", "info", "invite",
                  "last_by", "last_code", "last_reason", "legs", "max_duration", "relays",
                  "resolving", "ring_timeout", "source", "state", "targets", "user_agent")
@@ -153,7 +152,7 @@ class Call:
         self._out: list[Command] = []
         self.state = State.ROUTING
         self.info: CallInfo | None = None
-        self.a = Leg(self, "a", Dialog.uas(invite, host.new_id("tag")), source.transport,
+        self.a = Leg(self.id, "a", Dialog.uas(invite, host.new_id("tag")), source.transport,
                      source.host)
         # an unresolvable next hop (a name) falls back to where the INVITE came from
         self.a.dest = peer_address(self.a) or source
@@ -306,7 +305,7 @@ class Call:
         info = self.info
         assert info is not None
         dialog, _ = b_dialog(self.host, self.invite, uri, info.did, addr)
-        leg = Leg(self, "b", dialog, addr.transport, addr.host)
+        leg = Leg(self.id, "b", dialog, addr.transport, addr.host)
         leg.dest = addr
         req = outgoing_invite(self.host, leg, self.invite, self.id, self.user_agent)
         self.b = leg
@@ -437,11 +436,11 @@ class Call:
         self._out.append(Notify("answered", info))
         self._out.append(StartTimer(MAX_DURATION, now + self.max_duration))
 
-    def _relay_response(self, leg: Leg, txn: object, resp: Response,
+    def _relay_response(self, leg: Leg, txn: ClientTransaction, resp: Response,
                         relay: tuple[ServerTransaction, Request, Leg]) -> None:
         origin_txn, origin_req, origin_leg = relay
         if resp.status >= 200:
-            self.relays.pop(id(origin_request(txn)), None)  # the request we relayed
+            self.relays.pop(id(txn.request), None)  # the request we relayed
         if isinstance(txn, ClientInviteTransaction) and 200 <= resp.status < 300:
             self._send_ack(leg, txn)
         leg.dialog.receive_response(resp)  # a re-INVITE's or UPDATE's 2xx refreshes the target
@@ -508,7 +507,7 @@ class Call:
 
     def _on_timeout(self, event: TimeoutIn, now: float) -> None:
         leg, txn, timer = event.leg, event.transaction, event.timer
-        req = origin_request(txn)
+        req = txn.request
         attempt = self.attempt
         if attempt is not None and req is attempt.invite \
                 and attempt.phase is not Phase.ANSWERED:

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from ..sip.endpoint import Address, ClientTransaction, ServerTransaction
 from ..sip.message import Request, Response
-from ..sip.transaction import ClientInviteTransaction
+from ..sip.transaction import ClientInviteTransaction, Transaction
 from ..sip.uri import SipURI
 from ..tracking.model import HangupBy, Outcome, Tracker
-
-if TYPE_CHECKING:
-    from .legs import Leg
-    from .routing import Route
+from .legs import Leg
+from .routing import Route
 
 
 @dataclass(slots=True)
@@ -101,7 +99,7 @@ class TimeoutIn:
     """A transaction of the call's timed out (Timer B, F, H, L, ...)."""
 
     leg: Leg
-    transaction: object
+    transaction: Transaction
     timer: str
 
 

@@ -131,9 +131,10 @@ class Engine:
         # the calls' timers: call id → timer name → handle (the handle names the call by
         # its id, so a call holds no handle and no handle keeps an ended call)
         self._timers: dict[str, dict[str, asyncio.TimerHandle]] = {}
-        # ended calls stay alive while their transactions may still report (a 2xx that
-        # crossed our CANCEL must be ACKed and hung up): legs hold their call weakly
-        self._linger: deque[tuple[float, Call]] = deque()
+        # ended calls stay while their transactions may still report (a 2xx that crossed
+        # our CANCEL must be ACKed and hung up): legs name their call by id
+        self._ended: dict[str, Call] = {}
+        self._linger: deque[tuple[float, str]] = deque()
         self._linger_timer: asyncio.TimerHandle | None = None
         stack.on_events = self.handle
 
@@ -284,7 +285,7 @@ class Engine:
     def _dispatch(self, event: Event) -> None:
         if isinstance(event, ResponseReceived):
             owner = event.transaction.user
-            if isinstance(owner, Leg) and (call := owner.call) is not None:
+            if isinstance(owner, Leg) and (call := self._call_of(owner)) is not None:
                 self.feed(call, ResponseIn(owner, event.transaction, event.response))
         elif isinstance(event, RequestReceived):
             self._on_request(event)
@@ -297,11 +298,16 @@ class Engine:
                     self.feed(call, AckIn(leg, event.request))
         elif isinstance(event, TransactionTimeout):
             owner = event.transaction.user
-            if isinstance(owner, Leg) and (call := owner.call) is not None:
+            if isinstance(owner, Leg) and (call := self._call_of(owner)) is not None:
                 self.feed(call, TimeoutIn(owner, event.transaction, event.timer))
         elif isinstance(event, MalformedMessage):
             log.info("b2bua.malformed", source=str(event.source), reason=event.reason,
                      answered=event.answered)
+
+    def _call_of(self, leg: Leg) -> Call | None:
+        """The call of a leg: live, or ended and lingering for its transactions."""
+        call_id = leg.call_id
+        return self.calls.get(call_id) or self._ended.get(call_id)
 
     def _find_dialog(self, request: Request) -> tuple[Call, Leg] | None:
         try:
@@ -318,7 +324,7 @@ class Engine:
         method = req.method
         if method == "CANCEL":
             owner = event.cancels.user if event.cancels is not None else None
-            call = owner.call if isinstance(owner, Leg) else None
+            call = self._call_of(owner) if isinstance(owner, Leg) else None
             if isinstance(owner, Leg) and call is not None:
                 refused = self._cancel_refusal(call, req, event.source)
                 if refused is None:
@@ -500,7 +506,8 @@ class Engine:
         self.on_call_finished()
         # 64*T1 is the longest a transaction of the call may still report (Timer B/F)
         wait = 64 * self.settings().sip.t1 + 1.0
-        self._linger.append((now + wait, call))
+        self._ended[call.id] = call
+        self._linger.append((now + wait, call.id))
         if self._linger_timer is None:
             self._linger_timer = self.stack.loop.call_later(wait, self._prune)
 
@@ -509,7 +516,7 @@ class Engine:
         now = self.stack.clock()
         linger = self._linger
         while linger and linger[0][0] <= now:
-            linger.popleft()
+            self._ended.pop(linger.popleft()[1], None)
         if linger:
             self._linger_timer = self.stack.loop.call_later(
                 max(0.05, linger[0][0] - now), self._prune)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
-import weakref
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from ..sip.dialog import TARGET_REFRESH, Dialog
 from ..sip.endpoint import Address
@@ -20,9 +19,6 @@ from ..sip.transaction import ClientInviteTransaction
 from ..sip.uri import SipSyntaxError, SipURI
 from ..tracking.model import ForwardTarget
 from .guard import canonical_host
-
-if TYPE_CHECKING:
-    from .call import Call
 
 # the methods we serve: written into OPTIONS answers, 405/501 and the INVITEs we send
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
@@ -46,27 +42,22 @@ class CallHost(Protocol):
 class Leg:
     """One side of the call: its dialog and how we reach the peer.
 
-    A leg refers to its call weakly: the call holds its legs, and the transactions of a
-    leg (which outlive the call by up to 32 s) hold the leg, so a strong reference back
-    would make every call a reference cycle that only the garbage collector could free.
-    The engine keeps an ended call alive as long as its transactions may still report.
+    A leg names its call by id: the call holds its legs, and the transactions of a leg
+    (which outlive the call by up to 32 s) hold the leg, so a reference back would make
+    every call a reference cycle that only the garbage collector could free. The engine
+    finds the call by that id, live or ended but still lingering for its transactions.
     """
 
-    __slots__ = ("__weakref__", "_call", "dest", "dialog", "origin", "side", "transport")
+    __slots__ = ("call_id", "dest", "dialog", "origin", "side", "transport")
 
-    def __init__(self, call: Call, side: Literal["a", "b"], dialog: Dialog,
+    def __init__(self, call_id: str, side: Literal["a", "b"], dialog: Dialog,
                  transport: str, origin: str) -> None:
-        self._call: weakref.ref[Any] = weakref.ref(call)
+        self.call_id = call_id
         self.side = side
         self.dialog = dialog
         self.transport = transport
         self.origin = canonical_host(origin)  # the INVITE's source, or the target we called
         self.dest: Address | None = None
-
-    @property
-    def call(self) -> Call | None:
-        call: Call | None = self._call()
-        return call
 
     def admits(self, source: Address) -> bool:
         """Whether a request in this dialog may come from `source`: the leg's transport,
@@ -222,8 +213,3 @@ def literal_address(uri: SipURI) -> Address | None:
     if not _is_ip_literal(host):
         return None
     return Address(uri.transport, host, default_port(uri))
-
-
-def origin_request(txn: object) -> object:
-    """The request a transaction was started for (what the call knows it by)."""
-    return getattr(txn, "request", None)

@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 # compiled, in dependency order (each imports only those before it)
@@ -25,41 +26,45 @@ STAMP = "native.json"
 NATIVE: str  # "compiled", "pure python", or "pure python (...)": for logs and benchmarks
 
 
-def source_hashes(here: Path) -> dict[str, str]:
+def source_hashes(here: Path, names: Sequence[str] = COMPILED) -> dict[str, str]:
     """What the build records in STAMP: the sha256 of every compiled module's source."""
     return {name: hashlib.sha256((here / f"{name}.py").read_bytes()).hexdigest()
-            for name in COMPILED}
+            for name in names}
 
 
-def build_is_fresh(here: Path) -> bool:
+def build_is_fresh(here: Path, names: Sequence[str] = COMPILED) -> bool:
     """Every compiled module is there and was built from the sources as they are now."""
     so = {p.name.split(".", 1)[0] for p in here.glob("*.so")}
-    if not set(COMPILED) <= so:
+    if not set(names) <= so:
         return False
     try:
-        return bool(json.loads((here / STAMP).read_text()) == source_hashes(here))
+        return bool(json.loads((here / STAMP).read_text()) == source_hashes(here, names))
     except (OSError, ValueError):
         return False
 
 
-def _select() -> str:
-    here = Path(__file__).parent
+def select(package: str, here: Path, names: Sequence[str], needs: str = "compiled") -> str:
+    """Whether `package` (in `here`) runs its compiled `names` or their sources, which
+    are then loaded in place of the compiled ones. `needs`: the NATIVE of the package
+    the compiled modules were built against (they use its compiled classes)."""
     if not any(here.glob("*.so")):
         return "pure python"
-    fresh = build_is_fresh(here)
+    fresh = build_is_fresh(here, names)
     asked = os.environ.get("CALLTRACKD_PURE_PYTHON", "") not in ("", "0")
-    if fresh and not asked:
+    if fresh and not asked and needs == "compiled":
         return "compiled"
-    for name in COMPILED:
-        spec = importlib.util.spec_from_file_location(f"{__name__}.{name}", here / f"{name}.py")
+    for name in names:
+        spec = importlib.util.spec_from_file_location(f"{package}.{name}", here / f"{name}.py")
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
     if asked:
         return "pure python (CALLTRACKD_PURE_PYTHON)"
+    if fresh:
+        return f"pure python (what it was compiled against is {needs})"
     return "pure python (the compiled modules are older than their sources: " \
         "run scripts/build_native.py)"
 
 
-NATIVE = _select()
+NATIVE = select(__name__, Path(__file__).parent, COMPILED)
