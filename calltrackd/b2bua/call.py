@@ -6,10 +6,9 @@ A call has two legs: A, the caller's (we are its UAS), and B, toward the target 
 (we are its UAC). The engine creates the call for a new INVITE and feeds it events
 (commands.py): the routing answer, requests, ACKs and CANCELs from the legs' peers,
 responses and timeouts of the call's client transactions, its own timers firing, and the
-answers to DNS look-ups. `handle(event, now)` returns the commands to execute: messages
-to send or responses to give, timers to start or cancel, a host to resolve, hooks to
-notify, lines to log. The call never reads a clock, sends a byte or touches asyncio; the
-same events in give the same commands out, which is how tests/unit/b2bua drive it.
+answers to DNS look-ups. `handle(event, now)` returns the commands to execute (send,
+respond, start or cancel a timer, resolve, notify the hooks, log). It never reads a
+clock, sends a byte or touches asyncio: the same events give the same commands.
 
     ROUTING --Routed--> CALLING (or RESOLVING when the target is a name)
     RESOLVING --Resolved--> CALLING;  --ResolveFailed--> the next target
@@ -27,8 +26,8 @@ RFC 3261 §21.6, e.g. 600 Busy Everywhere, 603 Decline) ends the hunt, as does t
 target. So 486 Busy Here moves on when more targets are configured and ends the call
 otherwise. A 401/407 from a target with credentials is retried once with them (§22.2).
 
-An event the table `_ACCEPTS` does not list for the state raises `CallStateError`, and a
-move `_NEXT` does not list likewise: both name the state and the event.
+An event `_ACCEPTS` does not list for the state, or a move `_NEXT` does not list, raises
+`CallStateError` naming the state and the event.
 """
 
 from __future__ import annotations
@@ -130,7 +129,7 @@ class CallStateError(Exception):
 
 
 class Call:
-    __slots__ = ("_out", "_t0", "_wall0", "a", "a_txn", "abandoned",
+    __slots__ = ("_accepts", "_out", "_t0", "_wall0", "a", "a_txn", "abandoned",
                  "ack_pending", "attempt", "b", "host", "id", "info", "invite",
                  "last_by", "last_code", "last_reason", "legs", "max_duration", "relays",
                  "resolving", "ring_timeout", "source", "state", "targets", "user_agent")
@@ -151,6 +150,7 @@ class Call:
         self._wall0 = wall
         self._out: list[Command] = []
         self.state = State.ROUTING
+        self._accepts = _ACCEPTS[State.ROUTING]  # the state's row of the table, at hand
         self.info: CallInfo | None = None
         self.a = Leg(self.id, "a", Dialog.uas(invite, host.new_id("tag")), source.transport,
                      source.host)
@@ -173,7 +173,7 @@ class Call:
     # -- the one entry point -----------------------------------------------------------
 
     def handle(self, event: CallEvent, now: float) -> list[Command]:
-        if type(event) not in _ACCEPTS[self.state]:
+        if type(event) not in self._accepts:
             raise CallStateError(self.id, self.state, type(event).__name__)
         out = self._out = []
         if isinstance(event, ResponseIn):
@@ -199,16 +199,15 @@ class Call:
         self._out = []
         return out
 
-    @property
-    def carrier(self) -> str | None:
-        return self.info.carrier if self.info is not None else None
-
     # -- helpers -----------------------------------------------------------------------
 
     def _goto(self, state: State) -> None:
-        if state is not self.state and state not in _NEXT[self.state]:
+        if state is self.state:
+            return
+        if state not in _NEXT[self.state]:
             raise CallStateError(self.id, self.state, f"a move to {state.name}")
         self.state = state
+        self._accepts = _ACCEPTS[state]
 
     def _wall(self, now: float) -> datetime:
         return datetime.fromtimestamp(self._wall0 + (now - self._t0), UTC)

@@ -183,33 +183,33 @@ class Engine:
             self._execute(call, command, now)
 
     def _execute(self, call: Call, c: Command, now: float) -> None:
-        layer = self.stack.layer
-        if isinstance(c, SendRequest):
+        layer = self.stack.layer  # the most frequent commands first
+        if isinstance(c, Respond):
+            layer.respond(c.transaction, c.response, now)
+        elif isinstance(c, Notify):
+            self._notify(c)
+        elif isinstance(c, SendRequest):
             txn = layer.send_request(c.request, c.dest, now)
             txn.user = c.leg if c.track else None
-        elif isinstance(c, Respond):
-            layer.respond(c.transaction, c.response, now)
-        elif isinstance(c, SendAck):
-            try:
-                layer.send_ack(c.transaction, c.ack)
-            except TransactionError:
-                pass  # the transaction holds its ACK already, or is gone
+        elif isinstance(c, Log):
+            (log.warning if c.level == "warning" else log.info)(c.event, **c.fields)
         elif isinstance(c, StartTimer):
             self._start_timer(call, c.name, c.at, now)
         elif isinstance(c, CancelTimer):
             handle = self._timers.get(call.id, {}).pop(c.name, None)
             if handle is not None:
                 handle.cancel()
-        elif isinstance(c, Notify):
-            self._notify(c)
-        elif isinstance(c, Log):
-            (log.warning if c.level == "warning" else log.info)(c.event, **c.fields)
         elif isinstance(c, RegisterDialog):
             self.dialogs[(c.leg.dialog.call_id, c.leg.dialog.local_tag)] = (call, c.leg)
-        elif isinstance(c, Resolve):
-            self.stack.loop.create_task(self._resolve(call, c.uri))
+        elif isinstance(c, SendAck):
+            try:
+                layer.send_ack(c.transaction, c.ack)
+            except TransactionError:
+                pass  # the transaction holds its ACK already, or is gone
         elif isinstance(c, Finished):
             self._finished(call, now)
+        elif isinstance(c, Resolve):
+            self.stack.loop.create_task(self._resolve(call, c.uri))
 
     def _notify(self, c: Notify) -> None:
         hooks = self.hooks
@@ -405,7 +405,8 @@ class Engine:
 
     def _carrier_admits(self, call: Call, source: Address) -> bool:
         carrier = self.settings().carrier_for(source.host)
-        return carrier is not None and carrier.name == call.carrier
+        return carrier is not None and call.info is not None \
+            and carrier.name == call.info.carrier
 
     def _refuse(self, reason: str, req: Request, source: Address) -> None:
         method = req.method if req.method in _COUNTED_METHODS else "other"
