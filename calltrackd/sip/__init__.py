@@ -62,7 +62,7 @@ def select(package: str, here: Path, names: Sequence[str], needs: str = "compile
     if asked:
         return "pure python (CALLTRACKD_PURE_PYTHON)"
     if fresh:
-        return f"pure python (what it was compiled against is {needs})"
+        return "pure python (the compiled modules it calls into are not in use)"
     return "pure python (the compiled modules are older than their sources: " \
         "run scripts/build_native.py)"
 
