@@ -112,10 +112,10 @@ def forging(tmp: Path, scenario: str, carrier: str) -> str:
 
 
 def carriers_of_calls(node: Daemon) -> dict[str, str]:
-    """CDR id -> the carrier entry the node took the call in by (its "call started" line)."""
+    """CDR id -> the carrier entry the node took the call in by (its "call.started" line)."""
     out = {}
     for line in node.log_text().splitlines():
-        if '"call started"' in line:
+        if '"call.started"' in line:
             entry = json.loads(line)
             out[entry["call"]] = entry["carrier"]
     return out
