@@ -12,6 +12,7 @@ from typing import Literal
 
 from .. import __version__
 from ..tracking.model import Tracker
+from ..transport.tls import TlsSettings
 
 __all__ = [
     "DEFAULT_PATH", "EVENTS", "ICE_MODES", "OPTIONAL_EVENTS", "Carrier", "ConfigError",
@@ -65,6 +66,7 @@ class SipSettings:
     trusted_sources: tuple[IPNetwork, ...] = ()  # never strangers (PBXes, monitoring)
     # proxies (Kamailio with the carrier ACL) whose X-Calltrackd-Carrier header is believed
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    tls: TlsSettings = field(default_factory=TlsSettings)  # [sip.tls]: calltrackd/transport/tls.py
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,8 +45,11 @@ def _forward(c: Checker, key: str, item: object) -> ForwardTarget | None:
                f"{uri!r} is not a SIP URI such as \"sip:pbx.example.com:5060;transport=udp\"")
         return None
     tm = re.search(r";transport=([A-Za-z]+)", uri)
-    if tm and tm.group(1).lower() not in ("udp", "tcp"):
-        c.fail(key, f"transport {tm.group(1)!r} is not supported (udp, tcp)")
+    if tm and tm.group(1).lower() not in ("udp", "tcp", "tls"):
+        c.fail(key, f"transport {tm.group(1)!r} is not supported (udp, tcp, tls)")
+        return None
+    if uri[:5].lower() == "sips:" and tm and tm.group(1).lower() != "tls":
+        c.fail(key, "a sips: URI goes over TLS: leave transport= out or say transport=tls")
         return None
     return ForwardTarget(uri=uri, username=user, password=password)
 
