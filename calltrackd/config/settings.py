@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from .. import __version__
+from ..b2bua.rules import TrackerRules
 from ..tracking.model import Tracker
 from ..transport.tls import TlsSettings
 
@@ -162,6 +163,8 @@ class Settings:
     carriers: tuple[Carrier, ...] = ()
     trackers: tuple[Tracker, ...] = ()
     source: str | None = None  # the file it came from; None for built-in defaults
+    # each tracker's routing rules, pool and static number settings (b2bua/rules.py)
+    routes: dict[str, TrackerRules] = field(default_factory=dict, compare=False)
     _by_did: dict[str, Tracker] = field(default_factory=dict, repr=False, compare=False)
     _by_key: dict[str, Tracker] = field(default_factory=dict, repr=False, compare=False)
     _carrier_cache: dict[str, Carrier | None] = field(
