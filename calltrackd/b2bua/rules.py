@@ -108,6 +108,13 @@ class TrackerRules:
     static: dict[str, RouteSettings] | None = None  # by static number
     base: RouteSettings = RouteSettings()  # the tracker's hunt (forward and ring_timeout: its own)
 
+    @property
+    def needs_attribution(self) -> bool:
+        """Whether a rule asks what only the attribution knows (the visitor, first-time
+        caller): else routing need not wait for tracking."""
+        return any(r.channel or r.source or r.campaign or r.landing_page
+                   or r.first_time is not None for r in self.rules)
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -193,8 +200,9 @@ def _miss(rule: Rule, f: Facts, pool: Pool | None, static: str | None,
         return f"pool {pool.name if pool else 'none'} is not {_list(rule.pool)}"
     if rule.static and static not in rule.static:
         return f"static channel {static or 'none'} is not {_list(rule.static)}"
-    if rule.channel and (f.channel or "").lower() not in rule.channel:
-        return f"channel {f.channel or 'unknown'} is not {_list(rule.channel)}"
+    channel = f.channel or static  # a static number's channel needs no attribution
+    if rule.channel and (channel or "").lower() not in rule.channel:
+        return f"channel {channel or 'unknown'} is not {_list(rule.channel)}"
     if rule.source and (f.source is None or match_pool(
             [Pool("", rule.source, ())], f.source, f.medium, f.channel) is None):
         return f"source {f.source or 'unknown'}/{f.medium or 'unknown'} is not " \

@@ -178,6 +178,7 @@ def test_visitor_source_campaign_and_landing_page_from_the_attribution(
 
 
 def test_pool_settings_cover_the_pool_default_number(rules: TrackerRules) -> None:
+    assert rules.needs_attribution  # "vip" asks first_time, "sofas" the visitor
     got = select(rules, Facts(PAID_DEFAULT, "+79031112233"), at(WORKDAY))
     assert got.rule is None and [t.uri for t in got.targets] == [SALES]
 
@@ -188,13 +189,17 @@ def test_static_number_rule_and_its_own_hunt(rules: TrackerRules) -> None:
     got = select(rules, facts, at(WORKDAY))
     assert got.rule == "billboard callers"
     assert got.hunt == "simultaneous"  # the static number's, under a rule that sets none
+    # the static number's channel is known without the attribution
+    assert select(rules, Facts(BILLBOARD_DID, None), at(WORKDAY)).rule == "billboard callers"
     assert "ring_timeout 30s from the tracker; hunt simultaneous from static number " \
            f"{BILLBOARD_DID} (billboard)" in got.why
 
 
 def test_a_tracker_without_rules_uses_its_forward() -> None:
     text = TOML.split("  [[trackers.pools]]")[0]
-    got = select(settings(text).routes["acme"], Facts(MAIN_DID, None), at(WORKDAY))
+    plain = settings(text).routes["acme"]
+    assert not plain.needs_attribution
+    got = select(plain, Facts(MAIN_DID, None), at(WORKDAY))
     assert got.rule is None and len(got.targets) == 3 and got.why[-2:] == [
         f"targets {SALES}, {SUPPORT}, {NIGHT} from the tracker",
         "ring_timeout 30s from the tracker; hunt sequential from the tracker"]
