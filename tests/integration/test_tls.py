@@ -28,6 +28,7 @@ from .test_calls import fetch_record
 DID_GOOD = "+74990000001"  # → the PBX behind a certificate of our CA
 DID_FAILOVER = "+74990000002"  # → a target with an unknown CA's certificate, then the good one
 DID_ROGUE = "+74990000003"  # → only the unknown CA's target
+DID_DEAD_TCP = "+74990000004"  # → a TCP target nobody listens on, then the good one
 
 
 def openssl(tmp: Path, *args: str) -> None:
@@ -104,7 +105,7 @@ def plan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plan]:
     make_cert(tmp, "rogue-ca", "rogue", "rogue pbx")
     sip, tls, http = free_port(), free_port(), free_port()
     carrier, front, rogue_front = free_port(), free_port(), free_port()
-    pbx, rogue_pbx = free_port(), free_port()
+    pbx, rogue_pbx, dead = free_port(), free_port(), free_port()
     conf = tmp / "stunnel.conf"
     conf.write_text(f"""
 foreground = yes
@@ -179,6 +180,13 @@ public_key = "pk_rogue"
 default_number = "{DID_ROGUE}"
 forward = ["{bad}"]
 ring_timeout = "20s"
+
+[[trackers]]
+id = "dead"
+public_key = "pk_dead"
+default_number = "{DID_DEAD_TCP}"
+forward = ["sip:127.0.0.1:{dead};transport=tcp", "{good}"]
+ring_timeout = "5m"
 """, sip, http)
         try:
             yield Plan(tmp, daemon, tls, carrier, pbx, rogue_pbx, front)
@@ -252,6 +260,18 @@ def test_call_to_only_an_unknown_ca_target_fails_with_503(
     assert invites(rogue) == []
     calls = plan.daemon.calls(tracker="rogue")
     assert calls and calls[0]["outcome"] == "failed" and calls[0]["sip_code"] == 503, calls
+
+
+def test_refused_tcp_connection_fails_over_at_once(
+        plan: Plan, sipp_factory: Callable[..., Sipp]) -> None:
+    """Nobody listens on the first target: without the 503 for the refused connection the
+    call would wait out Timer B (32 s) or the 5-minute ring timeout, past the carrier's
+    40 s timeout."""
+    pbx = pbx_sipp(plan, sipp_factory, plan.pbx, "pbx-after-dead")
+    call(plan, sipp_factory, DID_DEAD_TCP)
+    record = answered(plan, pbx)
+    assert record["target"] == f"sip:127.0.0.1:{plan.front};transport=tls"
+    assert "tcp connect failed" in plan.daemon.log_text()
 
 
 def test_sighup_gives_the_next_tls_connection_the_new_certificate(plan: Plan) -> None:
