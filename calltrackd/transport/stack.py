@@ -496,11 +496,11 @@ class SipStack:
                     host, port, self.tls_targets())
                 connect = loop.create_connection(
                     functools.partial(_Stream, self, kind, key), host, port,
-                    ssl=self.tls.client, server_hostname=name, ssl_handshake_timeout=5.0)
+                    ssl=self.tls.client, server_hostname=name, ssl_handshake_timeout=10.0)
             else:
                 connect = loop.create_connection(
                     functools.partial(_Stream, self, kind, key), host, port)
-            _, proto = await asyncio.wait_for(connect, 10.0)
+            _, proto = await asyncio.wait_for(connect, 15.0)
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             log.warning(f"{kind} connect failed", dest=f"{kind}:{host}:{port}", server_name=name
                         if kind == "tls" else None, error=str(exc) or type(exc).__name__)
@@ -540,7 +540,7 @@ class SipStack:
     def local_hostport(self, transport: str, toward: str) -> tuple[str, int]:
         """The host:port to write into Via/Contact for messages sent toward `toward`."""
         v6 = is_ipv6(toward)
-        port = 5060
+        port = 5061 if transport == "tls" else 5060
         host = ""
         for spec in self._listen:
             if spec.transport == transport and is_ipv6(spec.host) == v6:
