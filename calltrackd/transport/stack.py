@@ -500,7 +500,7 @@ class SipStack:
             else:
                 connect = loop.create_connection(
                     functools.partial(_Stream, self, kind, key), host, port)
-            _, proto = await asyncio.wait_for(connect, 15.0)
+            _, proto = await asyncio.wait_for(connect, 15.0 if kind == "tls" else 5.0)
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             log.warning(f"{kind} connect failed", dest=f"{kind}:{host}:{port}", server_name=name
                         if kind == "tls" else None, error=str(exc) or type(exc).__name__)
