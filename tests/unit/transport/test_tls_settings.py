@@ -66,7 +66,7 @@ def test_bad_tls_files_are_one_line_each_naming_the_key(tmp_path: Path,
 
 
 def test_sips_target_over_udp_is_refused() -> None:
-    data = {**BASE, "trackers": [{**BASE["trackers"][0],  # type: ignore[dict-item]
+    data = {**BASE, "trackers": [{**BASE["trackers"][0],
                                   "forward": ["sips:pbx.example.com;transport=udp"]}]}
     assert problems(data) == ["trackers[0].forward[0]: a sips: URI goes over TLS: leave "
                               "transport= out or say transport=tls"]
