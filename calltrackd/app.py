@@ -23,6 +23,7 @@ import dataclasses
 import gc
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 
@@ -53,6 +54,7 @@ from .store import create_store
 from .tracking.service import TrackingService
 from .transport.stack import Listen, SipStack
 from .transport.strangers import StrangerGate, StrangerSettings
+from .transport.tls import TlsContexts
 from .webhooks.worker import WebhookWorker
 
 log = structlog.get_logger("calltrackd")
@@ -136,7 +138,11 @@ class App:
             TimerConfig(settings.sip.t1, settings.sip.t2, settings.sip.t4),
             settings.sip.max_message_size,
         )
-        self.stack = SipStack(layer, advertise=settings.sip.advertise)
+        self.stack = SipStack(layer, advertise=settings.sip.advertise,
+                              tls=TlsContexts(settings.sip.tls))
+        # a TLS connection verifies the configured target's host name (transport/tls.py)
+        self.stack.tls_targets = lambda: [
+            t.uri for tracker in self.settings.trackers for t in tracker.forward]
         self.stack.taps.append(self.metrics.sip_tap)
         if settings.log.level == "debug":
             self.stack.taps.append(_sip_trace)
@@ -464,6 +470,12 @@ class App:
             self.settings = new
             self.tracking.update_trackers(new.trackers)
             self.strangers.configure(StrangerSettings.of(new.sip))
+            try:  # the files again, changed or not: the next TLS connection uses them
+                assert self.stack.tls is not None
+                self.stack.tls.load(new.sip.tls)
+            except (OSError, ssl.SSLError) as exc:
+                log.error("config.tls_reload_refused", error=str(exc),
+                          note="the running certificate and CAs are kept")
             log.info("config.reloaded", trackers=len(new.trackers),
                      changed=changed, applied=[k for k in changed if k not in RESTART_KEYS],
                      needs_restart=restart)

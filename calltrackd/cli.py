@@ -1,4 +1,4 @@
-"""`calltrackd run | check-config | --version`."""
+"""`calltrackd run | check-config | route-check | --version`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from . import __version__
+from .b2bua import route_check
 from .config import DEFAULT_PATH, ConfigError, Settings, load_config
 
 
@@ -26,11 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", metavar="FILE", help="TOML configuration")
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("--config", metavar="FILE", required=True, help="TOML configuration")
+    route_check.add_arguments(sub.add_parser(
+        "route-check", help="which routing rule a call would meet, and why"))
     args = parser.parse_args(argv)
 
     settings = _load(args.config)
     if settings is None:
         return 2
+    if args.command == "route-check":
+        return route_check.run(settings, args)
     if args.command == "check-config":
         print(f"ok: {len(settings.trackers)} trackers, {len(settings.carriers)} carriers")
         return 0

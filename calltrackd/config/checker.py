@@ -202,9 +202,6 @@ def listen_address(c: Checker, key: str, text: str) -> ListenAddress | None:
     if not sep or transport not in ("udp", "tcp", "tls"):
         c.fail(key, f"expected \"udp|tcp|tls:HOST:PORT\", got {text!r}")
         return None
-    if transport == "tls":
-        c.fail(key, "tls listeners are not supported yet; use udp or tcp")
-        return None
     host, port = hostport(c, key, rest)
     if host is None or port is None:
         return None

@@ -10,8 +10,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from ..b2bua.rules import TrackerRules, parse_routes
 from . import sections
-from .checker import Checker
+from .checker import Checker, parse_duration
 from .loaders import read_toml
 from .settings import DEFAULT_PATH, ConfigError, Settings, TrackerMedia, default_settings
 from .trackers import tracker
@@ -40,11 +41,14 @@ def parse_config(data: dict[str, Any], *, source: str | None = None) -> Settings
     seen_id: set[str] = set()
     seen_key: set[str] = set()
     seen_viewer: set[str] = set()
+    routes: dict[str, TrackerRules] = {}
     for k, d in c.tables(data, "", "trackers"):
         t = tracker(c, k, d, Path(source).parent if source else None)
         policy = sections.tracker_media(c, k, d, media)
         if t is None:
             continue
+        routes[t.id], problems = parse_routes(d, k, t, parse_duration)
+        c.problems += problems
         if policy is not None:
             policies[t.id] = policy
         if t.id in seen_id:
@@ -71,7 +75,8 @@ def parse_config(data: dict[str, Any], *, source: str | None = None) -> Settings
         raise ConfigError(c.problems)
     media = dataclasses.replace(media, trackers=policies)
     return Settings(sip=sip, http=http, store=store, log=log, webhooks=webhooks, media=media,
-                    carriers=tuple(carriers), trackers=tuple(trackers), source=source)
+                    carriers=tuple(carriers), trackers=tuple(trackers), source=source,
+                    routes=routes)
 
 
 def load_config(path: str | Path | None) -> Settings:

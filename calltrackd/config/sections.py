@@ -11,6 +11,7 @@ from typing import Any
 import phonenumbers
 
 from ..exports.settings import http_url_problem
+from ..transport.tls import parse_tls
 from .checker import Checker, hostport, ip_networks, listen_address, not_negative
 from .settings import (
     ICE_MODES,
@@ -32,7 +33,7 @@ def sip(c: Checker, data: object) -> SipSettings:
                               "t1", "t2", "t4", "user_agent", "max_message_size",
                               "max_calls", "stranger_policy", "stranger_policy_tcp",
                               "stranger_rate", "stranger_burst", "stranger_rate_total",
-                              "trusted_sources", "trusted_proxies"})
+                              "trusted_sources", "trusted_proxies", "tls"})
     base = SipSettings()
     listen = base.listen
     if "listen" in d:
@@ -40,6 +41,10 @@ def sip(c: Checker, data: object) -> SipSettings:
         listen = tuple(x for x in items if x is not None)
         if not listen and not items:
             c.fail("sip.listen", "needs at least one address")
+    tls, problems = parse_tls(d.get("tls"))
+    c.problems += problems
+    if any(x.transport == "tls" for x in listen) and tls.cert is None:
+        c.fail("sip.listen", "a tls: listener needs [sip.tls] cert and key")
     return SipSettings(
         listen=listen,
         advertise=c.get(d, "sip", "advertise", str, None),
@@ -66,6 +71,7 @@ def sip(c: Checker, data: object) -> SipSettings:
                                         base.stranger_rate_total, not_negative)),
         trusted_sources=tuple(ip_networks(c, d, "sip", "trusted_sources")),
         trusted_proxies=tuple(ip_networks(c, d, "sip", "trusted_proxies")),
+        tls=tls,
     )
 
 

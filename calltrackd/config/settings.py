@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Literal
 
 from .. import __version__
+from ..b2bua.rules import TrackerRules
 from ..tracking.model import Tracker
+from ..transport.tls import TlsSettings
 
 __all__ = [
     "DEFAULT_PATH", "EVENTS", "ICE_MODES", "OPTIONAL_EVENTS", "Carrier", "ConfigError",
@@ -65,6 +67,7 @@ class SipSettings:
     trusted_sources: tuple[IPNetwork, ...] = ()  # never strangers (PBXes, monitoring)
     # proxies (Kamailio with the carrier ACL) whose X-Calltrackd-Carrier header is believed
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    tls: TlsSettings = field(default_factory=TlsSettings)  # [sip.tls]: calltrackd/transport/tls.py
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +163,8 @@ class Settings:
     carriers: tuple[Carrier, ...] = ()
     trackers: tuple[Tracker, ...] = ()
     source: str | None = None  # the file it came from; None for built-in defaults
+    # each tracker's routing rules, pool and static number settings (b2bua/rules.py)
+    routes: dict[str, TrackerRules] = field(default_factory=dict, compare=False)
     _by_did: dict[str, Tracker] = field(default_factory=dict, repr=False, compare=False)
     _by_key: dict[str, Tracker] = field(default_factory=dict, repr=False, compare=False)
     _carrier_cache: dict[str, Carrier | None] = field(

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..b2bua.rules import SETTING_KEYS
 from ..exports.settings import alert_settings, analytics_settings
 from ..tracking.allocator import pattern_problem
 from ..tracking.model import ForwardTarget, Pool, StaticNumber, Tracker, WebhookEndpoint
@@ -27,7 +28,7 @@ def _forward(c: Checker, key: str, item: object) -> ForwardTarget | None:
     if isinstance(item, str):
         uri, user, password = item, None, None
     elif isinstance(item, dict):
-        c.table(item, key, {"uri", "username", "password", "password_file"})
+        c.table(item, key, {"uri", "username", "password", "password_file", "name"})
         uri = c.get(item, key, "uri", str, "")
         user = c.get(item, key, "username", str, None)
         password = c.secret(item, key, "password")
@@ -45,8 +46,11 @@ def _forward(c: Checker, key: str, item: object) -> ForwardTarget | None:
                f"{uri!r} is not a SIP URI such as \"sip:pbx.example.com:5060;transport=udp\"")
         return None
     tm = re.search(r";transport=([A-Za-z]+)", uri)
-    if tm and tm.group(1).lower() not in ("udp", "tcp"):
-        c.fail(key, f"transport {tm.group(1)!r} is not supported (udp, tcp)")
+    if tm and tm.group(1).lower() not in ("udp", "tcp", "tls"):
+        c.fail(key, f"transport {tm.group(1)!r} is not supported (udp, tcp, tls)")
+        return None
+    if uri[:5].lower() == "sips:" and tm and tm.group(1).lower() != "tls":
+        c.fail(key, "a sips: URI goes over TLS: leave transport= out or say transport=tls")
         return None
     return ForwardTarget(uri=uri, username=user, password=password)
 
@@ -74,7 +78,8 @@ def tracker(c: Checker, key: str, d: dict[str, Any],
     c.table(d, key, {"id", "public_key", "reservation_ttl", "cooldown", "attribution_grace",
                      "target_call_min_seconds", "default_number", "forward", "ring_timeout",
                      "pools", "static", "webhooks", "media", "record", "returning_window",
-                     "source_rules", "analytics", "alerts", "timezone", "viewer_tokens"})
+                     "source_rules", "analytics", "alerts", "timezone", "viewer_tokens",
+                     "routes", "hunt", "holidays"})  # the last three: b2bua/rules.py
     ident = c.get(d, key, "id", str, "")
     pk = c.get(d, key, "public_key", str, "")
     for name, value in (("id", ident), ("public_key", pk)):
@@ -98,7 +103,7 @@ def tracker(c: Checker, key: str, d: dict[str, Any],
     pools = []
     pool_defaults: list[tuple[str, str]] = []
     for pkey, pd in c.tables(d, key, "pools"):
-        c.table(pd, pkey, {"name", "sources", "numbers", "default_number"})
+        c.table(pd, pkey, {"name", "sources", "numbers", "default_number", *SETTING_KEYS})
         pname = c.get(pd, pkey, "name", str, "")
         if not pname:
             c.fail(f"{pkey}.name", "required")
@@ -121,7 +126,7 @@ def tracker(c: Checker, key: str, d: dict[str, Any],
         c.fail(f"{key}.pools", f"pool name {dup!r} is used twice")
     static = []
     for skey, sd in c.tables(d, key, "static"):
-        c.table(sd, skey, {"number", "channel"})
+        c.table(sd, skey, {"number", "channel", *SETTING_KEYS})
         num = c.e164(f"{skey}.number", c.get(sd, skey, "number", str, ""))
         channel = c.get(sd, skey, "channel", str, "")
         if not channel:

@@ -1,13 +1,19 @@
 """asyncio around the sans-I/O transaction layer: sockets, one timer, dispatch.
 
-UDP and TCP listeners (IPv4 and IPv6), outgoing TCP connections reused per peer, and the
-layer's single timer re-armed with `loop.call_at` after every input. The transaction user
-(the B2BUA engine) receives the layer's events through `on_events`.
+UDP, TCP and TLS listeners (IPv4 and IPv6), outgoing TCP and TLS connections reused per
+peer (one per transport, address and port), and the layer's single timer re-armed with
+`loop.call_at` after every input. The transaction user (the B2BUA engine) receives the
+layer's events through `on_events`. TLS contexts and names: tls.py.
 
 With a `StrangerGate` (strangers.py), what carriers and peers send is handled as it is
 read; a stranger's datagram that its token buckets admit waits in a short queue of its
 own, served a few per loop turn, so under a flood the calls' messages go first. A
 datagram the buckets refuse is dropped unread.
+
+A connection that cannot be opened (refused, timed out, a TLS handshake or certificate
+that fails) answers each request waiting for it with a 503 of our own, as RFC 3261
+§8.1.3.1 asks of a transport error, so the caller fails over at once instead of after
+Timer B.
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ from typing import cast
 import structlog
 
 from ..sip.endpoint import Address, Event, TransactionLayer
-from ..sip.message import ParseError, StreamFramer
+from ..sip.message import ParseError, Request, StreamFramer, parse_message, response_for
 from . import bpf
 from .probe import PROBE_MARK, QueueDelayProbe
 from .strangers import StrangerGate
+from .tls import TlsContexts, server_name
 
 log = structlog.get_logger("calltrackd.sip")
 
@@ -39,7 +46,7 @@ Tap = Callable[[str, bytes], None]  # direction ("in" | "out"), datagram — met
 
 @dataclass(frozen=True, slots=True)
 class Listen:
-    transport: str  # udp | tcp
+    transport: str  # udp | tcp | tls
     host: str
     port: int
 
@@ -111,9 +118,12 @@ class _Udp(asyncio.DatagramProtocol):
         log.debug("udp error", error=str(exc))
 
 
-class _Tcp(asyncio.Protocol):
-    def __init__(self, stack: SipStack, peer: Address | None = None) -> None:
+class _Stream(asyncio.Protocol):
+    """One TCP or TLS connection (asyncio does the TLS: what arrives here is plain)."""
+
+    def __init__(self, stack: SipStack, kind: str, peer: Address | None = None) -> None:
         self.stack = stack
+        self.kind = kind  # "tcp" | "tls"
         self.framer = StreamFramer(stack.layer.max_size)
         self.transport: asyncio.Transport | None = None
         self.peer = peer
@@ -122,8 +132,8 @@ class _Tcp(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         if self.peer is None:
             host, port = self.transport.get_extra_info("peername")[:2]
-            self.peer = Address("tcp", str(host), int(port))
-        self.stack._tcp_conns[(self.peer.host, self.peer.port)] = self
+            self.peer = Address(self.kind, str(host), int(port))
+        self.stack._conns[self.peer] = self
 
     def data_received(self, data: bytes) -> None:
         assert self.peer is not None
@@ -131,7 +141,7 @@ class _Tcp(asyncio.Protocol):
             messages = self.framer.feed(data)
         except ParseError as exc:
             # framing is lost on this connection: nothing after this can be trusted
-            log.info("tcp framing error, closing", peer=str(self.peer), reason=exc.reason)
+            log.info("stream framing error, closing", peer=str(self.peer), reason=exc.reason)
             if self.transport:
                 self.transport.close()
             return
@@ -146,10 +156,8 @@ class _Tcp(asyncio.Protocol):
             stack.feed(message, self.peer, verdict == "stranger")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.peer is not None:
-            key = (self.peer.host, self.peer.port)
-            if self.stack._tcp_conns.get(key) is self:
-                del self.stack._tcp_conns[key]
+        if self.peer is not None and self.stack._conns.get(self.peer) is self:
+            del self.stack._conns[self.peer]
 
 
 class SipStack:
@@ -161,16 +169,23 @@ class SipStack:
         *,
         advertise: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tls: TlsContexts | None = None,
     ) -> None:
         self.layer = layer
+        self.tls = tls  # needed for tls: listeners and for connections to TLS targets
+        # the URIs of the configured targets: which name a TLS connection verifies
+        self.tls_targets: Callable[[], Sequence[str]] = lambda: ()
+        # a name to verify for a TLS connection to an address, set by whoever resolved it
+        self.tls_names: dict[tuple[str, int], str] = {}
         self.advertise = advertise
         self.clock = clock
         self.on_events: EventSink = lambda events: None
         self.taps: list[Tap] = []
         self._udp: dict[int, _Udp] = {}  # address family → protocol
-        self._tcp_servers: list[asyncio.AbstractServer] = []
-        self._tcp_conns: dict[tuple[str, int], _Tcp] = {}
-        self._tcp_pending: dict[tuple[str, int], list[bytes]] = {}
+        self._tcp_servers: list[asyncio.AbstractServer] = []  # TCP and TLS
+        self._conns: dict[Address, _Stream] = {}  # by peer: transport, host, port
+        self._pending: dict[Address, list[bytes]] = {}  # waiting for a connection
+        self._refused: Address | None = None  # while its waiting requests get their 503
         self._listen: list[Listen] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -250,10 +265,15 @@ class SipStack:
                     _grow_buffers(sock)
                     self._add_probe(proto, sock, family)
                 port = sock.getsockname()[1] if sock else spec.port
-            elif spec.transport == "tcp":
+            elif spec.transport in ("tcp", "tls"):
+                kind = spec.transport
+                tls = self.tls.listener if self.tls is not None and kind == "tls" else None
+                if kind == "tls" and tls is None:
+                    raise ValueError("a tls listener needs [sip.tls] cert and key")
                 server = await loop.create_server(
-                    lambda: _Tcp(self), host=spec.host, port=spec.port, family=family,
-                    reuse_address=True,
+                    functools.partial(_Stream, self, kind), host=spec.host, port=spec.port,
+                    family=family, reuse_address=True, ssl=tls,
+                    ssl_handshake_timeout=10.0 if tls else None,
                 )
                 self._tcp_servers.append(server)
                 port = server.sockets[0].getsockname()[1]
@@ -282,7 +302,7 @@ class SipStack:
         self.queue_probes.append(proto.probe)
 
     def stop_listening(self) -> None:
-        """Stop accepting TCP connections; UDP stays open for running calls."""
+        """Stop accepting TCP and TLS connections; UDP stays open for running calls."""
         for server in self._tcp_servers:
             server.close()
 
@@ -294,7 +314,7 @@ class SipStack:
             self._kernel_timer.cancel()
         for server in self._tcp_servers:
             server.close()
-        for conn in list(self._tcp_conns.values()):
+        for conn in list(self._conns.values()):
             if conn.transport:
                 conn.transport.close()
         for proto in self._udp.values():
@@ -449,39 +469,78 @@ class SipStack:
                 self.loop.call_soon(self._send_udp)
             self._udp_out.append((proto.transport, data, addr))
             return
-        key = (dest.host.strip("[]"), dest.port)
-        conn = self._tcp_conns.get(key)
+        key = Address(dest.transport, dest.host.strip("[]"), dest.port)
+        if key == self._refused and data.startswith(b"ACK "):
+            return  # the ACK of our own 503: not worth a second failing connection
+        conn = self._conns.get(key)
         if conn is not None and conn.transport is not None and not conn.transport.is_closing():
             conn.transport.write(data)
             return
-        pending = self._tcp_pending.get(key)
+        pending = self._pending.get(key)
         if pending is not None:
             pending.append(data)
             return
-        self._tcp_pending[key] = [data]
+        self._pending[key] = [data]
         loop = self.loop
-        loop.create_task(self._connect(key, dest))
+        loop.create_task(self._connect(key))
 
-    async def _connect(self, key: tuple[str, int], dest: Address) -> None:
+    async def _connect(self, key: Address) -> None:
         loop = self.loop
+        kind, host, port = key
+        name = host
         try:
-            _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: _Tcp(self, Address("tcp", *key)), *key), 5.0
-            )
-        except (OSError, TimeoutError) as exc:
-            log.info("tcp connect failed", dest=str(dest), error=str(exc))
-            self._tcp_pending.pop(key, None)
-            return  # the transaction's timers report the failure
-        for data in self._tcp_pending.pop(key, []):
+            if kind == "tls":
+                if self.tls is None:
+                    raise OSError("no [sip.tls] contexts for a TLS target")
+                name = self.tls_names.get((host, port)) or await server_name(
+                    host, port, self.tls_targets())
+                connect = loop.create_connection(
+                    functools.partial(_Stream, self, kind, key), host, port,
+                    ssl=self.tls.client, server_hostname=name, ssl_handshake_timeout=10.0)
+            else:
+                connect = loop.create_connection(
+                    functools.partial(_Stream, self, kind, key), host, port)
+            _, proto = await asyncio.wait_for(connect, 15.0 if kind == "tls" else 5.0)
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            log.warning(f"{kind} connect failed", dest=f"{kind}:{host}:{port}", server_name=name
+                        if kind == "tls" else None, error=str(exc) or type(exc).__name__)
+            self._unreachable(key, self._pending.pop(key, []))
+            return
+        for data in self._pending.pop(key, []):
             if proto.transport is not None:
                 proto.transport.write(data)
+
+    def _unreachable(self, dest: Address, waiting: list[bytes]) -> None:
+        """A transport error for each request that waited (RFC 3261 §8.1.3.1): its
+        client transaction gets a 503 as though the next hop had sent it."""
+        now = self.clock()
+        events: list[Event] = []
+        self._refused = dest
+        for data in waiting:
+            try:
+                msg = parse_message(data, stream=True)
+            except ParseError:
+                continue
+            if not isinstance(msg, Request) or msg.method == "ACK":
+                continue
+            answer = response_for(msg, 503, "Service Unavailable").to_bytes()
+            try:
+                events += self.layer.receive(answer, dest, now)
+            except Exception as exc:  # a bug: one line for it, never the loop's traceback
+                self._failed(exc, dest)
+        try:
+            if events:
+                self.on_events(events)
+            self.flush()
+        finally:
+            self._refused = None
 
     # -- our own addresses -------------------------------------------------------------
 
     def local_hostport(self, transport: str, toward: str) -> tuple[str, int]:
         """The host:port to write into Via/Contact for messages sent toward `toward`."""
         v6 = is_ipv6(toward)
-        port = 5060
+        port = 5061 if transport == "tls" else 5060
         host = ""
         for spec in self._listen:
             if spec.transport == transport and is_ipv6(spec.host) == v6:
