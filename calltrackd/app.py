@@ -32,6 +32,7 @@ from aiohttp import web
 
 from . import b2bua, sip
 from .b2bua.engine import Engine
+from .b2bua.health import TargetProber
 from .backoff import Backoff
 from .config import ConfigError, Settings, load_config
 from .exports import OutboxDestinations, OutboxRows
@@ -158,6 +159,8 @@ class App:
         self.recorder = Recorder(self.tracking, self.metrics, self.webhooks.notify,
                                  outbox.rows)
         self.engine = Engine(self.stack, lambda: self.settings, self.recorder)
+        self.prober = TargetProber(self.stack, lambda: self.settings, self.metrics.target_up)
+        self.engine.health = self.prober  # OPTIONS to the targets; down ones skipped
         # strangers (no carrier, trusted source or peer) cost nothing: the ACL is the live
         # settings' (a reload changes carriers), the dialogs the engine's
         self.strangers = StrangerGate(
@@ -304,6 +307,7 @@ class App:
             "webhooks": self.webhooks.run, "records": self.tracking.run_flusher,
             "watchdog": self.systemd.run_watchdog, "media": self.media.run,
             "store-probe": self._probe_loop, "gc": self.gc_policy.run,
+            "target-health": self.prober.run,
         }
 
         async def supervise() -> None:

@@ -105,6 +105,9 @@ class Metrics:
         self.rtpengine_up = Gauge("calltrackd_rtpengine_up",
                                   "1 while the rtpengine instance answers", ["instance"],
                                   registry=r)
+        self.target_up = Gauge("calltrackd_target_up",
+                               "1 while a forward target answers its OPTIONS probes, 0 when down",
+                               ["tracker", "target"], registry=r)
         self.build_info = Gauge("calltrackd_build_info", "Always 1: the build that runs",
                                 ["version", "python", "sip_core"], registry=r)
 

@@ -72,6 +72,7 @@ from .commands import (
     TimerFired,
 )
 from .guard import LogLimiter, canonical_host
+from .health import ProbeTicket, TargetProber
 from .legs import ALLOW, Leg, default_port
 from .routing import DRAIN_RETRY_AFTER, SHED_REASONS, Load, Reject, refused_require, route
 
@@ -136,6 +137,7 @@ class Engine:
         self._ended: dict[str, Call] = {}
         self._linger: deque[tuple[float, str]] = deque()
         self._linger_timer: asyncio.TimerHandle | None = None
+        self.health: TargetProber | None = None  # target health: down targets skipped
         stack.on_events = self.handle
 
     @property
@@ -289,6 +291,8 @@ class Engine:
             owner = event.transaction.user
             if isinstance(owner, Leg) and (call := self._call_of(owner)) is not None:
                 self.feed(call, ResponseIn(owner, event.transaction, event.response))
+            elif isinstance(owner, ProbeTicket):
+                owner.prober.on_event(owner, event)
         elif isinstance(event, RequestReceived):
             self._on_request(event)
         elif isinstance(event, AckReceived):
@@ -302,6 +306,8 @@ class Engine:
             owner = event.transaction.user
             if isinstance(owner, Leg) and (call := self._call_of(owner)) is not None:
                 self.feed(call, TimeoutIn(owner, event.transaction, event.timer))
+            elif isinstance(owner, ProbeTicket):
+                owner.prober.on_event(owner, event)
         elif isinstance(event, MalformedMessage):
             log.info("b2bua.malformed", source=str(event.source), reason=event.reason,
                      answered=event.answered)
@@ -472,6 +478,8 @@ class Engine:
                     max_duration=settings.sip.max_call_duration)
         txn.user = call.a
         self.calls[call.id] = call
+        if self.health is not None:
+            decision = self.health.healthy(decision)
         self.feed(call, Routed(decision), now)
 
     def _reject(self, r: Reject, txn: ServerTransaction, req: Request, source: Address,

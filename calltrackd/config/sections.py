@@ -33,7 +33,8 @@ def sip(c: Checker, data: object) -> SipSettings:
                               "t1", "t2", "t4", "user_agent", "max_message_size",
                               "max_calls", "stranger_policy", "stranger_policy_tcp",
                               "stranger_rate", "stranger_burst", "stranger_rate_total",
-                              "trusted_sources", "trusted_proxies", "tls"})
+                              "trusted_sources", "trusted_proxies", "tls",
+                              *TARGET_PROBE_KEYS})
     base = SipSettings()
     listen = base.listen
     if "listen" in d:
@@ -72,7 +73,25 @@ def sip(c: Checker, data: object) -> SipSettings:
         trusted_sources=tuple(ip_networks(c, d, "sip", "trusted_sources")),
         trusted_proxies=tuple(ip_networks(c, d, "sip", "trusted_proxies")),
         tls=tls,
+        target_probe_interval=c.duration(d, "sip", "target_probe_interval", 0.0),
+        target_probe_timeout=c.positive(d, "sip", "target_probe_timeout", 5.0),
+        target_probe_failures=c.get(d, "sip", "target_probe_failures", int, 2,
+                                    lambda v: None if v >= 1 else "must be at least 1"),
+        target_probe_up_codes=tuple(v for k, v in c.str_list(d, "sip", "target_probe_up_codes")
+                                    if _status_code(c, k, v)),
     )
+
+
+TARGET_PROBE_KEYS = ("target_probe_interval", "target_probe_timeout", "target_probe_failures",
+                     "target_probe_up_codes")
+
+
+def _status_code(c: Checker, key: str, value: str) -> bool:
+    """A SIP status ("404") or a class ("4xx") an OPTIONS probe may take for "up"."""
+    if re.fullmatch(r"[1-6](\d\d|xx)", value):
+        return True
+    c.fail(key, f'expected a status such as "404" or a class such as "4xx", got {value!r}')
+    return False
 
 
 

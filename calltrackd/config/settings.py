@@ -68,6 +68,11 @@ class SipSettings:
     # proxies (Kamailio with the carrier ACL) whose X-Calltrackd-Carrier header is believed
     trusted_proxies: tuple[IPNetwork, ...] = ()
     tls: TlsSettings = field(default_factory=TlsSettings)  # [sip.tls]: calltrackd/transport/tls.py
+    # OPTIONS probes of the forward targets (calltrackd/b2bua/health.py); interval 0: off
+    target_probe_interval: float = 0.0
+    target_probe_timeout: float = 5.0
+    target_probe_failures: int = 2
+    target_probe_up_codes: tuple[str, ...] = ()  # besides 2xx: "404", "4xx"
 
 
 @dataclass(frozen=True, slots=True)
