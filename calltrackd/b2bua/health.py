@@ -235,6 +235,7 @@ class TargetProber:
         self.health = Health()
         self.resolver: Callable[[str, int], Awaitable[str]] = self._getaddrinfo
         self._configured: object = None
+        self._published: set[tuple[str, str]] = set()  # the gauge's label values
 
     # -- the engine's side -------------------------------------------------------------
 
@@ -263,7 +264,7 @@ class TargetProber:
         for probe in self.health.poll(now):
             self._send(probe, now)
         self.stack.flush()
-        self._publish()
+        self._publish(gauge=True)
         return self.health.next_deadline()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -320,19 +321,20 @@ class TargetProber:
             raise OSError(f"no address for {host}")
         return str(infos[0][4][0])
 
-    def _publish(self) -> None:
+    def _publish(self, gauge: bool = False) -> None:
+        """Log what went down or up; with `gauge`, set calltrackd_target_up too (once per
+        tick: a cost per target, not per answer)."""
         health = self.health
         for c in health.changes:
             (log.warning if not c.up else log.info)(
                 "target.down" if not c.up else "target.up", target=c.uri,
                 trackers=list(c.trackers), result=c.result, failures=c.failures)
         health.changes.clear()
-        gauge = self.gauge
-        if gauge is not None:
-            seen = {(tracker, uri): up for tracker, uri, up in health.states()}
-            for labels in [tuple(s.labels.values()) for m in gauge.collect()
-                           for s in m.samples]:
-                if labels not in seen:
-                    gauge.remove(*labels)
-            for (tracker, uri), up in seen.items():
-                gauge.labels(tracker, uri).set(1 if up else 0)
+        if not gauge or self.gauge is None:
+            return
+        seen = {(tracker, uri): up for tracker, uri, up in health.states()}
+        for labels in self._published - seen.keys():
+            self.gauge.remove(*labels)
+        for (tracker, uri), up in seen.items():
+            self.gauge.labels(tracker, uri).set(1 if up else 0)
+        self._published = set(seen)

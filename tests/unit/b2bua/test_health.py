@@ -196,3 +196,15 @@ def test_all_targets_down_the_call_still_tries_them_in_order() -> None:
     assert up(gauge, A) == 0.0 and up(gauge, B) == 0.0
     net.carrier.invite()
     assert "INVITE" in net.pbx_a.methods()  # the first, as configured
+
+
+def test_a_reload_drops_the_series_of_targets_no_longer_configured() -> None:
+    net, prober, gauge, _ = probing_net()
+    run(net, prober, 1.0)
+    assert up(gauge, A) == 1.0 and up(gauge, B) == 1.0
+    net.config = settings(B, target_probe_interval=2.0)
+    prober.tick()
+    assert up(gauge, A) is None and up(gauge, B) == 1.0
+    net.config = settings(B)  # probes off: no series at all
+    prober.tick()
+    assert up(gauge, B) is None
