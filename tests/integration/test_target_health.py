@@ -1,9 +1,9 @@
-"""Target health through the running daemon: a tracker with two targets, each a SIPp UAS
-that answers OPTIONS probes and calls. The first is killed (by its PID) and a black-hole
-socket takes its port: once its probes fail, calltrackd_target_up is 0 for it and a call
-goes straight to the second (the black hole receives probes only, never the INVITE, and
-the call waits on no timeout). A new UAS on the first port answers again: it is up and
-calls go to it."""
+"""Target health through the running daemon, over UDP and TCP: a tracker with two
+targets, each a SIPp UAS that answers OPTIONS probes and calls. The first is killed (by its
+PID) and a black-hole socket takes its port: once its probes fail, calltrackd_target_up is
+0 for it and a call goes straight to the second (the black hole receives probes only, never
+the INVITE, and the call waits on no timeout). A new UAS on the first port answers again:
+it is up and calls go to it."""
 
 from __future__ import annotations
 
@@ -36,30 +36,33 @@ WAIT = 30.0  # bound of every wait on the probes (they run each 0.5 s): a loaded
 @dataclass
 class Setup:
     daemon: Daemon
-    tmp: Path
+    transport: str
     port_a: int
     port_b: int
 
     @property
     def a(self) -> str:
-        return pbx_uri(self.port_a)
+        return pbx_uri(self.port_a, self.transport)
 
     @property
     def b(self) -> str:
-        return pbx_uri(self.port_b)
+        return pbx_uri(self.port_b, self.transport)
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
+@pytest.fixture(params=["udp", "tcp"])
+def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
+    transport = request.param
     sip, http, a, b = free_port(), free_port(), free_port(), free_port()
     text = daemon_toml(
         sip, http,
-        tracker("main", DID, pbx_uri(a), pbx_uri(b), ring_timeout="20s"),
-        sip={"target_probe_interval": "0.5s", "target_probe_timeout": "1s",
+        tracker("main", DID, pbx_uri(a, transport), pbx_uri(b, transport),
+                ring_timeout="20s"),
+        sip={"listen": [f"udp:127.0.0.1:{sip}", f"tcp:127.0.0.1:{sip}"],
+             "target_probe_interval": "0.5s", "target_probe_timeout": "1s",
              "target_probe_failures": 2},
         log={"level": "info", "format": "json"})
     daemon = start_daemon(tmp_path, text, sip, http)
-    yield Setup(daemon, tmp_path, a, b)
+    yield Setup(daemon, transport, a, b)
     assert daemon.stop() == 0, daemon.log_text()[-3000:]
 
 
@@ -86,14 +89,55 @@ def wait_for(what: str, check: Callable[[], bool], daemon: Daemon) -> None:
 def call(setup: Setup, make: Callable[..., Sipp], name: str) -> dict[str, Any]:
     uac = make(name, "uac_call.xml", free_port(), "-s", DID, "-m", "1", "-d", "200",
                "-timeout", "30s", "-timeout_error",
-               remote=f"127.0.0.1:{setup.daemon.sip_port}")
+               remote=f"127.0.0.1:{setup.daemon.sip_port}", transport=setup.transport)
     res = uac.wait(40)
     assert res.ok, res.output
     return setup.daemon.wait_call(by_did(DID))
 
 
 def pbx(setup: Setup, make: Callable[..., Sipp], name: str, port: int) -> Sipp:
-    return make(name, "uas_options_answer.xml", port, "-timeout", "120s")
+    return make(name, "uas_options_answer.xml", port, "-timeout", "120s",
+                transport=setup.transport)
+
+
+class BlackHole:
+    """A port that takes what is sent to it and never answers (over TCP: accepts
+    connections and reads them)."""
+
+    def __init__(self, transport: str, port: int) -> None:
+        kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+        self.sock = socket.socket(socket.AF_INET, kind)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        if kind == socket.SOCK_STREAM:
+            self.sock.listen(16)
+        self.sock.setblocking(False)
+        self.stream = kind == socket.SOCK_STREAM
+        self.conns: list[socket.socket] = []
+        self.data = b""
+
+    def received(self) -> bytes:
+        while self.stream:
+            try:
+                conn, _ = self.sock.accept()
+            except BlockingIOError:
+                break
+            conn.setblocking(False)
+            self.conns.append(conn)
+        for s in self.conns if self.stream else [self.sock]:
+            while True:
+                try:
+                    chunk = s.recv(65535)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    break
+                self.data += chunk if self.stream else b"\n---\n" + chunk
+        return self.data
+
+    def close(self) -> None:
+        for s in [*self.conns, self.sock]:
+            s.close()
 
 
 def test_a_dead_target_is_skipped_until_it_answers_again(
@@ -106,23 +150,15 @@ def test_a_dead_target_is_skipped_until_it_answers_again(
     assert cdr["target"] == setup.a and cdr["outcome"] == "answered", cdr
 
     first.kill()  # SIGKILL to its PID
-    hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # receives, never answers
-    hole.bind(("127.0.0.1", setup.port_a))
-    hole.setblocking(False)
+    hole = BlackHole(setup.transport, setup.port_a)
     try:
         wait_for("first down", lambda: target_up(daemon).get(setup.a) == 0.0, daemon)
         assert target_up(daemon)[setup.b] == 1.0
         cdr = call(setup, sipp_factory, "uac2")
         assert cdr["target"] == setup.b and cdr["outcome"] == "answered", cdr
         assert float(cdr["ring_seconds"]) < 10.0, cdr  # no wait on the dead one's timeout
-        received = []
-        while True:
-            try:
-                received.append(hole.recv(65535))
-            except BlockingIOError:
-                break
-        assert received and all(d.startswith(b"OPTIONS ") for d in received), \
-            [d[:40] for d in received]
+        received = hole.received()
+        assert b"OPTIONS sip:" in received and b"INVITE" not in received, received[:400]
     finally:
         hole.close()
     lines = [ln for ln in daemon.log_text().splitlines() if '"target.down"' in ln]
