@@ -236,6 +236,7 @@ class TargetProber:
         self.resolver: Callable[[str, int], Awaitable[str]] = self._getaddrinfo
         self._configured: object = None
         self._published: set[tuple[str, str]] = set()  # the gauge's label values
+        self._lookups: set[asyncio.Task[None]] = set()  # names being resolved (held)
 
     # -- the engine's side -------------------------------------------------------------
 
@@ -291,7 +292,10 @@ class TargetProber:
         if addr is not None:
             self._options(probe, uri, addr, now)
         else:
-            self.stack.loop.create_task(self._resolve_and_send(probe, uri))
+            task = self.stack.loop.create_task(self._resolve_and_send(probe, uri))
+            if task is not None:  # (the tests' loop runs it at once)
+                self._lookups.add(task)
+                task.add_done_callback(self._lookups.discard)
 
     async def _resolve_and_send(self, probe: Probe, uri: SipURI) -> None:
         port = default_port(uri)

@@ -208,3 +208,15 @@ def test_a_reload_drops_the_series_of_targets_no_longer_configured() -> None:
     net.config = settings(B)  # probes off: no series at all
     prober.tick()
     assert up(gauge, B) is None
+
+
+def test_targets_by_name_are_resolved_and_a_name_that_does_not_resolve_fails() -> None:
+    net, prober, gauge, _ = probing_net()
+    named, unknown = "sip:pbx-b.example:5060", "sip:nowhere.example:5060"
+    net.config = settings(named, unknown, target_probe_interval=2.0,
+                          target_probe_timeout=1.0, target_probe_failures=2)
+    net.names["pbx-b.example"] = PBX_B.host
+    prober.resolver = net.engine.resolver
+    run(net, prober, 5.0)
+    assert "OPTIONS" in net.pbx_b.methods()
+    assert up(gauge, named) == 1.0 and up(gauge, unknown) == 0.0
