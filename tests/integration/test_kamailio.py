@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import CALLER, Daemon, Redis, Sipp, free_port, start_daemon
+from .conftest import CALLER, Daemon, Redis, Sipp, by_did, free_port, start_daemon
 from .test_redis_nodes import STATIC, config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,7 +165,7 @@ def test_reservation_on_node_a_attributes_a_call_landing_on_node_b(
     for i in range(20):
         s = visitor(a, i)
         call_through(cluster, sipp_factory, s["number"], str(i))
-        cdr = a.wait_call(lambda c, n=s["number"]: c["did"] == n)
+        cdr = a.wait_call(by_did(s["number"]))
         att = cdr["attribution"]
         assert att["kind"] == "dynamic" and att["session"]["id"] == s["session_id"]
         assert att["session"]["utm_campaign"] == f"c{i}"
@@ -267,7 +267,7 @@ def test_killing_node_a_under_load_loses_no_call_started_after_the_dispatcher_no
     assert len(after) - len(shed) >= rate, f"{len(shed)} of {len(after)} calls shed"
     # the visitor who got a number through node A is found by B, which now takes every call
     call_through(cluster, sipp_factory, reserved["number"], "reserved")
-    cdr = b.wait_call(lambda c: c["did"] == reserved["number"])
+    cdr = b.wait_call(by_did(reserved["number"]))
     assert cdr["attribution"]["kind"] == "dynamic"
     assert cdr["attribution"]["session"]["id"] == reserved["session_id"]
     assert cdr["id"] in calls_started(b)

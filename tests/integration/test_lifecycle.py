@@ -174,7 +174,7 @@ def _app(tmp_path: Path, sip: int, http: int, store_url: str) -> App:
 
 
 def _others() -> set[asyncio.Task[object]]:
-    return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
+    return asyncio.all_tasks() - {asyncio.current_task()}
 
 
 def test_a_start_failing_at_http_stops_sip_and_store_and_leaves_no_task(

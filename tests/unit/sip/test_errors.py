@@ -5,7 +5,6 @@ answer with, and says whose fault it is, ours (`LocalProtocolError`) or the peer
 from __future__ import annotations
 
 import pytest
-from test_transactions import T, request, response
 
 from calltrackd.sip import dialog, errors, message, transaction, uri
 from calltrackd.sip.errors import (
@@ -19,6 +18,7 @@ from calltrackd.sip.errors import (
 from calltrackd.sip.message import ParseError, parse_message
 from calltrackd.sip.transaction import ServerInviteTransaction
 from calltrackd.sip.uri import SipURI
+from tests.unit.sip.test_transactions import T, request, response
 
 
 def test_the_old_names_are_the_hierarchys_classes_where_they_were() -> None:

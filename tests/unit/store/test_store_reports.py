@@ -20,7 +20,14 @@ import test_store_contract
 from calltrackd.store import create_store
 from calltrackd.store.base import Store
 from calltrackd.tracking import reports as rep
-from calltrackd.tracking.model import Attribution, CallRecord, VisitorSession, WebhookEndpoint
+from calltrackd.tracking.model import (
+    Attribution,
+    AttributionKind,
+    CallRecord,
+    Outcome,
+    VisitorSession,
+    WebhookEndpoint,
+)
 from calltrackd.webhooks.payload import build_deliveries
 
 store = test_store_contract.store  # the fixture: each test runs on SQLite and on Redis
@@ -28,6 +35,8 @@ DAY0 = datetime(2026, 11, 1, tzinfo=UTC)
 POOLS = {"+74990000001": "paid", "+74990000002": "paid", "+74990000003": "organic"}
 CAMPAIGNS = ("spring", "autumn", None)
 TERMS = ("buy sofa", "sofa price", None)
+KINDS: tuple[AttributionKind, ...] = ("dynamic", "dynamic", "static", "default", "expired")
+OUTCOMES: tuple[Outcome | None, ...] = ("answered", "answered", "busy", "no_answer", None)
 
 
 def visit(i: int, rnd: random.Random, at: datetime) -> VisitorSession:
@@ -47,11 +56,11 @@ def synthetic_calls(n: int, seed: int = 7) -> list[CallRecord]:
     out = []
     for i in range(n):
         at = DAY0 + timedelta(minutes=rnd.randrange(0, 5 * 24 * 60), seconds=rnd.random())
-        kind = rnd.choice(("dynamic", "dynamic", "static", "default", "expired"))
+        kind = rnd.choice(KINDS)
         att = (Attribution("static", channel=rnd.choice(("billboard", "radio")))
                if kind == "static" else Attribution(kind, session=visit(i, rnd, at))
                if kind in ("dynamic", "expired") else Attribution(kind))
-        outcome = rnd.choice(("answered", "answered", "busy", "no_answer", None))
+        outcome = rnd.choice(OUTCOMES)
         ring = round(rnd.uniform(0.5, 20), 3)
         talk = round(rnd.uniform(1, 300), 3) if outcome == "answered" else None
         out.append(CallRecord(
@@ -212,10 +221,10 @@ async def test_calls_recorded_before_reports_existed_are_backfilled(
                 conn.execute("DELETE FROM report_calls")
                 conn.execute("DELETE FROM report_meta")
         else:
-            r = aioredis.Redis.from_url(url)
-            keys = [k async for k in r.scan_iter("ctd:r*")]
-            await r.delete(*keys)
-            await r.aclose()
+            client = aioredis.Redis.from_url(url)
+            keys = [k async for k in client.scan_iter("ctd:r*")]
+            await client.delete(*keys)
+            await client.aclose()
         s = create_store(url)
         await s.open()
         q = query({"group_by": ("campaign",)})

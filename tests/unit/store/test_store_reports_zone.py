@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from datetime import timedelta
+from typing import Any
 
 import test_store_contract
 from test_store_reports import DAY0, canonical, query, synthetic_calls, visit
@@ -13,7 +14,7 @@ from calltrackd.store.base import Store
 from calltrackd.tracking import reports as rep
 
 store = test_store_contract.store  # the fixture: each test runs on SQLite and on Redis
-ZONED = [
+ZONED: list[dict[str, Any]] = [
     {"group_by": ("day", "hour", "weekday"), "zone": "America/New_York"},
     {"group_by": ("day", "campaign"), "zone": "Asia/Kolkata"},  # +05:30
     {"group_by": ("weekday",), "zone": "America/New_York",
