@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import structlog
 
 from calltrackd import ids
+from calltrackd.backoff import Backoff
 from calltrackd.store.base import Store
 from calltrackd.tracking import attribution as attr
 from calltrackd.tracking import visits
@@ -409,14 +410,15 @@ class TrackingService:
     ) -> None:
         """Write deferred CDRs until `stop` is set, backing off while the store fails;
         one last attempt on stop."""
-        delay = first_delay
+        backoff = Backoff(first_delay, max_delay)
+        failures = 0
         while not stop.is_set():
             self._kick.clear()
             if self._pending and not await self._flush_once():
-                await _wait_any(stop, None, delay)
-                delay = min(delay * 2, max_delay)
+                failures += 1
+                await _wait_any(stop, None, backoff.compute(failures))
                 continue
-            delay = first_delay
+            failures = 0
             await _wait_any(stop, self._kick, 1.0)
         if self._pending and not await self._flush_once():
             log.error("tracking.records_lost_on_stop", count=len(self._pending))

@@ -156,6 +156,9 @@ class WebhookWorker:
             else RetryPolicy(backoff=backoff, max_age=max_age)
         )
         self._poll_interval = poll_interval
+        # the store failing: polls 2, 4, ... 256 poll intervals apart, at most _STORE_RETRY_CAP
+        retry_cap = min(_STORE_RETRY_CAP, poll_interval * 2**8)
+        self._store_retry = Backoff(min(2 * poll_interval, retry_cap), retry_cap)
         self._clock = clock
         self._on_result = on_result
         self._on_outcome = on_outcome
@@ -213,10 +216,8 @@ class WebhookWorker:
                         store_failures = 0
                     else:
                         store_failures += 1
-                if store_failures:
-                    pause = min(_STORE_RETRY_CAP, self._poll_interval * 2 ** min(store_failures, 8))
-                else:
-                    pause = self._poll_interval
+                pause = (self._store_retry.compute(store_failures) if store_failures
+                         else self._poll_interval)
                 try:
                     async with asyncio.timeout(pause):
                         await self._wakeup.wait()

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from calltrackd.backoff import Backoff
 from calltrackd.store import redis_lua as lua
 from calltrackd.store.base import (
     HISTORY_KEEP,
@@ -47,6 +48,8 @@ LEASE = 60.0
 _MAX_LIMIT = 1000
 _SEP = "\x1f"
 _NOTES_WINDOW = 0.05  # seconds visit notes wait to share a write
+# Redis away: notes are retried after 0.1, 0.2, ... up to 5 s; newer notes win
+_NOTES_RETRY = Backoff(2 * _NOTES_WINDOW, 5.0)
 _NOTES_MAX = 100_000
 
 
@@ -155,14 +158,14 @@ class RedisPlumbing:
         await self._do(self.r.ping())
 
     async def _notes_loop(self) -> None:
-        delay = _NOTES_WINDOW
+        failures = 0
         while self._notes and self._r is not None:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(_NOTES_RETRY.compute(failures) if failures else _NOTES_WINDOW)
             try:
                 await self._flush_notes()
-                delay = _NOTES_WINDOW
+                failures = 0
             except StoreError:
-                delay = min(delay * 2, 5.0)  # Redis away: retried, newer notes win
+                failures += 1
 
     async def _flush_notes(self) -> None:
         notes, self._notes = self._notes, {}
