@@ -125,7 +125,7 @@ async def create_session(request: web.Request) -> web.Response:
     limiter = request.app[LIMITER]
     if (limiter.enabled and not await _is_renewal(request, tracker, session_id)
             and not limiter.allow(_client(request), now)):
-        answer = SessionAnswer("s_" + ids.token_urlsafe(16), tracker.default_number,
+        answer = SessionAnswer(ids.session_id(), tracker.default_number,
                                "default", now + tracker.reservation_ttl)
     else:
         answer = await request.app[TRACKING].create_session(tracker, fields, session_id, now)
