@@ -92,7 +92,7 @@ class CollectorPolicy:
         if pause > self.max_pause:
             self.max_pause = pause
         if pause > self.slow:
-            log.info("gc pause", generation=generation, pause_ms=round(pause * 1000, 1),
+            log.info("gc.pause", generation=generation, pause_ms=round(pause * 1000, 1),
                      objects=info.get("collected", 0))
 
     def collect(self) -> None:
@@ -103,7 +103,7 @@ class CollectorPolicy:
         self.collections += 1
         pause = time.perf_counter() - t0
         if found or pause > self.slow:
-            log.info("gc collected", objects=found, pause_ms=round(pause * 1000, 1),
+            log.info("gc.collected", objects=found, pause_ms=round(pause * 1000, 1),
                      active_calls=self.active_calls())
 
     async def run(self, stop: asyncio.Event) -> None:

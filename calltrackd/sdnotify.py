@@ -35,7 +35,7 @@ class Notifier:
         try:
             self._sock.sendto("\n".join(fields).encode(), self.address)
         except OSError as exc:
-            log.warning("sd_notify failed", error=str(exc))
+            log.warning("systemd.notify_failed", message="sd_notify failed", error=str(exc))
 
     def watchdog_interval(self) -> float | None:
         usec = os.environ.get("WATCHDOG_USEC", "")

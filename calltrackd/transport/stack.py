@@ -115,7 +115,7 @@ class _Udp(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and friends: the transaction's timers handle it
-        log.debug("udp error", error=str(exc))
+        log.debug("sip.udp_error", error=str(exc))
 
 
 class _Stream(asyncio.Protocol):
@@ -141,7 +141,8 @@ class _Stream(asyncio.Protocol):
             messages = self.framer.feed(data)
         except ParseError as exc:
             # framing is lost on this connection: nothing after this can be trusted
-            log.info("stream framing error, closing", peer=str(self.peer), reason=exc.reason)
+            log.info("sip.framing_error", message="stream framing error, closing",
+                     peer=str(self.peer), reason=exc.reason)
             if self.transport:
                 self.transport.close()
             return
@@ -230,10 +231,12 @@ class SipStack:
         except OSError as exc:
             gate.kernel.clear()
             gate.never_kernel.update(hosts)  # not again for these
-            log.warning("cannot drop strangers in the kernel", error=str(exc))
+            log.warning("sip.kernel_drop_unavailable",
+                        message="cannot drop strangers in the kernel", error=str(exc))
             return
         if hosts:
-            log.warning("strangers flooding: their datagrams dropped by the kernel",
+            log.warning("sip.strangers_flooding",
+                        message="strangers flooding: their datagrams dropped by the kernel",
                         sources=hosts[:20], count=len(hosts))
             if self._kernel_timer is None:
                 self._kernel_timer = self.loop.call_later(1.0, self._expire_kernel)
@@ -291,7 +294,7 @@ class SipStack:
             sender = socket.socket(family, socket.SOCK_DGRAM)
             sender.setblocking(False)
         except OSError as exc:
-            log.warning("no queue-delay probe", error=str(exc))
+            log.warning("sip.no_queue_probe", message="no queue-delay probe", error=str(exc))
             return
         self._probe_socks.append(sender)
 
@@ -386,7 +389,7 @@ class SipStack:
         gate = self.gate
         if gate is not None and gate.notices:
             for notice in gate.take_notices():
-                log.info("sip request from a stranger", source=notice.source,
+                log.info("sip.stranger_request", source=notice.source,
                          method=notice.method, action=notice.action,
                          note="logged once a minute per source; counted in "
                               "calltrackd_sip_stranger_packets_total")
@@ -400,7 +403,7 @@ class SipStack:
             return
         if len(self._failures) < 1000:
             self._failures[where] = now
-        log.error("sip message handling failed", source=str(source), where=where,
+        log.error("sip.handling_failed", source=str(source), where=where,
                   error=f"{type(exc).__name__}: {exc}"[:200])
 
     def _on_timer(self) -> None:
@@ -452,7 +455,8 @@ class SipStack:
             family = socket.AF_INET6 if is_ipv6(dest.host) else socket.AF_INET
             proto = self._udp.get(family)
             if proto is None or proto.transport is None:
-                log.warning("no udp socket for destination", dest=str(dest))
+                log.warning("sip.no_udp_socket", message="no udp socket for destination",
+                            dest=str(dest))
                 return
             addr = (dest.host.strip("[]"), dest.port)
             if data.startswith(_SEND_AT_ONCE):
@@ -502,8 +506,9 @@ class SipStack:
                     functools.partial(_Stream, self, kind, key), host, port)
             _, proto = await asyncio.wait_for(connect, 15.0 if kind == "tls" else 5.0)
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            log.warning(f"{kind} connect failed", dest=f"{kind}:{host}:{port}", server_name=name
-                        if kind == "tls" else None, error=str(exc) or type(exc).__name__)
+            log.warning("sip.connect_failed", message=f"{kind} connect failed",
+                        dest=f"{kind}:{host}:{port}", server_name=name if kind == "tls" else None,
+                        error=str(exc) or type(exc).__name__)
             self._unreachable(key, self._pending.pop(key, []))
             return
         for data in self._pending.pop(key, []):

@@ -273,7 +273,7 @@ class WebhookWorker:
         try:
             return self._resolve(row)
         except Exception:
-            _log.exception("outbox_resolve_failed", delivery_id=row.id, kind=row.kind)
+            _log.exception("webhook.outbox_resolve_failed", delivery_id=row.id, kind=row.kind)
             return None
 
     def _key(self, dest: Destination) -> _Key:
@@ -314,7 +314,7 @@ class WebhookWorker:
             else:
                 due = await self._store.due_deliveries(self._clock(), limit)
         except Exception:
-            _log.warning("webhook_store_error", op="due_deliveries", exc_info=True)
+            _log.warning("webhook.store_error", op="due_deliveries", exc_info=True)
             self._poll_wanted = True
             for key in before:
                 self._keys[key].behind = True
@@ -360,7 +360,7 @@ class WebhookWorker:
             try:
                 await self._store.unlease(give_back)
             except Exception:
-                _log.warning("webhook_store_error", op="unlease", exc_info=True)
+                _log.warning("webhook.store_error", op="unlease", exc_info=True)
         return True
 
     def _ready_cap(self, k: _Key, dest: Destination) -> int:
@@ -385,7 +385,7 @@ class WebhookWorker:
             try:
                 await self._store.unlease(dropped)
             except Exception:
-                _log.warning("webhook_store_error", op="unlease", exc_info=True)
+                _log.warning("webhook.store_error", op="unlease", exc_info=True)
 
     async def _give_back_ready(self) -> None:
         ids = list(self._queued)
@@ -442,7 +442,7 @@ class WebhookWorker:
         try:
             await self._attempt(rows, dest, k)
         except Exception:
-            _log.exception("webhook_delivery_crashed", delivery_id=rows[0].id)
+            _log.exception("webhook.delivery_crashed", delivery_id=rows[0].id)
         finally:
             for r in rows:
                 self._settle(r.id)
@@ -467,7 +467,7 @@ class WebhookWorker:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
             # Still pending in the store: sent again after the restart (at-least-once).
-            _log.warning("webhook_drain_abandoned", deliveries=len(pending))
+            _log.warning("webhook.drain_abandoned", deliveries=len(pending))
 
     # --- one attempt ------------------------------------------------------------------------
 
@@ -563,7 +563,7 @@ class WebhookWorker:
                 await self._mark_delivered(ids, max(now for _, now, _ in batch))
                 ok = True
             except Exception:
-                _log.warning("webhook_store_error", op="record", delivery_id=ids[0],
+                _log.warning("webhook.store_error", op="record", delivery_id=ids[0],
                              exc_info=True)
                 ok = False
             for _, _, done in batch:
@@ -636,7 +636,7 @@ class WebhookWorker:
         try:
             await write()
         except Exception:
-            _log.warning("webhook_store_error", op="record", delivery_id=ids[0], exc_info=True)
+            _log.warning("webhook.store_error", op="record", delivery_id=ids[0], exc_info=True)
             for delivery_id in ids:
                 self._unrecorded[delivery_id] = write
             return False
@@ -650,7 +650,7 @@ class WebhookWorker:
                     await write()
                 except Exception:
                     _log.warning(
-                        "webhook_store_error", op="record", delivery_id=delivery_id,
+                        "webhook.store_error", op="record", delivery_id=delivery_id,
                         exc_info=True)
                     return False
                 done.add(id(write))
@@ -660,7 +660,7 @@ class WebhookWorker:
     def _report(self, row: WebhookDelivery, outcome: DeliveryOutcome, count: bool = True) -> None:
         log = _log.info if outcome.result == "ok" else _log.warning
         log(
-            "webhook_delivery",
+            "webhook.delivery",
             delivery_id=row.id,
             event_id=row.event_id,
             webhook_event=row.event,
@@ -686,4 +686,4 @@ class WebhookWorker:
             if self._on_outcome is not None:
                 self._on_outcome(row.kind, outcome.result)
         except Exception:
-            _log.exception("webhook_on_result_failed")
+            _log.exception("webhook.on_result_failed")

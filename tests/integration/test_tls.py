@@ -11,6 +11,7 @@ calltrackd does not know, for a target whose certificate must be refused.
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import ssl
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -218,6 +220,12 @@ def invites(sipp: Sipp) -> list[str]:
             if not m.sent and m.start_line.startswith("INVITE ")]
 
 
+def connect_failures(daemon: Daemon) -> list[dict[str, Any]]:
+    """The daemon's `sip.connect_failed` log lines: a target it could not reach, and why."""
+    return [json.loads(line) for line in daemon.log_text().splitlines()
+            if '"sip.connect_failed"' in line]
+
+
 def answered(plan: Plan, pbx: Sipp) -> dict[str, object]:
     """The CDR of the one call the PBX received and answered."""
     assert pbx.wait(30).ok
@@ -248,8 +256,9 @@ def test_target_with_a_certificate_of_an_unknown_ca_is_skipped_for_the_next(
     assert record["target"] == f"sip:127.0.0.1:{plan.front};transport=tls"
     rogue.kill()
     assert invites(rogue) == []  # the handshake failed: nothing reached that PBX
-    log = plan.daemon.log_text()
-    assert "tls connect failed" in log and "certificate verify failed" in log, log[-3000:]
+    failed = connect_failures(plan.daemon)
+    assert any(e["dest"].startswith("tls:") and "certificate verify failed" in e["error"]
+               for e in failed), plan.daemon.log_text()[-3000:]
 
 
 def test_call_to_only_an_unknown_ca_target_fails_with_503(
@@ -271,7 +280,8 @@ def test_refused_tcp_connection_fails_over_at_once(
     call(plan, sipp_factory, DID_DEAD_TCP)
     record = answered(plan, pbx)
     assert record["target"] == f"sip:127.0.0.1:{plan.front};transport=tls"
-    assert "tcp connect failed" in plan.daemon.log_text()
+    assert any(e["dest"].startswith("tcp:") for e in connect_failures(plan.daemon)), (
+        plan.daemon.log_text()[-3000:])
 
 
 def test_sighup_gives_the_next_tls_connection_the_new_certificate(plan: Plan) -> None:

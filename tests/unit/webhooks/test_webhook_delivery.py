@@ -402,7 +402,7 @@ async def test_store_outage_neither_stops_the_worker_nor_resends_an_acknowledged
         h.start()
         await wait_until(lambda: h.store.rows[d.id].status == "delivered")
     assert len(receiver.requests) == 1
-    errors = [e for e in logs if e["event"] == "webhook_store_error"]
+    errors = [e for e in logs if e["event"] == "webhook.store_error"]
     assert {e["op"] for e in errors} == {"due_deliveries", "record"}
     assert len(errors) == 4
 
