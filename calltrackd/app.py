@@ -161,6 +161,8 @@ class App:
         self.engine = Engine(self.stack, lambda: self.settings, self.recorder)
         self.prober = TargetProber(self.stack, lambda: self.settings, self.metrics.target_up)
         self.engine.health = self.prober  # OPTIONS to the targets; down ones skipped
+        if self.media.client is not None:  # trackers with media = "anchor" go through it
+            self.engine.media = self.media
         # strangers (no carrier, trusted source or peer) cost nothing: the ACL is the live
         # settings' (a reload changes carriers), the dialogs the engine's
         self.strangers = StrangerGate(

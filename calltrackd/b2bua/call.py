@@ -26,6 +26,14 @@ RFC 3261 §21.6, e.g. 600 Busy Everywhere, 603 Decline) ends the hunt, as does t
 target. So 486 Busy Here moves on when more targets are configured and ends the call
 otherwise. A 401/407 from a target with credentials is retried once with them (§22.2).
 
+Media anchoring (the tracker's `media = "anchor"`, rtpengine configured): before the
+first INVITE to a target the call emits MediaOffer with the caller's SDP and waits (in
+ROUTING/RESOLVING) for MediaDone; every target then gets rtpengine's SDP. A 1xx or 2xx
+with SDP from the target is held while MediaAnswer runs, then relayed with rtpengine's
+SDP. A MediaDone with an error (rtpengine down, slow past the ng budget) means the
+original SDP goes on: tracking never costs a call. The end emits MediaDelete; a
+MediaTimeout (no RTP for `media_timeout`) hangs up an answered call, by "system".
+
 An event `_ACCEPTS` does not list for the state, or a move `_NEXT` does not list, raises
 `CallStateError` naming the state and the event.
 """
@@ -52,6 +60,11 @@ from .commands import (
     Command,
     Finished,
     Log,
+    MediaAnswer,
+    MediaDelete,
+    MediaDone,
+    MediaOffer,
+    MediaTimeout,
     Notify,
     RegisterDialog,
     RequestIn,
@@ -107,15 +120,15 @@ _NEXT: dict[State, frozenset[State]] = {
     State.ENDED: frozenset(),
 }
 _LEGS: frozenset[type] = frozenset({ResponseIn, TimeoutIn, RequestIn, AckIn, CancelIn,
-                                    Terminate})
+                                    Terminate, MediaDone, MediaTimeout})
 _ACCEPTS: dict[State, frozenset[type]] = {
-    State.ROUTING: frozenset({Routed, CancelIn, Terminate}),
+    State.ROUTING: frozenset({Routed, CancelIn, Terminate, MediaDone}),
     State.RESOLVING: _LEGS | {Resolved, ResolveFailed},
     State.CALLING: _LEGS | {TimerFired},
     State.EARLY: _LEGS | {TimerFired},
     State.CONNECTED: _LEGS | {TimerFired},
     State.ENDED: frozenset({ResponseIn, TimeoutIn, AckIn, CancelIn, Terminate, Resolved,
-                            ResolveFailed}),
+                            ResolveFailed, MediaDone, MediaTimeout}),
 }
 
 
@@ -130,9 +143,11 @@ class CallStateError(Exception):
 
 class Call:
     __slots__ = ("_accepts", "_out", "_t0", "_wall0", "a", "a_txn", "abandoned",
-                 "ack_pending", "attempt", "b", "host", "id", "info", "invite",
-                 "last_by", "last_code", "last_reason", "legs", "max_duration", "relays",
-                 "resolving", "ring_timeout", "source", "state", "targets", "user_agent")
+                 "ack_pending", "anchor", "attempt", "b", "held", "host", "id", "info",
+                 "invite", "last_by", "last_code", "last_reason", "legs", "max_duration",
+                 "media_offered", "media_seq", "media_wait", "offer_sdp", "record",
+                 "relays", "resolving", "ring_timeout", "source", "state", "targets",
+                 "user_agent")
 
     def __init__(self, host: CallHost, invite: Request, transaction: ServerTransaction,
                  source: Address, now: float, wall: float, *, user_agent: str,
@@ -169,6 +184,16 @@ class Call:
         # id(request we relayed) → the transaction and request it relays, and their leg
         self.relays: dict[int, tuple[ServerTransaction, Request, Leg]] = {}
         self.ack_pending = False  # late offer: B's ACK waits for the body of A's ACK
+        # media anchoring: wanted (tracker), offered, rtpengine's SDP for the targets
+        self.anchor = False
+        self.record = False
+        self.media_offered = False
+        self.offer_sdp: bytes | None = None
+        self.media_wait: tuple[ForwardTarget, SipURI, Address] | None = None
+        self.media_seq = 0
+        # responses to the caller held while rtpengine answers: seq → status, reason,
+        # the callee's own SDP, its Content-Type
+        self.held: dict[int, tuple[int, str, bytes, str | None]] = {}
 
     # -- the one entry point -----------------------------------------------------------
 
@@ -194,6 +219,10 @@ class Call:
             self._on_resolved(event, now)
         elif isinstance(event, ResolveFailed):
             self._on_resolve_failed(event, now)
+        elif isinstance(event, MediaDone):
+            self._on_media(event, now)
+        elif isinstance(event, MediaTimeout):
+            self._on_media_timeout(event, now)
         else:
             self._on_terminate(now)
         self._out = []
@@ -261,6 +290,9 @@ class Call:
                              carrier=r.carrier, started_at=self._wall(now))
         self.targets = list(r.targets)
         self.ring_timeout = r.ring_timeout
+        if event.media is not None and event.media.mode == "anchor":
+            self.anchor = True
+            self.record = event.media.record
         self._out.append(RegisterDialog(self.a))
         self._respond_a(100)
         self._out.append(Notify("started", self.info))
@@ -303,10 +335,20 @@ class Call:
                      now: float) -> None:
         info = self.info
         assert info is not None
+        if self.anchor and not self.media_offered:
+            self.media_offered = True
+            if self.invite.body:
+                self.media_wait = (target, uri, addr)
+                self._out.append(MediaOffer(self.invite.body, self.invite.from_.tag or "",
+                                            self.record))
+                return
+            self._media_direct("late_offer")
         dialog, _ = b_dialog(self.host, self.invite, uri, info.did, addr)
         leg = Leg(self.id, "b", dialog, addr.transport, addr.host)
         leg.dest = addr
         req = outgoing_invite(self.host, leg, self.invite, self.id, self.user_agent)
+        if self.offer_sdp is not None:
+            req.body = self.offer_sdp
         self.b = leg
         self.legs.append(leg)
         self._out.append(RegisterDialog(leg))
@@ -374,7 +416,7 @@ class Call:
                 return
             leg.dialog.receive_response(resp)
             self._goto(State.EARLY)
-            self._respond_a(code, resp.reason, resp.body, resp.headers.get("Content-Type"))
+            self._relay_to_a(resp)
             return
         self._out.append(CancelTimer(RING))
         if code < 300:
@@ -430,10 +472,65 @@ class Call:
         self._goto(State.CONNECTED)
         info.answered_at = self._wall(now)
         info.sip_code = resp.status
-        self._respond_a(resp.status, resp.reason, resp.body, resp.headers.get("Content-Type"))
+        self._relay_to_a(resp)
         self._log("call.answered", target=attempt.target.uri)
         self._out.append(Notify("answered", info))
         self._out.append(StartTimer(MAX_DURATION, now + self.max_duration))
+
+    def _relay_to_a(self, resp: Response) -> None:
+        """A target's 1xx/2xx to the caller; with SDP on an anchored call, held until
+        rtpengine has answered (MediaDone)."""
+        ctype = resp.headers.get("Content-Type")
+        if self.offer_sdp is None or not resp.body:
+            self._respond_a(resp.status, resp.reason, resp.body, ctype)
+            return
+        self.media_seq += 1
+        self.held[self.media_seq] = (resp.status, resp.reason, resp.body, ctype)
+        self._out.append(MediaAnswer(resp.body, self.invite.from_.tag or "",
+                                     resp.to.tag or "", self.media_seq))
+
+    # -- media -------------------------------------------------------------------------
+
+    def _media_direct(self, reason: str) -> None:
+        """No anchoring for this call (the record says why)."""
+        if self.info is not None:
+            self.info.extra["media"] = {"mode": "direct", "reason": reason}
+        self._log("call.media_direct", "warning", reason=reason)
+
+    def _on_media(self, event: MediaDone, now: float) -> None:
+        if event.kind == "offer":
+            pending, self.media_wait = self.media_wait, None
+            if event.sdp is not None and event.error is None:
+                self.offer_sdp = event.sdp
+                if self.info is not None:
+                    self.info.extra["media"] = {"mode": "anchor",
+                                                "recorded": self.record}
+            else:
+                self._media_direct(f"offer: {event.error}")
+            if pending is not None and self.state in (State.ROUTING, State.RESOLVING):
+                self._send_invite(*pending, now)
+            return
+        held = self.held.pop(event.seq, None)
+        if held is None:
+            return
+        status, reason, body, ctype = held
+        if self.state is State.ENDED or (status < 200 and self.state is not State.EARLY):
+            return  # the caller's INVITE was answered meanwhile
+        if event.sdp is not None and event.error is None:
+            body = event.sdp
+        else:
+            # the callee's own SDP: the caller sends to it directly, the callee still
+            # through rtpengine (which knows the caller from the offer)
+            self._media_direct(f"answer: {event.error}")
+        self._respond_a(status, reason, body, ctype)
+
+    def _on_media_timeout(self, event: MediaTimeout, now: float) -> None:
+        if self.state is not State.CONNECTED:
+            return
+        self._log("call.media_timeout", "warning", idle=round(event.idle, 1))
+        if self.info is not None:
+            self.info.extra["reason"] = "media_timeout"
+        self._hang_up(now)
 
     def _relay_response(self, leg: Leg, txn: ClientTransaction, resp: Response,
                         relay: tuple[ServerTransaction, Request, Leg]) -> None:
@@ -567,6 +664,8 @@ class Call:
     def _end(self, outcome: Outcome, hangup_by: HangupBy, code: int, now: float) -> None:
         self._goto(State.ENDED)
         self._out.append(Finished())
+        if self.offer_sdp is not None or self.media_wait is not None:
+            self._out.append(MediaDelete(self.invite.from_.tag or "", self.record))
         info = self.info
         if info is None:
             self._log("call.ended", outcome=outcome, sip_code=code, hangup_by=hangup_by)

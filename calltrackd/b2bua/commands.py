@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from ..sip.endpoint import Address, ClientTransaction, ServerTransaction
 from ..sip.message import Request, Response
@@ -18,6 +18,9 @@ from ..sip.uri import SipURI
 from ..tracking.model import HangupBy, Outcome, Tracker
 from .legs import Leg
 from .routing import Route
+
+if TYPE_CHECKING:
+    from ..config.settings import TrackerMedia
 
 
 @dataclass(slots=True)
@@ -57,9 +60,11 @@ class CallInfo:
 
 @dataclass(frozen=True, slots=True)
 class Routed:
-    """The routing answer for the caller's INVITE: the call starts its hunt."""
+    """The routing answer for the caller's INVITE: the call starts its hunt. `media`:
+    the tracker's media settings when the engine can anchor (rtpengine configured)."""
 
     route: Route
+    media: TrackerMedia | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +132,27 @@ class Terminate:
     reason: str = "shutdown"
 
 
+@dataclass(frozen=True, slots=True)
+class MediaDone:
+    """The answer to a MediaOffer or MediaAnswer: rtpengine's SDP, or why there is none
+    (rtpengine down, slow past its budget, or refusing): the call then goes on direct."""
+
+    kind: Literal["offer", "answer"]
+    sdp: bytes | None
+    error: str | None = None
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MediaTimeout:
+    """rtpengine saw no RTP from a side of the call for the media timeout."""
+
+    idle: float  # seconds since the last RTP packet
+
+
 CallEvent: TypeAlias = (Routed | RequestIn | AckIn | CancelIn | ResponseIn | TimeoutIn
-                        | TimerFired | Resolved | ResolveFailed | Terminate)
+                        | TimerFired | Resolved | ResolveFailed | Terminate | MediaDone
+                        | MediaTimeout)
 
 
 # --- commands: out of the call ----------------------------------------------------------
@@ -209,5 +233,33 @@ class Finished:
     may still report."""
 
 
+@dataclass(frozen=True, slots=True)
+class MediaOffer:
+    """Offer the caller's SDP to rtpengine (ng call-id: the call's id); answer MediaDone."""
+
+    sdp: bytes
+    from_tag: str
+    record: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MediaAnswer:
+    """The callee's SDP (a 183's or the 2xx's) to rtpengine; answer MediaDone(seq)."""
+
+    sdp: bytes
+    from_tag: str
+    to_tag: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class MediaDelete:
+    """The call is over: delete it in rtpengine (and collect its recording)."""
+
+    from_tag: str
+    record: bool = False
+
+
 Command: TypeAlias = (RegisterDialog | SendRequest | Respond | SendAck | StartTimer
-                      | CancelTimer | Resolve | Notify | Log | Finished)
+                      | CancelTimer | Resolve | Notify | Log | Finished | MediaOffer
+                      | MediaAnswer | MediaDelete)

@@ -25,7 +25,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import structlog
 
@@ -55,6 +55,10 @@ from .commands import (
     Command,
     Finished,
     Log,
+    MediaAnswer,
+    MediaDelete,
+    MediaDone,
+    MediaOffer,
     Notify,
     RegisterDialog,
     RequestIn,
@@ -92,6 +96,16 @@ _COUNTED_METHODS = frozenset({"BYE", "INVITE", "UPDATE", "INFO", "ACK", "PRACK",
 RESOLVE_TIMEOUT = 5.0
 
 
+class MediaControl(Protocol):
+    """What the engine asks of rtpengine (media/service.py's `Media`); SDPs as text.
+    Each ends within its budget and raises (NgError, OSError, ...) when it cannot: the
+    call then goes direct."""
+
+    async def offer(self, call_id: str, from_tag: str, sdp: str, *, record: bool) -> str: ...
+    async def answer(self, call_id: str, from_tag: str, to_tag: str, sdp: str) -> str: ...
+    async def finish(self, info: CallInfo, from_tag: str, *, record: bool) -> None: ...
+
+
 class CallHooks(Protocol):
     """What the rest of calltrackd learns about calls (tracking, CDRs, metrics, logs)."""
 
@@ -116,6 +130,8 @@ class Engine:
         # a target's host and port → the address to send to (A/AAAA; raises OSError)
         self.resolver: Callable[[str, int], Awaitable[str]] = self._getaddrinfo
         self.calls: dict[str, Call] = {}  # call id (c_...) → call
+        self.media: MediaControl | None = None  # rtpengine, when [media] configures one
+        self.media_errors = 0  # offers/answers that failed: those calls went direct
         self.dialogs: dict[tuple[str, str], tuple[Call, Leg]] = {}  # (Call-ID, our tag)
         self.draining = False
         self.rejected_overload = 0  # shed for load or max_calls (calltrackd_overload_rejected)
@@ -212,6 +228,12 @@ class Engine:
             self._finished(call, now)
         elif isinstance(c, Resolve):
             self.stack.loop.create_task(self._resolve(call, c.uri))
+        elif isinstance(c, (MediaOffer, MediaAnswer)):
+            self.stack.loop.create_task(self._media(call, c))
+        elif isinstance(c, MediaDelete):
+            if self.media is not None and call.info is not None:
+                self.stack.loop.create_task(self.media.finish(call.info, c.from_tag,
+                                                              record=c.record))
 
     def _notify(self, c: Notify, now: float) -> None:
         hooks = self.hooks
@@ -260,6 +282,30 @@ class Engine:
                                      port))
         except OSError as exc:
             event = ResolveFailed(str(exc) or type(exc).__name__)
+        self._input(call, event)
+
+    async def _media(self, call: Call, c: MediaOffer | MediaAnswer) -> None:
+        """An offer or answer through rtpengine within its budget; the result (or why
+        there is none) goes back to the call as MediaDone."""
+        media = self.media
+        kind: Literal["offer", "answer"] = "offer" if isinstance(c, MediaOffer) else "answer"
+        seq = c.seq if isinstance(c, MediaAnswer) else 0
+        event: MediaDone
+        try:
+            if media is None:
+                raise OSError("no rtpengine configured")
+            sdp = c.sdp.decode("utf-8", "surrogateescape")
+            if isinstance(c, MediaOffer):
+                work = media.offer(call.id, c.from_tag, sdp, record=c.record)
+            else:
+                work = media.answer(call.id, c.from_tag, c.to_tag, sdp)
+            out = await work
+            event = MediaDone(kind, out.encode("utf-8", "surrogateescape"), None, seq)
+        except Exception as exc:  # tracking never costs a call: any failure → direct
+            self.media_errors += 1
+            why = str(exc) or type(exc).__name__
+            log.warning("media.failed", call=call.id, command=kind, error=why[:200])
+            event = MediaDone(kind, None, why[:200], seq)
         self._input(call, event)
 
     async def _getaddrinfo(self, host: str, port: int) -> str:
@@ -480,7 +526,8 @@ class Engine:
         self.calls[call.id] = call
         if self.health is not None:
             decision = self.health.healthy(decision)
-        self.feed(call, Routed(decision), now)
+        media = settings.media.for_tracker(decision.tracker.id) if self.media else None
+        self.feed(call, Routed(decision, media), now)
 
     def _reject(self, r: Reject, txn: ServerTransaction, req: Request, source: Address,
                 now: float) -> None:

@@ -8,16 +8,22 @@ changes them for new calls."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .ng import NgClient, OfferOptions
+import structlog
+
+from .ng import NgClient, NgError, NgUnavailable, OfferOptions
 from .store import RecordingInfo, RecordingStore
 
 if TYPE_CHECKING:
+    from ..b2bua.commands import CallInfo
     from ..config import MediaSettings
     from ..metrics import Metrics
 
 __all__ = ["Media", "rtpengine_health"]
+
+log = structlog.get_logger("calltrackd.media")
 
 
 class Media:
@@ -35,6 +41,49 @@ class Media:
         self.recordings = RecordingStore(settings.recordings_dir,
                                          retention=settings.recording_retention,
                                          spool=settings.spool_dir)
+        # a recorded call's file is stored (or could not be): the app sends call.recording
+        self.on_recording: Callable[[CallInfo, RecordingInfo | None], None] = \
+            lambda info, rec: None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    # -- the call engine's MediaControl (b2bua/engine.py) ------------------------------
+
+    def _client(self) -> NgClient:
+        if self.client is None:
+            raise NgUnavailable("no rtpengine configured", command="offer")
+        return self.client
+
+    async def offer(self, call_id: str, from_tag: str, sdp: str, *, record: bool) -> str:
+        result = await self._client().offer(call_id, from_tag, sdp, record=record,
+                                            metadata=f"calltrackd call {call_id}")
+        return result.sdp
+
+    async def answer(self, call_id: str, from_tag: str, to_tag: str, sdp: str) -> str:
+        result = await self._client().answer(call_id, from_tag, to_tag, sdp)
+        return result.sdp
+
+    async def finish(self, info: CallInfo, from_tag: str, *, record: bool) -> None:
+        """The call ended: `delete` in rtpengine, then (recorded calls) the WAV stored
+        and `on_recording` told. Never raises: a failure is logged and counted."""
+        if (info.extra.get("media") or {}).get("mode") == "anchor":
+            self.anchored(info.tracker.id)
+        try:
+            await self._client().delete(info.id, from_tag)
+        except NgError as exc:
+            log.warning("media.delete_failed", call=info.id, error=str(exc)[:200])
+        if not record:
+            return
+        try:
+            rec = await self.collect(info.id)
+        except Exception:  # a bad pcap must not stop the next ones
+            log.exception("media.recording_failed", call=info.id)
+            rec = None
+        if rec is None:
+            log.warning("media.recording_missing", call=info.id)
+        else:
+            log.info("media.recording_stored", call=info.id, format=rec.format,
+                     seconds=rec.seconds, bytes=rec.bytes)
+        self.on_recording(info, rec)
 
     def anchored(self, tracker_id: str) -> None:
         """Counts a call whose offer and answer went through rtpengine."""

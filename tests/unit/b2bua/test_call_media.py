@@ -1,0 +1,120 @@
+"""Media anchoring as commands of the call engine, on the fake link: a fake rtpengine
+(pure logic) rewrites SDPs, or fails as a dead one would; the call goes on either way."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from calltrackd.b2bua.commands import CallInfo
+from calltrackd.config.settings import MediaSettings, TrackerMedia
+from calltrackd.media.ng import NgTimeout
+from tests.unit.b2bua.net import PBX_SDP, SDP, Net, settings
+
+RTP_OFFER = SDP.replace(b"10.0.0.1", b"192.0.2.10")  # what the PBX gets
+RTP_ANSWER = PBX_SDP.replace(b"10.0.1.1", b"192.0.2.20")  # what the carrier gets
+
+
+class FakeMedia:
+    """The engine's MediaControl: answers at once (a test task must not wait)."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.fail = fail
+        self.calls: list[tuple[str, ...]] = []
+        self.finished: list[tuple[CallInfo, bool]] = []
+
+    async def offer(self, call_id: str, from_tag: str, sdp: str, *, record: bool) -> str:
+        self.calls.append(("offer", call_id, from_tag, sdp, str(record)))
+        if self.fail == "offer":
+            raise NgTimeout("no answer within 1.0 s", command="offer")
+        return RTP_OFFER.decode()
+
+    async def answer(self, call_id: str, from_tag: str, to_tag: str, sdp: str) -> str:
+        self.calls.append(("answer", call_id, from_tag, to_tag, sdp))
+        if self.fail == "answer":
+            raise NgTimeout("no answer within 1.0 s", command="answer")
+        return RTP_ANSWER.decode()
+
+    async def finish(self, info: CallInfo, from_tag: str, *, record: bool) -> None:
+        self.finished.append((info, record))
+
+
+def anchored_net(mode: str = "anchor", record: bool = False,
+                 fail: str | None = None) -> tuple[Net, FakeMedia]:
+    config = settings()
+    media = MediaSettings(rtpengine=(("127.0.0.1", 2223),),
+                          trackers={"main": TrackerMedia(mode, record)})  # type: ignore[arg-type]
+    net = Net(dataclasses.replace(config, media=media))
+    fake = FakeMedia(fail)
+    net.engine.media = fake
+    return net, fake
+
+
+def test_anchored_call_offers_answers_and_deletes() -> None:
+    net, fake = anchored_net(record=True)
+    net.carrier.invite()
+    assert net.pbx_a.last("INVITE").body == RTP_OFFER  # the PBX gets rtpengine's SDP
+    net.pbx_a.respond(183, PBX_SDP)
+    assert net.carrier.responses[-1].status == 183
+    assert net.carrier.responses[-1].body == RTP_ANSWER
+    net.pbx_a.respond(200)
+    assert net.carrier.statuses()[-1] == 200
+    assert net.carrier.responses[-1].body == RTP_ANSWER  # the caller gets rtpengine's
+    assert [c[0] for c in fake.calls] == ["offer", "answer", "answer"]
+    offer = fake.calls[0]
+    assert offer[1].startswith("c_") and offer[3] == SDP.decode() and offer[4] == "True"
+    net.advance(3.0)
+    net.carrier.send("BYE")
+    cdr = net.hooks.cdr
+    assert cdr.extra["media"] == {"mode": "anchor", "recorded": True}
+    assert [(info.id, record) for info, record in fake.finished] == [(cdr.id, True)]
+    assert cdr.talk_seconds == 3.0
+
+
+def test_direct_tracker_never_asks_rtpengine() -> None:
+    net, fake = anchored_net(mode="direct")
+    net.carrier.invite()
+    net.pbx_a.respond(200)
+    assert net.pbx_a.last("INVITE").body == SDP
+    assert net.carrier.responses[-1].body == PBX_SDP
+    net.carrier.send("BYE")
+    assert fake.calls == [] and fake.finished == []
+
+
+def test_rtpengine_down_on_offer_call_goes_direct() -> None:
+    net, fake = anchored_net(fail="offer")
+    net.carrier.invite()
+    assert net.pbx_a.last("INVITE").body == SDP  # unchanged: the call goes on
+    net.pbx_a.respond(200)
+    assert net.carrier.responses[-1].body == PBX_SDP
+    assert [c[0] for c in fake.calls] == ["offer"]  # no answer for a call not anchored
+    net.carrier.send("BYE")
+    cdr = net.hooks.cdr
+    assert cdr.outcome == "answered"
+    assert cdr.extra["media"]["mode"] == "direct"
+    assert "no answer within" in cdr.extra["media"]["reason"]
+    assert fake.finished == []  # nothing to delete
+    assert net.engine.media_errors == 1
+
+
+def test_rtpengine_fails_on_answer_caller_gets_callee_sdp() -> None:
+    net, fake = anchored_net(fail="answer")
+    net.carrier.invite()
+    net.pbx_a.respond(200)
+    assert net.carrier.statuses()[-1] == 200
+    assert net.carrier.responses[-1].body == PBX_SDP
+    net.carrier.send("BYE")
+    assert net.hooks.cdr.extra["media"]["reason"].startswith("answer:")
+    assert len(fake.finished) == 1  # the offer made a call in rtpengine: deleted
+
+
+def test_failover_keeps_the_anchored_offer() -> None:
+    net, fake = anchored_net()
+    net.config = dataclasses.replace(
+        settings("sip:10.0.1.1:5060", "sip:10.0.1.2:5060"), media=net.config.media)
+    net.carrier.invite()
+    net.pbx_a.respond(486)
+    assert net.pbx_b.last("INVITE").body == RTP_OFFER
+    net.pbx_b.respond(200)
+    assert net.carrier.responses[-1].body == RTP_ANSWER
+    assert [c[0] for c in fake.calls] == ["offer", "answer"]
+
