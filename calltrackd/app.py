@@ -31,6 +31,7 @@ import structlog
 from aiohttp import web
 
 from . import b2bua, sip
+from .b2bua.commands import CallInfo
 from .b2bua.engine import Engine
 from .b2bua.health import TargetProber
 from .backoff import Backoff
@@ -45,6 +46,7 @@ from .http import tracking as tracking_api
 from .http import ui as dashboard
 from .logging import flush_suppressed
 from .media.service import Media
+from .media.store import RecordingInfo
 from .metrics import DictCounter, Metrics
 from .overload import LoopLagMonitor
 from .recorder import Recorder
@@ -163,6 +165,7 @@ class App:
         self.engine.health = self.prober  # OPTIONS to the targets; down ones skipped
         if self.media.client is not None:  # trackers with media = "anchor" go through it
             self.engine.media = self.media
+        self.media.on_recording = self._recording_stored
         # strangers (no carrier, trusted source or peer) cost nothing: the ACL is the live
         # settings' (a reload changes carriers), the dialogs the engine's
         self.strangers = StrangerGate(
@@ -345,6 +348,11 @@ class App:
     async def _flush_records(self) -> None:
         await self.recorder.drain(within=5.0)
         await self.tracking.flush(timeout=5.0)
+
+    def _recording_stored(self, call: CallInfo, rec: RecordingInfo | None) -> None:
+        recording = recordings_api.recording_object(rec)
+        if recording is not None:
+            self.recorder.call_recording(call, recording)
 
     def _call_finished(self) -> None:
         if not self.engine.active_calls:

@@ -65,6 +65,12 @@ class Recorder:
         self.metrics.calls.labels(call.tracker.id, call.outcome or "failed").inc()
         self._chain(call, self._ended)
 
+    def call_recording(self, call: CallInfo, recording: dict[str, Any]) -> None:
+        """A recorded call's file is stored: the CDR gets `recording`, and endpoints
+        subscribed to `call.recording` get the event (after the call's other steps)."""
+        call.extra["recording"] = recording
+        self._chain(call, self._recorded)
+
     async def drain(self, within: float) -> None:
         """Wait (at most `within` seconds) for finished calls' records to reach tracking."""
         if self.pending:
@@ -148,6 +154,9 @@ class Recorder:
     async def _ended(self, call: CallInfo, snap: tuple[Any, ...]) -> None:
         await self._save(call, snap, "call.ended")
 
+    async def _recorded(self, call: CallInfo, snap: tuple[Any, ...]) -> None:
+        await self._save(call, snap, "call.recording")
+
     async def _save(self, call: CallInfo, snap: tuple[Any, ...], event: str) -> None:
         record = self.record(call, snap)
         deliveries = self.outbox_rows(event, record, call.tracker, time.time())
@@ -185,6 +194,8 @@ class Recorder:
             qualified=(qualified(talk, call.tracker.target_call_min_seconds)
                        if ended_at is not None else None),
             attribution=call.extra.get("attribution"),
+            reason=call.extra.get("reason"),
+            recording=call.extra.get("recording"),
         )
 
 

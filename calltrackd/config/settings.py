@@ -24,7 +24,8 @@ __all__ = [
 
 DEFAULT_PATH = Path("config/calltrackd.toml")
 EVENTS = ("call.started", "call.answered", "call.ended")  # an endpoint's default events
-OPTIONAL_EVENTS = ("call.updated",)  # sent only to endpoints that list them in `events`
+# sent only to endpoints that list them in `events`
+OPTIONAL_EVENTS = ("call.updated", "call.recording")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 

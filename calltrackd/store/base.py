@@ -400,6 +400,7 @@ def encode_call(record: CallRecord) -> str:
             "pool": att.pool,
         },
         "reason": record.reason,
+        "recording": record.recording,
     }
     # default=str: a custom value JSON cannot carry is stored as text, never refused
     return jsonx.dumps(data)

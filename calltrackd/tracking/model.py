@@ -263,6 +263,8 @@ class CallRecord:
     qualified: bool | None = None
     attribution: Attribution | None = None
     reason: str | None = None  # why the system ended it, e.g. "restart" (a crashed node)
+    # the stored recording: {"url", "seconds", "bytes"} (media/, http/recordings.py)
+    recording: dict[str, Any] | None = None
     # --- written back by a CRM (PATCH /v1/calls/{id}); the call's own steps keep them
     tags: tuple[str, ...] = ()
     lead_status: str | None = None
@@ -292,6 +294,8 @@ class CallRecord:
         }
         if self.reason is not None:  # only on records the system ended for a reason
             out["reason"] = self.reason
+        if self.recording is not None:  # only on recorded calls, once the file is stored
+            out["recording"] = self.recording
         return out
 
 

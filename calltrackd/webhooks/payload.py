@@ -26,7 +26,8 @@ __all__ = [
 ]
 
 # call.updated: a CRM changed the call's tags, lead_status or value (PATCH /v1/calls/{id})
-EVENTS: Final = frozenset({"call.started", "call.answered", "call.ended", "call.updated"})
+EVENTS: Final = frozenset({"call.started", "call.answered", "call.ended", "call.updated",
+                           "call.recording"})
 
 # 18 random bytes are 24 url-safe base64 characters: 144 bits, no padding.
 _ID_BYTES: Final = 18
