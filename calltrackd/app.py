@@ -311,6 +311,7 @@ class App:
         workers = {
             "webhooks": self.webhooks.run, "records": self.tracking.run_flusher,
             "watchdog": self.systemd.run_watchdog, "media": self.media.run,
+            "media-watch": self.engine.watch_media,
             "store-probe": self._probe_loop, "gc": self.gc_policy.run,
             "target-health": self.prober.run,
         }

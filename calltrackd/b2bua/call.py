@@ -142,12 +142,11 @@ class CallStateError(Exception):
 
 
 class Call:
-    __slots__ = ("_accepts", "_out", "_t0", "_wall0", "a", "a_txn", "abandoned",
-                 "ack_pending", "anchor", "attempt", "b", "held", "host", "id", "info",
-                 "invite", "last_by", "last_code", "last_reason", "legs", "max_duration",
-                 "media_offered", "media_seq", "media_wait", "offer_sdp", "record",
-                 "relays", "resolving", "ring_timeout", "source", "state", "targets",
-                 "user_agent")
+    __slots__ = ("_accepts", "_out", "_t0", "_wall0", "a", "a_txn", "abandoned", "ack_pending",
+                 "anchor", "answered_now", "attempt", "b", "held", "host", "id", "info", "invite",
+                 "last_by", "last_code", "last_reason", "legs", "max_duration", "media_offered",
+                 "media_seq", "media_wait", "offer_sdp", "record", "relays", "resolving",
+                 "ring_timeout", "source", "state", "targets", "user_agent")
 
     def __init__(self, host: CallHost, invite: Request, transaction: ServerTransaction,
                  source: Address, now: float, wall: float, *, user_agent: str,
@@ -186,6 +185,7 @@ class Call:
         self.ack_pending = False  # late offer: B's ACK waits for the body of A's ACK
         # media anchoring: wanted (tracker), offered, rtpengine's SDP for the targets
         self.anchor = False
+        self.answered_now = 0.0  # when the call was answered (the engine's clock)
         self.record = False
         self.media_offered = False
         self.offer_sdp: bytes | None = None
@@ -471,6 +471,7 @@ class Call:
             self._send_ack(leg, txn)
         self._goto(State.CONNECTED)
         info.answered_at = self._wall(now)
+        self.answered_now = now
         info.sip_code = resp.status
         self._relay_to_a(resp)
         self._log("call.answered", target=attempt.target.uri)
@@ -530,7 +531,8 @@ class Call:
         self._log("call.media_timeout", "warning", idle=round(event.idle, 1))
         if self.info is not None:
             self.info.extra["reason"] = "media_timeout"
-        self._hang_up(now)
+        # BYE both ways now; the talk time counts up to the last media
+        self._hang_up(max(self.answered_now, now - event.idle))
 
     def _relay_response(self, leg: Leg, txn: ClientTransaction, resp: Response,
                         relay: tuple[ServerTransaction, Request, Leg]) -> None:

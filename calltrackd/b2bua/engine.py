@@ -45,7 +45,7 @@ from ..sip.endpoint import (
 from ..sip.message import Request, Response, response_for
 from ..sip.transaction import TransactionError
 from ..sip.uri import SipSyntaxError, SipURI
-from .call import Call, CallStateError
+from .call import Call, CallStateError, State
 from .commands import (
     AckIn,
     CallEvent,
@@ -59,6 +59,7 @@ from .commands import (
     MediaDelete,
     MediaDone,
     MediaOffer,
+    MediaTimeout,
     Notify,
     RegisterDialog,
     RequestIn,
@@ -104,6 +105,7 @@ class MediaControl(Protocol):
     async def offer(self, call_id: str, from_tag: str, sdp: str, *, record: bool) -> str: ...
     async def answer(self, call_id: str, from_tag: str, to_tag: str, sdp: str) -> str: ...
     async def finish(self, info: CallInfo, from_tag: str, *, record: bool) -> None: ...
+    async def idle(self, call_id: str) -> float | None: ...
 
 
 class CallHooks(Protocol):
@@ -307,6 +309,34 @@ class Engine:
             log.warning("media.failed", call=call.id, command=kind, error=why[:200])
             event = MediaDone(kind, None, why[:200], seq)
         self._input(call, event)
+
+    async def watch_media(self, stop: asyncio.Event) -> None:
+        """Ends anchored calls whose RTP stopped: every third of `[media] media_timeout`
+        (0: off) rtpengine is asked when each side last sent."""
+        while not stop.is_set():
+            timeout = self.settings().media.media_timeout
+            every = max(1.0, timeout / 3) if timeout > 0 else 5.0
+            try:
+                await asyncio.wait_for(stop.wait(), every)
+                return
+            except TimeoutError:
+                pass
+            if timeout > 0:
+                await self.check_media(timeout)
+
+    async def check_media(self, limit: float) -> None:
+        media = self.media
+        if media is None:
+            return
+        for call in [c for c in self.calls.values()
+                     if c.state is State.CONNECTED and c.offer_sdp is not None]:
+            try:
+                idle = await media.idle(call.id)
+            except Exception as exc:  # rtpengine gone: the call goes on
+                log.info("media.query_failed", call=call.id, error=str(exc)[:200])
+                continue
+            if idle is not None and idle >= limit and call.id in self.calls:
+                self._input(call, MediaTimeout(idle))
 
     async def _getaddrinfo(self, host: str, port: int) -> str:
         infos = await asyncio.wait_for(self.stack.loop.getaddrinfo(host, port, type=0),

@@ -196,7 +196,8 @@ def _state_dir(store_url: str) -> str:
 def media(c: Checker, data: object, store_url: str) -> MediaSettings:
     d = c.table(data, "media", {"rtpengine", "timeout", "retransmit", "tries", "recheck",
                                 "direction", "ice", "flags", "replace", "spool_dir",
-                                "recordings_dir", "recording_retention"})
+                                "recordings_dir", "recording_retention",
+                                "media_timeout"})
     b = MediaSettings()
     instances = []
     for k, v in c.str_list(d, "media", "rtpengine"):
@@ -239,6 +240,7 @@ def media(c: Checker, data: object, store_url: str) -> MediaSettings:
                              lambda v: None if v.strip() else "must not be empty"),
         recording_retention=c.duration(d, "media", "recording_retention",
                                        b.recording_retention),
+        media_timeout=c.duration(d, "media", "media_timeout", b.media_timeout),
     )
 
 

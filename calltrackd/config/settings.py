@@ -138,6 +138,7 @@ class MediaSettings:
     spool_dir: str = "/var/spool/rtpengine"  # rtpengine's recording-dir
     recordings_dir: str = "./var/recordings"
     recording_retention: float = 90 * 86400.0  # 0: keep forever
+    media_timeout: float = 0.0  # an anchored call without RTP this long is ended; 0: off
     trackers: dict[str, TrackerMedia] = field(default_factory=dict, compare=False)
 
     def for_tracker(self, tracker_id: str) -> TrackerMedia:

@@ -8,6 +8,7 @@ changes them for new calls."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -61,6 +62,15 @@ class Media:
     async def answer(self, call_id: str, from_tag: str, to_tag: str, sdp: str) -> str:
         result = await self._client().answer(call_id, from_tag, to_tag, sdp)
         return result.sdp
+
+    async def idle(self, call_id: str) -> float | None:
+        """Seconds since the quieter side of the call last sent RTP (since the call was
+        created in rtpengine for a side that never sent), from `query`."""
+        stats = await self._client().query(call_id)
+        times = list(stats.last_rtp.values())
+        if len(times) < 2 and stats.created is not None:
+            times.append(stats.created)
+        return time.time() - min(times) if times else None
 
     async def finish(self, info: CallInfo, from_tag: str, *, record: bool) -> None:
         """The call ended: `delete` in rtpengine, then (recorded calls) the WAV stored

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 from calltrackd.b2bua.commands import CallInfo
@@ -21,6 +22,7 @@ class FakeMedia:
         self.fail = fail
         self.calls: list[tuple[str, ...]] = []
         self.finished: list[tuple[CallInfo, bool]] = []
+        self.idle_seconds: float | None = 0.5
 
     async def offer(self, call_id: str, from_tag: str, sdp: str, *, record: bool) -> str:
         self.calls.append(("offer", call_id, from_tag, sdp, str(record)))
@@ -36,6 +38,11 @@ class FakeMedia:
 
     async def finish(self, info: CallInfo, from_tag: str, *, record: bool) -> None:
         self.finished.append((info, record))
+
+    async def idle(self, call_id: str) -> float | None:
+        if self.fail == "query":
+            raise NgTimeout("no answer within 1.0 s", command="query")
+        return self.idle_seconds
 
 
 def anchored_net(mode: str = "anchor", record: bool = False,
@@ -118,3 +125,29 @@ def test_failover_keeps_the_anchored_offer() -> None:
     assert net.carrier.responses[-1].body == RTP_ANSWER
     assert [c[0] for c in fake.calls] == ["offer", "answer"]
 
+
+
+def test_media_timeout_hangs_up_both_legs_talk_time_to_last_media() -> None:
+    net, fake = anchored_net()
+    net.carrier.invite()
+    net.pbx_a.respond(200)
+    net.advance(10.0)
+    asyncio.run(net.engine.check_media(5.0))  # RTP flowing: nothing happens
+    assert net.engine.active_calls == 1
+    fake.idle_seconds = 6.0  # the PBX went silent 6 s ago, and sends no BYE
+    asyncio.run(net.engine.check_media(5.0))
+    net.pump()
+    assert net.carrier.methods()[-1] == "BYE" and net.pbx_a.methods()[-1] == "BYE"
+    cdr = net.hooks.cdr
+    assert (cdr.outcome, cdr.hangup_by, cdr.extra["reason"]) == ("answered", "system",
+                                                                 "media_timeout")
+    assert cdr.talk_seconds == 4.0  # up to the last media, not to the detection
+    assert net.engine.active_calls == 0
+
+
+def test_media_query_failing_leaves_the_call_alone() -> None:
+    net, _ = anchored_net(fail="query")
+    net.carrier.invite()
+    net.pbx_a.respond(200)
+    asyncio.run(net.engine.check_media(5.0))
+    assert net.engine.active_calls == 1
