@@ -31,24 +31,25 @@ DID = "+74990000200"
 TALK_MS = 7000  # the capture is 7.05 s of audio
 
 
-def config(sip: int, http: int, pbx: int, rtp: Rtpengine, recordings: Path, hook: str) -> str:
+def config(sip: int, http: int, pbx: int, rtp: Rtpengine, recordings: Path, hook: str,
+           **media: str) -> str:
     return daemon_toml(
         sip, http, tracker("acme", DID, pbx_uri(pbx), media="anchor", record=True,
                            webhooks=[{"url": hook, "secret": "whsec_media",
                                       "events": ["call.ended", "call.recording"]}]),
         sip={"shutdown_grace": "5s"},
         media={"rtpengine": [rtp.address], "timeout": "1s", "retransmit": "200ms",
-               "spool_dir": str(rtp.spool), "recordings_dir": str(recordings)})
+               "spool_dir": str(rtp.spool), "recordings_dir": str(recordings), **media})
 
 
 def one_call(tmp: Path, n: int, sip_port: int, pbx_port: int, uas: str, uac: str,
-             talk_ms: int) -> Sipp:
+             talk_ms: int = 0) -> Sipp:
     """One call, PBX and carrier each with its own media port; the PBX's SIPp (done)."""
     pbx = Sipp(tmp, f"pbx{n}", uas, pbx_port, "-m", "1", "-timeout", "60s",
                "-mi", "127.0.0.1", "-mp", str(free_port()))
     try:
         carrier = Sipp(tmp, f"carrier{n}", uac, free_port(), "-s", DID, "-m", "1",
-                       "-timeout", "60s", "-timeout_error", "-d", str(talk_ms),
+                       "-timeout", "60s", "-timeout_error", "-d", str(talk_ms or 1),
                        "-mi", "127.0.0.1", "-mp", str(free_port()),
                        remote=f"127.0.0.1:{sip_port}")
         res = carrier.wait(90)
@@ -120,6 +121,34 @@ def test_anchored_recorded_call_then_rtpengine_down(tmp_path: Path) -> None:
         assert [c["outcome"] for c in ended] == ["answered", "answered"], ended
         assert "recording" not in ended[1]
         assert "call.media_direct" in daemon.log_text()
+    finally:
+        daemon.stop()
+        receiver.stop()
+        rtp.stop()
+
+
+def test_call_whose_media_stopped_is_ended_by_the_system(tmp_path: Path) -> None:
+    """Both phones play 7 s of audio and then fall silent without a BYE: with a 3 s
+    media timeout calltrackd hangs up both legs; the talk time ends at the last media."""
+    need("sipp")
+    rtp = Rtpengine(tmp_path / "rtpengine")
+    rtp.start()
+    receiver = Receiver(free_port())
+    receiver.start()
+    sip, http, pbx = free_port(), free_port(), free_port()
+    daemon = start_daemon(tmp_path, config(sip, http, pbx, rtp, tmp_path / "rec",
+                                           receiver.url, media_timeout="3s"), sip, http)
+    try:
+        started = time.monotonic()
+        # both SIPp scenarios pass only if they receive our BYE
+        one_call(tmp_path, 1, sip, pbx, "uas_answer_rtp.xml", "uac_rtp_wait_bye.xml")
+        took = time.monotonic() - started
+        call = receiver.wait_event("call.ended", DID, timeout=30)["json"]["call"]
+        assert (call["outcome"], call["hangup_by"], call.get("reason")) == (
+            "answered", "system", "media_timeout"), call
+        assert 5.5 <= call["talk_seconds"] <= 9.0, call  # the 7 s of audio, not `took`
+        assert took >= 9.0, took  # 7 s of audio + at least the 3 s timeout
+        assert "call.media_timeout" in daemon.log_text()
     finally:
         daemon.stop()
         receiver.stop()
