@@ -48,6 +48,7 @@ replace = ["origin"]
 spool_dir = "/var/spool/rtpengine"
 recordings_dir = "/srv/recordings"
 recording_retention = "30d"
+media_timeout = "20s"
 """ + TRACKER + 'media = "anchor"\nrecord = true\n'))
     m = s.media
     assert m.rtpengine == (("127.0.0.1", 2223), ("::1", 2224))
@@ -55,6 +56,7 @@ recording_retention = "30d"
     assert m.direction == ("pub", "priv") and m.ice == "force"
     assert m.flags == ("trust address", "strict source") and m.replace == ("origin",)
     assert m.recordings_dir == "/srv/recordings" and m.recording_retention == 30 * 86400
+    assert m.media_timeout == 20.0
     policy = m.for_tracker("acme")
     assert policy.mode == "anchor" and policy.record
 
