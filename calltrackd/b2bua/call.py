@@ -99,6 +99,7 @@ __all__ = ["Call", "CallInfo", "CallStateError", "Leg", "State"]
 RING = "ring"  # timer: the current target rang for the route's ring_timeout
 MAX_DURATION = "max_duration"  # timer: sip.max_call_duration after the answer
 RETRY_AFTER = (("Retry-After", "5"),)
+Relay = tuple[ServerTransaction, Request, Leg]  # a request we relay: its transaction, leg
 
 
 class State(enum.Enum):
@@ -145,8 +146,8 @@ class Call:
     __slots__ = ("_accepts", "_out", "_t0", "_wall0", "a", "a_txn", "abandoned", "ack_pending",
                  "anchor", "answered_now", "attempt", "b", "held", "host", "id", "info", "invite",
                  "last_by", "last_code", "last_reason", "legs", "max_duration", "media_offered",
-                 "media_seq", "media_wait", "offer_sdp", "record", "relays", "resolving",
-                 "ring_timeout", "source", "state", "targets", "user_agent")
+                 "media_seq", "media_wait", "offer_sdp", "record", "relays", "reoffers",
+                 "resolving", "ring_timeout", "source", "state", "targets", "user_agent")
 
     def __init__(self, host: CallHost, invite: Request, transaction: ServerTransaction,
                  source: Address, now: float, wall: float, *, user_agent: str,
@@ -191,9 +192,11 @@ class Call:
         self.offer_sdp: bytes | None = None
         self.media_wait: tuple[ForwardTarget, SipURI, Address] | None = None
         self.media_seq = 0
-        # responses to the caller held while rtpengine answers: seq → status, reason,
-        # the callee's own SDP, its Content-Type
-        self.held: dict[int, tuple[int, str, bytes, str | None]] = {}
+        # responses held while rtpengine answers: seq → status, reason, the answerer's
+        # own SDP, its Content-Type, and the relay it answers (None: the caller's INVITE)
+        self.held: dict[int, tuple[int, str, bytes, str | None, Relay | None]] = {}
+        # re-INVITEs/UPDATEs held while rtpengine takes their offer: seq → relay, request
+        self.reoffers: dict[int, tuple[Relay, Leg]] = {}
 
     # -- the one entry point -----------------------------------------------------------
 
@@ -486,9 +489,15 @@ class Call:
             self._respond_a(resp.status, resp.reason, resp.body, ctype)
             return
         self.media_seq += 1
-        self.held[self.media_seq] = (resp.status, resp.reason, resp.body, ctype)
+        self.held[self.media_seq] = (resp.status, resp.reason, resp.body, ctype, None)
         self._out.append(MediaAnswer(resp.body, self.invite.from_.tag or "",
                                      resp.to.tag or "", self.media_seq))
+
+    def _tag(self, leg: Leg) -> str:
+        """The tag rtpengine knows a side of the call by: its peer's SIP tag."""
+        if leg is self.a:
+            return self.invite.from_.tag or ""
+        return leg.dialog.remote_tag or ""
 
     # -- media -------------------------------------------------------------------------
 
@@ -499,6 +508,9 @@ class Call:
         self._log("call.media_direct", "warning", reason=reason)
 
     def _on_media(self, event: MediaDone, now: float) -> None:
+        if event.kind == "offer" and event.seq:
+            self._on_reoffer(event)
+            return
         if event.kind == "offer":
             pending, self.media_wait = self.media_wait, None
             if event.sdp is not None and event.error is None:
@@ -514,7 +526,14 @@ class Call:
         held = self.held.pop(event.seq, None)
         if held is None:
             return
-        status, reason, body, ctype = held
+        status, reason, body, ctype, relay = held
+        if relay is not None:
+            if event.sdp is not None and event.error is None:
+                body = event.sdp
+            else:
+                self._media_direct(f"answer: {event.error}")
+            self._respond(relay[0], relay[1], relay[2], status, reason, body, ctype)
+            return
         if self.state is State.ENDED or (status < 200 and self.state is not State.EARLY):
             return  # the caller's INVITE was answered meanwhile
         if event.sdp is not None and event.error is None:
@@ -524,6 +543,26 @@ class Call:
             # through rtpengine (which knows the caller from the offer)
             self._media_direct(f"answer: {event.error}")
         self._respond_a(status, reason, body, ctype)
+
+    def _on_reoffer(self, event: MediaDone) -> None:
+        """rtpengine took a re-INVITE's or UPDATE's offer: relay it with its SDP."""
+        held = self.reoffers.pop(event.seq, None)
+        if held is None or self.state is not State.CONNECTED:
+            return
+        (txn, req, leg), other = held
+        body = req.body
+        if event.sdp is not None and event.error is None:
+            body = event.sdp
+        else:
+            self._media_direct(f"re-offer: {event.error}")
+        self._relay_request(txn, req, leg, other, body)
+
+    def _relay_request(self, txn: ServerTransaction, req: Request, leg: Leg, other: Leg,
+                       body: bytes) -> None:
+        assert other.dest is not None
+        fwd = other.request(self.host, req.method, body, req.headers.get("Content-Type"))
+        self.relays[id(fwd)] = (txn, req, leg)
+        self._out.append(SendRequest(other, fwd, other.dest))
 
     def _on_media_timeout(self, event: MediaTimeout, now: float) -> None:
         if self.state is not State.CONNECTED:
@@ -544,8 +583,16 @@ class Call:
         leg.dialog.receive_response(resp)  # a re-INVITE's or UPDATE's 2xx refreshes the target
         if resp.status == 100:
             return
+        ctype = resp.headers.get("Content-Type")
+        if self.offer_sdp is not None and resp.body and 200 <= resp.status < 300 \
+                and origin_req.method in ("INVITE", "UPDATE") and origin_req.body:
+            self.media_seq += 1
+            self.held[self.media_seq] = (resp.status, resp.reason, resp.body, ctype, relay)
+            self._out.append(MediaAnswer(resp.body, self._tag(origin_leg), self._tag(leg),
+                                         self.media_seq))
+            return
         self._respond(origin_txn, origin_req, origin_leg, resp.status, resp.reason,
-                      resp.body, resp.headers.get("Content-Type"))
+                      resp.body, ctype)
 
     # -- requests from the legs' peers -------------------------------------------------
 
@@ -596,10 +643,15 @@ class Call:
         if self.state is not State.CONNECTED or other is None or other.dest is None:
             self._respond(txn, req, leg, 491 if method == "INVITE" else 481)
             return
-        # re-INVITE, UPDATE, INFO and friends: relayed to the other leg
-        fwd = other.request(self.host, method, req.body, req.headers.get("Content-Type"))
-        self.relays[id(fwd)] = (txn, req, leg)
-        self._out.append(SendRequest(other, fwd, other.dest))
+        # re-INVITE, UPDATE, INFO and friends: relayed to the other leg; an offer in an
+        # anchored call goes through rtpengine first
+        if self.offer_sdp is not None and method in ("INVITE", "UPDATE") and req.body:
+            self.media_seq += 1
+            self.reoffers[self.media_seq] = ((txn, req, leg), other)
+            self._out.append(MediaOffer(req.body, self._tag(leg), self.record,
+                                        self._tag(other), self.media_seq))
+            return
+        self._relay_request(txn, req, leg, other, req.body)
 
     # -- timeouts and timers -----------------------------------------------------------
 

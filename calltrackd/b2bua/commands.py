@@ -240,6 +240,8 @@ class MediaOffer:
     sdp: bytes
     from_tag: str
     record: bool = False
+    to_tag: str | None = None  # a re-INVITE's or UPDATE's offer: the other side's tag
+    seq: int = 0  # 0: the call's first offer; else a relayed request's, held under seq
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,7 +102,8 @@ class MediaControl(Protocol):
     Each ends within its budget and raises (NgError, OSError, ...) when it cannot: the
     call then goes direct."""
 
-    async def offer(self, call_id: str, from_tag: str, sdp: str, *, record: bool) -> str: ...
+    async def offer(self, call_id: str, from_tag: str, sdp: str, *, record: bool,
+                    to_tag: str | None = None) -> str: ...
     async def answer(self, call_id: str, from_tag: str, to_tag: str, sdp: str) -> str: ...
     async def finish(self, info: CallInfo, from_tag: str, *, record: bool) -> None: ...
     async def idle(self, call_id: str) -> float | None: ...
@@ -291,14 +292,15 @@ class Engine:
         there is none) goes back to the call as MediaDone."""
         media = self.media
         kind: Literal["offer", "answer"] = "offer" if isinstance(c, MediaOffer) else "answer"
-        seq = c.seq if isinstance(c, MediaAnswer) else 0
+        seq = c.seq
         event: MediaDone
         try:
             if media is None:
                 raise OSError("no rtpengine configured")
             sdp = c.sdp.decode("utf-8", "surrogateescape")
             if isinstance(c, MediaOffer):
-                work = media.offer(call.id, c.from_tag, sdp, record=c.record)
+                work = media.offer(call.id, c.from_tag, sdp, record=c.record,
+                                   to_tag=c.to_tag)
             else:
                 work = media.answer(call.id, c.from_tag, c.to_tag, sdp)
             out = await work

@@ -54,9 +54,13 @@ class Media:
             raise NgUnavailable("no rtpengine configured", command="offer")
         return self.client
 
-    async def offer(self, call_id: str, from_tag: str, sdp: str, *, record: bool) -> str:
+    async def offer(self, call_id: str, from_tag: str, sdp: str, *, record: bool,
+                    to_tag: str | None = None) -> str:
+        """The call's offer, or (`to_tag`) a re-INVITE's or UPDATE's in its dialog."""
+        extra = {"to-tag": to_tag} if to_tag is not None else None
         result = await self._client().offer(call_id, from_tag, sdp, record=record,
-                                            metadata=f"calltrackd call {call_id}")
+                                            metadata=f"calltrackd call {call_id}",
+                                            extra=extra)
         return result.sdp
 
     async def answer(self, call_id: str, from_tag: str, to_tag: str, sdp: str) -> str:

@@ -61,8 +61,9 @@ def one_call(tmp: Path, n: int, sip_port: int, pbx_port: int, uas: str, uac: str
 
 
 def audio_port(messages: str) -> int:
-    """The m=audio port of the first INVITE the PBX received."""
-    invite = messages[messages.index("INVITE sip:"):]
+    """The m=audio port of the first INVITE the PBX received (or of an SDP)."""
+    invite = messages[messages.index("INVITE sip:"):] if "INVITE sip:" in messages \
+        else messages
     m = re.search(r"^m=audio (\d+) ", invite, re.M)
     assert m, invite[:2000]
     return int(m.group(1))
@@ -152,4 +153,26 @@ def test_call_whose_media_stopped_is_ended_by_the_system(tmp_path: Path) -> None
     finally:
         daemon.stop()
         receiver.stop()
+        rtp.stop()
+
+
+def test_reinvite_of_an_anchored_call_goes_through_rtpengine(tmp_path: Path) -> None:
+    """A hold re-INVITE from the carrier reaches the PBX with rtpengine's SDP (its port,
+    the sendonly direction kept), and the PBX's answer comes back through rtpengine."""
+    need("sipp")
+    rtp = Rtpengine(tmp_path / "rtpengine")
+    rtp.start()
+    sip, http, pbx = free_port(), free_port(), free_port()
+    daemon = start_daemon(tmp_path, config(sip, http, pbx, rtp, tmp_path / "rec",
+                                           "http://127.0.0.1:9/hook"), sip, http)
+    try:
+        sipp = one_call(tmp_path, 1, sip, pbx, "uas_reinvite.xml", "uac_reinvite.xml")
+        invites = [m for m in sipp.traces() if not m.sent and m.start_line.startswith("INVITE ")]
+        assert len(invites) == 2
+        hold = invites[-1].body.decode()
+        assert "a=sendonly" in hold
+        assert rtp.port_min <= audio_port(hold) <= rtp.port_min + 999, hold
+        assert "call.media_direct" not in daemon.log_text()
+    finally:
+        daemon.stop()
         rtp.stop()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+import pytest
+
 from calltrackd.b2bua.commands import CallInfo
 from calltrackd.config.settings import MediaSettings, TrackerMedia
 from calltrackd.media.ng import NgTimeout
@@ -24,17 +26,19 @@ class FakeMedia:
         self.finished: list[tuple[CallInfo, bool]] = []
         self.idle_seconds: float | None = 0.5
 
-    async def offer(self, call_id: str, from_tag: str, sdp: str, *, record: bool) -> str:
-        self.calls.append(("offer", call_id, from_tag, sdp, str(record)))
-        if self.fail == "offer":
+    async def offer(self, call_id: str, from_tag: str, sdp: str, *, record: bool,
+                    to_tag: str | None = None) -> str:
+        self.calls.append(("offer", call_id, from_tag, sdp, str(record), str(to_tag)))
+        if self.fail == "offer" or (self.fail == "reoffer" and to_tag is not None):
             raise NgTimeout("no answer within 1.0 s", command="offer")
-        return RTP_OFFER.decode()
+        return (b"reoffer:" + sdp.encode() if to_tag else RTP_OFFER).decode()
 
     async def answer(self, call_id: str, from_tag: str, to_tag: str, sdp: str) -> str:
         self.calls.append(("answer", call_id, from_tag, to_tag, sdp))
         if self.fail == "answer":
             raise NgTimeout("no answer within 1.0 s", command="answer")
-        return RTP_ANSWER.decode()
+        reoffered = any(c[0] == "offer" and c[5] != "None" for c in self.calls)
+        return ("reanswer:" + sdp) if reoffered else RTP_ANSWER.decode()
 
     async def finish(self, info: CallInfo, from_tag: str, *, record: bool) -> None:
         self.finished.append((info, record))
@@ -151,3 +155,39 @@ def test_media_query_failing_leaves_the_call_alone() -> None:
     net.pbx_a.respond(200)
     asyncio.run(net.engine.check_media(5.0))
     assert net.engine.active_calls == 1
+
+
+@pytest.mark.parametrize("side", ["caller", "callee"])
+@pytest.mark.parametrize("method", ["INVITE", "UPDATE"])
+def test_reoffer_in_the_dialog_goes_through_rtpengine(method: str, side: str) -> None:
+    net, fake = anchored_net()
+    net.carrier.invite()
+    net.pbx_a.respond(200)
+    sender, other = (net.carrier, net.pbx_a) if side == "caller" else (net.pbx_a, net.carrier)
+    offer = b"v=0\r\ns=hold\r\n"
+    sender.send(method, offer)
+    assert other.last(method).body == b"reoffer:" + offer  # rtpengine's SDP relayed
+    assert sender.statuses(method)[-1] == 200
+    assert sender.responses[-1].body == b"reanswer:" + other.sdp
+    reoffer, reanswer = fake.calls[2], fake.calls[3]
+    a_tag, b_tag = fake.calls[0][2], fake.calls[1][3]
+    sender_tag, other_tag = (a_tag, b_tag) if side == "caller" else (b_tag, a_tag)
+    assert (reoffer[0], reoffer[2], reoffer[5]) == ("offer", sender_tag, other_tag)
+    assert (reanswer[0], reanswer[2], reanswer[3]) == ("answer", sender_tag, other_tag)
+
+
+def test_reoffer_failing_relays_the_sdp_unchanged() -> None:
+    net, _ = anchored_net(fail="reoffer")
+    net.carrier.invite()
+    net.pbx_a.respond(200)
+    net.carrier.send("INVITE", b"v=0\r\ns=hold\r\n")
+    assert net.pbx_a.last("INVITE").body == b"v=0\r\ns=hold\r\n"
+    assert net.carrier.statuses()[-1] == 200
+
+
+def test_info_is_relayed_without_rtpengine() -> None:
+    net, fake = anchored_net()
+    net.carrier.invite()
+    net.pbx_a.respond(200)
+    net.carrier.send("INFO")
+    assert net.pbx_a.methods()[-1] == "INFO" and len(fake.calls) == 2
