@@ -196,6 +196,7 @@ class Recorder:
             attribution=call.extra.get("attribution"),
             reason=call.extra.get("reason"),
             recording=call.extra.get("recording"),
+            media=call.extra.get("media"),
         )
 
 

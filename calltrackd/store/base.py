@@ -401,6 +401,7 @@ def encode_call(record: CallRecord) -> str:
         },
         "reason": record.reason,
         "recording": record.recording,
+        "media": record.media,
     }
     # default=str: a custom value JSON cannot carry is stored as text, never refused
     return jsonx.dumps(data)

@@ -265,6 +265,9 @@ class CallRecord:
     reason: str | None = None  # why the system ended it, e.g. "restart" (a crashed node)
     # the stored recording: {"url", "seconds", "bytes"} (media/, http/recordings.py)
     recording: dict[str, Any] | None = None
+    # media anchoring of a tracker with media = "anchor": {"mode": "anchor", "recorded"}
+    # or {"mode": "direct", "reason": why rtpengine was not used}
+    media: dict[str, Any] | None = None
     # --- written back by a CRM (PATCH /v1/calls/{id}); the call's own steps keep them
     tags: tuple[str, ...] = ()
     lead_status: str | None = None
@@ -296,6 +299,8 @@ class CallRecord:
             out["reason"] = self.reason
         if self.recording is not None:  # only on recorded calls, once the file is stored
             out["recording"] = self.recording
+        if self.media is not None:  # only on calls of trackers that anchor media
+            out["media"] = self.media
         return out
 
 

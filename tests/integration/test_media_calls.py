@@ -87,6 +87,7 @@ def test_anchored_recorded_call_then_rtpengine_down(tmp_path: Path) -> None:
         event = receiver.wait_event("call.recording", DID, timeout=60)["json"]
         call = event["call"]
         assert call["outcome"] == "answered"
+        assert call["media"] == {"mode": "anchor", "recorded": True}
         rec = call["recording"]
         assert rec["url"] == f"/v1/calls/{call['id']}/recording"
         talk = call["talk_seconds"]
@@ -121,6 +122,8 @@ def test_anchored_recorded_call_then_rtpengine_down(tmp_path: Path) -> None:
             ended = [e["json"]["call"] for e in receiver.events("call.ended")]
         assert [c["outcome"] for c in ended] == ["answered", "answered"], ended
         assert "recording" not in ended[1]
+        assert ended[1]["media"]["mode"] == "direct", ended[1]  # and the record says why
+        assert ended[1]["media"]["reason"].startswith("offer: "), ended[1]
         assert "call.media_direct" in daemon.log_text()
     finally:
         daemon.stop()
