@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import structlog
@@ -135,6 +135,7 @@ class Engine:
         self.calls: dict[str, Call] = {}  # call id (c_...) → call
         self.media: MediaControl | None = None  # rtpengine, when [media] configures one
         self.media_errors = 0  # offers/answers that failed: those calls went direct
+        self._media_tasks: set[asyncio.Task[None]] = set()
         self.dialogs: dict[tuple[str, str], tuple[Call, Leg]] = {}  # (Call-ID, our tag)
         self.draining = False
         self.rejected_overload = 0  # shed for load or max_calls (calltrackd_overload_rejected)
@@ -232,11 +233,10 @@ class Engine:
         elif isinstance(c, Resolve):
             self.stack.loop.create_task(self._resolve(call, c.uri))
         elif isinstance(c, (MediaOffer, MediaAnswer)):
-            self.stack.loop.create_task(self._media(call, c))
+            self._spawn(self._media(call, c))
         elif isinstance(c, MediaDelete):
             if self.media is not None and call.info is not None:
-                self.stack.loop.create_task(self.media.finish(call.info, c.from_tag,
-                                                              record=c.record))
+                self._spawn(self.media.finish(call.info, c.from_tag, record=c.record))
 
     def _notify(self, c: Notify, now: float) -> None:
         hooks = self.hooks
@@ -286,6 +286,13 @@ class Engine:
         except OSError as exc:
             event = ResolveFailed(str(exc) or type(exc).__name__)
         self._input(call, event)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """A media task, held until done (the loop keeps only weak references)."""
+        task = self.stack.loop.create_task(work)
+        if task is not None:  # None in the tests' fake loop, which runs it at once
+            self._media_tasks.add(task)
+            task.add_done_callback(self._media_tasks.discard)
 
     async def _media(self, call: Call, c: MediaOffer | MediaAnswer) -> None:
         """An offer or answer through rtpengine within its budget; the result (or why
