@@ -21,13 +21,16 @@ says. Per-rule and per-pool routing plug in by choosing `Route.targets`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..config import Carrier, Settings
 from ..sip.endpoint import Address
 from ..sip.message import Request
 from ..sip.uri import NameAddr, SipSyntaxError, SipURI
 from ..tracking.model import ForwardTarget, Tracker
 from ..tracking.numbers import normalize
+
+if TYPE_CHECKING:  # config imports b2bua.rules: a runtime import would be a cycle
+    from ..config import Carrier, Settings
 
 # the carrier a trusted proxy (Kamailio with its ACL) says an INVITE came from
 CARRIER_HEADER = "X-Calltrackd-Carrier"

@@ -8,12 +8,14 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .. import __version__
-from ..b2bua.rules import TrackerRules
 from ..tracking.model import Tracker
 from ..transport.tls import TlsSettings
+
+if TYPE_CHECKING:  # b2bua imports config: a runtime import here would be a cycle
+    from ..b2bua.rules import TrackerRules
 
 __all__ = [
     "DEFAULT_PATH", "EVENTS", "ICE_MODES", "OPTIONAL_EVENTS", "Carrier", "ConfigError",
