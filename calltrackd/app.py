@@ -161,6 +161,7 @@ class App:
         self.engine = Engine(self.stack, lambda: self.settings, self.recorder)
         self.prober = TargetProber(self.stack, lambda: self.settings, self.metrics.target_up)
         self.engine.health = self.prober  # OPTIONS to the targets; down ones skipped
+        self.engine.attribute = self.tracking.attribute  # for rules that need it
         # strangers (no carrier, trusted source or peer) cost nothing: the ACL is the live
         # settings' (a reload changes carriers), the dialogs the engine's
         self.strangers = StrangerGate(

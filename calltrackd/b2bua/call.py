@@ -259,12 +259,15 @@ class Call:
         r = event.route
         self.info = CallInfo(id=self.id, tracker=r.tracker, did=r.did, caller=r.caller,
                              carrier=r.carrier, started_at=self._wall(now))
+        if r.attribution is not None:  # routing waited for it: the record keeps it
+            self.info.extra["attribution"] = r.attribution
+            self.info.extra["first_time_caller"] = r.first_time
         self.targets = list(r.targets)
         self.ring_timeout = r.ring_timeout
         self._out.append(RegisterDialog(self.a))
         self._respond_a(100)
         self._out.append(Notify("started", self.info))
-        self._log("call.started", tracker=r.tracker.id, carrier=r.carrier)
+        self._log("call.started", tracker=r.tracker.id, carrier=r.carrier, rule=r.rule)
         self._next_target(now)
 
     def _next_target(self, now: float) -> None:

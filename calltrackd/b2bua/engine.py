@@ -6,7 +6,11 @@ returns (send through the transaction layer, timers on the loop, DNS by getaddri
 hooks, log lines). The stack flushes once per SIP input; the engine once per timer or
 DNS answer. The engine is the calls' `CallHost` (our address toward a peer, the ids).
 
-Routing needs only configuration: a call is never held up by tracking.
+Routing needs only configuration, unless the tracker's routing rules ask what only the
+attribution knows (`TrackerRules.needs_attribution`: the visitor's channel, source,
+campaign, landing page, first-time caller). Then the call waits in ROUTING for
+`attribute` at most `ATTRIBUTION_WAIT` seconds; late, failing or absent, the rules see
+no attribution (tracking never costs a call, only the rules that ask about it).
 
 Dialogs belong to their peers. A request in a dialog (BYE, re-INVITE, UPDATE, INFO, ACK,
 PRACK) reaches the call only when its Call-ID, To tag (ours) and From tag (the peer's)
@@ -22,6 +26,7 @@ source address and minute.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -74,10 +79,22 @@ from .commands import (
 from .guard import LogLimiter, canonical_host
 from .health import ProbeTicket, TargetProber
 from .legs import ALLOW, Leg, default_port
-from .routing import DRAIN_RETRY_AFTER, SHED_REASONS, Load, Reject, refused_require, route
+from .routing import (
+    DRAIN_RETRY_AFTER,
+    SHED_REASONS,
+    Load,
+    Reject,
+    Route,
+    facts_of,
+    refused_require,
+    route,
+    with_rules,
+)
+from .rules import TrackerRules
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ..tracking.model import Attribution, Tracker
     from ..transport.stack import SipStack
 
 log = structlog.get_logger("calltrackd.b2bua")
@@ -90,6 +107,10 @@ OTHER_METHODS = frozenset({"REGISTER", "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE"
 _COUNTED_METHODS = frozenset({"BYE", "INVITE", "UPDATE", "INFO", "ACK", "PRACK", "CANCEL",
                               "OPTIONS"})
 RESOLVE_TIMEOUT = 5.0
+ATTRIBUTION_WAIT = 0.25  # seconds a call waits for tracking when its rules need it
+# (tracker, did, caller, Unix time) → the attribution and whether the caller is new
+AttributeFn = Callable[["Tracker", str, str, float],
+                       Awaitable[tuple["Attribution", bool | None]]]
 
 
 class CallHooks(Protocol):
@@ -138,6 +159,10 @@ class Engine:
         self._linger: deque[tuple[float, str]] = deque()
         self._linger_timer: asyncio.TimerHandle | None = None
         self.health: TargetProber | None = None  # target health: down targets skipped
+        # who the call belongs to, asked before routing when the rules need it
+        self.attribute: AttributeFn | None = None
+        # calls waiting in ROUTING for their attribution: call id → route, rules, timer
+        self._routing: dict[str, tuple[Route, TrackerRules, asyncio.TimerHandle]] = {}
         stack.on_events = self.handle
 
     @property
@@ -478,9 +503,54 @@ class Engine:
                     max_duration=settings.sip.max_call_duration)
         txn.user = call.a
         self.calls[call.id] = call
-        if self.health is not None:
-            decision = self.health.healthy(decision)
-        self.feed(call, Routed(decision), now)
+        rules = settings.routes.get(decision.tracker.id)
+        if rules is not None and rules.needs_attribution and self.attribute is not None:
+            self._wait_attribution(call, decision, rules, wall)
+            return
+        at = dt.datetime.fromtimestamp(wall, dt.UTC)
+        routed = with_rules(decision, rules, facts_of(decision), at)
+        self.feed(call, Routed(self._healthy(routed)), now)
+
+    def _healthy(self, r: Route) -> Route:
+        """The route with its down targets left out (target health)."""
+        return self.health.healthy(r) if self.health is not None else r
+
+    # -- routing that waits for the attribution ---------------------------------------
+
+    def _wait_attribution(self, call: Call, r: Route, rules: TrackerRules,
+                          wall: float) -> None:
+        assert self.attribute is not None
+        loop = self.stack.loop
+        timer = loop.call_later(ATTRIBUTION_WAIT, self._routed, call.id, None, None)
+        self._routing[call.id] = (r, rules, timer)
+        loop.create_task(self._attribute_and_route(
+            call.id, self.attribute(r.tracker, r.did, r.caller, wall)))
+
+    async def _attribute_and_route(
+            self, call_id: str, asked: Awaitable[tuple[Attribution, bool | None]]) -> None:
+        try:
+            attribution, first_time = await asked
+        except Exception as exc:  # tracking failed: the rules see no attribution
+            log.warning("b2bua.routing_attribution_failed", call=call_id,
+                        error=type(exc).__name__)
+            attribution, first_time = None, None
+        self._routed(call_id, attribution, first_time)
+
+    def _routed(self, call_id: str, attribution: Attribution | None,
+                first_time: bool | None) -> None:
+        """The attribution is in (or its wait is over, both None): route the call."""
+        pending = self._routing.pop(call_id, None)
+        call = self.calls.get(call_id)
+        if pending is None or call is None:
+            return  # routed already (the wait ran out), or the caller gave up
+        r, rules, timer = pending
+        timer.cancel()
+        if attribution is None:
+            log.info("b2bua.routing_without_attribution", call=call_id)
+        at = dt.datetime.fromtimestamp(self.wall(), dt.UTC)
+        routed = with_rules(r, rules, facts_of(r, attribution, first_time), at,
+                            attribution, first_time)
+        self._input(call, Routed(self._healthy(routed)))
 
     def _reject(self, r: Reject, txn: ServerTransaction, req: Request, source: Address,
                 now: float) -> None:
@@ -510,6 +580,9 @@ class Engine:
 
     def _finished(self, call: Call, now: float) -> None:
         self.calls.pop(call.id, None)
+        pending = self._routing.pop(call.id, None)
+        if pending is not None:
+            pending[2].cancel()
         for leg in call.legs:
             self.dialogs.pop((leg.dialog.call_id, leg.dialog.local_tag), None)
         for handle in self._timers.pop(call.id, {}).values():

@@ -15,19 +15,22 @@ The checks, in order (DESIGN's routing box):
 7. the DID (Request-URI or To user, per carrier, in E.164) names a tracker -> else 404.
 
 Nothing here reads a clock, logs or counts: the engine logs and counts what a `Reject`
-says. Per-rule and per-pool routing plug in by choosing `Route.targets`.
+says. The tracker's routing rules (rules.py) then choose `Route.targets`, `ring_timeout`
+and the hunt: `with_rules(route, rules, facts, at)`, with the call's `facts_of`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from ..config import Carrier, Settings
 from ..sip.endpoint import Address
 from ..sip.message import Request
 from ..sip.uri import NameAddr, SipSyntaxError, SipURI
-from ..tracking.model import ForwardTarget, Tracker
+from ..tracking.model import Attribution, ForwardTarget, Tracker
 from ..tracking.numbers import normalize
+from .rules import Facts, Hunt, TrackerRules, select
 
 # the carrier a trusted proxy (Kamailio with its ACL) says an INVITE came from
 CARRIER_HEADER = "X-Calltrackd-Carrier"
@@ -55,6 +58,12 @@ class Route:
     caller: str  # E.164 when it looks like a number, else From's user, or "anonymous"
     targets: tuple[ForwardTarget, ...]
     ring_timeout: float
+    rule: str | None = None  # the routing rule that chose the targets; None: the fallback
+    hunt: Hunt = "sequential"  # the rules' hunt mode (every mode hunts in order today)
+    # what tracking said before routing, when the rules had to wait for it (the call's
+    # record then keeps it instead of asking again)
+    attribution: Attribution | None = None
+    first_time: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +121,28 @@ def route(invite: Request, source: Address, settings: Settings, load: Load) -> R
     return Route(tracker=tracker, carrier=carrier.name, did=did,
                  caller=caller_number(from_, carrier.default_country),
                  targets=tracker.forward, ring_timeout=tracker.ring_timeout)
+
+
+def facts_of(r: Route, attribution: Attribution | None = None,
+             first_time: bool | None = None) -> Facts:
+    """What the rules may ask of a call: its DID and caller, and the attribution when
+    tracking gave one (an attribution of kind "none" knows no visitor)."""
+    known = attribution if attribution is not None and attribution.kind != "none" else None
+    caller = None if r.caller == "anonymous" else r.caller
+    return Facts.of(r.did, caller, known, first_time)
+
+
+def with_rules(r: Route, rules: TrackerRules | None, facts: Facts, at: dt.datetime,
+               attribution: Attribution | None = None,
+               first_time: bool | None = None) -> Route:
+    """The route with the targets, ring timeout and hunt the tracker's rules choose at
+    `at` for `facts` (the rules only ever name the tracker's own targets)."""
+    if rules is None:
+        return r
+    d = select(rules, facts, at)
+    return Route(tracker=r.tracker, carrier=r.carrier, did=r.did, caller=r.caller,
+                 targets=d.targets, ring_timeout=d.ring_timeout, rule=d.rule, hunt=d.hunt,
+                 attribution=attribution, first_time=first_time)
 
 
 def carrier_of(invite: Request, source: Address, settings: Settings) -> Carrier | Reject:
