@@ -80,6 +80,7 @@ from .legs import (
     response,
     retry_invite,
 )
+from .routing import Route
 
 __all__ = ["Call", "CallInfo", "CallStateError", "Leg", "State"]
 
@@ -132,7 +133,8 @@ class Call:
     __slots__ = ("_accepts", "_out", "_t0", "_wall0", "a", "a_txn", "abandoned",
                  "ack_pending", "attempt", "b", "host", "id", "info", "invite",
                  "last_by", "last_code", "last_reason", "legs", "max_duration", "relays",
-                 "resolving", "ring_timeout", "source", "state", "targets", "user_agent")
+                 "resolving", "ring_timeout", "route", "source", "state", "targets",
+                 "user_agent")
 
     def __init__(self, host: CallHost, invite: Request, transaction: ServerTransaction,
                  source: Address, now: float, wall: float, *, user_agent: str,
@@ -160,6 +162,7 @@ class Call:
         self.legs: list[Leg] = [self.a]  # every leg whose dialog is registered
         self.targets: list[ForwardTarget] = []
         self.ring_timeout = 30.0
+        self.route: Route | None = None
         self.attempt: Attempt | None = None
         self.abandoned: list[Attempt] = []  # given up before a provisional: CANCEL on one
         self.resolving: tuple[ForwardTarget, SipURI] | None = None
@@ -262,6 +265,7 @@ class Call:
         if r.attribution is not None:  # routing waited for it: the record keeps it
             self.info.extra["attribution"] = r.attribution
             self.info.extra["first_time_caller"] = r.first_time
+        self.route = r
         self.targets = list(r.targets)
         self.ring_timeout = r.ring_timeout
         self._out.append(RegisterDialog(self.a))
@@ -306,10 +310,14 @@ class Call:
                      now: float) -> None:
         info = self.info
         assert info is not None
-        dialog, _ = b_dialog(self.host, self.invite, uri, info.did, addr)
+        r = self.route
+        assert r is not None
+        dialog, _ = b_dialog(self.host, self.invite, uri, info.did, addr, r.from_user,
+                             r.display, r.anonymous)
         leg = Leg(self.id, "b", dialog, addr.transport, addr.host)
         leg.dest = addr
-        req = outgoing_invite(self.host, leg, self.invite, self.id, self.user_agent)
+        req = outgoing_invite(self.host, leg, self.invite, self.id, self.user_agent,
+                              r.headers)
         self.b = leg
         self.legs.append(leg)
         self._out.append(RegisterDialog(leg))

@@ -79,6 +79,7 @@ from .commands import (
 from .guard import LogLimiter, canonical_host
 from .health import ProbeTicket, TargetProber
 from .legs import ALLOW, Leg, default_port
+from .pbx_headers import PbxHeaders
 from .routing import (
     DRAIN_RETRY_AFTER,
     SHED_REASONS,
@@ -161,8 +162,9 @@ class Engine:
         self.health: TargetProber | None = None  # target health: down targets skipped
         # who the call belongs to, asked before routing when the rules need it
         self.attribute: AttributeFn | None = None
-        # calls waiting in ROUTING for their attribution: call id → route, rules, timer
-        self._routing: dict[str, tuple[Route, TrackerRules, asyncio.TimerHandle]] = {}
+        # calls waiting in ROUTING for their attribution: call id → what routes them
+        self._routing: dict[str, tuple[Route, TrackerRules | None, PbxHeaders | None,
+                                       asyncio.TimerHandle]] = {}
         stack.on_events = self.handle
 
     @property
@@ -504,8 +506,12 @@ class Engine:
         txn.user = call.a
         self.calls[call.id] = call
         rules = settings.routes.get(decision.tracker.id)
-        if rules is not None and rules.needs_attribution and self.attribute is not None:
-            self._wait_attribution(call, decision, rules, wall)
+        pbx = settings.pbx.get(decision.tracker.id)
+        if pbx is not None and not pbx.wanted:
+            pbx = None
+        if self.attribute is not None and (
+                pbx is not None or (rules is not None and rules.needs_attribution)):
+            self._wait_attribution(call, decision, rules, pbx, wall)
             return
         at = dt.datetime.fromtimestamp(wall, dt.UTC)
         routed = with_rules(decision, rules, facts_of(decision), at)
@@ -517,12 +523,12 @@ class Engine:
 
     # -- routing that waits for the attribution ---------------------------------------
 
-    def _wait_attribution(self, call: Call, r: Route, rules: TrackerRules,
-                          wall: float) -> None:
+    def _wait_attribution(self, call: Call, r: Route, rules: TrackerRules | None,
+                          pbx: PbxHeaders | None, wall: float) -> None:
         assert self.attribute is not None
         loop = self.stack.loop
         timer = loop.call_later(ATTRIBUTION_WAIT, self._routed, call.id, None, None)
-        self._routing[call.id] = (r, rules, timer)
+        self._routing[call.id] = (r, rules, pbx, timer)
         loop.create_task(self._attribute_and_route(
             call.id, self.attribute(r.tracker, r.did, r.caller, wall)))
 
@@ -543,13 +549,13 @@ class Engine:
         call = self.calls.get(call_id)
         if pending is None or call is None:
             return  # routed already (the wait ran out), or the caller gave up
-        r, rules, timer = pending
+        r, rules, pbx, timer = pending
         timer.cancel()
         if attribution is None:
             log.info("b2bua.routing_without_attribution", call=call_id)
         at = dt.datetime.fromtimestamp(self.wall(), dt.UTC)
         routed = with_rules(r, rules, facts_of(r, attribution, first_time), at,
-                            attribution, first_time)
+                            attribution, first_time, pbx)
         self._input(call, Routed(self._healthy(routed)))
 
     def _reject(self, r: Reject, txn: ServerTransaction, req: Request, source: Address,
@@ -582,7 +588,7 @@ class Engine:
         self.calls.pop(call.id, None)
         pending = self._routing.pop(call.id, None)
         if pending is not None:
-            pending[2].cancel()
+            pending[3].cancel()
         for leg in call.legs:
             self.dialogs.pop((leg.dialog.call_id, leg.dialog.local_tag), None)
         for handle in self._timers.pop(call.id, {}).values():
