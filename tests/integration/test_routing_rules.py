@@ -1,5 +1,6 @@
-"""Routing rules end to end: the daemon as a process, SIPp as the carrier and as two
-PBXes; each PBX gets the calls its rule sends it, and nothing else."""
+"""Routing rules and what the PBX sees, end to end: the daemon as a process, SIPp as the
+carrier and as two PBXes; each PBX gets the calls its rule sends it, and nothing else,
+with the call's attribution in X-Calltrackd-* headers and before the caller's name."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def daemon(tmp_path: Path, ports: tuple[int, int, int, int]) -> Iterator[Daemon]
                         {"number": SUPPORT_DID, "channel": "radio"}],
                 routes=[{"name": "support_line", "did": [SUPPORT_DID],
                          "forward": ["support"], "ring_timeout": "15s"},
-                        {"name": "never", "days": ["holiday"], "forward": ["support"]}]),
+                        {"name": "never", "days": ["holiday"], "forward": ["support"]}],
+                pbx_headers=["channel", "first_time", "campaign"], display_channel=True),
         log={"level": "debug", "format": "json"},
         carriers=[{**LOOPBACK, "did_from": "ruri"}])
     d = start_daemon(tmp_path, text, sip, http)
@@ -83,3 +85,22 @@ def test_each_pbx_gets_the_call_its_rule_sends(
     assert fetch_record(daemon, to_sales)["target"] == pbx_uri(sales_port)
     assert started_rule(daemon, to_support) == "support_line"
     assert started_rule(daemon, to_sales) is None
+
+
+def test_pbx_receives_the_attribution_headers(
+        daemon: Daemon, ports: tuple[int, int, int, int],
+        sipp_factory: Callable[..., Sipp]) -> None:
+    _, _, sales_port, _ = ports
+    # the PBX scenario fails the call unless X-Calltrackd-Channel: billboard (the static
+    # number's channel), X-Calltrackd-First-Time and From: "billboard Caller" are there
+    pbx = sipp_factory("pbx", "uas_expect_attribution.xml", sales_port, "-m", "1",
+                       "-timeout", "40s")
+    res = sipp_factory("uac", "uac_call.xml", free_port(), "-s", SALES_DID, "-m", "1",
+                       "-d", "300", "-timeout", "30s", "-timeout_error",
+                       remote=f"127.0.0.1:{daemon.sip_port}").wait(40)
+    assert res.ok, res.output
+    assert pbx.wait(20).ok, pbx.wait(1).output
+    [invite] = [m for m in pbx.traces() if not m.sent and m.start_line.startswith("INVITE")]
+    assert invite.header("X-Calltrackd-Campaign") is None  # a static number has none
+    cdr = fetch_record(daemon, forwarded_call_ids(pbx)[0])
+    assert cdr["attribution"]["channel"] == "billboard"
