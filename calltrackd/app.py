@@ -33,6 +33,7 @@ from aiohttp import web
 from . import b2bua, sip
 from .b2bua.engine import Engine
 from .b2bua.health import TargetProber
+from .b2bua.routing_webhook import RoutingWebhookClient
 from .backoff import Backoff
 from .config import ConfigError, Settings, load_config
 from .exports import OutboxDestinations, OutboxRows
@@ -162,6 +163,8 @@ class App:
         self.prober = TargetProber(self.stack, lambda: self.settings, self.metrics.target_up)
         self.engine.health = self.prober  # OPTIONS to the targets; down ones skipped
         self.engine.attribute = self.tracking.attribute  # for rules that need it
+        self.routing_webhooks = RoutingWebhookClient()
+        self.engine.routing_client = self.routing_webhooks
         # strangers (no carrier, trusted source or peer) cost nothing: the ACL is the live
         # settings' (a reload changes carriers), the dialogs the engine's
         self.strangers = StrangerGate(
@@ -223,6 +226,7 @@ class App:
             self.load.start()
             parts.callback(self.load.stop)
             parts.callback(self.media.close)
+            parts.push_async_callback(self.routing_webhooks.close)
             with _step("http"):
                 runner = await self._start_http()
             parts.push_async_callback(runner.cleanup)

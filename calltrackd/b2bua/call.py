@@ -272,6 +272,8 @@ class Call:
         self._respond_a(100)
         self._out.append(Notify("started", self.info))
         self._log("call.started", tracker=r.tracker.id, carrier=r.carrier, rule=r.rule)
+        if r.reject is not None:  # the routing webhook refused the call: nothing is dialled
+            self.last_code, self.last_reason, self.last_by = r.reject, "", "system"
         self._next_target(now)
 
     def _next_target(self, now: float) -> None:
@@ -313,7 +315,7 @@ class Call:
         r = self.route
         assert r is not None
         dialog, _ = b_dialog(self.host, self.invite, uri, info.did, addr, r.from_user,
-                             r.display, r.anonymous)
+                             r.display, r.anonymous, r.caller_name)
         leg = Leg(self.id, "b", dialog, addr.transport, addr.host)
         leg.dest = addr
         req = outgoing_invite(self.host, leg, self.invite, self.id, self.user_agent,

@@ -11,6 +11,9 @@ attribution knows (`TrackerRules.needs_attribution`: the visitor's channel, sour
 campaign, landing page, first-time caller). Then the call waits in ROUTING for
 `attribute` at most `ATTRIBUTION_WAIT` seconds; late, failing or absent, the rules see
 no attribution (tracking never costs a call, only the rules that ask about it).
+A tracker with a routing webhook (routing_webhook.py) answers 100 Trying at once, then
+asks its webhook (with the attribution, waited for as above) at most the webhook's
+`timeout`; no usable answer in time, the rules route the call.
 
 Dialogs belong to their peers. A request in a dialog (BYE, re-INVITE, UPDATE, INFO, ACK,
 PRACK) reaches the call only when its Call-ID, To tag (ours) and From tag (the peer's)
@@ -35,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from .. import ids
+from ..aio import bounded
 from ..sip.endpoint import (
     AckReceived,
     Address,
@@ -89,8 +93,10 @@ from .routing import (
     facts_of,
     refused_require,
     route,
+    with_answer,
     with_rules,
 )
+from .routing_webhook import Answer, RoutingWebhook, RoutingWebhookClient, payload
 from .rules import TrackerRules
 
 if TYPE_CHECKING:
@@ -164,7 +170,9 @@ class Engine:
         self.attribute: AttributeFn | None = None
         # calls waiting in ROUTING for their attribution: call id → what routes them
         self._routing: dict[str, tuple[Route, TrackerRules | None, PbxHeaders | None,
-                                       asyncio.TimerHandle]] = {}
+                                       asyncio.TimerHandle | None]] = {}
+        # POSTs to the trackers' routing webhooks (None: routing webhooks are not used)
+        self.routing_client: RoutingWebhookClient | None = None
         stack.on_events = self.handle
 
     @property
@@ -509,6 +517,12 @@ class Engine:
         pbx = settings.pbx.get(decision.tracker.id)
         if pbx is not None and not pbx.wanted:
             pbx = None
+        hook = settings.routing_webhooks.get(decision.tracker.id)
+        if hook is not None and self.routing_client is not None:
+            self._respond_trying(txn, req)
+            self._routing[call.id] = (decision, rules, pbx, None)
+            self.stack.loop.create_task(self._ask_webhook(call.id, hook, wall))
+            return
         if self.attribute is not None and (
                 pbx is not None or (rules is not None and rules.needs_attribution)):
             self._wait_attribution(call, decision, rules, pbx, wall)
@@ -542,6 +556,56 @@ class Engine:
             attribution, first_time = None, None
         self._routed(call_id, attribution, first_time)
 
+    def _respond_trying(self, txn: ServerTransaction, req: Request) -> None:
+        """100 Trying before the call answers (§8.2.6.1: no To tag): the carrier stops
+        retransmitting the INVITE while the routing webhook is asked."""
+        self.stack.layer.respond(txn, response_for(req, 100), self.stack.clock())
+        self.stack.flush()
+
+    async def _ask_webhook(self, call_id: str, hook: RoutingWebhook, wall: float) -> None:
+        pending = self._routing.get(call_id)
+        client = self.routing_client
+        if pending is None or client is None:
+            return
+        r, rules, pbx, _ = pending
+        attribution: Attribution | None = None
+        first_time: bool | None = None
+        if self.attribute is not None:
+            try:
+                attribution, first_time = await bounded(
+                    self.stack.loop, self.attribute(r.tracker, r.did, r.caller, wall),
+                    ATTRIBUTION_WAIT)
+            except Exception as exc:  # tracking failed: the webhook hears of no visitor
+                log.warning("b2bua.routing_attribution_failed", call=call_id,
+                            error=type(exc).__name__)
+        at = dt.datetime.fromtimestamp(self.wall(), dt.UTC)
+        ruled = with_rules(r, rules, facts_of(r, attribution, first_time), at, attribution,
+                           first_time, pbx)
+        body = payload(call_id, r.tracker, r.did, r.caller, r.carrier, wall, attribution,
+                       first_time, hook, ruled.rule, ruled.targets)
+        started = self.stack.clock()
+        answer: Answer | str
+        try:
+            answer = await client.ask(hook, body)
+        except Exception:  # a bug must not leave the call waiting: the rules route it
+            log.exception("b2bua.routing_webhook_failed", call=call_id)
+            answer = "error"
+        took = round((self.stack.clock() - started) * 1000, 1)
+        if self._routing.pop(call_id, None) is None:
+            return
+        call = self.calls.get(call_id)
+        if call is None:
+            return  # the caller gave up meanwhile
+        if isinstance(answer, str):  # slow, failing, malformed: the rules route the call
+            log.warning("b2bua.routing_webhook_ignored", call=call_id, reason=answer,
+                        ms=took)
+            routed = ruled
+        else:
+            log.info("b2bua.routing_webhook", call=call_id, ms=took, reject=answer.reject,
+                     targets=[t.uri for t in answer.targets or ()])
+            routed = with_answer(ruled, answer.targets, answer.reject, answer.caller_name)
+        self._input(call, Routed(self._healthy(routed)))
+
     def _routed(self, call_id: str, attribution: Attribution | None,
                 first_time: bool | None) -> None:
         """The attribution is in (or its wait is over, both None): route the call."""
@@ -550,7 +614,8 @@ class Engine:
         if pending is None or call is None:
             return  # routed already (the wait ran out), or the caller gave up
         r, rules, pbx, timer = pending
-        timer.cancel()
+        if timer is not None:
+            timer.cancel()
         if attribution is None:
             log.info("b2bua.routing_without_attribution", call=call_id)
         at = dt.datetime.fromtimestamp(self.wall(), dt.UTC)
@@ -587,7 +652,7 @@ class Engine:
     def _finished(self, call: Call, now: float) -> None:
         self.calls.pop(call.id, None)
         pending = self._routing.pop(call.id, None)
-        if pending is not None:
+        if pending is not None and pending[3] is not None:
             pending[3].cancel()
         for leg in call.legs:
             self.dialogs.pop((leg.dialog.call_id, leg.dialog.local_tag), None)

@@ -159,10 +159,11 @@ def outgoing_invite(host: CallHost, leg: Leg, caller_invite: Request, call_id: s
 
 def b_dialog(host: CallHost, caller_invite: Request, target: SipURI, did: str,
              addr: Address, from_user: str | None = None, label: str | None = None,
-             anonymous: bool = False) -> tuple[Dialog, SipURI]:
+             anonymous: bool = False, name: str | None = None) -> tuple[Dialog, SipURI]:
     """The dialog of the leg to `target` (its Request-URI with the DID as user when the
     target names none) and that Request-URI. From carries `from_user` (the asserted
-    caller) or the caller's From user, and the caller's display name after `label`; an
+    caller) or the caller's From user, and `name` (the routing webhook's) or the caller's
+    display name after `label`; an
     `anonymous` caller is "Anonymous" <sip:anonymous@anonymous.invalid> (RFC 3323)."""
     h, _ = host.local_hostport(addr.transport, addr.host)
     ruri = (target if target.user else target.with_(user=did)).with_(headers=None)
@@ -172,7 +173,7 @@ def b_dialog(host: CallHost, caller_invite: Request, target: SipURI, did: str,
     else:
         from_ = caller_invite.from_
         caller_user = from_user or from_.uri.user or "anonymous"
-        disp = display_with(from_.display, label)
+        disp = f'"{name}" ' if name else display_with(from_.display, label)
         from_value = f"{disp}<sip:{caller_user}@{h}>;tag={tag}"
     port = f":{ruri.port}" if ruri.port else ""
     dialog = Dialog(host.new_id("call-id"), tag, from_value,

@@ -75,6 +75,9 @@ class Route:
     display: str | None = None
     from_user: str | None = None
     anonymous: bool = False
+    # the routing webhook's answer: the caller's name toward the PBX, a status to reject with
+    caller_name: str | None = None
+    reject: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +200,19 @@ def with_rules(r: Route, rules: TrackerRules | None, facts: Facts, at: dt.dateti
                  targets=targets, ring_timeout=ring, rule=rule, hunt=hunt,
                  attribution=attribution, first_time=first_time, headers=headers,
                  display=display, from_user=r.from_user, anonymous=r.anonymous)
+
+
+def with_answer(r: Route, targets: tuple[ForwardTarget, ...] | None, reject: int | None,
+                caller_name: str | None) -> Route:
+    """The route as the routing webhook's answer changes it (its targets are the
+    tracker's own: routing_webhook.parse_answer picks them by name)."""
+    return Route(tracker=r.tracker, carrier=r.carrier, did=r.did, caller=r.caller,
+                 targets=() if reject is not None else (targets or r.targets),
+                 ring_timeout=r.ring_timeout, rule="routing_webhook" if (
+                     targets or reject is not None) else r.rule, hunt=r.hunt,
+                 attribution=r.attribution, first_time=r.first_time, headers=r.headers,
+                 display=r.display, from_user=r.from_user, anonymous=r.anonymous,
+                 caller_name=caller_name or r.caller_name, reject=reject)
 
 
 def carrier_of(invite: Request, source: Address, settings: Settings) -> Carrier | Reject:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..b2bua.pbx_headers import PbxHeaders, parse_pbx_headers
+from ..b2bua.routing_webhook import RoutingWebhook, parse_routing_webhook
 from ..b2bua.rules import TrackerRules, parse_routes
 from . import sections
 from .checker import Checker, parse_duration
@@ -44,6 +45,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None) -> Settings
     seen_viewer: set[str] = set()
     routes: dict[str, TrackerRules] = {}
     pbx: dict[str, PbxHeaders] = {}
+    hooks: dict[str, RoutingWebhook] = {}
     for k, d in c.tables(data, "", "trackers"):
         t = tracker(c, k, d, Path(source).parent if source else None)
         policy = sections.tracker_media(c, k, d, media)
@@ -53,6 +55,10 @@ def parse_config(data: dict[str, Any], *, source: str | None = None) -> Settings
         c.problems += problems
         pbx[t.id], problems = parse_pbx_headers(d, k)
         c.problems += problems
+        hook, problems = parse_routing_webhook(d, k, t, parse_duration, c.secret)
+        c.problems += problems
+        if hook is not None:
+            hooks[t.id] = hook
         if policy is not None:
             policies[t.id] = policy
         if t.id in seen_id:
@@ -80,7 +86,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None) -> Settings
     media = dataclasses.replace(media, trackers=policies)
     return Settings(sip=sip, http=http, store=store, log=log, webhooks=webhooks, media=media,
                     carriers=tuple(carriers), trackers=tuple(trackers), source=source,
-                    routes=routes, pbx=pbx)
+                    routes=routes, pbx=pbx, routing_webhooks=hooks)
 
 
 def load_config(path: str | Path | None) -> Settings:

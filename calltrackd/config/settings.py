@@ -12,6 +12,7 @@ from typing import Literal
 
 from .. import __version__
 from ..b2bua.pbx_headers import PbxHeaders
+from ..b2bua.routing_webhook import RoutingWebhook
 from ..b2bua.rules import TrackerRules
 from ..tracking.model import Tracker
 from ..transport.tls import TlsSettings
@@ -174,6 +175,8 @@ class Settings:
     routes: dict[str, TrackerRules] = field(default_factory=dict, compare=False)
     # each tracker's attribution headers toward its PBX (b2bua/pbx_headers.py)
     pbx: dict[str, PbxHeaders] = field(default_factory=dict, compare=False)
+    # each tracker's routing webhook (b2bua/routing_webhook.py)
+    routing_webhooks: dict[str, RoutingWebhook] = field(default_factory=dict, compare=False)
     _by_did: dict[str, Tracker] = field(default_factory=dict, repr=False, compare=False)
     _by_key: dict[str, Tracker] = field(default_factory=dict, repr=False, compare=False)
     _carrier_cache: dict[str, Carrier | None] = field(
