@@ -58,7 +58,8 @@ def started_rule(daemon: Daemon, call_id: str) -> str | None:
         if line.startswith("{"):
             entry = json.loads(line)
             if entry.get("event") == "call.started" and entry.get("call") == call_id:
-                return entry.get("rule")
+                rule = entry.get("rule")
+                return str(rule) if rule is not None else None
     raise AssertionError(f"no call.started line for {call_id}")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from typing import Any
 
 import pytest
 
@@ -34,11 +35,11 @@ def config(pbx: str = "", trust: bool = False) -> Settings:
         TOML.replace("{pbx}", pbx).replace("{trust}", "true" if trust else "false")))
 
 
-def visit(**keys: object) -> Attribution:
+def visit(**keys: Any) -> Attribution:
     session = VisitorSession(id="s_1", tracker="main", client_id="123.456",
                              utm_campaign="winter", source="google", medium="cpc",
                              channel="paid", landing_page="https://shop.example/sale")
-    return Attribution(kind="visit", session=dataclasses.replace(session, **keys))
+    return Attribution(kind="dynamic", session=dataclasses.replace(session, **keys))
 
 
 def attributed(net: Net, attribution: Attribution, first_time: bool | None = True) -> None:

@@ -66,7 +66,7 @@ def test_schedule_rule_switches_target_at_its_boundary() -> None:
 
 
 def paid(source: str) -> Attribution:
-    return Attribution(kind="visit", session=VisitorSession(
+    return Attribution(kind="dynamic", session=VisitorSession(
         id="s1", tracker="main", source=source, medium="cpc", channel="paid"))
 
 
