@@ -568,6 +568,7 @@ class Engine:
         if pending is None or client is None:
             return
         r, rules, pbx, _ = pending
+        started = self.stack.clock()  # `ms` in the log: the set-up time the wait adds
         attribution: Attribution | None = None
         first_time: bool | None = None
         if self.attribute is not None:
@@ -583,7 +584,6 @@ class Engine:
                            first_time, pbx)
         body = payload(call_id, r.tracker, r.did, r.caller, r.carrier, wall, attribution,
                        first_time, hook, ruled.rule, ruled.targets)
-        started = self.stack.clock()
         answer: Answer | str
         try:
             answer = await client.ask(hook, body)
