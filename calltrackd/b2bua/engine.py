@@ -579,6 +579,7 @@ class Engine:
             except Exception as exc:  # tracking failed: the webhook hears of no visitor
                 log.warning("b2bua.routing_attribution_failed", call=call_id,
                             error=type(exc).__name__)
+        attributed = self.stack.clock()
         at = dt.datetime.fromtimestamp(self.wall(), dt.UTC)
         ruled = with_rules(r, rules, facts_of(r, attribution, first_time), at, attribution,
                            first_time, pbx)
@@ -591,6 +592,7 @@ class Engine:
             log.exception("b2bua.routing_webhook_failed", call=call_id)
             answer = "error"
         took = round((self.stack.clock() - started) * 1000, 1)
+        post = round((self.stack.clock() - attributed) * 1000, 1)  # of which the POST
         if self._routing.pop(call_id, None) is None:
             return
         call = self.calls.get(call_id)
@@ -598,10 +600,11 @@ class Engine:
             return  # the caller gave up meanwhile
         if isinstance(answer, str):  # slow, failing, malformed: the rules route the call
             log.warning("b2bua.routing_webhook_ignored", call=call_id, reason=answer,
-                        ms=took)
+                        ms=took, post_ms=post)
             routed = ruled
         else:
-            log.info("b2bua.routing_webhook", call=call_id, ms=took, reject=answer.reject,
+            log.info("b2bua.routing_webhook", call=call_id, ms=took, post_ms=post,
+                     reject=answer.reject,
                      targets=[t.uri for t in answer.targets or ()])
             routed = with_answer(ruled, answer.targets, answer.reject, answer.caller_name)
         self._input(call, Routed(self._healthy(routed)))

@@ -89,7 +89,7 @@ def main() -> None:
             tracker("plain", PLAIN, {"uri": pbx_uri(pbx), "name": "pbx"}),
             tracker("hooked", HOOKED, {"uri": pbx_uri(pbx), "name": "pbx"},
                     routing_webhook={"url": client.url, "secret": "s" * 24}),
-            log={"level": "warning", "format": "json"},
+            log={"level": "info", "format": "json"},
             carriers=[{**LOOPBACK, "did_from": "ruri"}])
         daemon = start_daemon(tmp, text, sip, http)
         try:
@@ -106,6 +106,14 @@ def main() -> None:
                      for p in (50, 99)}
             print(json.dumps({"rate": args.rate, "webhook_requests": client.attempts,
                               "added_ms": added}))
+            # as the daemon measured it: the whole wait, and the POST alone
+            lines = [json.loads(line) for line in daemon.log_text().splitlines()
+                     if '"b2bua.routing_webhook"' in line]
+            for key in ("ms", "post_ms"):
+                values = [float(x[key]) for x in lines]
+                print(json.dumps({"daemon": key, "calls": len(values),
+                                  "p50": round(statistics.median(values), 2),
+                                  "p99": round(percentile(values, 99), 2)}))
         finally:
             daemon.stop()
             uas.kill()
