@@ -34,6 +34,7 @@ from . import b2bua, sip
 from .b2bua.commands import CallInfo
 from .b2bua.engine import Engine
 from .b2bua.health import TargetProber
+from .b2bua.routing_webhook import RoutingWebhookClient
 from .backoff import Backoff
 from .config import ConfigError, Settings, load_config
 from .exports import OutboxDestinations, OutboxRows
@@ -166,6 +167,9 @@ class App:
         if self.media.client is not None:  # trackers with media = "anchor" go through it
             self.engine.media = self.media
         self.media.on_recording = self._recording_stored
+        self.engine.attribute = self.tracking.attribute  # for rules that need it
+        self.routing_webhooks = RoutingWebhookClient()
+        self.engine.routing_client = self.routing_webhooks
         # strangers (no carrier, trusted source or peer) cost nothing: the ACL is the live
         # settings' (a reload changes carriers), the dialogs the engine's
         self.strangers = StrangerGate(
@@ -227,6 +231,7 @@ class App:
             self.load.start()
             parts.callback(self.load.stop)
             parts.callback(self.media.close)
+            parts.push_async_callback(self.routing_webhooks.close)
             with _step("http"):
                 runner = await self._start_http()
             parts.push_async_callback(runner.cleanup)

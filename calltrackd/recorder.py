@@ -134,6 +134,9 @@ class Recorder:
         task.add_done_callback(self.pending.discard)
 
     async def _started(self, call: CallInfo, snap: tuple[Any, ...]) -> None:
+        if "attribution" in call.extra:  # routing waited for it already
+            await self._save(call, snap, "call.started")
+            return
         now = time.time()
         try:
             assert self._loop is not None

@@ -93,6 +93,7 @@ from .legs import (
     response,
     retry_invite,
 )
+from .routing import Route
 
 __all__ = ["Call", "CallInfo", "CallStateError", "Leg", "State"]
 
@@ -147,7 +148,8 @@ class Call:
                  "anchor", "answered_now", "attempt", "b", "held", "host", "id", "info", "invite",
                  "last_by", "last_code", "last_reason", "legs", "max_duration", "media_offered",
                  "media_seq", "media_wait", "offer_sdp", "record", "relays", "reoffers",
-                 "resolving", "ring_timeout", "source", "state", "targets", "user_agent")
+                 "resolving", "ring_timeout", "route", "source", "state", "targets",
+                 "user_agent")
 
     def __init__(self, host: CallHost, invite: Request, transaction: ServerTransaction,
                  source: Address, now: float, wall: float, *, user_agent: str,
@@ -175,6 +177,7 @@ class Call:
         self.legs: list[Leg] = [self.a]  # every leg whose dialog is registered
         self.targets: list[ForwardTarget] = []
         self.ring_timeout = 30.0
+        self.route: Route | None = None
         self.attempt: Attempt | None = None
         self.abandoned: list[Attempt] = []  # given up before a provisional: CANCEL on one
         self.resolving: tuple[ForwardTarget, SipURI] | None = None
@@ -291,6 +294,10 @@ class Call:
         r = event.route
         self.info = CallInfo(id=self.id, tracker=r.tracker, did=r.did, caller=r.caller,
                              carrier=r.carrier, started_at=self._wall(now))
+        if r.attribution is not None:  # routing waited for it: the record keeps it
+            self.info.extra["attribution"] = r.attribution
+            self.info.extra["first_time_caller"] = r.first_time
+        self.route = r
         self.targets = list(r.targets)
         self.ring_timeout = r.ring_timeout
         if event.media is not None and event.media.mode == "anchor":
@@ -299,7 +306,9 @@ class Call:
         self._out.append(RegisterDialog(self.a))
         self._respond_a(100)
         self._out.append(Notify("started", self.info))
-        self._log("call.started", tracker=r.tracker.id, carrier=r.carrier)
+        self._log("call.started", tracker=r.tracker.id, carrier=r.carrier, rule=r.rule)
+        if r.reject is not None:  # the routing webhook refused the call: nothing is dialled
+            self.last_code, self.last_reason, self.last_by = r.reject, "", "system"
         self._next_target(now)
 
     def _next_target(self, now: float) -> None:
@@ -346,10 +355,14 @@ class Call:
                                             self.record))
                 return
             self._media_direct("late_offer")
-        dialog, _ = b_dialog(self.host, self.invite, uri, info.did, addr)
+        r = self.route
+        assert r is not None
+        dialog, _ = b_dialog(self.host, self.invite, uri, info.did, addr, r.from_user,
+                             r.display, r.anonymous, r.caller_name)
         leg = Leg(self.id, "b", dialog, addr.transport, addr.host)
         leg.dest = addr
-        req = outgoing_invite(self.host, leg, self.invite, self.id, self.user_agent)
+        req = outgoing_invite(self.host, leg, self.invite, self.id, self.user_agent,
+                              r.headers)
         if self.offer_sdp is not None:
             req.body = self.offer_sdp
         self.b = leg

@@ -6,7 +6,14 @@ returns (send through the transaction layer, timers on the loop, DNS by getaddri
 hooks, log lines). The stack flushes once per SIP input; the engine once per timer or
 DNS answer. The engine is the calls' `CallHost` (our address toward a peer, the ids).
 
-Routing needs only configuration: a call is never held up by tracking.
+Routing needs only configuration, unless the tracker's routing rules ask what only the
+attribution knows (`TrackerRules.needs_attribution`: the visitor's channel, source,
+campaign, landing page, first-time caller). Then the call waits in ROUTING for
+`attribute` at most `ATTRIBUTION_WAIT` seconds; late, failing or absent, the rules see
+no attribution (tracking never costs a call, only the rules that ask about it).
+A tracker with a routing webhook (routing_webhook.py) answers 100 Trying at once, then
+asks its webhook (with the attribution, waited for as above) at most the webhook's
+`timeout`; no usable answer in time, the rules route the call.
 
 Dialogs belong to their peers. A request in a dialog (BYE, re-INVITE, UPDATE, INFO, ACK,
 PRACK) reaches the call only when its Call-ID, To tag (ours) and From tag (the peer's)
@@ -22,6 +29,7 @@ source address and minute.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -30,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import structlog
 
 from .. import ids
+from ..aio import bounded
 from ..sip.endpoint import (
     AckReceived,
     Address,
@@ -79,10 +88,25 @@ from .commands import (
 from .guard import LogLimiter, canonical_host
 from .health import ProbeTicket, TargetProber
 from .legs import ALLOW, Leg, default_port
-from .routing import DRAIN_RETRY_AFTER, SHED_REASONS, Load, Reject, refused_require, route
+from .pbx_headers import PbxHeaders
+from .routing import (
+    DRAIN_RETRY_AFTER,
+    SHED_REASONS,
+    Load,
+    Reject,
+    Route,
+    facts_of,
+    refused_require,
+    route,
+    with_answer,
+    with_rules,
+)
+from .routing_webhook import Answer, RoutingWebhook, RoutingWebhookClient, payload
+from .rules import TrackerRules
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ..tracking.model import Attribution, Tracker
     from ..transport.stack import SipStack
 
 log = structlog.get_logger("calltrackd.b2bua")
@@ -95,6 +119,10 @@ OTHER_METHODS = frozenset({"REGISTER", "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE"
 _COUNTED_METHODS = frozenset({"BYE", "INVITE", "UPDATE", "INFO", "ACK", "PRACK", "CANCEL",
                               "OPTIONS"})
 RESOLVE_TIMEOUT = 5.0
+ATTRIBUTION_WAIT = 0.25  # seconds a call waits for tracking when its rules need it
+# (tracker, did, caller, Unix time) → the attribution and whether the caller is new
+AttributeFn = Callable[["Tracker", str, str, float],
+                       Awaitable[tuple["Attribution", bool | None]]]
 
 
 class MediaControl(Protocol):
@@ -158,6 +186,13 @@ class Engine:
         self._linger: deque[tuple[float, str]] = deque()
         self._linger_timer: asyncio.TimerHandle | None = None
         self.health: TargetProber | None = None  # target health: down targets skipped
+        # who the call belongs to, asked before routing when the rules need it
+        self.attribute: AttributeFn | None = None
+        # calls waiting in ROUTING for their attribution: call id → what routes them
+        self._routing: dict[str, tuple[Route, TrackerRules | None, PbxHeaders | None,
+                                       asyncio.TimerHandle | None]] = {}
+        # POSTs to the trackers' routing webhooks (None: routing webhooks are not used)
+        self.routing_client: RoutingWebhookClient | None = None
         stack.on_events = self.handle
 
     @property
@@ -563,10 +598,122 @@ class Engine:
                     max_duration=settings.sip.max_call_duration)
         txn.user = call.a
         self.calls[call.id] = call
+        rules = settings.routes.get(decision.tracker.id)
+        pbx = settings.pbx.get(decision.tracker.id)
+        if pbx is not None and not pbx.wanted:
+            pbx = None
+        hook = settings.routing_webhooks.get(decision.tracker.id)
+        if hook is not None and self.routing_client is not None:
+            self._respond_trying(txn, req)
+            self._routing[call.id] = (decision, rules, pbx, None)
+            self.stack.loop.create_task(self._ask_webhook(call.id, hook, wall))
+            return
+        if self.attribute is not None and (
+                pbx is not None or (rules is not None and rules.needs_attribution)):
+            self._wait_attribution(call, decision, rules, pbx, wall)
+            return
+        at = dt.datetime.fromtimestamp(wall, dt.UTC)
+        routed = with_rules(decision, rules, facts_of(decision), at)
+        self.feed(call, self._routed_event(routed), now)
+
+    def _routed_event(self, r: Route) -> Routed:
+        """The routing answer for a call: its route less the targets that are down
+        (target health), with the tracker's media settings when rtpengine is there."""
         if self.health is not None:
-            decision = self.health.healthy(decision)
-        media = settings.media.for_tracker(decision.tracker.id) if self.media else None
-        self.feed(call, Routed(decision, media), now)
+            r = self.health.healthy(r)
+        media = self.settings().media.for_tracker(r.tracker.id) if self.media else None
+        return Routed(r, media)
+
+    # -- routing that waits for the attribution ---------------------------------------
+
+    def _wait_attribution(self, call: Call, r: Route, rules: TrackerRules | None,
+                          pbx: PbxHeaders | None, wall: float) -> None:
+        assert self.attribute is not None
+        loop = self.stack.loop
+        timer = loop.call_later(ATTRIBUTION_WAIT, self._routed, call.id, None, None)
+        self._routing[call.id] = (r, rules, pbx, timer)
+        loop.create_task(self._attribute_and_route(
+            call.id, self.attribute(r.tracker, r.did, r.caller, wall)))
+
+    async def _attribute_and_route(
+            self, call_id: str, asked: Awaitable[tuple[Attribution, bool | None]]) -> None:
+        try:
+            attribution, first_time = await asked
+        except Exception as exc:  # tracking failed: the rules see no attribution
+            log.warning("b2bua.routing_attribution_failed", call=call_id,
+                        error=type(exc).__name__)
+            attribution, first_time = None, None
+        self._routed(call_id, attribution, first_time)
+
+    def _respond_trying(self, txn: ServerTransaction, req: Request) -> None:
+        """100 Trying before the call answers (§8.2.6.1: no To tag): the carrier stops
+        retransmitting the INVITE while the routing webhook is asked."""
+        self.stack.layer.respond(txn, response_for(req, 100), self.stack.clock())
+        self.stack.flush()
+
+    async def _ask_webhook(self, call_id: str, hook: RoutingWebhook, wall: float) -> None:
+        pending = self._routing.get(call_id)
+        client = self.routing_client
+        if pending is None or client is None:
+            return
+        r, rules, pbx, _ = pending
+        started = self.stack.clock()  # `ms` in the log: the set-up time the wait adds
+        attribution: Attribution | None = None
+        first_time: bool | None = None
+        if self.attribute is not None:
+            try:
+                attribution, first_time = await bounded(
+                    self.stack.loop, self.attribute(r.tracker, r.did, r.caller, wall),
+                    ATTRIBUTION_WAIT)
+            except Exception as exc:  # tracking failed: the webhook hears of no visitor
+                log.warning("b2bua.routing_attribution_failed", call=call_id,
+                            error=type(exc).__name__)
+        attributed = self.stack.clock()
+        at = dt.datetime.fromtimestamp(self.wall(), dt.UTC)
+        ruled = with_rules(r, rules, facts_of(r, attribution, first_time), at, attribution,
+                           first_time, pbx)
+        body = payload(call_id, r.tracker, r.did, r.caller, r.carrier, wall, attribution,
+                       first_time, hook, ruled.rule, ruled.targets)
+        answer: Answer | str
+        try:
+            answer = await client.ask(hook, body)
+        except Exception:  # a bug must not leave the call waiting: the rules route it
+            log.exception("b2bua.routing_webhook_failed", call=call_id)
+            answer = "error"
+        took = round((self.stack.clock() - started) * 1000, 1)
+        post = round((self.stack.clock() - attributed) * 1000, 1)  # of which the POST
+        if self._routing.pop(call_id, None) is None:
+            return
+        call = self.calls.get(call_id)
+        if call is None:
+            return  # the caller gave up meanwhile
+        if isinstance(answer, str):  # slow, failing, malformed: the rules route the call
+            log.warning("b2bua.routing_webhook_ignored", call=call_id, reason=answer,
+                        ms=took, post_ms=post)
+            routed = ruled
+        else:
+            log.info("b2bua.routing_webhook", call=call_id, ms=took, post_ms=post,
+                     reject=answer.reject,
+                     targets=[t.uri for t in answer.targets or ()])
+            routed = with_answer(ruled, answer.targets, answer.reject, answer.caller_name)
+        self._input(call, self._routed_event(routed))
+
+    def _routed(self, call_id: str, attribution: Attribution | None,
+                first_time: bool | None) -> None:
+        """The attribution is in (or its wait is over, both None): route the call."""
+        pending = self._routing.pop(call_id, None)
+        call = self.calls.get(call_id)
+        if pending is None or call is None:
+            return  # routed already (the wait ran out), or the caller gave up
+        r, rules, pbx, timer = pending
+        if timer is not None:
+            timer.cancel()
+        if attribution is None:
+            log.info("b2bua.routing_without_attribution", call=call_id)
+        at = dt.datetime.fromtimestamp(self.wall(), dt.UTC)
+        routed = with_rules(r, rules, facts_of(r, attribution, first_time), at,
+                            attribution, first_time, pbx)
+        self._input(call, self._routed_event(routed))
 
     def _reject(self, r: Reject, txn: ServerTransaction, req: Request, source: Address,
                 now: float) -> None:
@@ -596,6 +743,9 @@ class Engine:
 
     def _finished(self, call: Call, now: float) -> None:
         self.calls.pop(call.id, None)
+        pending = self._routing.pop(call.id, None)
+        if pending is not None and pending[3] is not None:
+            pending[3].cancel()
         for leg in call.legs:
             self.dialogs.pop((leg.dialog.call_id, leg.dialog.local_tag), None)
         for handle in self._timers.pop(call.id, {}).values():

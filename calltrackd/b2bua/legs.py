@@ -142,8 +142,9 @@ def response(host: CallHost, leg: Leg, request: Request, status: int,
 
 
 def outgoing_invite(host: CallHost, leg: Leg, caller_invite: Request, call_id: str,
-                    user_agent: str) -> Request:
-    """The INVITE to a target: the caller's body, one hop fewer, our Allow."""
+                    user_agent: str, extra: tuple[tuple[str, str], ...] = ()) -> Request:
+    """The INVITE to a target: the caller's body, one hop fewer, our Allow, and the
+    route's `extra` headers (attribution, identity, diversion)."""
     mf = caller_invite.headers.get("Max-Forwards")
     req = leg.request(host, "INVITE", caller_invite.body,
                       caller_invite.headers.get("Content-Type"))
@@ -151,23 +152,44 @@ def outgoing_invite(host: CallHost, leg: Leg, caller_invite: Request, call_id: s
     req.headers.add("Allow", ALLOW)
     req.headers.add("X-Calltrackd-Call", call_id)
     req.headers.add("User-Agent", user_agent)
+    for name, value in extra:
+        req.headers.add(name, value)
     return req
 
 
 def b_dialog(host: CallHost, caller_invite: Request, target: SipURI, did: str,
-             addr: Address) -> tuple[Dialog, SipURI]:
+             addr: Address, from_user: str | None = None, label: str | None = None,
+             anonymous: bool = False, name: str | None = None) -> tuple[Dialog, SipURI]:
     """The dialog of the leg to `target` (its Request-URI with the DID as user when the
-    target names none) and that Request-URI."""
+    target names none) and that Request-URI. From carries `from_user` (the asserted
+    caller) or the caller's From user, and `name` (the routing webhook's) or the caller's
+    display name after `label`; an
+    `anonymous` caller is "Anonymous" <sip:anonymous@anonymous.invalid> (RFC 3323)."""
     h, _ = host.local_hostport(addr.transport, addr.host)
     ruri = (target if target.user else target.with_(user=did)).with_(headers=None)
-    from_ = caller_invite.from_
-    caller_user = from_.uri.user or "anonymous"
-    disp = f"{from_.display} " if from_.display else ""
     tag = host.new_id("tag")
+    if anonymous:
+        from_value = f'"Anonymous" <sip:anonymous@anonymous.invalid>;tag={tag}'
+    else:
+        from_ = caller_invite.from_
+        caller_user = from_user or from_.uri.user or "anonymous"
+        disp = f'"{name}" ' if name else display_with(from_.display, label)
+        from_value = f"{disp}<sip:{caller_user}@{h}>;tag={tag}"
     port = f":{ruri.port}" if ruri.port else ""
-    dialog = Dialog(host.new_id("call-id"), tag, f"{disp}<sip:{caller_user}@{h}>;tag={tag}",
+    dialog = Dialog(host.new_id("call-id"), tag, from_value,
                     f"<sip:{did}@{ruri.host}{port}>", str(ruri))
     return dialog, ruri
+
+
+def display_with(display: str | None, label: str | None) -> str:
+    """A display name (as written, quoted or not) with `label` before it, and a space."""
+    if not label:
+        return f"{display} " if display else ""
+    inner = (display or "").strip()
+    if inner.startswith('"') and inner.endswith('"') and len(inner) >= 2:
+        inner = inner[1:-1]
+    return f'"{label} {inner}" ' if inner else f'"{label}" '
+
 
 
 def retry_invite(host: CallHost, leg: Leg, old: Request) -> Request:

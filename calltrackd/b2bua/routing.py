@@ -15,19 +15,24 @@ The checks, in order (DESIGN's routing box):
 7. the DID (Request-URI or To user, per carrier, in E.164) names a tracker -> else 404.
 
 Nothing here reads a clock, logs or counts: the engine logs and counts what a `Reject`
-says. Per-rule and per-pool routing plug in by choosing `Route.targets`.
+says. The tracker's routing rules (rules.py) then choose `Route.targets`, `ring_timeout`
+and the hunt: `with_rules(route, rules, facts, at)`, with the call's `facts_of`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..sip.endpoint import Address
 from ..sip.message import Request
 from ..sip.uri import NameAddr, SipSyntaxError, SipURI
-from ..tracking.model import ForwardTarget, Tracker
+from ..tracking.model import Attribution, ForwardTarget, Tracker
 from ..tracking.numbers import normalize
+from .pbx_headers import PbxHeaders, display_label, headers_for
+from .rules import Facts, Hunt, TrackerRules, select
 
 if TYPE_CHECKING:  # config imports b2bua.rules: a runtime import would be a cycle
     from ..config import Carrier, Settings
@@ -58,6 +63,24 @@ class Route:
     caller: str  # E.164 when it looks like a number, else From's user, or "anonymous"
     targets: tuple[ForwardTarget, ...]
     ring_timeout: float
+    rule: str | None = None  # the routing rule that chose the targets; None: the fallback
+    hunt: Hunt = "sequential"  # the rules' hunt mode (every mode hunts in order today)
+    # what tracking said before routing, when the rules had to wait for it (the call's
+    # record then keeps it instead of asking again)
+    attribution: Attribution | None = None
+    first_time: bool | None = None
+    # toward the PBX: headers added to the forwarded INVITE (the attribution's
+    # X-Calltrackd-*, the caller's Diversion/History-Info, our P-Asserted-Identity), the
+    # label put before the caller's display name, the user part of From (the asserted
+    # caller; None: the caller's From), and whether the caller asked for privacy
+    # (Privacy: id: the PBX gets an anonymous From and no P-Asserted-Identity)
+    headers: tuple[tuple[str, str], ...] = ()
+    display: str | None = None
+    from_user: str | None = None
+    anonymous: bool = False
+    # the routing webhook's answer: the caller's name toward the PBX, a status to reject with
+    caller_name: str | None = None
+    reject: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +135,87 @@ def route(invite: Request, source: Address, settings: Settings, load: Load) -> R
     tracker = settings.tracker_by_did(did) if did else None
     if tracker is None or did is None:
         return Reject(404, "unknown_did", carrier=carrier.name, did=raw)
-    return Route(tracker=tracker, carrier=carrier.name, did=did,
-                 caller=caller_number(from_, carrier.default_country),
-                 targets=tracker.forward, ring_timeout=tracker.ring_timeout)
+    asserted = asserted_user(invite) if carrier.trust_pai else None
+    if asserted is not None:
+        caller = normalize(asserted, carrier.default_country) or asserted
+    else:
+        caller = caller_number(from_, carrier.default_country)
+    anonymous = wants_privacy(invite)
+    headers = [(name, value) for name in KEPT_HEADERS
+               for value in invite.headers.get_all(name)]
+    if asserted is not None and not anonymous:
+        headers.append((PAI, f"<sip:{asserted}@{ruri.host}>"))
+    return Route(tracker=tracker, carrier=carrier.name, did=did, caller=caller,
+                 targets=tracker.forward, ring_timeout=tracker.ring_timeout,
+                 headers=tuple(headers), from_user=asserted, anonymous=anonymous)
+
+
+PAI = "P-Asserted-Identity"
+# the caller's INVITE headers the forwarded INVITE keeps: who diverted the call to us
+KEPT_HEADERS = ("Diversion", "History-Info")
+_PAI_USER = re.compile(r"<\s*(?:sips?|tel):([^@;>\s]+)", re.IGNORECASE)
+PRIVATE = frozenset({"id", "user", "header"})  # RFC 3323/3325 values that hide the caller
+
+
+def asserted_user(invite: Request) -> str | None:
+    """The user part (a number) of the first P-Asserted-Identity (RFC 3325), or None."""
+    for value in invite.headers.get_all(PAI):
+        m = _PAI_USER.search(value)
+        if m and m.group(1).lower() != "anonymous":
+            return m.group(1)
+    return None
+
+
+def wants_privacy(invite: Request) -> bool:
+    """Whether the caller asked that their identity be withheld (Privacy: id, RFC 3325)."""
+    for value in invite.headers.get_all("Privacy"):
+        if PRIVATE & {v.strip().lower() for v in re.split(r"[;,]", value)}:
+            return True
+    return False
+
+
+def facts_of(r: Route, attribution: Attribution | None = None,
+             first_time: bool | None = None) -> Facts:
+    """What the rules may ask of a call: its DID and caller, and the attribution when
+    tracking gave one (an attribution of kind "none" knows no visitor)."""
+    known = attribution if attribution is not None and attribution.kind != "none" else None
+    caller = None if r.caller == "anonymous" else r.caller
+    return Facts.of(r.did, caller, known, first_time)
+
+
+def with_rules(r: Route, rules: TrackerRules | None, facts: Facts, at: dt.datetime,
+               attribution: Attribution | None = None, first_time: bool | None = None,
+               pbx: PbxHeaders | None = None) -> Route:
+    """The route with the targets, ring timeout and hunt the tracker's rules choose at
+    `at` for `facts` (the rules only ever name the tracker's own targets), and the
+    attribution's headers and display label toward the PBX (`pbx`)."""
+    if rules is None and pbx is None:
+        return r
+    targets, ring, rule, hunt = r.targets, r.ring_timeout, r.rule, r.hunt
+    if rules is not None:
+        d = select(rules, facts, at)
+        targets, ring, rule, hunt = d.targets, d.ring_timeout, d.rule, d.hunt
+    headers, display = r.headers, r.display
+    if pbx is not None:
+        headers += headers_for(pbx, attribution, first_time)
+        display = display_label(pbx, attribution)
+    return Route(tracker=r.tracker, carrier=r.carrier, did=r.did, caller=r.caller,
+                 targets=targets, ring_timeout=ring, rule=rule, hunt=hunt,
+                 attribution=attribution, first_time=first_time, headers=headers,
+                 display=display, from_user=r.from_user, anonymous=r.anonymous)
+
+
+def with_answer(r: Route, targets: tuple[ForwardTarget, ...] | None, reject: int | None,
+                caller_name: str | None) -> Route:
+    """The route as the routing webhook's answer changes it (its targets are the
+    tracker's own: routing_webhook.parse_answer picks them by name)."""
+    return Route(tracker=r.tracker, carrier=r.carrier, did=r.did, caller=r.caller,
+                 targets=() if reject is not None else (targets or r.targets),
+                 ring_timeout=r.ring_timeout, rule="routing_webhook" if (
+                     targets or reject is not None) else r.rule, hunt=r.hunt,
+                 attribution=r.attribution, first_time=r.first_time, headers=r.headers,
+                 display=r.display, from_user=r.from_user, anonymous=r.anonymous,
+                 caller_name=caller_name or r.caller_name, reject=reject)
 
 
 def carrier_of(invite: Request, source: Address, settings: Settings) -> Carrier | Reject:

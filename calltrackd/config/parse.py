@@ -10,6 +10,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from ..b2bua.pbx_headers import PbxHeaders, parse_pbx_headers
+from ..b2bua.routing_webhook import RoutingWebhook, parse_routing_webhook
 from ..b2bua.rules import TrackerRules, parse_routes
 from . import sections
 from .checker import Checker, parse_duration
@@ -42,6 +44,8 @@ def parse_config(data: dict[str, Any], *, source: str | None = None) -> Settings
     seen_key: set[str] = set()
     seen_viewer: set[str] = set()
     routes: dict[str, TrackerRules] = {}
+    pbx: dict[str, PbxHeaders] = {}
+    hooks: dict[str, RoutingWebhook] = {}
     for k, d in c.tables(data, "", "trackers"):
         t = tracker(c, k, d, Path(source).parent if source else None)
         policy = sections.tracker_media(c, k, d, media)
@@ -49,6 +53,12 @@ def parse_config(data: dict[str, Any], *, source: str | None = None) -> Settings
             continue
         routes[t.id], problems = parse_routes(d, k, t, parse_duration)
         c.problems += problems
+        pbx[t.id], problems = parse_pbx_headers(d, k)
+        c.problems += problems
+        hook, problems = parse_routing_webhook(d, k, t, parse_duration, c.secret)
+        c.problems += problems
+        if hook is not None:
+            hooks[t.id] = hook
         if policy is not None:
             policies[t.id] = policy
         if t.id in seen_id:
@@ -76,7 +86,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None) -> Settings
     media = dataclasses.replace(media, trackers=policies)
     return Settings(sip=sip, http=http, store=store, log=log, webhooks=webhooks, media=media,
                     carriers=tuple(carriers), trackers=tuple(trackers), source=source,
-                    routes=routes)
+                    routes=routes, pbx=pbx, routing_webhooks=hooks)
 
 
 def load_config(path: str | Path | None) -> Settings:

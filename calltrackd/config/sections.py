@@ -258,7 +258,7 @@ def tracker_media(c: Checker, key: str, d: dict[str, Any], media: MediaSettings
 
 
 def carrier(c: Checker, key: str, d: dict[str, Any]) -> Carrier | None:
-    c.table(d, key, {"name", "addresses", "did_from", "default_country"})
+    c.table(d, key, {"name", "addresses", "did_from", "default_country", "trust_pai"})
     name = c.get(d, key, "name", str, "")
     if not name:
         c.fail(f"{key}.name", "required")
@@ -274,6 +274,7 @@ def carrier(c: Checker, key: str, d: dict[str, Any]) -> Carrier | None:
         networks=tuple(networks),
         did_from=c.choice(d, key, "did_from", ("ruri", "to"), "ruri"),  # type: ignore[arg-type]
         default_country=country.upper() if country else None,
+        trust_pai=c.get(d, key, "trust_pai", bool, False),  # b2bua/routing.py
     )
 
 

@@ -15,6 +15,8 @@ from ..tracking.model import Tracker
 from ..transport.tls import TlsSettings
 
 if TYPE_CHECKING:  # b2bua imports config: a runtime import here would be a cycle
+    from ..b2bua.pbx_headers import PbxHeaders
+    from ..b2bua.routing_webhook import RoutingWebhook
     from ..b2bua.rules import TrackerRules
 
 __all__ = [
@@ -156,6 +158,7 @@ class Carrier:
     networks: tuple[IPNetwork, ...]
     did_from: Literal["ruri", "to"] = "ruri"
     default_country: str | None = None
+    trust_pai: bool = False  # P-Asserted-Identity names the caller (b2bua/routing.py)
 
     def admits(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return any(ip in net for net in self.networks if net.version == ip.version)
@@ -174,6 +177,10 @@ class Settings:
     source: str | None = None  # the file it came from; None for built-in defaults
     # each tracker's routing rules, pool and static number settings (b2bua/rules.py)
     routes: dict[str, TrackerRules] = field(default_factory=dict, compare=False)
+    # each tracker's attribution headers toward its PBX (b2bua/pbx_headers.py)
+    pbx: dict[str, PbxHeaders] = field(default_factory=dict, compare=False)
+    # each tracker's routing webhook (b2bua/routing_webhook.py)
+    routing_webhooks: dict[str, RoutingWebhook] = field(default_factory=dict, compare=False)
     _by_did: dict[str, Tracker] = field(default_factory=dict, repr=False, compare=False)
     _by_key: dict[str, Tracker] = field(default_factory=dict, repr=False, compare=False)
     _carrier_cache: dict[str, Carrier | None] = field(

@@ -79,7 +79,9 @@ def tracker(c: Checker, key: str, d: dict[str, Any],
                      "target_call_min_seconds", "default_number", "forward", "ring_timeout",
                      "pools", "static", "webhooks", "media", "record", "returning_window",
                      "source_rules", "analytics", "alerts", "timezone", "viewer_tokens",
-                     "routes", "hunt", "holidays"})  # the last three: b2bua/rules.py
+                     "routes", "hunt", "holidays",  # these three: b2bua/rules.py
+                     "pbx_headers", "display_channel",  # b2bua/pbx_headers.py
+                     "routing_webhook"})  # b2bua/routing_webhook.py
     ident = c.get(d, key, "id", str, "")
     pk = c.get(d, key, "public_key", str, "")
     for name, value in (("id", ident), ("public_key", pk)):
