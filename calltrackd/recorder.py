@@ -100,7 +100,7 @@ class Recorder:
             if deliveries:
                 self.notify_webhooks(deliveries)
         if records:
-            log.warning("closed calls left open by a crash", calls=len(records),
+            log.warning("recorder.closed_after_crash", calls=len(records),
                         last_alive=(datetime.fromtimestamp(alive_until, UTC).isoformat()
                                     if alive_until else None))
         return len(records)
@@ -124,7 +124,7 @@ class Recorder:
                 try:
                     await next_step(call, snap)
                 except Exception:
-                    log.exception("call record step failed", call=call.id)
+                    log.exception("recorder.step_failed", call=call.id)
             del self._chains[call.id]
 
         if self._loop is None:
@@ -145,7 +145,7 @@ class Recorder:
                 ATTRIBUTION_BUDGET)
         except Exception as exc:  # store down, too slow, or a bug: forward unattributed
             reason = "timeout" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}"
-            log.warning("attribution failed", call=call.id, reason=reason)
+            log.warning("recorder.attribution_failed", call=call.id, reason=reason)
             attribution, first_time = Attribution(kind="none", error=f"attribution {reason}"), None
         call.extra["attribution"] = attribution
         call.extra["first_time_caller"] = first_time

@@ -134,7 +134,7 @@ class RecordingStore:
                 shutil.move(str(pcap), str(out.with_suffix(".pcap")))
             out.with_suffix(".json").write_text(json.dumps({"note": conv.reason}))
         meta.unlink(missing_ok=True)
-        log.info("recording stored", call_id=call_id, wav=conv.wav, seconds=conv.seconds,
+        log.info("media.wav_stored", call_id=call_id, wav=conv.wav, seconds=conv.seconds,
                  note=conv.reason)
         return self.get(call_id)
 
@@ -164,10 +164,10 @@ class RecordingStore:
             try:
                 removed = await asyncio.to_thread(self.purge)
             except OSError as exc:
-                log.warning("recording retention failed", error=str(exc))
+                log.warning("media.retention_failed", error=str(exc))
             else:
                 if removed:
-                    log.info("old recordings deleted", files=removed,
+                    log.info("media.retention_purged", files=removed,
                              retention_days=round(self.retention / 86400, 2))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every)

@@ -68,11 +68,11 @@ def test_sigkill_with_calls_up_then_restart_closes_every_record(
                          if r["json"]["call"].get("reason") == "restart"}
             time.sleep(0.2)
         assert delivered == ids, [r["json"] for r in receiver.events("call.ended")]
-        assert "closed calls left open by a crash" in d2.log_text()
+        assert "recorder.closed_after_crash" in d2.log_text()
         # a second restart finds nothing left to close
         d2.stop()
         d3 = start_daemon(tmp_path, cfg, sip, http)
         d3.stop()
-        assert d3.log_text().count("closed calls left open by a crash") == 1
+        assert d3.log_text().count("recorder.closed_after_crash") == 1
     finally:
         d2.stop()
