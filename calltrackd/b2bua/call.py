@@ -153,9 +153,12 @@ class Call:
 
     def __init__(self, host: CallHost, invite: Request, transaction: ServerTransaction,
                  source: Address, now: float, wall: float, *, user_agent: str,
-                 max_duration: float) -> None:
+                 max_duration: float, route: Route | None = None) -> None:
         """`now` is the engine's clock (all times passed in later are on it); `wall`
-        the Unix time at `now`, from which the CDR's timestamps are counted."""
+        the Unix time at `now`, from which the CDR's timestamps are counted. `route`:
+        the route so far (tracker, DID, caller) while routing still waits for the
+        attribution or the routing webhook; a call that ends in ROUTING (CANCEL,
+        Terminate) keeps its record by it."""
         self.host = host
         self.id = host.new_id("call")
         self.invite = invite
@@ -177,7 +180,7 @@ class Call:
         self.legs: list[Leg] = [self.a]  # every leg whose dialog is registered
         self.targets: list[ForwardTarget] = []
         self.ring_timeout = 30.0
-        self.route: Route | None = None
+        self.route: Route | None = route
         self.attempt: Attempt | None = None
         self.abandoned: list[Attempt] = []  # given up before a provisional: CANCEL on one
         self.resolving: tuple[ForwardTarget, SipURI] | None = None
@@ -290,14 +293,27 @@ class Call:
 
     # -- the hunt ----------------------------------------------------------------------
 
+    def _open(self, r: Route, started: float) -> None:
+        """The call's record begins: the hooks hear of it (call_started)."""
+        info = self.info = CallInfo(id=self.id, tracker=r.tracker, did=r.did,
+                                    caller=r.caller, carrier=r.carrier,
+                                    started_at=self._wall(started))
+        if r.attribution is not None:  # routing waited for it: the record keeps it
+            info.extra["attribution"] = r.attribution
+            info.extra["first_time_caller"] = r.first_time
+        self.route = r
+        self._out.append(Notify("started", info))
+        self._log("call.started", tracker=r.tracker.id, carrier=r.carrier, rule=r.rule)
+
+    def _open_in_routing(self) -> None:
+        """A call that ends while routing waits still gets its record (tracking never
+        costs a call, and a record is kept): from the route so far, ringing since the
+        INVITE."""
+        if self.state is State.ROUTING and self.info is None and self.route is not None:
+            self._open(self.route, self._t0)
+
     def _on_routed(self, event: Routed, now: float) -> None:
         r = event.route
-        self.info = CallInfo(id=self.id, tracker=r.tracker, did=r.did, caller=r.caller,
-                             carrier=r.carrier, started_at=self._wall(now))
-        if r.attribution is not None:  # routing waited for it: the record keeps it
-            self.info.extra["attribution"] = r.attribution
-            self.info.extra["first_time_caller"] = r.first_time
-        self.route = r
         self.targets = list(r.targets)
         self.ring_timeout = r.ring_timeout
         if event.media is not None and event.media.mode == "anchor":
@@ -305,8 +321,7 @@ class Call:
             self.record = event.media.record
         self._out.append(RegisterDialog(self.a))
         self._respond_a(100)
-        self._out.append(Notify("started", self.info))
-        self._log("call.started", tracker=r.tracker.id, carrier=r.carrier, rule=r.rule)
+        self._open(r, now)
         if r.reject is not None:  # the routing webhook refused the call: nothing is dialled
             self.last_code, self.last_reason, self.last_by = r.reject, "", "system"
         self._next_target(now)
@@ -620,6 +635,7 @@ class Call:
     def _on_cancel(self, event: CancelIn, now: float) -> None:
         if event.leg is not self.a or self.state in (State.CONNECTED, State.ENDED):
             return  # after the 2xx a CANCEL changes nothing (§9.2)
+        self._open_in_routing()
         self._log("call.cancelled")
         self._respond_a(487)
         if self.attempt is not None:
@@ -714,6 +730,7 @@ class Call:
         if self.state is State.CONNECTED:
             self._hang_up(now)
             return
+        self._open_in_routing()
         if self.attempt is not None:
             self._abandon(self.attempt)
         self._respond_a(503, headers=RETRY_AFTER)

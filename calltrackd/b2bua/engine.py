@@ -188,9 +188,11 @@ class Engine:
         self.health: TargetProber | None = None  # target health: down targets skipped
         # who the call belongs to, asked before routing when the rules need it
         self.attribute: AttributeFn | None = None
-        # calls waiting in ROUTING for their attribution: call id → what routes them
+        # calls waiting in ROUTING for their attribution or routing webhook: call id →
+        # what routes them, and the wait's timer or the webhook's task (cancelled when
+        # the call ends first: a CANCEL or shutdown in ROUTING)
         self._routing: dict[str, tuple[Route, TrackerRules | None, PbxHeaders | None,
-                                       asyncio.TimerHandle | None]] = {}
+                                       asyncio.TimerHandle | asyncio.Task[None] | None]] = {}
         # POSTs to the trackers' routing webhooks (None: routing webhooks are not used)
         self.routing_client: RoutingWebhookClient | None = None
         stack.on_events = self.handle
@@ -308,7 +310,7 @@ class Engine:
         try:
             self.feed(call, event)
         except Exception:  # one bad call must never take the engine down
-            log.exception("b2bua.event_failed", event=type(event).__name__, call=call.id)
+            log.exception("b2bua.event_failed", call_event=type(event).__name__, call=call.id)
         self.stack.flush()
 
     async def _resolve(self, call: Call, uri: SipURI) -> None:
@@ -404,7 +406,7 @@ class Engine:
             try:
                 self._dispatch(event)
             except Exception:  # one bad call must never take the engine down
-                log.exception("b2bua.event_failed", event=type(event).__name__)
+                log.exception("b2bua.event_failed", sip_event=type(event).__name__)
 
     def _dispatch(self, event: Event) -> None:
         if isinstance(event, ResponseReceived):
@@ -595,7 +597,7 @@ class Engine:
             self._reject(decision, txn, req, source, now)
             return
         call = Call(self, req, txn, source, now, wall, user_agent=settings.sip.user_agent,
-                    max_duration=settings.sip.max_call_duration)
+                    max_duration=settings.sip.max_call_duration, route=decision)
         txn.user = call.a
         self.calls[call.id] = call
         rules = settings.routes.get(decision.tracker.id)
@@ -606,7 +608,9 @@ class Engine:
         if hook is not None and self.routing_client is not None:
             self._respond_trying(txn, req)
             self._routing[call.id] = (decision, rules, pbx, None)
-            self.stack.loop.create_task(self._ask_webhook(call.id, hook, wall))
+            task = self.stack.loop.create_task(self._ask_webhook(call.id, hook, wall))
+            if call.id in self._routing:  # still asking: the call's end cancels the task
+                self._routing[call.id] = (decision, rules, pbx, task)
             return
         if self.attribute is not None and (
                 pbx is not None or (rules is not None and rules.needs_attribution)):

@@ -76,6 +76,26 @@ class Handle:
         self.cancelled = True
 
 
+class Forever:
+    """An awaitable that never completes: a task awaiting it stays parked."""
+
+    def __await__(self) -> Any:
+        yield None
+
+
+class Parked:
+    """A task of the engine's that waits: `cancel()` closes it, as asyncio would."""
+
+    def __init__(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.coro = coro
+        self.cancelled = False
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        self.coro.close()
+        return True
+
+
 class FakeLoop:
     """What the engine asks of its loop: timers and tasks (run to completion at once:
     the resolver in tests answers without waiting)."""
@@ -84,6 +104,10 @@ class FakeLoop:
         self.clock = clock
         self.timers: list[tuple[float, int, Handle]] = []
         self._seq = itertools.count()
+        # a task that waits (a test's tracking or routing webhook that never answers)
+        # is parked when `parking` says so, else it is a test's mistake
+        self.parking = False
+        self.parked: list[Parked] = []
 
     def time(self) -> float:
         return self.clock.now
@@ -99,12 +123,16 @@ class FakeLoop:
     def call_soon(self, callback: Callable[..., None], *args: Any) -> Handle:
         return self.call_at(self.clock.now, callback, *args)
 
-    def create_task(self, coro: Coroutine[Any, Any, None]) -> None:
+    def create_task(self, coro: Coroutine[Any, Any, None]) -> Parked | None:
         try:
             coro.send(None)
         except StopIteration:
-            return
-        raise AssertionError("a task in tests must not wait")
+            return None
+        if not self.parking:
+            raise AssertionError("a task in tests must not wait")
+        parked = Parked(coro)
+        self.parked.append(parked)
+        return parked
 
     def next_at(self) -> float | None:
         while self.timers and self.timers[0][2].cancelled:
