@@ -145,10 +145,10 @@ class CallStateError(Exception):
 
 class Call:
     __slots__ = ("_accepts", "_out", "_t0", "_wall0", "a", "a_txn", "abandoned", "ack_pending",
-                 "anchor", "answered_now", "attempt", "b", "held", "host", "id", "info", "invite",
-                 "last_by", "last_code", "last_reason", "legs", "max_duration", "media_offered",
-                 "media_seq", "media_wait", "offer_sdp", "record", "relays", "reoffers",
-                 "resolving", "ring_timeout", "route", "source", "state", "targets",
+                 "anchor", "answered_now", "attempt", "b", "fork", "held", "host", "id", "info",
+                 "invite", "last_by", "last_code", "last_reason", "legs", "max_duration",
+                 "media_offered", "media_seq", "media_wait", "offer_sdp", "record", "relays",
+                 "reoffers", "resolving", "ring_timeout", "route", "source", "state", "targets",
                  "user_agent")
 
     def __init__(self, host: CallHost, invite: Request, transaction: ServerTransaction,
@@ -183,6 +183,7 @@ class Call:
         self.route: Route | None = route
         self.attempt: Attempt | None = None
         self.abandoned: list[Attempt] = []  # given up before a provisional: CANCEL on one
+        self.fork: list[Attempt] = []  # hunt `simultaneous`: the targets ringing at once
         self.resolving: tuple[ForwardTarget, SipURI] | None = None
         self.last_code = 0
         self.last_reason = ""
@@ -327,6 +328,8 @@ class Call:
         self._next_target(now)
 
     def _next_target(self, now: float) -> None:
+        if self._fork_all(now):
+            return
         while self.targets:
             target = self.targets.pop(0)
             try:
@@ -370,8 +373,18 @@ class Call:
                                             self.record))
                 return
             self._media_direct("late_offer")
-        r = self.route
-        assert r is not None
+        attempt = self._invite(target, uri, addr)
+        self.b = attempt.leg
+        self.attempt = attempt
+        info.target = target.uri
+        self._goto(State.CALLING)
+        self._out.append(StartTimer(RING, now + self.ring_timeout))
+        self._out.append(Notify("forwarded", info, now - self._t0))
+
+    def _invite(self, target: ForwardTarget, uri: SipURI, addr: Address) -> Attempt:
+        """An INVITE to one target on a B leg (dialog) of its own."""
+        info, r = self.info, self.route
+        assert info is not None and r is not None
         dialog, _ = b_dialog(self.host, self.invite, uri, info.did, addr, r.from_user,
                              r.display, r.anonymous, r.caller_name)
         leg = Leg(self.id, "b", dialog, addr.transport, addr.host)
@@ -380,15 +393,84 @@ class Call:
                               r.headers)
         if self.offer_sdp is not None:
             req.body = self.offer_sdp
-        self.b = leg
         self.legs.append(leg)
         self._out.append(RegisterDialog(leg))
-        self.attempt = Attempt(target, leg, req)
-        info.target = target.uri
-        self._goto(State.CALLING)
         self._out.append(SendRequest(leg, req, addr))
+        return Attempt(target, leg, req)
+
+    # -- hunt `simultaneous`: every target at once -------------------------------------
+
+    def _fork_all(self, now: float) -> bool:
+        """Ring every target at once (the route's hunt `simultaneous`), each on its own
+        B leg, for the one ring timeout; False (hunt in order) unless there are two or
+        more targets, all with IP literal hosts, and the media is not anchored."""
+        r, info = self.route, self.info
+        if r is None or info is None or r.hunt != "simultaneous" or self.anchor \
+                or len(self.targets) < 2 or self.state is not State.ROUTING:
+            return False
+        found = []
+        for target in self.targets:
+            try:
+                uri = SipURI.parse(target.uri)
+            except SipSyntaxError:
+                return False
+            addr = literal_address(uri)
+            if addr is None:
+                return False
+            found.append((target, uri, addr))
+        self.targets = []
+        self.fork = [self._invite(*one) for one in found]
+        info.target = found[0][0].uri  # until one answers
+        self._goto(State.CALLING)
+        self._log("call.forked", targets=[t.uri for t, _, _ in found])
         self._out.append(StartTimer(RING, now + self.ring_timeout))
         self._out.append(Notify("forwarded", info, now - self._t0))
+        return True
+
+    def _abandon_all(self) -> None:
+        """Give up on the current attempt, or on every target of a fork."""
+        if self.attempt is not None:
+            self._abandon(self.attempt)
+        fork, self.fork = self.fork, []
+        for attempt in fork:
+            self._abandon(attempt)
+
+    def _on_fork_response(self, attempt: Attempt, txn: ClientInviteTransaction,
+                          resp: Response, now: float) -> None:
+        code = resp.status
+        leg = attempt.leg
+        if code < 200:
+            attempt.phase = Phase.PROCEEDING
+            if code == 100:
+                return
+            leg.dialog.receive_response(resp)
+            if self.state is State.CALLING:  # the first to ring is relayed, no other
+                self._goto(State.EARLY)
+                self._relay_to_a(resp)
+            return
+        self.fork.remove(attempt)
+        if code < 300:  # the first 2xx wins; the others are cancelled
+            self._out.append(CancelTimer(RING))
+            self._abandon_all()
+            self.b = leg
+            self.attempt = attempt
+            assert self.info is not None
+            self.info.target = attempt.target.uri
+            self._on_answer(attempt, txn, resp, now)
+            return
+        leg.dialog.receive_response(resp)
+        self._fork_failed(attempt, code, resp.reason, "callee", now)
+
+    def _fork_failed(self, attempt: Attempt, code: int, reason: str, by: HangupBy,
+                     now: float) -> None:
+        """A forked target failed: a 6xx ends them all; the last one the call."""
+        self.last_code, self.last_reason, self.last_by = code, reason, by
+        self._log("call.target_failed", target=attempt.target.uri, code=code)
+        if code >= 600:
+            self._abandon_all()
+        if not self.fork:
+            self._out.append(CancelTimer(RING))
+            self._fail(now)
 
     def _abandon(self, attempt: Attempt) -> None:
         """Give up on an unanswered attempt: CANCEL it, or, before any provisional
@@ -419,6 +501,11 @@ class Call:
             assert isinstance(txn, ClientInviteTransaction)
             self._on_invite_response(attempt, txn, resp, now)
             return
+        for forked in self.fork:
+            if req is forked.invite:
+                assert isinstance(txn, ClientInviteTransaction)
+                self._on_fork_response(forked, txn, resp, now)
+                return
         relay = self.relays.get(id(req))
         if relay is not None:
             self._relay_response(leg, txn, resp, relay)
@@ -638,8 +725,7 @@ class Call:
         self._open_in_routing()
         self._log("call.cancelled")
         self._respond_a(487)
-        if self.attempt is not None:
-            self._abandon(self.attempt)
+        self._abandon_all()
         self._end("cancelled", "caller", 487, now)
 
     def _on_request(self, event: RequestIn, now: float) -> None:
@@ -664,8 +750,7 @@ class Call:
                 self._end("answered", by, 200, now)
                 return
             # a BYE in an early dialog (§15.1.2): the INVITE is answered and the hunt over
-            if self.attempt is not None:
-                self._abandon(self.attempt)
+            self._abandon_all()
             self._respond_a(487 if leg is self.a else 480)
             self._end("cancelled", by, 487, now)
             return
@@ -696,6 +781,12 @@ class Call:
             self._log("call.target_timeout", target=attempt.target.uri)
             self._next_target(now)
             return
+        for forked in self.fork:
+            if req is forked.invite:
+                self.fork.remove(forked)
+                self._log("call.target_timeout", target=forked.target.uri)
+                self._fork_failed(forked, 408, "Request Timeout", "system", now)
+                return
         if timer == "L" and leg is self.a and self.state is State.CONNECTED:
             # no ACK for our 2xx (§13.3.1.4): the caller's side is gone
             self._log("call.no_ack", "warning")
@@ -717,6 +808,12 @@ class Call:
             self.last_code, self.last_reason = 480, "Temporarily Unavailable"
             self.last_by = "system"
             self._next_target(now)
+        elif name == RING and self.state in (State.CALLING, State.EARLY) and self.fork:
+            self._log("call.ring_timeout", targets=[a.target.uri for a in self.fork])
+            self._abandon_all()
+            self.last_code, self.last_reason = 480, "Temporarily Unavailable"
+            self.last_by = "system"
+            self._fail(now)
         elif name == MAX_DURATION and self.state is State.CONNECTED:
             self._log("call.max_duration")
             self._hang_up(now)
@@ -731,8 +828,7 @@ class Call:
             self._hang_up(now)
             return
         self._open_in_routing()
-        if self.attempt is not None:
-            self._abandon(self.attempt)
+        self._abandon_all()
         self._respond_a(503, headers=RETRY_AFTER)
         self._end("failed", "system", 503, now)
 
