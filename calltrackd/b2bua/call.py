@@ -26,6 +26,12 @@ RFC 3261 §21.6, e.g. 600 Busy Everywhere, 603 Decline) ends the hunt, as does t
 target. So 486 Busy Here moves on when more targets are configured and ends the call
 otherwise. A 401/407 from a target with credentials is retried once with them (§22.2).
 
+Hunt `simultaneous` (the route's `hunt`): ROUTING --Routed--> CALLING with an INVITE to
+every target at once (`fork`, each on its own B leg); the first 1xx is relayed (EARLY),
+the first 2xx wins (CONNECTED, the others abandoned: CANCEL, or ACK and BYE), a 6xx ends
+all, the last failure or the one ring timeout ends the call. Targets needing DNS or an
+anchored call hunt in order instead.
+
 Media anchoring (the tracker's `media = "anchor"`, rtpengine configured): before the
 first INVITE to a target the call emits MediaOffer with the caller's SDP and waits (in
 ROUTING/RESOLVING) for MediaDone; every target then gets rtpengine's SDP. A 1xx or 2xx

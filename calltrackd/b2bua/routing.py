@@ -64,7 +64,7 @@ class Route:
     targets: tuple[ForwardTarget, ...]
     ring_timeout: float
     rule: str | None = None  # the routing rule that chose the targets; None: the fallback
-    hunt: Hunt = "sequential"  # the rules' hunt mode (every mode hunts in order today)
+    hunt: Hunt = "sequential"  # the rules' hunt mode (round_robin: in order, for now)
     # what tracking said before routing, when the rules had to wait for it (the call's
     # record then keeps it instead of asking again)
     attribution: Attribution | None = None
