@@ -47,3 +47,4 @@ def test_simultaneous_second_phone_answers_and_the_first_gets_cancel(
     finally:
         code = daemon.stop()
     assert code == 0, daemon.log_text()[-3000:]
+
