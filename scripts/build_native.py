@@ -56,6 +56,9 @@ def build() -> None:
 
     clean()
     os.chdir(ROOT)
+    # the stamp names the sources as they were read, not as they are when the compiler
+    # is done: a file edited meanwhile must make the build stale, not look compiled
+    stamps = {here: source_hashes(here, names) for here, names, _ in GROUPS}
     sources = []
     separate = []
     for here, names, group in GROUPS:
@@ -66,8 +69,8 @@ def build() -> None:
     setup(name="calltrackd-native", ext_modules=extensions, script_args=[
         "-q", "build_ext", "--inplace", "--build-temp", "build/native/temp",
         "--build-lib", "build/native/lib"])
-    for here, names, _ in GROUPS:
-        (here / STAMP).write_text(json.dumps(source_hashes(here, names), indent=1) + "\n")
+    for here, stamp in stamps.items():
+        (here / STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
 
 
 def main() -> int:

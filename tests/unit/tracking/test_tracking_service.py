@@ -109,8 +109,10 @@ async def test_unknown_or_foreign_session_id_starts_a_new_session(
 async def test_thousand_concurrent_visitors_share_a_pool_of_a_hundred(
     service: TrackingService, clock: Clock
 ) -> None:
+    # a thousand people, each with their own analytics id: one visitor's tabs would share
+    # their live visit (and its number), in whatever order the store's answers arrive
     answers = await asyncio.gather(
-        *(service.create_session(TRACKER, GOOGLE, None, clock.now) for _ in range(1000))
+        *(service.create_session(TRACKER, visitor(n), None, clock.now) for n in range(1000))
     )
     dynamic = [a.number for a in answers if a.kind == "dynamic"]
     assert len(dynamic) == 100
