@@ -284,8 +284,7 @@ class HoldHistory:
 class InMemoryReservations:
     """The `Store` methods a backend answers from its `MemoryState` (reservations, the
     holder history, returning visitors and custom updates; written behind by the
-    backend, which provides `_check_open` and `_kick`). PostgreSQL uses it; SQLite has
-    the same methods of its own (to be moved here once its module split lands)."""
+    backend, which provides `_check_open` and `_kick`). PostgreSQL and SQLite use it."""
 
     _mem: MemoryState
 

@@ -7,15 +7,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from calltrackd.store.base import (
-    PoolStats,
     decode_session,
     storable_session,
 )
+from calltrackd.store.memory import InMemoryReservations
 from calltrackd.tracking.model import (
-    Hold,
     LastVisit,
-    Tracker,
-    UsageBucket,
     VisitorSession,
 )
 from calltrackd.tracking.reports import (
@@ -29,8 +26,10 @@ _VISIT_SEEN_MAX = 200_000  # sessions whose visit cell this node remembers (dyna
 _SEEN_CALLERS_MAX = 100_000  # (tracker, caller) pairs remembered as seen (~15 MB)
 
 
-class SqliteReservations(SqlitePlumbing):
-    """Sessions, visits, reservations and holder history (in memory, written behind)."""
+class SqliteReservations(SqlitePlumbing, InMemoryReservations):
+    """Sessions, visits, reservations and holder history (in memory, written behind).
+    The reservation methods answered from `MemoryState` are `InMemoryReservations`', as
+    on PostgreSQL; the plumbing provides its `_check_open` and `_kick`."""
 
     async def create_session(self, session: VisitorSession, dynamic: bool) -> None:
         self._check_open()
@@ -58,11 +57,6 @@ class SqliteReservations(SqlitePlumbing):
 
     # --- visits: custom updates, returning visitors (in memory, written behind) -------
 
-    async def update_session(self, session: VisitorSession) -> None:
-        self._check_open()
-        self._mem.update_session(session)
-        self._kick()
-
     async def note_visit(self, tracker: str, keys: Sequence[str], visit: LastVisit,
                          keep: float) -> None:
         self._check_open()
@@ -83,52 +77,6 @@ class SqliteReservations(SqlitePlumbing):
                 if best is None or visit.at > best.at:
                     best = visit
         return best
-
-    async def reserve_number(
-        self, tracker: str, pool: str, number: str, session_id: str, now: float, ttl: float,
-        previous: str | None = None,
-    ) -> Hold | None:
-        self._check_open()
-        hold = self._mem.reserve_number(tracker, pool, number, session_id, now, ttl, previous)
-        self._kick()
-        return hold
-
-    # --- end of visits ---------------------------------------------------------------
-
-    # --- reservations (in memory, persisted behind) ----------------------------------
-
-    async def sync_pools(self, trackers: Sequence[Tracker]) -> None:
-        self._check_open()
-        self._mem.sync_pools(trackers)
-
-    async def reserve(
-        self, tracker: str, pool: str, session_id: str, now: float, ttl: float
-    ) -> Hold | None:
-        self._check_open()
-        hold = self._mem.reserve(tracker, pool, session_id, now, ttl)
-        self._kick()
-        return hold
-
-    async def renew(self, session_id: str, now: float, ttl: float) -> Hold | None:
-        self._check_open()
-        return self._mem.renew(session_id, now, ttl)
-
-    async def release(self, session_id: str, now: float) -> bool:
-        self._check_open()
-        return self._mem.release(session_id, now)
-
-    async def holders(self, number: str, now: float) -> tuple[Hold | None, Hold | None]:
-        self._check_open()
-        return self._mem.holders(number, now)
-
-    async def pool_stats(self, now: float, since: float | None = None) -> list[PoolStats]:
-        self._check_open()
-        return self._mem.pool_stats(now, since)
-
-    async def pool_usage(self, tracker: str, pool: str, first_hour: int,
-                         end_hour: int) -> list[UsageBucket]:
-        self._check_open()
-        return self._mem.pool_usage(tracker, pool, first_hour, end_hour)
 
     # --- caller history --------------------------------------------------------------
 
@@ -153,11 +101,6 @@ class SqliteReservations(SqlitePlumbing):
     # --- holder history, visits, confidences ------------------------------------------
     # The history is the memory state's (it is rebuilt as numbers are handed out after
     # a restart); visits and confidences are read from the sessions and calls tables.
-
-    async def hold_history(self, number: str, now: float) -> list[Hold]:
-        self._check_open()
-        return self._mem.history.of(number, now)
-
 
     def _count_visit(self, session: VisitorSession, dynamic: bool) -> None:
         cell = visit_cell(session)
