@@ -39,6 +39,10 @@ from calltrackd.store.base import (
     StoreError,
     Visit,
     VisitorStats,
+    retention_loop,
+    stop_task,
+)
+from calltrackd.store.codec import (
     crm_json,
     decode_call,
     decode_cursor,
@@ -46,9 +50,7 @@ from calltrackd.store.base import (
     encode_call,
     encode_cursor,
     encode_session,
-    retention_loop,
     session_stats_source,
-    stop_task,
     storable_call,
     storable_session,
     timestamp,

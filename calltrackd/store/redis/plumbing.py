@@ -24,10 +24,12 @@ from calltrackd.store.base import (
     HISTORY_MAX,
     Store,
     StoreError,
-    decode_call,
     retention_loop,
-    session_stats_source,
     stop_task,
+)
+from calltrackd.store.codec import (
+    decode_call,
+    session_stats_source,
     timestamp,
 )
 from calltrackd.tracking.model import (

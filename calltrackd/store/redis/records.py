@@ -17,6 +17,8 @@ from calltrackd.store.base import (
     StoreError,
     Visit,
     VisitorStats,
+)
+from calltrackd.store.codec import (
     call_matches,
     crm_json,
     decode_call,

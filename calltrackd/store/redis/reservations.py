@@ -10,9 +10,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from calltrackd.store.base import (
-    HISTORY_KEEP,
-    PoolStats,
+from calltrackd.store.base import HISTORY_KEEP, PoolStats
+from calltrackd.store.codec import (
     decode_session,
     encode_session,
     storable_session,

@@ -27,12 +27,14 @@ import structlog
 from calltrackd.store.base import (
     Store,
     StoreError,
+    retention_loop,
+    stop_task,
+)
+from calltrackd.store.codec import (
     decode_call,
     decode_text,
     encode_session,
-    retention_loop,
     session_stats_source,
-    stop_task,
     timestamp,
 )
 from calltrackd.store.memory import MemoryState

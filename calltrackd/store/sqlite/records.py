@@ -19,6 +19,8 @@ from calltrackd.store.base import (
     CallStats,
     Visit,
     VisitorStats,
+)
+from calltrackd.store.codec import (
     crm_json,
     decode_call,
     decode_cursor,

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from calltrackd.store.base import (
-    decode_session,
-    storable_session,
-)
+from calltrackd.store.codec import decode_session, storable_session
 from calltrackd.store.memory import InMemoryReservations
 from calltrackd.tracking.model import (
     LastVisit,

@@ -13,7 +13,8 @@ import pytest
 from test_store_sqlite import T0, call, session
 
 from calltrackd.store import create_store
-from calltrackd.store.base import Store, storable_call
+from calltrackd.store.base import Store
+from calltrackd.store.codec import storable_call
 from calltrackd.tracking.model import Attribution
 
 

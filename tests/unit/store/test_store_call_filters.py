@@ -9,7 +9,8 @@ from dataclasses import replace
 from test_store_contract import store  # noqa: F401  (the fixture of both stores)
 from test_store_sqlite import TRACKER, call, session
 
-from calltrackd.store.base import Store, call_matches
+from calltrackd.store.base import Store
+from calltrackd.store.codec import call_matches
 from calltrackd.tracking.model import Attribution, CallRecord
 
 

@@ -11,7 +11,8 @@ import pytest
 from test_store_sqlite import NUMBERS, TRACKER, session
 
 from calltrackd.store import create_store
-from calltrackd.store.base import Store, decode_session, encode_session
+from calltrackd.store.base import Store
+from calltrackd.store.codec import decode_session, encode_session
 from calltrackd.tracking.model import LastVisit
 
 
