@@ -12,7 +12,7 @@ __all__ = ["Store", "StoreError", "create_store"]
 
 def create_store(url: str, retention: float | None = None) -> Store:
     """The store for a `[store] url` (not opened yet): `sqlite://...`, `redis://...` or
-    `postgresql://...` (`postgres.py`).
+    `postgresql://...` (`postgres/`).
 
     Raises ValueError naming `store.url` when the URL is not usable. `retention`
     (seconds, `[store] retention`): call records older than that are deleted in the

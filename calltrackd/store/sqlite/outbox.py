@@ -32,7 +32,6 @@ def _delivery(row: tuple[Any, ...]) -> WebhookDelivery:
     )
 
 
-
 class SqliteOutbox(SqlitePlumbing):
     """Deliveries due, marked, rescheduled, listed; the heartbeat crash recovery reads."""
 

@@ -1,5 +1,6 @@
 """The SQLite store's plumbing: the connections and their threads, the schema, opening
-and closing, the write-behind of what lives in memory, and the report reader.
+and closing, the write-behind's transaction (the write-behind itself is `WriteBehind`'s,
+calltrackd/store/writebehind.py), and the report reader.
 
 The other parts (reservations.py, records.py, outbox.py) are mixins over this class; the
 store itself (`SqliteStore`, calltrackd/store/sqlite/__init__.py) is all of them.
@@ -8,28 +9,20 @@ store itself (`SqliteStore`, calltrackd/store/sqlite/__init__.py) is all of them
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import operator
 import sqlite3
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Self, TypeVar, cast
+from typing import Any, Self, TypeVar
 from urllib.parse import parse_qs
 
 import structlog
 
-from calltrackd.store.base import (
-    Store,
-    StoreError,
-    retention_loop,
-    stop_task,
-)
+from calltrackd.store.base import StoreError, stop_task
 from calltrackd.store.codec import (
     decode_call,
     decode_text,
@@ -37,13 +30,10 @@ from calltrackd.store.codec import (
     session_stats_source,
     timestamp,
 )
-from calltrackd.store.memory import MemoryState
+from calltrackd.store.memory import Changes
+from calltrackd.store.writebehind import VisitCounts, WriteBehind
 from calltrackd.tracking.model import NumberState, UsageBucket
-from calltrackd.tracking.reports import (
-    CallFact,
-    VisitCell,
-    call_fact,
-)
+from calltrackd.tracking.reports import CallFact, call_fact
 
 log = structlog.get_logger(__name__)
 
@@ -165,7 +155,6 @@ def _fact_row(f: CallFact) -> tuple[Any, ...]:
             f.talk_ms)
 
 
-
 # --- outbox schema changes ---------------------------------------------------------------
 # Checked by the columns present rather than by `schema_version`, so that this block does
 # not depend on the order in which other changes to the schema land.
@@ -178,16 +167,12 @@ def _migrate_outbox(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE deliveries ADD COLUMN kind TEXT NOT NULL DEFAULT 'webhook'")
 
 
-
-_CdrItem = tuple[
-    tuple[Any, ...], list[tuple[Any, ...]], tuple[str, str, float] | None, tuple[Any, ...],
-    asyncio.Future[None],
-]
 _MAX_LIMIT = 1000
 
 
-class SqlitePlumbing:
-    """Connections, threads, schema, write-behind: what every part of the store uses."""
+class SqlitePlumbing(WriteBehind):
+    """Connections, threads, schema, the write-behind's transaction: what every part of
+    the store uses."""
 
     def __init__(
         self, path: str, *, synchronous: str = "NORMAL", flush_interval: float = 0.2,
@@ -200,32 +185,17 @@ class SqlitePlumbing:
         self._synchronous = synchronous.upper()
         if self._synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"store.url: synchronous={synchronous!r}")
-        self._flush_interval = flush_interval
-        self._mem = MemoryState()
-        self._seen_callers: set[tuple[str, str]] = set()
-        self._cdr_queue: list[_CdrItem] = []
-        self._cdr_task: asyncio.Task[None] | None = None
-        self._behind_task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        super().__init__(flush_interval=flush_interval, retention=retention, name="sqlite")
         self._writer: ThreadPoolExecutor | None = None
         self._reader: ThreadPoolExecutor | None = None
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
         self._open = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._last_batch = 0.0  # loop time the last CDR batch was taken
-        self._visit_keep = 0.0  # the longest returning_window noted
-        self._last_prune = 0.0
-        self.node_id = "local"
-        # reports: a reader of their own (a long scan must not delay caller lookups),
-        # visit counters not yet written, visits remembered for a later dynamic number
-        self.retention = retention
-        self._retention_task: asyncio.Task[None] | None = None
+        # reports: a reader of their own (a long scan must not delay caller lookups)
         self._backfill_task: asyncio.Task[None] | None = None
         self._report_reader: ThreadPoolExecutor | None = None
         self._report_conn: sqlite3.Connection | None = None
-        self._visits_pending: dict[tuple[str, VisitCell], list[int]] = {}
-        self._visit_seen: OrderedDict[str, tuple[str, VisitCell, bool]] = OrderedDict()
 
     @classmethod
     def from_url(cls, url: str, retention: float | None = None) -> Self:
@@ -296,11 +266,8 @@ class SqlitePlumbing:
         except BaseException:
             await self.close()
             raise
-        self._behind_task = asyncio.create_task(self._behind_loop(), name="sqlite-behind")
+        self._start_behind()
         self._backfill_task = asyncio.create_task(self._backfill_facts(), name="sqlite-backfill")
-        if self.retention:
-            self._retention_task = asyncio.create_task(
-                retention_loop(cast(Store, self), self.retention), name="sqlite-retention")
 
     def _init_schema(self, conn: sqlite3.Connection) -> tuple[list[NumberState], list[UsageBucket]]:
         if self.path != ":memory:":
@@ -320,21 +287,11 @@ class SqlitePlumbing:
 
     async def close(self) -> None:
         """Flush what is written behind and close; a no-op when not open."""
-        await stop_task(self._retention_task)
         await stop_task(self._backfill_task)
-        self._retention_task = self._backfill_task = None
+        self._backfill_task = None
         await self._close_report_reader()
-        if self._behind_task is not None:
-            self._behind_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._behind_task
-            self._behind_task = None
-        if self._cdr_task is not None:
-            with contextlib.suppress(Exception):
-                await self._cdr_task
         try:
-            if self._open and self._wconn is not None:
-                await self._flush_behind()
+            await self._stop_behind()
         finally:
             self._open = False
             loop = asyncio.get_running_loop()
@@ -351,32 +308,13 @@ class SqlitePlumbing:
     async def ping(self) -> None:
         await self._read(lambda c: c.execute("SELECT 1").fetchone())
 
-    # --- write-behind: numbers, pool usage, sessions ---------------------------------
+    def _is_open(self) -> bool:
+        return self._open
 
-    def _kick(self) -> None:
-        if self._mem.backlog() > 2000:
-            self._wake.set()
+    # --- the write-behind's transaction -------------------------------------------------
 
-    async def _behind_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._flush_interval):
-                    await self._wake.wait()
-            self._wake.clear()
-            try:
-                await self._flush_behind()
-            except Exception as exc:  # put back; retried at the next tick
-                log.warning("store.write_behind_failed", error=repr(exc))
-
-    async def _flush_behind(self) -> None:
-        ch = self._mem.take_changes()
-        visits, self._visits_pending = self._visits_pending, {}
-        if not ch and not visits:
-            return
-        prune_visits = None
-        if ch.visits and self._last_prune + 3600 < (now := time.time()):
-            self._last_prune, prune_visits = now, now  # visitors past returning_window
-
+    async def _write_behind(self, ch: Changes, visits: VisitCounts, prune: float | None
+                            ) -> None:
         def write(conn: sqlite3.Connection) -> None:
             def body() -> None:
                 _execute_rows(conn, "INSERT OR REPLACE INTO numbers VALUES {values}", 9,
@@ -403,8 +341,8 @@ class SqlitePlumbing:
                 _execute_rows(conn, "INSERT OR REPLACE INTO visitors VALUES {values}", 6,
                               [(t, k, v.session_id, v.number, v.at, v.at + self._visit_keep)
                                for (t, k), v in ch.visits.items()])
-                if prune_visits is not None:
-                    conn.execute("DELETE FROM visitors WHERE expires < ?", (prune_visits,))
+                if prune is not None:
+                    conn.execute("DELETE FROM visitors WHERE expires < ?", (prune,))
                 _execute_rows(
                     conn,
                     "UPDATE sessions SET last_seen = max(sessions.last_seen, t.column2),"
@@ -416,18 +354,7 @@ class SqlitePlumbing:
 
             self._tx(conn, body)
 
-        try:
-            await self._write(write)
-        except BaseException:
-            self._mem.put_back(ch)
-            self._put_back_visits(visits)
-            raise
-
-    # --- sessions --------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if not self._open:
-            raise StoreError("store is closed")
+        await self._write(write)
 
     @staticmethod
     def _where(
@@ -447,13 +374,6 @@ class SqlitePlumbing:
         used = [(c, v) for c, v in conds if v is not None]
         clause = " WHERE " + " AND ".join(c for c, _ in used) if used else ""
         return clause, [a for _, v in used for a in (v if isinstance(v, tuple) else (v,))]
-
-
-    def _put_back_visits(self, visits: dict[tuple[str, VisitCell], list[int]]) -> None:
-        for key, (n, d) in visits.items():
-            counts = self._visits_pending.setdefault(key, [0, 0])
-            counts[0] += n
-            counts[1] += d
 
     async def _report(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a report query on the reports' own reader (opened at first use)."""
@@ -511,8 +431,7 @@ def _backfill_batch(conn: sqlite3.Connection) -> int:
     return len(rows)
 
 
-def _write_visit_counts(conn: sqlite3.Connection,
-                        visits: dict[tuple[str, VisitCell], list[int]]) -> None:
+def _write_visit_counts(conn: sqlite3.Connection, visits: VisitCounts) -> None:
     _execute_rows(
         conn,
         "INSERT INTO report_visits VALUES {values} ON CONFLICT DO UPDATE SET"

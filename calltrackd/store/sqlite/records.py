@@ -4,7 +4,6 @@ pages, counted for statistics and reports; spend, CRM updates and retention.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import math
 import sqlite3
@@ -31,6 +30,7 @@ from calltrackd.store.codec import (
     timestamp,
     with_crm,
 )
+from calltrackd.store.writebehind import CdrItem
 from calltrackd.tracking.model import (
     CallRecord,
     WebhookDelivery,
@@ -53,7 +53,6 @@ from .plumbing import (
     _FACT_UPSERT,
     _MAX_LIMIT,
     SqlitePlumbing,
-    _CdrItem,
     _execute_rows,
     _fact_row,
 )
@@ -142,10 +141,10 @@ def _report_sql(q: ReportQuery) -> tuple[str, list[Any]]:
     return sql, args + wargs
 
 
-
-
 class SqliteRecords(SqlitePlumbing):
     """Call records, statistics, reports, spend and their retention."""
+
+    _cdr_window = CDR_BATCH_WINDOW
 
     # --- call records: written through, group-committed ------------------------------
 
@@ -164,43 +163,15 @@ class SqliteRecords(SqlitePlumbing):
             None if record.first_time_caller is None else int(record.first_time_caller),
             encode_call(record),
         )
-        drows = [delivery_row(d) for d in deliveries]
         caller = None if is_anonymous(record.caller) else (record.tracker, record.caller, row[2])
-        assert self._loop is not None
-        done: asyncio.Future[None] = self._loop.create_future()
-        self._cdr_queue.append((row, drows, caller, _fact_row(call_fact(record)), done))
-        if self._cdr_task is None or self._cdr_task.done():
-            self._cdr_task = asyncio.create_task(self._drain_calls(), name="sqlite-cdrs")
-        # no shield needed: a cancelled waiter cancels `done`, which the batch skips,
-        # and the row is written all the same
-        await done
+        await self._queue_call(row, [delivery_row(d) for d in deliveries], caller,
+                               _fact_row(call_fact(record)))
 
-    async def _drain_calls(self) -> None:
-        while self._cdr_queue:
-            # at most one batch per window: under load the records of the window share a
-            # write (a batch of one costs the writer thread and the loop as many
-            # hand-overs as a batch of sixty; 3,000 records/s came in ~1,000 batches);
-            # a lone record after a quiet spell is written at once
-            assert self._loop is not None
-            wait = self._last_batch + CDR_BATCH_WINDOW - self._loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            self._last_batch = self._loop.time()
-            batch, self._cdr_queue = self._cdr_queue, []
-            try:
-                errors = await self._write(functools.partial(self._write_calls, batch))
-            except Exception as exc:
-                errors = [exc] * len(batch)
-            for (*_, done), error in zip(batch, errors, strict=True):
-                if done.done():
-                    continue
-                if error is None:
-                    done.set_result(None)
-                else:
-                    done.set_exception(error)
+    async def _commit_calls(self, batch: list[CdrItem]) -> list[Exception | None]:
+        return await self._write(functools.partial(self._write_calls, batch))
 
     @staticmethod
-    def _write_calls(batch: list[_CdrItem], conn: sqlite3.Connection) -> list[Exception | None]:
+    def _write_calls(batch: list[CdrItem], conn: sqlite3.Connection) -> list[Exception | None]:
         """One transaction for the batch. First all rows at once; if the database refuses
         one, again with a savepoint per save_call, so that the refused row fails its own
         save_call only."""
@@ -315,10 +286,7 @@ class SqliteRecords(SqlitePlumbing):
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> list[VisitorStats]:
-        try:
-            await self._flush_behind()  # sessions are written behind: count the newest too
-        except Exception as exc:  # the store's trouble: count what is written
-            log.warning("store.write_behind_failed", error=repr(exc))
+        await self._flush_for_count()  # sessions are written behind: count the newest too
         where, args = self._where(tracker, since, until, col="first_seen")
         sql = (
             f"SELECT tracker, utm_source, utm_medium, count(*), total(dynamic) FROM sessions{where}"

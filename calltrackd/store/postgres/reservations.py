@@ -1,0 +1,37 @@
+"""The PostgreSQL store's side of the sessions, visits and caller history that live in
+memory (`WriteBehind`, calltrackd/store/writebehind.py): the rows read back for what this
+process does not remember, and the callers written through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from calltrackd.store.writebehind import VisitorRow
+
+from .plumbing import _CALLER_INSERT, PostgresPlumbing, _t
+
+
+class PostgresReservations(PostgresPlumbing):
+    """Sessions, visits, reservations and holder history (in memory, written behind:
+    `WriteBehind` and `InMemoryReservations`), with the reads of the database they fall
+    back on; the caller history."""
+
+    async def _read_session(self, session_id: str) -> tuple[str, float, bool] | None:
+        row = await self._fetchrow("SELECT data, last_seen, dynamic FROM sessions WHERE id = $1",
+                                   session_id)
+        return None if row is None else (row[0], row[1], row[2])
+
+    async def _read_visits(self, tracker: str, keys: Sequence[str]) -> list[VisitorRow]:
+        rows = await self._fetch("SELECT key, session_id, number, at FROM visitors"
+                                 " WHERE tracker = $1 AND key = ANY($2::text[])",
+                                 tracker, list(keys))
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def _read_caller(self, tracker: str, caller: str) -> bool:
+        seen = await self._fetchrow(
+            "SELECT 1 FROM callers WHERE tracker = $1 AND caller = $2", tracker, _t(caller))
+        return seen is not None
+
+    async def record_caller(self, tracker: str, caller: str, now: float) -> None:
+        await self._execute(_CALLER_INSERT, tracker, _t(caller), now)
