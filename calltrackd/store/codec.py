@@ -231,8 +231,10 @@ def decode_text(value: bytes) -> str:
     return value.decode("utf-8", "replace")
 
 
-# `list_calls(where=...)`: a call's values as the reports show them (`call_fact`)
-CALL_FILTERS = ("channel", "source", "campaign", "tag")
+# `list_calls(where=...)`: a call's values as the reports show them (`call_fact`): the
+# facts' own fields, and one of the call's tags
+FACT_FILTERS = ("channel", "source", "campaign")
+CALL_FILTERS = (*FACT_FILTERS, "tag")
 
 
 def call_matches(record: CallRecord, where: Mapping[str, str] | None) -> bool:
@@ -243,6 +245,14 @@ def call_matches(record: CallRecord, where: Mapping[str, str] | None) -> bool:
     fact = call_fact(record)
     return all(value in record.tags if key == "tag" else getattr(fact, key) == value
                for key, value in where.items())
+
+
+MAX_PAGE = 1000  # rows list_calls and list_deliveries answer at the most
+
+
+def page_size(limit: int) -> int:
+    """A page's `limit` as asked, between 1 and `MAX_PAGE`."""
+    return max(1, min(limit, MAX_PAGE))
 
 
 def encode_cursor(started_ts: float, call_id: str) -> str:

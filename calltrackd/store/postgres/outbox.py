@@ -8,9 +8,10 @@ from typing import Any
 
 import asyncpg
 
+from calltrackd.store.sql import Params, deliveries_sql
 from calltrackd.tracking.model import WebhookDelivery
 
-from .plumbing import _DELIVERY_COLS, _MAX_LIMIT, _SELECT_DELIVERY, PostgresPlumbing, _Args, _t
+from .plumbing import _DELIVERY_COLS, _SELECT_DELIVERY, PostgresPlumbing, _t
 
 LEASE = 60.0  # seconds a delivery handed out stays the worker's
 
@@ -71,13 +72,9 @@ class PostgresOutbox(PostgresPlumbing):
     async def list_deliveries(
         self, status: str | None, limit: int, kind: str | None = None
     ) -> list[WebhookDelivery]:
-        a = _Args()
-        conds = [f"{col} = {a(v)}" for col, v in (("status", status), ("kind", kind)) if v]
-        where = f" WHERE {' AND '.join(conds)}" if conds else ""
-        limit = max(1, min(limit, _MAX_LIMIT))
-        rows = await self._fetch(
-            f"SELECT {_SELECT_DELIVERY} FROM deliveries{where}"
-            f" ORDER BY created_at DESC, id DESC LIMIT {a(limit)}", *a.values)
+        a = Params(numbered=True)
+        rows = await self._fetch(deliveries_sql(a, _SELECT_DELIVERY, status, kind, limit),
+                                 *a.values)
         return [_delivery(r) for r in rows]
 
     async def requeue(self, delivery_id: str, now: float) -> bool:

@@ -26,7 +26,6 @@ from calltrackd.tracking.model import NumberState, UsageBucket
 from calltrackd.tracking.reports import CallFact
 
 SCHEMES = ("postgresql://", "postgres://")
-_MAX_LIMIT = 1000
 _SCHEMA_LOCK = 0x63746470  # advisory lock id: one node creates the schema at a time
 _NODE_LOCK = 0x6374646E  # advisory lock id held while open: one node per database
 SCHEMA_VERSION = 1
@@ -138,17 +137,6 @@ def _fact_row(f: CallFact) -> tuple[Any, ...]:
         f.did, f.caller, f.channel, f.source, f.medium, f.campaign, f.term, f.content,
         f.landing_page, f.referrer_domain, f.static_channel)), f.first_time,
         _t(f.outcome), f.qualified, f.ring_ms, f.talk_ms)
-
-
-class _Args:
-    """Positional parameters of one statement ($1, $2, ...)."""
-
-    def __init__(self) -> None:
-        self.values: list[Any] = []
-
-    def __call__(self, value: Any, cast: str = "") -> str:
-        self.values.append(value)
-        return f"${len(self.values)}{cast}"
 
 
 _ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)

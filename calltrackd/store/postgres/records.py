@@ -11,16 +11,18 @@ import asyncpg
 
 from calltrackd.store.base import AttributionStats, CallStats, StoreError, Visit, VisitorStats
 from calltrackd.store.codec import (
+    FACT_FILTERS,
     crm_json,
     decode_call,
     decode_cursor,
     encode_call,
-    encode_cursor,
+    page_size,
     session_stats_source,
     storable_call,
     timestamp,
     with_crm,
 )
+from calltrackd.store.sql import Params, calls_page, sql_where, window
 from calltrackd.store.writebehind import CdrItem
 from calltrackd.tracking.model import CallRecord, WebhookDelivery, is_anonymous
 from calltrackd.tracking.reports import call_fact, cents
@@ -32,9 +34,7 @@ from .plumbing import (
     _CALLER_INSERT,
     _DELIVERY_INSERT,
     _FACT_UPSERT,
-    _MAX_LIMIT,
     PostgresPlumbing,
-    _Args,
     _fact_row,
     _t,
 )
@@ -115,12 +115,12 @@ class PostgresRecords(PostgresPlumbing):
         cursor: str | None = None,
         where: Mapping[str, str] | None = None,
     ) -> tuple[list[CallRecord], str | None]:
-        a = _Args()
-        conds = self._window(a, tracker, since, until, "c.")
+        a = Params(numbered=True)
+        conds = window(a, tracker, since, until, prefix="c.")
         if outcome is not None:
             conds.append(f"c.outcome = {a(outcome)}")
         match = where or {}
-        for key in ("channel", "source", "campaign"):  # as the report facts have them
+        for key in FACT_FILTERS:  # as the report facts have them
             if key in match:
                 conds.append(f"r.{key} = {a(match[key])}")
         if "tag" in match:
@@ -129,27 +129,11 @@ class PostgresRecords(PostgresPlumbing):
         if cursor is not None:
             ts, call_id = decode_cursor(cursor)
             conds.append(f"(c.started_ts, c.id) < ({a(ts, '::float8')}, {a(call_id)})")
-        limit = max(1, min(limit, _MAX_LIMIT))
-        clause = f" WHERE {' AND '.join(conds)}" if conds else ""
+        limit = page_size(limit)
         rows = await self._fetch(
-            f"{_CALL_WITH_CRM}{clause} ORDER BY c.started_ts DESC, c.id DESC"
+            f"{_CALL_WITH_CRM}{sql_where(conds)} ORDER BY c.started_ts DESC, c.id DESC"
             f" LIMIT {a(limit + 1)}", *a.values)
-        page = rows[:limit]
-        more = len(rows) > limit
-        return [with_crm(decode_call(r[2]), r[3]) for r in page], (
-            encode_cursor(page[-1][0], page[-1][1]) if more else None)
-
-    @staticmethod
-    def _window(a: _Args, tracker: str | None, since: datetime | None,
-                until: datetime | None, prefix: str = "", col: str = "started_ts") -> list[str]:
-        conds = []
-        if tracker is not None:
-            conds.append(f"{prefix}tracker = {a(tracker)}")
-        if since is not None:
-            conds.append(f"{prefix}{col} >= {a(timestamp(since), '::float8')}")
-        if until is not None:
-            conds.append(f"{prefix}{col} < {a(timestamp(until), '::float8')}")
-        return conds
+        return calls_page(rows, limit)
 
     async def open_calls(self, started_before: float) -> list[CallRecord]:
         rows = await self._fetch(
@@ -166,14 +150,13 @@ class PostgresRecords(PostgresPlumbing):
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> list[CallStats]:
-        a = _Args()
-        conds = self._window(a, tracker, since, until)
-        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        a = Params(numbered=True)
+        clause = sql_where(window(a, tracker, since, until))
         rows = await self._fetch(
             "SELECT tracker, coalesce(kind, 'none'), channel, utm_source, utm_medium, count(*),"
             " count(*) FILTER (WHERE outcome = 'answered'),"
             " count(*) FILTER (WHERE outcome <> 'answered'), count(*) FILTER (WHERE qualified),"
-            f" count(*) FILTER (WHERE first_time) FROM calls{where}"
+            f" count(*) FILTER (WHERE first_time) FROM calls{clause}"
             " GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 6 DESC", *a.values)
         return [CallStats(*r) for r in rows]
 
@@ -184,12 +167,11 @@ class PostgresRecords(PostgresPlumbing):
         until: datetime | None = None,
     ) -> list[VisitorStats]:
         await self._flush_for_count()  # sessions are written behind: count the newest too
-        a = _Args()
-        conds = self._window(a, tracker, since, until, col="first_seen")
-        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        a = Params(numbered=True)
+        clause = sql_where(window(a, tracker, since, until, col="first_seen"))
         rows = await self._fetch(
             "SELECT tracker, utm_source, utm_medium, count(*), count(*) FILTER (WHERE dynamic)"
-            f" FROM sessions{where} GROUP BY 1, 2, 3 ORDER BY 1, 4 DESC", *a.values)
+            f" FROM sessions{clause} GROUP BY 1, 2, 3 ORDER BY 1, 4 DESC", *a.values)
         return [VisitorStats(*r) for r in rows]
 
     async def visits(self, tracker: str, since: float, until: float) -> list[Visit]:
@@ -206,12 +188,11 @@ class PostgresRecords(PostgresPlumbing):
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> list[AttributionStats]:
-        a = _Args()
-        conds = self._window(a, tracker, since, until)
-        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        a = Params(numbered=True)
+        clause = sql_where(window(a, tracker, since, until))
         rows = await self._fetch(
             "SELECT tracker, att_pool, coalesce(kind, 'none'), count(*), count(confidence),"
-            f" coalesce(sum(confidence), 0) FROM calls{where} GROUP BY 1, 2, 3", *a.values)
+            f" coalesce(sum(confidence), 0) FROM calls{clause} GROUP BY 1, 2, 3", *a.values)
         return [AttributionStats(r[0], r[1], r[2], r[3], r[4], float(r[5])) for r in rows]
 
     # --- CRM updates, retention ---------------------------------------------------------

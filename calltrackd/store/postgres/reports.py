@@ -11,9 +11,10 @@ from typing import Any
 
 import asyncpg
 
+from calltrackd.store.sql import Params, spend_sql
 from calltrackd.tracking.reports import CallGroup, ReportQuery, SpendRow, VisitGroup, time_sql
 
-from .plumbing import PostgresPlumbing, _Args, _t
+from .plumbing import PostgresPlumbing, _t
 
 REPORT_WORK_MEM = "256MB"  # a report's hash tables (per statement, released at its end)
 
@@ -27,7 +28,7 @@ def _report_sql(q: ReportQuery) -> tuple[str, str, list[Any]]:
     `aggregate_calls`: the sums by key (a hash aggregation), and the unique callers by
     key (distinct (key, caller) pairs, counted). One count(DISTINCT) in the first would
     make PostgreSQL sort all rows by key and caller: four times slower at 1M calls."""
-    a = _Args()
+    a = Params(numbered=True)
     exprs: list[str] = []
     joins = ""
     for dim in q.group_by:
@@ -91,7 +92,7 @@ def _report_sql(q: ReportQuery) -> tuple[str, str, list[Any]]:
 def _visits_sql(q: ReportQuery) -> tuple[str, list[Any]]:
     """The SELECT of `report_visits` computing `VisitGroup`s as `aggregate_visits` does
     (a cell's time is its hour's start)."""
-    a = _Args()
+    a = Params(numbered=True)
 
     def expr(dim: str) -> str:
         if local := time_sql(dim, q, _floor, column="(v.hour * 3600)"):
@@ -168,11 +169,6 @@ class PostgresReports(PostgresPlumbing):
         self, tracker: str | None = None, since_day: str | None = None,
         until_day: str | None = None,
     ) -> list[SpendRow]:
-        a = _Args()
-        conds = [f"{c} {a(v)}" for c, v in (("tracker =", tracker), ("day >=", since_day),
-                                             ("day <", until_day)) if v is not None]
-        where = f" WHERE {' AND '.join(conds)}" if conds else ""
-        rows = await self._fetch(
-            f"SELECT * FROM spend{where} ORDER BY tracker, day, source, medium, campaign",
-            *a.values)
+        a = Params(numbered=True)
+        rows = await self._fetch(spend_sql(a, tracker, since_day, until_day), *a.values)
         return [SpendRow(*r) for r in rows]

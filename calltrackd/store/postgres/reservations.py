@@ -1,6 +1,6 @@
-"""The PostgreSQL store's side of the sessions, visits and caller history that live in
-memory (`WriteBehind`, calltrackd/store/writebehind.py): the rows read back for what this
-process does not remember, and the callers written through.
+"""The PostgreSQL store's reads for what memory does not hold (older sessions, visitors,
+callers; `WriteBehind` in calltrackd/store/writebehind.py asks memory first), and the
+callers written through.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from .plumbing import _CALLER_INSERT, PostgresPlumbing, _t
 
 
 class PostgresReservations(PostgresPlumbing):
-    """Sessions, visits, reservations and holder history (in memory, written behind:
-    `WriteBehind` and `InMemoryReservations`), with the reads of the database they fall
-    back on; the caller history."""
+    """The reads a memory miss falls back on; `record_caller`."""
 
     async def _read_session(self, session_id: str) -> tuple[str, float, bool] | None:
         row = await self._fetchrow("SELECT data, last_seen, dynamic FROM sessions WHERE id = $1",

@@ -47,7 +47,6 @@ log = structlog.get_logger(__name__)
 SESSION_TTL = 30 * 86400
 BACKFILL_RETRY = 30.0  # seconds before a failed report backfill is tried again
 LEASE = 60.0
-_MAX_LIMIT = 1000
 _SEP = "\x1f"
 _NOTES_WINDOW = 0.05  # seconds visit notes wait to share a write
 # Redis away: notes are retried after 0.1, 0.2, ... up to 5 s; newer notes win

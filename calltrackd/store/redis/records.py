@@ -5,7 +5,7 @@ back in pages, counted for statistics and reports; spend, CRM updates and retent
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ from calltrackd.store.codec import (
     decode_session,
     encode_call,
     encode_cursor,
+    page_size,
     session_stats_source,
     storable_call,
     timestamp,
@@ -50,7 +51,6 @@ from calltrackd.tracking.reports import (
 )
 
 from .plumbing import (
-    _MAX_LIMIT,
     _SEP,
     RedisPlumbing,
     _day,
@@ -108,6 +108,23 @@ class RedisRecords(RedisPlumbing):
             key, hi, lo, start=offset, num=batch, withscores=True))
         return [(_s(m) or "", float(sc)) for m, sc in rows]
 
+    async def _records_in(self, tracker: str | None, since: datetime | None,
+                          until: datetime | None) -> AsyncIterator[list[CallRecord]]:
+        """The CDRs of the window, newest first, 1,000 at a time; a record that cannot be
+        read is logged and left out (statistics never fail on one)."""
+        offset = 0
+        while rows := await self._calls_in(tracker, since, until, None, 1000, offset):
+            offset += len(rows)
+            batch = []
+            for raw in await self._do(self.r.mget([f"ctd:call:{c}" for c, _ in rows])):
+                if raw is None:
+                    continue
+                try:
+                    batch.append(decode_call(_s(raw) or ""))
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("store.record_unreadable", error=repr(exc)[:200])
+            yield batch
+
     async def list_calls(
         self,
         tracker: str | None = None,
@@ -118,7 +135,7 @@ class RedisRecords(RedisPlumbing):
         cursor: str | None = None,
         where: Mapping[str, str] | None = None,
     ) -> tuple[list[CallRecord], str | None]:
-        limit = max(1, min(limit, _MAX_LIMIT))
+        limit = page_size(limit)
         after: tuple[float, str] | None = decode_cursor(cursor) if cursor else None
         top: float | str | None = None
         if after is not None:
@@ -179,22 +196,8 @@ class RedisRecords(RedisPlumbing):
     ) -> list[CallStats]:
         """Aggregated from the CDRs in the window (one pass; admin use)."""
         groups: dict[tuple[Any, ...], list[int]] = {}
-        offset = 0
-        while True:
-            rows = await self._calls_in(tracker, since, until, None, 1000, offset)
-            if not rows:
-                break
-            offset += len(rows)
-            raws = await self._do(self.r.mget(
-                [f"ctd:call:{c}" for c, _ in rows]))
-            for raw in raws:
-                if raw is None:
-                    continue
-                try:
-                    rec = decode_call(_s(raw) or "")
-                except (ValueError, KeyError, TypeError) as exc:  # stats never fail on one
-                    log.warning("store.record_unreadable", error=repr(exc)[:200])
-                    continue
+        async for batch in self._records_in(tracker, since, until):
+            for rec in batch:
                 att = rec.attribution
                 sess = att.session if att else None
                 src, med = session_stats_source(sess) if sess else (None, None)
@@ -266,16 +269,8 @@ class RedisRecords(RedisPlumbing):
         until: datetime | None = None,
     ) -> list[AttributionStats]:
         groups: dict[tuple[str, str | None, str], list[float]] = {}
-        offset = 0
-        while True:
-            rows = await self._calls_in(tracker, since, until, None, 1000, offset)
-            if not rows:
-                break
-            offset += len(rows)
-            for raw in await self._do(self.r.mget([f"ctd:call:{c}" for c, _ in rows])):
-                if raw is None:
-                    continue
-                rec = decode_call(_s(raw) or "")
+        async for batch in self._records_in(tracker, since, until):
+            for rec in batch:
                 att = rec.attribution
                 g = groups.setdefault((rec.tracker, att.pool if att else None,
                                        att.kind if att else "none"), [0, 0, 0.0])

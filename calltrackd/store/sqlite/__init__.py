@@ -12,8 +12,9 @@
   last commits. `sqlite:///path?synchronous=full` trades speed for that too.
 
 The store is one class made of four parts: plumbing.py (connections, schema, the
-write-behind), reservations.py (sessions, visits, reservations), records.py (call records,
-statistics, reports) and outbox.py (deliveries, liveness).
+write-behind's transaction), reservations.py (the reads behind sessions, visits and
+callers), records.py (call records, statistics, reports) and outbox.py (deliveries,
+liveness); what it does as PostgreSQL does is `WriteBehind`'s (store/writebehind.py).
 """
 
 from __future__ import annotations

@@ -6,11 +6,12 @@ import sqlite3
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from calltrackd.store.sql import Params, deliveries_sql
 from calltrackd.tracking.model import (
     WebhookDelivery,
 )
 
-from .plumbing import _MAX_LIMIT, SqlitePlumbing
+from .plumbing import SqlitePlumbing
 
 DELIVERY_COLS = (
     "id, event_id, event, tracker, url, body, created_at, attempts, next_attempt_at, status,"
@@ -92,12 +93,9 @@ class SqliteOutbox(SqlitePlumbing):
     async def list_deliveries(
         self, status: str | None, limit: int, kind: str | None = None
     ) -> list[WebhookDelivery]:
-        conds = [(c, v) for c, v in (("status = ?", status), ("kind = ?", kind)) if v]
-        where = ("WHERE " + " AND ".join(c for c, _ in conds)) if conds else ""
-        args = tuple(v for _, v in conds)
-        sql = f"SELECT {DELIVERY_COLS} FROM deliveries {where} ORDER BY created_at DESC, id DESC"
-        limit = max(1, min(limit, _MAX_LIMIT))
-        rows = await self._read(lambda c: c.execute(sql + " LIMIT ?", (*args, limit)).fetchall())
+        a = Params(numbered=False)
+        sql = deliveries_sql(a, DELIVERY_COLS, status, kind, limit)
+        rows = await self._read(lambda c: c.execute(sql, a.values).fetchall())
         return [_delivery(r) for r in rows]
 
     async def requeue(self, delivery_id: str, now: float) -> bool:

@@ -15,7 +15,6 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Self, TypeVar
 from urllib.parse import parse_qs
@@ -28,7 +27,6 @@ from calltrackd.store.codec import (
     decode_text,
     encode_session,
     session_stats_source,
-    timestamp,
 )
 from calltrackd.store.memory import Changes
 from calltrackd.store.writebehind import VisitCounts, WriteBehind
@@ -167,7 +165,6 @@ def _migrate_outbox(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE deliveries ADD COLUMN kind TEXT NOT NULL DEFAULT 'webhook'")
 
 
-_MAX_LIMIT = 1000
 
 
 class SqlitePlumbing(WriteBehind):
@@ -356,24 +353,6 @@ class SqlitePlumbing(WriteBehind):
 
         await self._write(write)
 
-    @staticmethod
-    def _where(
-        tracker: str | None,
-        since: datetime | None,
-        until: datetime | None,
-        col: str = "started_ts",
-        extra: Sequence[tuple[str, Any]] = (),
-    ) -> tuple[str, list[Any]]:
-        """A WHERE clause (or "") over the tracker and a [since, until) window of `col`."""
-        conds = [
-            ("tracker = ?", tracker),
-            (f"{col} >= ?", timestamp(since) if since else None),
-            (f"{col} < ?", timestamp(until) if until else None),
-            *extra,
-        ]
-        used = [(c, v) for c, v in conds if v is not None]
-        clause = " WHERE " + " AND ".join(c for c, _ in used) if used else ""
-        return clause, [a for _, v in used for a in (v if isinstance(v, tuple) else (v,))]
 
     async def _report(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a report query on the reports' own reader (opened at first use)."""

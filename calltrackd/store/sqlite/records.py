@@ -20,16 +20,18 @@ from calltrackd.store.base import (
     VisitorStats,
 )
 from calltrackd.store.codec import (
+    FACT_FILTERS,
     crm_json,
     decode_call,
     decode_cursor,
     encode_call,
-    encode_cursor,
+    page_size,
     session_stats_source,
     storable_call,
     timestamp,
     with_crm,
 )
+from calltrackd.store.sql import Params, calls_page, spend_sql, sql_where, window
 from calltrackd.store.writebehind import CdrItem
 from calltrackd.tracking.model import (
     CallRecord,
@@ -51,7 +53,6 @@ from .outbox import DELIVERY_COLS, NDELIVERY_COLS, delivery_row
 from .plumbing import (
     _FACT_COLS,
     _FACT_UPSERT,
-    _MAX_LIMIT,
     SqlitePlumbing,
     _execute_rows,
     _fact_row,
@@ -233,28 +234,26 @@ class SqliteRecords(SqlitePlumbing):
         cursor: str | None = None,
         where: Mapping[str, str] | None = None,
     ) -> tuple[list[CallRecord], str | None]:
-        after = None
+        a = Params(numbered=False)
+        conds = window(a, tracker, since, until)
+        if outcome is not None:
+            conds.append(f"outcome = {a(outcome)}")
         if cursor is not None:
             ts, call_id = decode_cursor(cursor)
-            after = (ts, ts, call_id)
+            conds.append(f"(started_ts < {a(ts)} OR (started_ts = {a(ts)} AND id < {a(call_id)}))")
         match = where or {}
-        clause, args = self._where(tracker, since, until, extra=[
-            ("outcome = ?", outcome),
-            ("(started_ts < ? OR (started_ts = ? AND id < ?))", after),
-            *((f"EXISTS (SELECT 1 FROM report_calls r WHERE r.id = calls.id AND r.{k} = ?)",
-               match.get(k)) for k in ("channel", "source", "campaign")),
-            ("EXISTS (SELECT 1 FROM call_tags t WHERE t.id = calls.id AND t.tag = ?)",
-             match.get("tag")),
-        ])
-        limit = max(1, min(limit, _MAX_LIMIT))
-        sql = (f"SELECT started_ts, id, data, {_CRM_OF_CALL} FROM calls{clause}"
-               " ORDER BY 1 DESC, 2 DESC LIMIT ?")
-        rows = await self._read(lambda c: c.execute(sql, (*args, limit + 1)).fetchall())
-        page = rows[:limit]
-        more = len(rows) > limit
-        return [with_crm(decode_call(r[2]), r[3]) for r in page], (
-            encode_cursor(page[-1][0], page[-1][1]) if more else None
-        )
+        for key in FACT_FILTERS:  # as the report facts have them
+            if key in match:
+                conds.append("EXISTS (SELECT 1 FROM report_calls r WHERE r.id = calls.id"
+                             f" AND r.{key} = {a(match[key])})")
+        if "tag" in match:
+            conds.append("EXISTS (SELECT 1 FROM call_tags t WHERE t.id = calls.id"
+                         f" AND t.tag = {a(match['tag'])})")
+        limit = page_size(limit)
+        sql = (f"SELECT started_ts, id, data, {_CRM_OF_CALL} FROM calls{sql_where(conds)}"
+               f" ORDER BY 1 DESC, 2 DESC LIMIT {a(limit + 1)}")
+        rows = await self._read(lambda c: c.execute(sql, a.values).fetchall())
+        return calls_page(rows, limit)
 
     async def open_calls(self, started_before: float) -> list[CallRecord]:
         sql = ("SELECT data FROM calls INDEXED BY calls_open WHERE outcome IS NULL"
@@ -270,14 +269,15 @@ class SqliteRecords(SqlitePlumbing):
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> list[CallStats]:
-        where, args = self._where(tracker, since, until)
+        a = Params(numbered=False)
+        clause = sql_where(window(a, tracker, since, until))
         sql = (
             "SELECT tracker, coalesce(kind, 'none'), channel, utm_source, utm_medium, count(*),"
             " total(outcome = 'answered'), total(outcome IS NOT NULL AND outcome != 'answered'),"
-            f" total(qualified = 1), total(first_time = 1) FROM calls{where}"
+            f" total(qualified = 1), total(first_time = 1) FROM calls{clause}"
             " GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 6 DESC"
         )
-        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        rows = await self._read(lambda c: c.execute(sql, a.values).fetchall())
         return [CallStats(*r[:6], *map(int, r[6:])) for r in rows]
 
     async def visitor_stats(
@@ -287,12 +287,13 @@ class SqliteRecords(SqlitePlumbing):
         until: datetime | None = None,
     ) -> list[VisitorStats]:
         await self._flush_for_count()  # sessions are written behind: count the newest too
-        where, args = self._where(tracker, since, until, col="first_seen")
+        a = Params(numbered=False)
+        clause = sql_where(window(a, tracker, since, until, col="first_seen"))
         sql = (
-            f"SELECT tracker, utm_source, utm_medium, count(*), total(dynamic) FROM sessions{where}"
-            " GROUP BY 1, 2, 3 ORDER BY 1, 4 DESC"
+            "SELECT tracker, utm_source, utm_medium, count(*), total(dynamic)"
+            f" FROM sessions{clause} GROUP BY 1, 2, 3 ORDER BY 1, 4 DESC"
         )
-        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        rows = await self._read(lambda c: c.execute(sql, a.values).fetchall())
         return [VisitorStats(r[0], r[1], r[2], r[3], int(r[4])) for r in rows]
 
     async def visits(self, tracker: str, since: float, until: float) -> list[Visit]:
@@ -308,14 +309,15 @@ class SqliteRecords(SqlitePlumbing):
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> list[AttributionStats]:
-        where, args = self._where(tracker, since, until)
+        a = Params(numbered=False)
+        clause = sql_where(window(a, tracker, since, until))
         sql = (
             "SELECT tracker, json_extract(data, '$.attribution.pool'), coalesce(kind, 'none'),"
             " count(*), count(json_extract(data, '$.attribution.confidence')),"
-            f" total(json_extract(data, '$.attribution.confidence')) FROM calls{where}"
+            f" total(json_extract(data, '$.attribution.confidence')) FROM calls{clause}"
             " GROUP BY 1, 2, 3"
         )
-        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        rows = await self._read(lambda c: c.execute(sql, a.values).fetchall())
         return [AttributionStats(r[0], r[1], r[2], r[3], r[4], float(r[5])) for r in rows]
 
     # --- end of holder history ----------------------------------------------------------
@@ -392,11 +394,9 @@ class SqliteRecords(SqlitePlumbing):
         self, tracker: str | None = None, since_day: str | None = None,
         until_day: str | None = None,
     ) -> list[SpendRow]:
-        conds = [("tracker = ?", tracker), ("day >= ?", since_day), ("day < ?", until_day)]
-        used = [(c, v) for c, v in conds if v is not None]
-        where = " WHERE " + " AND ".join(c for c, _ in used) if used else ""
-        sql = f"SELECT * FROM spend{where} ORDER BY tracker, day, source, medium, campaign"
-        rows = await self._report(lambda c: c.execute(sql, [v for _, v in used]).fetchall())
+        a = Params(numbered=False)
+        sql = spend_sql(a, tracker, since_day, until_day)
+        rows = await self._report(lambda c: c.execute(sql, a.values).fetchall())
         return [SpendRow(*r) for r in rows]
 
     async def purge_calls(self, before: float) -> int:

@@ -1,6 +1,5 @@
-"""The SQLite store's side of the sessions, visits and caller history that live in
-memory (`WriteBehind`, calltrackd/store/writebehind.py): the rows read back for what this
-process does not remember, and the callers written through.
+"""SQLite rows behind the sessions, visitors and callers kept in memory by `WriteBehind`
+(calltrackd/store/writebehind.py), read on a miss; callers are written through.
 """
 
 from __future__ import annotations
@@ -13,9 +12,7 @@ from .plumbing import SqlitePlumbing
 
 
 class SqliteReservations(SqlitePlumbing):
-    """Sessions, visits, reservations and holder history (in memory, written behind:
-    `WriteBehind` and `InMemoryReservations`), with the reads of the database they fall
-    back on; the caller history."""
+    """What `WriteBehind` reads on a memory miss, and `record_caller`."""
 
     async def _read_session(self, session_id: str) -> tuple[str, float, bool] | None:
         sql = "SELECT data, last_seen, dynamic FROM sessions WHERE id = ?"
