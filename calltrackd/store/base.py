@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -41,7 +41,7 @@ from calltrackd.tracking.reports import (
 
 __all__ = [
     "CALL_FILTERS", "HISTORY_KEEP", "HISTORY_MAX", "AttributionStats", "CallStats",
-    "PoolStats", "Store", "StoreError", "Visit", "VisitorStats", "retention_loop",
+    "PoolStats", "Store", "StoreError", "Visit", "VisitorStats", "backfill_loop", "retention_loop",
     "stop_task", "text_ok",
 ]
 
@@ -334,6 +334,24 @@ async def retention_loop(store: Store, retention: float,
         except Exception as exc:
             log.warning("store.retention_failed", error=repr(exc))
         await asyncio.sleep(interval)
+
+
+BACKFILL_RETRY = 30.0  # seconds before a failed report backfill is tried again
+
+
+async def backfill_loop(run: Callable[[], Awaitable[None]],
+                        retry: float = BACKFILL_RETRY) -> None:
+    """Report facts for the calls recorded before the store kept them: `run` (every batch,
+    its progress kept in the store) until it returns; when it fails (the store away, the
+    disk full) again after `retry` seconds. A background task of `open`."""
+    log = structlog.get_logger("calltrackd.store")
+    while True:
+        try:
+            await run()
+            return
+        except Exception as exc:
+            log.warning("store.report_backfill_failed", error=repr(exc))
+            await asyncio.sleep(retry)
 
 
 async def stop_task(task: asyncio.Task[None] | None) -> None:

@@ -23,8 +23,10 @@ statistics, reports) and outbox.py (deliveries, liveness).
 
 from __future__ import annotations
 
+from calltrackd.store.base import BACKFILL_RETRY
+
 from .outbox import RedisOutbox
-from .plumbing import BACKFILL_RETRY, LEASE, SESSION_TTL
+from .plumbing import LEASE, SESSION_TTL
 from .records import RedisRecords
 from .reservations import RedisReservations
 

@@ -14,7 +14,6 @@ from collections.abc import Awaitable
 from typing import Any, Self, TypeVar, cast
 
 import redis.asyncio as aioredis
-import structlog
 from redis.exceptions import RedisError
 
 from calltrackd.backoff import Backoff
@@ -24,6 +23,7 @@ from calltrackd.store.base import (
     HISTORY_MAX,
     Store,
     StoreError,
+    backfill_loop,
     retention_loop,
     stop_task,
 )
@@ -43,9 +43,7 @@ from calltrackd.tracking.reports import (
 )
 
 T = TypeVar("T")
-log = structlog.get_logger(__name__)
 SESSION_TTL = 30 * 86400
-BACKFILL_RETRY = 30.0  # seconds before a failed report backfill is tried again
 LEASE = 60.0
 _SEP = "\x1f"
 _NOTES_WINDOW = 0.05  # seconds visit notes wait to share a write
@@ -138,7 +136,8 @@ class RedisPlumbing:
         for name in ("RESERVE", "RESERVE_NUMBER", "RENEW", "RELEASE", "COUNTS", "SYNC_POOL",
                      "DROP_POOL", "LEASE_DUE", "UNLEASE", "SAVE_CALL"):
             self._scripts[name] = self._r.register_script(getattr(lua, name))
-        self._backfill_task = asyncio.create_task(self._backfill_facts(), name="redis-backfill")
+        self._backfill_task = asyncio.create_task(backfill_loop(self._backfill_batches),
+                                                  name="redis-backfill")
         if self.retention:
             self._retention_task = asyncio.create_task(
                 retention_loop(cast(Store, self), self.retention), name="redis-retention")
@@ -230,18 +229,9 @@ class RedisPlumbing:
             self._history_queue[:0] = batch[-10_000:]
             raise
 
-    async def _backfill_facts(self) -> None:
-        """Report facts for the calls recorded before this store kept them: once, by
-        2,000 in the background, the progress in ctd:rbackfill (any node may do it)."""
-        while True:
-            try:
-                await self._backfill_batches()
-                return
-            except (StoreError, ValueError) as exc:  # Redis away or slow: again soon
-                log.warning("store.report_backfill_failed", error=repr(exc))
-                await asyncio.sleep(BACKFILL_RETRY)
-
     async def _backfill_batches(self) -> None:
+        """Report facts for the calls recorded before this store kept them (`backfill_loop`):
+        by 2,000, the progress in ctd:rbackfill (any node may do it)."""
         while True:
             done = _s(await self._do(self.r.get("ctd:rbackfill")))
             if done == "done":

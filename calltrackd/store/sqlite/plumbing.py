@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 from urllib.parse import parse_qs
 
-import structlog
-
-from calltrackd.store.base import StoreError, stop_task
+from calltrackd.store.base import StoreError, backfill_loop, stop_task
 from calltrackd.store.codec import (
     decode_call,
     decode_text,
@@ -32,8 +30,6 @@ from calltrackd.store.memory import Changes
 from calltrackd.store.writebehind import VisitCounts, WriteBehind
 from calltrackd.tracking.model import NumberState, UsageBucket
 from calltrackd.tracking.reports import CallFact, call_fact
-
-log = structlog.get_logger(__name__)
 
 _CHUNKS = (64, 16, 4, 1)  # rows per statement: few distinct statements to prepare
 
@@ -165,8 +161,6 @@ def _migrate_outbox(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE deliveries ADD COLUMN kind TEXT NOT NULL DEFAULT 'webhook'")
 
 
-
-
 class SqlitePlumbing(WriteBehind):
     """Connections, threads, schema, the write-behind's transaction: what every part of
     the store uses."""
@@ -264,7 +258,8 @@ class SqlitePlumbing(WriteBehind):
             await self.close()
             raise
         self._start_behind()
-        self._backfill_task = asyncio.create_task(self._backfill_facts(), name="sqlite-backfill")
+        self._backfill_task = asyncio.create_task(backfill_loop(self._backfill_batches),
+                                                  name="sqlite-backfill")
 
     def _init_schema(self, conn: sqlite3.Connection) -> tuple[list[NumberState], list[UsageBucket]]:
         if self.path != ":memory:":
@@ -377,17 +372,11 @@ class SqlitePlumbing(WriteBehind):
         self._report_reader = None
         self._report_conn = None
 
-    async def _backfill_facts(self) -> None:
-        """Report facts for the calls recorded before this store kept them (once, in
-        batches of 2,000 in the background; the progress survives restarts)."""
-        while True:
-            try:
-                while await self._write(_backfill_batch):
-                    pass
-                return
-            except Exception as exc:  # the disk full, say: again in a while
-                log.warning("store.report_backfill_failed", error=repr(exc))
-                await asyncio.sleep(30.0)
+    async def _backfill_batches(self) -> None:
+        """Report facts for the calls recorded before this store kept them (`backfill_loop`):
+        in batches of 2,000, the progress kept in report_meta."""
+        while await self._write(_backfill_batch):
+            pass
 
 
 def _backfill_batch(conn: sqlite3.Connection) -> int:
