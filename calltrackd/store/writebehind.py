@@ -116,7 +116,8 @@ class WriteBehind(InMemoryReservations):
         """Stop the background tasks, let the CDR batch in flight end, and write what is
         pending (when open): the first part of `close`."""
         await stop_task(self._retention_task)
-        await stop_task(self._behind_task)
+        async with self._flush_lock:  # a write under way ends first (cancelled, SQLite's
+            await stop_task(self._behind_task)  # thread would commit what is put back)
         self._retention_task = self._behind_task = None
         if self._cdr_task is not None:
             with contextlib.suppress(Exception):
