@@ -317,6 +317,11 @@ class Store(Protocol):
     ) -> list[AttributionStats]:
         """Calls by tracker, pool and kind with the sum of their confidences."""
 
+    # --- hunt round_robin (b2bua/rotation.py) ------------------------------------------
+    async def rotate(self, key: str) -> int:
+        """Count one more call of the rotation `key`, atomically for every node on this
+        store, and return the count with it: 1 for the first call, then 2, 3, ..."""
+
 
 RETENTION_INTERVAL = 3600.0  # seconds between purges of records past the retention
 

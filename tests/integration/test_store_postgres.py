@@ -27,7 +27,7 @@ import test_store_reports
 import test_store_reports_zone
 import test_store_visits
 from test_store_reports import DAY0, canonical, query, synthetic_calls, visit
-from test_store_sqlite import TRACKER, call, delivery, session
+from test_store_sqlite import TRACKER, call, delivery, rotation_goes_on_after_a_restart, session
 
 from calltrackd.store import create_store
 from calltrackd.store.base import Store, StoreError
@@ -134,6 +134,10 @@ async def test_reservations_sessions_and_visit_counters_survive_a_restart(pg_url
     (total,) = await s.report_visits(query({"group_by": ()}))
     assert (total.visitors, total.dynamic) == (1, 1)
     await s.close()
+
+
+async def test_rotation_counts_survive_a_restart(pg_url: str) -> None:
+    await rotation_goes_on_after_a_restart(pg_url)
 
 
 async def test_one_node_per_database_and_due_deliveries_are_leased(pg_url: str) -> None:

@@ -91,6 +91,7 @@ CREATE TABLE IF NOT EXISTS spend (
   tracker text NOT NULL, day text NOT NULL, source text NOT NULL, medium text NOT NULL,
   campaign text NOT NULL, amount_cents bigint NOT NULL, currency text NOT NULL,
   PRIMARY KEY (tracker, day, source, medium, campaign));
+CREATE TABLE IF NOT EXISTS rotations (key text PRIMARY KEY, n bigint NOT NULL);
 """
 
 _CALL_COLS = ("id", "tracker", "node", "started_ts", "outcome", "kind", "channel",

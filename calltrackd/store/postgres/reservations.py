@@ -1,6 +1,6 @@
 """The PostgreSQL store's reads for what memory does not hold (older sessions, visitors,
 callers; `WriteBehind` in calltrackd/store/writebehind.py asks memory first), and the
-callers written through.
+callers and the hunt round_robin's rotation counters written through.
 """
 
 from __future__ import annotations
@@ -33,3 +33,12 @@ class PostgresReservations(PostgresPlumbing):
 
     async def record_caller(self, tracker: str, caller: str, now: float) -> None:
         await self._execute(_CALLER_INSERT, tracker, _t(caller), now)
+
+    # --- hunt round_robin: rotation counters (one statement: atomic) ------------------
+
+    async def rotate(self, key: str) -> int:
+        row = await self._fetchrow(
+            "INSERT INTO rotations VALUES ($1, 1) ON CONFLICT (key) DO UPDATE"
+            " SET n = rotations.n + 1 RETURNING n", key)
+        assert row is not None  # RETURNING always gives the row
+        return int(row[0])

@@ -1,5 +1,6 @@
 """The Redis store's sessions, visits, reservations (the Lua scripts of redis_lua.py:
-atomic across nodes), caller and holder history.
+atomic across nodes), caller and holder history, and the hunt round_robin's rotation
+counters (INCR: atomic across nodes).
 """
 
 from __future__ import annotations
@@ -255,6 +256,11 @@ class RedisReservations(RedisPlumbing):
 
     async def record_caller(self, tracker: str, caller: str, now: float) -> None:
         await self._do(self.r.sadd(f"ctd:callers:{tracker}", caller))
+
+    # --- hunt round_robin: rotation counters (ctd:rr:<key>, INCR) ----------------------
+
+    async def rotate(self, key: str) -> int:
+        return int(await self._do(self.r.incr(f"ctd:rr:{key}")))
 
 
     async def _note_hold(self, hold: Hold | None, until: float) -> Hold | None:

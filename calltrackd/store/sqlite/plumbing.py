@@ -97,6 +97,7 @@ CREATE INDEX IF NOT EXISTS deliveries_pending_due ON deliveries (next_attempt_at
 CREATE INDEX IF NOT EXISTS deliveries_by_status ON deliveries (status, created_at);
 CREATE TABLE IF NOT EXISTS heartbeat (node TEXT PRIMARY KEY, ts REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS calls_open ON calls (started_ts) WHERE outcome IS NULL;
+CREATE TABLE IF NOT EXISTS rotations (key TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
 """
 # --- reports: call facts, CRM updates, visit counters, spend (tracking/reports.py) ------
 # report_calls is clustered by (tracker, ts) so that a report over a period reads one

@@ -1,5 +1,6 @@
 """SQLite rows behind the sessions, visitors and callers kept in memory by `WriteBehind`
-(calltrackd/store/writebehind.py), read on a miss; callers are written through.
+(calltrackd/store/writebehind.py), read on a miss; callers are written through, and so are the hunt round_robin's
+rotation counters.
 """
 
 from __future__ import annotations
@@ -33,3 +34,10 @@ class SqliteReservations(SqlitePlumbing):
     async def record_caller(self, tracker: str, caller: str, now: float) -> None:
         sql = "INSERT OR IGNORE INTO callers VALUES (?,?,?)"
         await self._write(lambda c: c.execute(sql, (tracker, caller, now)) and None)
+
+    # --- hunt round_robin: rotation counters (one statement: atomic) ------------------
+
+    async def rotate(self, key: str) -> int:
+        sql = ("INSERT INTO rotations VALUES (?, 1) ON CONFLICT (key) DO UPDATE"
+               " SET n = n + 1 RETURNING n")
+        return int(await self._write(lambda c: c.execute(sql, (key,)).fetchone()[0]))

@@ -3,6 +3,7 @@ against the Redis store on a real redis-server (started by conftest.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
@@ -261,3 +262,14 @@ async def test_given_up_event_is_listed_failed_and_resent_on_request(store: Stor
     assert await take(store, 2000.0) == ["d_2", "d_1"]
     assert not await store.requeue("d_unknown", 2000.0)
     assert [d.id for d in await store.list_deliveries(None, 10)] == ["d_2", "d_1"]  # newest
+
+
+async def test_rotation_counts_every_call_once_per_target_list(store: Store) -> None:
+    """Hunt round_robin (b2bua/rotation.py): a call's count is its turn, so no two calls
+    of a rotation get one count, also when they come at once."""
+    assert [await store.rotate("acme:aa") for _ in range(3)] == [1, 2, 3]
+    assert await store.rotate("acme:bb") == 1  # another target list: its own count
+    assert await store.rotate("other:aa") == 1
+    together = await asyncio.gather(*(store.rotate("acme:aa") for _ in range(40)))
+    assert sorted(together) == list(range(4, 44))
+    assert await store.rotate("acme:bb") == 2

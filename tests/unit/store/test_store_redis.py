@@ -139,3 +139,18 @@ async def test_redis_down_raises_store_error_quickly(redis_server: Any) -> None:
         await store.close()
         if redis_server.proc is None:
             redis_server.start()
+
+
+async def test_two_nodes_share_the_rotation_counts(redis_url: str) -> None:
+    """Hunt round_robin across nodes: calls taken by either node are counted in one
+    sequence (INCR), so the nodes give the targets their turns together."""
+    nodes = [RedisStore(redis_url), RedisStore(redis_url)]
+    for n in nodes:
+        await n.open()
+    try:
+        assert [await nodes[i % 2].rotate("acme:aa") for i in range(6)] == [1, 2, 3, 4, 5, 6]
+        both = await asyncio.gather(*(n.rotate("acme:aa") for n in nodes * 20))
+        assert sorted(both) == list(range(7, 47))
+    finally:
+        for n in nodes:
+            await n.close()

@@ -384,3 +384,17 @@ asyncio.run(main())
         assert await store.pending_count() == 1
     finally:
         await store.close()
+
+
+async def rotation_goes_on_after_a_restart(url: str) -> None:
+    """Hunt round_robin's counts are kept: a restarted node goes on where it was (also
+    the PostgreSQL store's test)."""
+    for expected in ([1, 2], [3]):
+        s = create_store(url)
+        await s.open()
+        assert [await s.rotate("acme:aa") for _ in expected] == expected
+        await s.close()
+
+
+async def test_rotation_counts_survive_a_restart(tmp_path: Path) -> None:
+    await rotation_goes_on_after_a_restart(f"sqlite://{tmp_path}/calltrackd.db")
