@@ -34,6 +34,7 @@ from . import b2bua, sip
 from .b2bua.commands import CallInfo
 from .b2bua.engine import Engine
 from .b2bua.health import TargetProber
+from .b2bua.rotation import Rotation
 from .b2bua.routing_webhook import RoutingWebhookClient
 from .backoff import Backoff
 from .config import ConfigError, Settings, load_config
@@ -170,6 +171,8 @@ class App:
         self.engine.attribute = self.tracking.attribute  # for rules that need it
         self.routing_webhooks = RoutingWebhookClient()
         self.engine.routing_client = self.routing_webhooks
+        self.engine.rotation = Rotation(  # hunt round_robin's turns, counted in the store
+            self.store.rotate, lambda: self.settings.store.rotation_wait)
         # strangers (no carrier, trusted source or peer) cost nothing: the ACL is the live
         # settings' (a reload changes carriers), the dialogs the engine's
         self.strangers = StrangerGate(

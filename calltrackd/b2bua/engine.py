@@ -89,6 +89,7 @@ from .guard import LogLimiter, canonical_host
 from .health import ProbeTicket, TargetProber
 from .legs import ALLOW, Leg, default_port
 from .pbx_headers import PbxHeaders
+from .rotation import Rotation
 from .routing import (
     DRAIN_RETRY_AFTER,
     SHED_REASONS,
@@ -195,6 +196,7 @@ class Engine:
                                        asyncio.TimerHandle | asyncio.Task[None] | None]] = {}
         # POSTs to the trackers' routing webhooks (None: routing webhooks are not used)
         self.routing_client: RoutingWebhookClient | None = None
+        self.rotation: Rotation | None = None  # hunt round_robin: the store's shared count
         stack.on_events = self.handle
 
     @property
@@ -618,7 +620,8 @@ class Engine:
             return
         at = dt.datetime.fromtimestamp(wall, dt.UTC)
         routed = with_rules(decision, rules, facts_of(decision), at)
-        self.feed(call, self._routed_event(routed), now)
+        if not self._rotating(call, routed):
+            self.feed(call, self._routed_event(routed), now)
 
     def _routed_event(self, r: Route) -> Routed:
         """The routing answer for a call: its route less the targets that are down
@@ -700,7 +703,8 @@ class Engine:
                      reject=answer.reject,
                      targets=[t.uri for t in answer.targets or ()])
             routed = with_answer(ruled, answer.targets, answer.reject, answer.caller_name)
-        self._input(call, self._routed_event(routed))
+        if not self._rotating(call, routed):
+            self._input(call, self._routed_event(routed))
 
     def _routed(self, call_id: str, attribution: Attribution | None,
                 first_time: bool | None) -> None:
@@ -717,7 +721,23 @@ class Engine:
         at = dt.datetime.fromtimestamp(self.wall(), dt.UTC)
         routed = with_rules(r, rules, facts_of(r, attribution, first_time), at,
                             attribution, first_time, pbx)
-        self._input(call, self._routed_event(routed))
+        if not self._rotating(call, routed):
+            self._input(call, self._routed_event(routed))
+
+    # -- hunt round_robin: the call's turn from the store's shared count (rotation.py) --
+
+    def _rotating(self, call: Call, r: Route) -> bool:
+        """Whether the call waits in ROUTING for its turn in a round_robin hunt (at most
+        `[store] rotation_wait`); it is then routed by `_rotated`. False: route it now."""
+        if self.rotation is None or not self.rotation.wanted(r):
+            return False
+        self.rotation.route(self.stack.loop, r, lambda turned: self._rotated(call.id, turned))
+        return True
+
+    def _rotated(self, call_id: str, r: Route) -> None:
+        call = self.calls.get(call_id)
+        if call is not None:  # else the caller gave up meanwhile (487, as in ROUTING)
+            self._input(call, self._routed_event(r))
 
     def _reject(self, r: Reject, txn: ServerTransaction, req: Request, source: Address,
                 now: float) -> None:

@@ -17,13 +17,19 @@ The checks, in order (DESIGN's routing box):
 Nothing here reads a clock, logs or counts: the engine logs and counts what a `Reject`
 says. The tracker's routing rules (rules.py) then choose `Route.targets`, `ring_timeout`
 and the hunt: `with_rules(route, rules, facts, at)`, with the call's `facts_of`.
+
+Hunt `round_robin`: a route that `rotates` starts its hunt one target further down its
+list at each call, by a count of the calls to that list (`rotated(route, count)`); the
+count is the store's, shared by the nodes, under `rotation_key` (rotation.py asks it).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from ..sip.endpoint import Address
@@ -64,7 +70,7 @@ class Route:
     targets: tuple[ForwardTarget, ...]
     ring_timeout: float
     rule: str | None = None  # the routing rule that chose the targets; None: the fallback
-    hunt: Hunt = "sequential"  # the rules' hunt mode (round_robin: in order, for now)
+    hunt: Hunt = "sequential"  # the rules' hunt mode (round_robin: see `rotated`)
     # what tracking said before routing, when the rules had to wait for it (the call's
     # record then keeps it instead of asking again)
     attribution: Attribution | None = None
@@ -216,6 +222,34 @@ def with_answer(r: Route, targets: tuple[ForwardTarget, ...] | None, reject: int
                  attribution=r.attribution, first_time=r.first_time, headers=r.headers,
                  display=r.display, from_user=r.from_user, anonymous=r.anonymous,
                  caller_name=caller_name or r.caller_name, reject=reject)
+
+
+def rotates(r: Route) -> bool:
+    """Whether the route's hunt starts where the rotation is (hunt round_robin, two targets
+    or more, and not an order the routing webhook chose: its answer is rung as it says)."""
+    return r.hunt == "round_robin" and len(r.targets) > 1 and r.rule != "routing_webhook"
+
+
+def rotation_key(tracker: str, targets: Sequence[ForwardTarget]) -> str:
+    """The store's rotation counter for a tracker's target list: the tracker and a digest
+    of the targets' URIs in their configured order. Rules, pools and numbers that ring
+    the same list share its rotation (its targets take turns over all of their calls);
+    another list rotates on its own, and a list the configuration changes starts anew.
+    Every node with the same configuration names the same counter."""
+    digest = hashlib.blake2b("\n".join(t.uri for t in targets).encode(), digest_size=8)
+    return f"{tracker}:{digest.hexdigest()}"
+
+
+def rotated(r: Route, count: int) -> Route:
+    """The route with its targets starting at the `count`th call's turn: count 1 (the
+    list's first call) rings them as configured, count 2 from the second target, and so
+    on round; failover then goes on down the list and back to its start, as sequential
+    does. Target health leaves the down ones out afterwards (their turn passes on)."""
+    n = len(r.targets)
+    start = (count - 1) % n if n else 0
+    if start == 0:
+        return r
+    return replace(r, targets=r.targets[start:] + r.targets[:start])
 
 
 def carrier_of(invite: Request, source: Address, settings: Settings) -> Carrier | Reject:

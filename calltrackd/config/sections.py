@@ -130,7 +130,7 @@ def _admin_token(c: Checker, d: dict[str, Any]) -> str | None:
 
 
 def store(c: Checker, data: object) -> StoreSettings:
-    d = c.table(data, "store", {"url", "node_id", "retention"})
+    d = c.table(data, "store", {"url", "node_id", "retention", "rotation_wait"})
 
     def check(v: str) -> str | None:
         if v.startswith("sqlite://") and len(v) > len("sqlite://"):
@@ -146,8 +146,13 @@ def store(c: Checker, data: object) -> StoreSettings:
     if 0 < retention < 86400:
         c.fail("store.retention", "use at least \"1d\" (or 0 to keep every record)")
         retention = 0.0
+    wait = c.positive(d, "store", "rotation_wait", StoreSettings().rotation_wait)
+    if wait > 1.0:
+        c.fail("store.rotation_wait", "use at most \"1s\" (the caller waits that long for a "
+                                      "round_robin turn when the store is slow)")
+        wait = StoreSettings().rotation_wait
     return StoreSettings(c.get(d, "store", "url", str, StoreSettings().url, check), node,
-                         retention)
+                         retention, wait)
 
 
 def log(c: Checker, data: object) -> LogSettings:

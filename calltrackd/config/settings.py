@@ -97,6 +97,7 @@ class StoreSettings:
     url: str = "sqlite:///./var/calltrackd.db"
     node_id: str | None = None  # None: derived (see `node_id()`)
     retention: float = 0.0  # seconds a call record is kept (0: for ever)
+    rotation_wait: float = 0.1  # seconds a round_robin call waits for its count (rotation.py)
 
 
 @dataclass(frozen=True, slots=True)
