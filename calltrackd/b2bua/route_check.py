@@ -1,6 +1,7 @@
 """`calltrackd route-check`: which routing rule a call would meet, and why.
 
-Reads the configuration only (no store): visitor facts the attribution would supply come
+Reads the configuration only (no store; a round_robin hunt's turn is the store's, so the
+start it rotates from is named, not asked): visitor facts the attribution would supply come
 from the options (`--channel`, `--source`, ...); left out, they are unknown, and rules
 that ask about them do not match, as when tracking cannot answer at call time.
 """
@@ -13,6 +14,7 @@ import zoneinfo
 
 from ..config import Settings
 from ..tracking.numbers import normalize
+from .routing import rotation_key
 from .rules import Facts, select
 
 __all__ = ["add_arguments", "run"]
@@ -57,4 +59,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     print(f"tracker {tracker.id}: {winner}")
     for line in decision.why:
         print(f"  {line}")
+    if decision.hunt == "round_robin" and len(decision.targets) > 1:
+        print("  round_robin: the start rotates, one target further at each call (above: "
+              "the first call's)")
+        print("  the calls are counted in the store, shared by the nodes, as rotation "
+              f"{rotation_key(tracker.id, decision.targets)}")
+    elif decision.hunt == "round_robin":
+        print("  round_robin with one target: nothing to rotate")
     return 0

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from calltrackd.b2bua.routing import rotation_key
 from calltrackd.b2bua.rules import Facts, TrackerRules, select
 from calltrackd.config import ConfigError, Settings, parse_config
-from calltrackd.tracking.model import Attribution, VisitorSession
+from calltrackd.tracking.model import Attribution, ForwardTarget, VisitorSession
 
 ROOT = Path(__file__).resolve().parents[3]
 UTC = dt.UTC
@@ -313,6 +314,20 @@ def test_route_check_with_visitor_facts_and_the_fallback(tmp_path: Path) -> None
     assert code == 0 and out.splitlines()[0] == "tracker acme: no rule: the fallback", out
     assert "  rule 'sofas' (trackers[0].routes[3]) does not match: source unknown/unknown " \
            "is not google/*" in out.splitlines()
+
+
+def test_route_check_says_a_round_robin_start_rotates(tmp_path: Path) -> None:
+    code, out = route_check(tmp_path, "--did", MAIN_DID, "--caller", "+79161234567",
+                            "--at", "2026-12-01T10:00", "--first-time", "no")
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0] == "tracker acme: rule 'vip'"
+    assert f"  targets {SUPPORT}, {SALES} from rule 'vip'" in lines
+    key = rotation_key("acme", (ForwardTarget(SUPPORT), ForwardTarget(SALES)))
+    assert lines[-2:] == [
+        "  round_robin: the start rotates, one target further at each call (above: the "
+        "first call's)",
+        f"  the calls are counted in the store, shared by the nodes, as rotation {key}"]
 
 
 def test_route_check_refuses_an_unknown_number_and_a_bad_file(tmp_path: Path) -> None:
