@@ -87,6 +87,7 @@ class Route:
     # the routing webhook's answer: the caller's name toward the PBX, a status to reject with
     caller_name: str | None = None
     reject: int | None = None
+    webhook_order: bool = False  # the webhook named the targets: rung in its order
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,13 +222,14 @@ def with_answer(r: Route, targets: tuple[ForwardTarget, ...] | None, reject: int
                      targets or reject is not None) else r.rule, hunt=r.hunt,
                  attribution=r.attribution, first_time=r.first_time, headers=r.headers,
                  display=r.display, from_user=r.from_user, anonymous=r.anonymous,
-                 caller_name=caller_name or r.caller_name, reject=reject)
+                 caller_name=caller_name or r.caller_name, reject=reject,
+                 webhook_order=bool(targets) or r.webhook_order)
 
 
 def rotates(r: Route) -> bool:
     """Whether the route's hunt starts where the rotation is (hunt round_robin, two targets
     or more, and not an order the routing webhook chose: its answer is rung as it says)."""
-    return r.hunt == "round_robin" and len(r.targets) > 1 and r.rule != "routing_webhook"
+    return r.hunt == "round_robin" and len(r.targets) > 1 and not r.webhook_order
 
 
 def rotation_key(tracker: str, targets: Sequence[ForwardTarget]) -> str:
