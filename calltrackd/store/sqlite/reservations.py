@@ -1,6 +1,6 @@
 """SQLite rows behind the sessions, visitors and callers kept in memory by `WriteBehind`
-(calltrackd/store/writebehind.py), read on a miss; callers are written through, and so are the hunt round_robin's
-rotation counters.
+(calltrackd/store/writebehind.py), read on a miss; callers are written through, and so
+are the hunt round_robin's rotation counters.
 """
 
 from __future__ import annotations
