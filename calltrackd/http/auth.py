@@ -25,6 +25,7 @@ NEEDS: Final = (SETTINGS, STORE)
 # route templates a viewer token may GET; each answers only for the `tracker` parameter
 READABLE = frozenset({
     "/v1/me", "/v1/calls", "/v1/calls/{call_id}", "/v1/calls/{call_id}/recording",
+    "/v1/calls/{call_id}/recording/link",
     "/v1/stats", "/v1/pools/usage", "/v1/reports",
 })
 

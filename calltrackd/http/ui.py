@@ -17,10 +17,10 @@ from aiohttp import web
 NEEDS: Final = ()  # static files only: no service of the daemon
 UI_DIR: Final = Path(__file__).resolve().parent / "static" / "ui"
 
-# nothing inline, nothing from another origin; blob: lets the player take a recording
-# fetched with the token (an <audio src> cannot send an Authorization header)
+# nothing inline, nothing from another origin; the player streams a recording from a
+# signed link of this origin (an <audio src> cannot send an Authorization header)
 CSP: Final = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-              "connect-src 'self'; media-src 'self' blob:; base-uri 'none'; form-action 'self'; "
+              "connect-src 'self'; media-src 'self'; base-uri 'none'; form-action 'self'; "
               "frame-ancestors 'none'")
 HEADERS: Final = {
     "Content-Security-Policy": CSP,

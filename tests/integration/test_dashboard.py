@@ -159,6 +159,11 @@ def browser(site: dict[str, Any]) -> Iterator[Callable[[], Browser]]:
             yield new
         finally:
             chromium.close()
+    copy_shots(shots_dir)
+
+
+def copy_shots(shots_dir: Path) -> None:
+    """The screenshots to $CALLTRACKD_SCREENSHOTS when set (how docs/img is made)."""
     copy_to = os.environ.get("CALLTRACKD_SCREENSHOTS")
     if copy_to:
         Path(copy_to).mkdir(parents=True, exist_ok=True)
@@ -234,6 +239,10 @@ def test_every_page_shows_what_the_api_reports(site: dict[str, Any],
     assert "Started (Europe/Moscow)" in b.page.inner_text("#calls thead")
     first = b.page.locator("#calls tbody tr").first.locator("td").first.inner_text()
     assert first == local(api_calls[0]["started_at"]), first
+    # none of these calls was recorded (direct media): each row says so, and no player
+    # (tests/integration/test_dashboard_recording.py plays a recorded one)
+    assert set(b.page.locator("#calls tbody td.rec").all_inner_texts()) == {"not recorded"}
+    assert b.page.locator("#calls audio").count() == 0
     b.shot("calls")
 
     # filters are the API's: a channel shows that channel's calls only, as /v1/calls does
@@ -284,6 +293,7 @@ def test_every_page_shows_what_the_api_reports(site: dict[str, Any],
     started = b.page.inner_text('[data-field="Started"]')
     assert started == local(target["started_at"]) + " GMT+3", started
     assert b.page.inner_text('[data-field="Time zone"]') == "Europe/Moscow"
+    assert b.page.inner_text("#recording") == "Recording\nThis call was not recorded."
     b.shot("call")
     # the tag just written filters the list, on the page and in the API
     assert [c["id"] for c in daemon.calls(tracker="acme", tag="sofa")] == [target["id"]]
@@ -393,6 +403,8 @@ def test_the_page_carries_a_strict_content_security_policy(site: dict[str, Any])
             csp = resp.headers["Content-Security-Policy"]
             assert "default-src 'none'" in csp and "script-src 'self'" in csp
             assert "unsafe" not in csp
+            # recordings play from signed links of this origin: no blob: or data: media
+            assert "media-src 'self';" in csp and "blob:" not in csp
             assert resp.headers["X-Content-Type-Options"] == "nosniff"
     status, _ = daemon.http("GET", "/ui/../calltrackd.toml", admin=False)
     assert status == 404

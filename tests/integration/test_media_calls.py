@@ -43,12 +43,13 @@ def config(sip: int, http: int, pbx: int, rtp: Rtpengine, recordings: Path, hook
 
 
 def one_call(tmp: Path, n: int, sip_port: int, pbx_port: int, uas: str, uac: str,
-             talk_ms: int = 0) -> Sipp:
-    """One call, PBX and carrier each with its own media port; the PBX's SIPp (done)."""
+             talk_ms: int = 0, did: str = DID) -> Sipp:
+    """One call to `did`, PBX and carrier each with its own media port; the PBX's SIPp
+    (done)."""
     pbx = Sipp(tmp, f"pbx{n}", uas, pbx_port, "-m", "1", "-timeout", "60s",
                "-mi", "127.0.0.1", "-mp", str(free_port()))
     try:
-        carrier = Sipp(tmp, f"carrier{n}", uac, free_port(), "-s", DID, "-m", "1",
+        carrier = Sipp(tmp, f"carrier{n}", uac, free_port(), "-s", did, "-m", "1",
                        "-timeout", "60s", "-timeout_error", "-d", str(talk_ms or 1),
                        "-mi", "127.0.0.1", "-mp", str(free_port()),
                        remote=f"127.0.0.1:{sip_port}")

@@ -437,7 +437,7 @@
     p.appendChild(el("div", { class: "card scroll" }, el("table", { id: "calls" },
       el("thead", {}, el("tr", {}, ["Started (" + tz() + ")", "Caller", "Number", "Outcome",
                                     "Ring", "Talk", "Channel", "Source / campaign",
-                                    "Tags"].map(function (h) {
+                                    "Tags", "Recording"].map(function (h) {
         return el("th", { text: h });
       }))), body), none, more));
     var base = trackerQuery() + "&" + periodQuery() + "&limit=100";
@@ -462,7 +462,8 @@
             el("td", { class: "num", text: secs(c.talk_seconds) }),
             el("td", { text: callChannel(c) }),
             el("td", { text: [src, s.utm_campaign].filter(Boolean).join(" · ") || "—" }),
-            el("td", {}, (c.tags || []).map(function (t) { return el("span", { class: "tag", text: t }); }))));
+            el("td", {}, (c.tags || []).map(function (t) { return el("span", { class: "tag", text: t }); })),
+            el("td", { class: "rec" }, recording(c))));
         });
         none.hidden = body.childNodes.length > 0;
         more.hidden = !data.next_cursor;
@@ -490,6 +491,8 @@
       p.appendChild(el("div", { class: "crumbs" }, el("a", { href: "#/calls", text: "Calls" }),
                        el("span", { text: "›" }), el("span", { text: c.id })));
       p.appendChild(el("h1", { text: c.caller + " → " + c.did }));
+      p.appendChild(el("div", { class: "card", id: "recording" }, el("h2", { text: "Recording" }),
+                       recording(c, { long: true })));
       p.appendChild(el("div", { class: "grid2" },
         el("div", { class: "card" }, el("h2", { text: "Call" }), fields([
           ["Started", fmtTime(c.started_at, true)], ["Answered", fmtTime(c.answered_at, true)],
@@ -536,21 +539,12 @@
         el("div", { class: "editor" }, el("label", {}, "Tags (comma-separated)", tagsInput),
            el("label", {}, "Lead status", status), el("label", {}, "Value", value), save, note),
         admin ? null : el("p", { class: "muted", text: "A viewer token can read, not edit." })));
-      var rec = el("div", { class: "card", id: "recording" }, el("h2", { text: "Recording" }));
-      p.appendChild(rec);
-      if (!c.recording) {
-        rec.appendChild(el("p", { class: "muted", text: "No recording for this call." }));
-      } else {
-        rec.appendChild(el("p", { text: secs(c.recording.seconds) + " · " +
-                                  num(c.recording.bytes / 1024, 0) + " KiB" }));
-        api("/v1/calls/" + encodeURIComponent(c.id) + "/recording", { raw: true })
-          .then(function (r) { if (!r.ok) throw new ApiError(r.status, "HTTP " + r.status); return r.blob(); })
-          .then(function (blob) {
-            rec.appendChild(el("audio", { controls: true, src: URL.createObjectURL(blob) }));
-          })
-          .catch(function (e) { rec.appendChild(el("p", { class: "error", text: e.message })); });
-      }
     });
+  }
+
+  // the call's player, its length and a download link (player.js), or "not recorded"
+  function recording(c, options) {
+    return window.calltrackdPlayer(c, { el: el, api: api, secs: secs }, options);
   }
 
   // -- Pools ---------------------------------------------------------------------------
