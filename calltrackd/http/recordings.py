@@ -118,7 +118,8 @@ async def get_link(request: web.Request) -> web.Response:
     if key is None:  # unreachable: require_admin needs a token
         raise ApiError(403, "admin_disabled", "no token is configured")
     expires = int(time.time()) + LINK_TTL
-    return web.json_response({"url": signed_url(key, call_id, expires), "expires": expires})
+    return web.json_response({"url": signed_url(key, call_id, expires), "expires": expires,
+                              "expires_in": LINK_TTL})
 
 
 def setup(http: web.Application) -> None:

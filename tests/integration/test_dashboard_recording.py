@@ -32,7 +32,8 @@ from .test_recording_api import get
 
 ACME_VIEWER = "viewer-acme-rec-0123456789"
 BETA_VIEWER = "viewer-beta-rec-0123456789"
-ACME = "+74990000300"
+ACME = "+74990000300"  # acme's billboard
+POOL = ["+74990000301", "+74990000302"]  # acme's numbers for website visitors
 BETA = "+74990000400"
 
 
@@ -41,6 +42,7 @@ def config(sip: int, http: int, pbx: int, rtp: Rtpengine, recordings: Path) -> s
         sip, http,
         tracker("acme", "+74990000310", pbx_uri(pbx), media="anchor", record=True,
                 timezone="Europe/Moscow", viewer_tokens=[ACME_VIEWER],
+                pools=[{"name": "web", "sources": ["*"], "numbers": POOL}],
                 static=[{"number": ACME, "channel": "billboard"}]),
         tracker("beta", "+74990000410", pbx_uri(pbx), media="anchor", record=True,
                 viewer_tokens=[BETA_VIEWER], static=[{"number": BETA, "channel": "radio"}]),
@@ -70,15 +72,18 @@ def viewer(daemon: Daemon, path: str, token: str,
 def link(daemon: Daemon, call_id: str, token: str) -> str:
     status, _, body = viewer(daemon, f"/v1/calls/{call_id}/recording/link", token)
     assert status == 200, body
-    url = json.loads(body)["url"]
+    answer = json.loads(body)
+    assert answer["expires_in"] == 900 and answer["expires"] > time.time() + 800, answer
+    url = answer["url"]
     assert isinstance(url, str) and url.startswith(f"/v1/calls/{call_id}/recording?"), url
     return url
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """Three calls: acme's and beta's recorded through rtpengine, then (rtpengine
-    stopped) one more to acme, which goes direct and is not recorded."""
+    """Three calls: a visitor from a Google Ads campaign calls acme's pool number and
+    beta's radio number is called, both recorded through rtpengine; then (rtpengine
+    stopped) acme's billboard is called, which goes direct and is not recorded."""
     need("sipp")
     tmp = tmp_path_factory.mktemp("recsite")
     rtp = Rtpengine(tmp / "rtpengine")
@@ -87,13 +92,20 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Any:
     text = config(sip, http, pbx, rtp, tmp / "rec")
     daemon = start_daemon(tmp, text, sip, http)
     try:
-        one_call(tmp, 1, sip, pbx, "uas_answer_rtp.xml", "uac_call_rtp.xml", TALK_MS, did=ACME)
+        status, visit = daemon.http("POST", "/v1/sessions", {
+            "tracker": "pk_acme", "utm_source": "google", "utm_medium": "cpc",
+            "utm_campaign": "spring_sofas", "utm_term": "buy sofa",
+            "landing_page": "https://acme.example/sofas?utm_campaign=spring_sofas"},
+            admin=False)
+        assert status == 200 and visit["number"] in POOL, visit
+        one_call(tmp, 1, sip, pbx, "uas_answer_rtp.xml", "uac_call_rtp.xml", TALK_MS,
+                 did=visit["number"])
         one_call(tmp, 2, sip, pbx, "uas_answer_rtp.xml", "uac_call_rtp.xml", TALK_MS, did=BETA)
-        acme, beta = recorded(daemon, ACME), recorded(daemon, BETA)
+        acme, beta = recorded(daemon, visit["number"]), recorded(daemon, BETA)
+        assert acme["attribution"]["session"]["utm_campaign"] == "spring_sofas", acme
         rtp.stop()
         one_call(tmp, 3, sip, pbx, "uas_answer.xml", "uac_call.xml", 1500, did=ACME)
-        direct = daemon.wait_call(lambda c: c["did"] == ACME and c["id"] != acme["id"],
-                                  timeout=30)
+        direct = daemon.wait_call(lambda c: c["did"] == ACME, timeout=30)
         assert direct["media"]["mode"] == "direct" and "recording" not in direct, direct
         yield {"daemon": daemon, "tmp": tmp, "acme": acme, "beta": beta, "direct": direct,
                "settings": parse_config(tomllib.loads(text))}
@@ -169,6 +181,7 @@ def test_the_calls_page_plays_the_recording(site: dict[str, Any]) -> None:
             page = b.page
             rows = page.locator("#calls tbody tr")
             assert rows.count() == 2  # acme's two calls; beta's is not shown
+            assert "google/cpc · spring_sofas" in rows.last.inner_text()
             row = page.locator(f'tr[data-call="{acme["id"]}"]')
             audio = row.locator("audio")
             audio.wait_for(state="attached")
@@ -178,7 +191,7 @@ def test_the_calls_page_plays_the_recording(site: dict[str, Any]) -> None:
             assert src.startswith(f"/v1/calls/{acme['id']}/recording?expires="), src
             download = row.locator("a.download")
             assert download.get_attribute("href") == src
-            assert download.get_attribute("download") == f"call-{acme['id']}.wav"
+            assert download.get_attribute("download") == f"{acme['id']}.wav"
             assert row.locator(".rec-len").inner_text() == secs(acme["recording"]["seconds"])
             unrecorded = page.locator(f'tr[data-call="{direct["id"]}"] td.rec')
             assert unrecorded.inner_text() == "not recorded"
@@ -193,7 +206,48 @@ def test_the_calls_page_plays_the_recording(site: dict[str, Any]) -> None:
             assert abs(state["duration"] - talk) <= 1.0, (state, talk)
             assert state["error"] is None and not state["paused"], state
             page.evaluate("s => document.querySelector(s).pause()", selector)
+            page.mouse.move(5, 470)  # no row under the pointer (hover colours it)
             b.shot("dashboard-recording")
+
+            # a quarter of an hour later (the page's clock): the download asks for a new
+            # link first, and so does the player when its link is refused as expired
+            page.clock.install()
+            page.clock.fast_forward("16:00")
+            with page.expect_request("**/recording/link") as asked, \
+                    page.expect_download() as got:
+                download.click()
+            assert asked.value.headers["authorization"] == f"Bearer {ACME_VIEWER}"
+            fetched = got.value
+            assert fetched.suggested_filename == f"{acme['id']}.wav"
+            assert Path(fetched.path()).stat().st_size == acme["recording"]["bytes"]
+            renewed = download.get_attribute("href") or ""
+            assert renewed.startswith(src.split("?")[0] + "?expires="), renewed
+            page.clock.fast_forward("16:00")
+            # the daemon would answer the old link 403 link_expired (as the API test shows)
+            refused: list[str] = []
+
+            def refuse(route: Any) -> None:
+                refused.append(route.request.url)
+                route.fulfill(status=403, content_type="application/json",
+                              body='{"error": {"code": "link_expired", "message": "expired"}}')
+
+            page.route("**/recording?*", refuse, times=1)
+            with page.expect_request("**/recording/link") as relinked:
+                page.evaluate("s => { const a = document.querySelector(s); a.load(); "
+                              "a.play().catch(() => null); }", selector)
+            assert refused == [daemon.base + renewed], refused
+            relinked.value.response()
+            # the player loads the new link: its metadata come, no error left
+            wait_audio(page, selector, lambda a: a["ready"] >= 1 and a["error"] is None,
+                       stop_on_error=False)
+            played = page.evaluate(
+                "s => document.querySelector(s).play().then(() => 'ok', e => String(e))",
+                selector)
+            assert played == "ok", played
+            state = wait_audio(page, selector, lambda a: a["time"] > 0.5)
+            assert state["error"] is None and abs(state["duration"] - talk) <= 1.0, state
+            page.evaluate("s => document.querySelector(s).pause()", selector)
+            b.console = [line for line in b.console if "403" not in line]  # the refused load
 
             # the call's own page has the player too
             b.open(f"calls/{acme['id']}")
@@ -201,6 +255,8 @@ def test_the_calls_page_plays_the_recording(site: dict[str, Any]) -> None:
             assert page.locator("#recording .rec-len").inner_text() == secs(
                 acme["recording"]["seconds"])
             b.shot("dashboard-recording-call")
+            page.set_viewport_size({"width": 390, "height": 800})  # a phone
+            b.shot("dashboard-recording-call-phone")
             b.open(f"calls/{direct['id']}")
             assert "This call was not recorded." in page.inner_text("#recording")
             assert b.console == [], b.console
@@ -216,7 +272,8 @@ def secs(value: float) -> str:
     return f"{s // 60}:{s % 60:02d}"
 
 
-def wait_audio(page: Any, selector: str, done: Any, timeout: float = 30.0) -> dict[str, Any]:
+def wait_audio(page: Any, selector: str, done: Any, timeout: float = 30.0,
+               stop_on_error: bool = True) -> dict[str, Any]:
     """The audio element's state once `done(state)` holds (polled: no timing assert)."""
     script = """s => { const a = document.querySelector(s);
         return { duration: isFinite(a.duration) ? a.duration : null, time: a.currentTime,
@@ -226,7 +283,7 @@ def wait_audio(page: Any, selector: str, done: Any, timeout: float = 30.0) -> di
     state: dict[str, Any] = {}
     while time.monotonic() < deadline:
         state = page.evaluate(script, selector)
-        if state["error"] is not None or (state["duration"] and done(state)):
+        if (stop_on_error and state["error"] is not None) or (state["duration"] and done(state)):
             return state
         time.sleep(0.1)
     raise AssertionError(f"the audio did not play: {state}")

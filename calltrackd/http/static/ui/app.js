@@ -461,7 +461,7 @@
             el("td", { class: "num", text: secs(c.ring_seconds) }),
             el("td", { class: "num", text: secs(c.talk_seconds) }),
             el("td", { text: callChannel(c) }),
-            el("td", { text: [src, s.utm_campaign].filter(Boolean).join(" · ") || "—" }),
+            el("td", { class: "wrap", text: [src, s.utm_campaign].filter(Boolean).join(" · ") || "—" }),
             el("td", {}, (c.tags || []).map(function (t) { return el("span", { class: "tag", text: t }); })),
             el("td", { class: "rec" }, recording(c))));
         });

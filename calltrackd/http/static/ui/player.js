@@ -31,7 +31,7 @@
                                     controlslist: options.long ? null : "nodownload noplaybackrate",
                                     "aria-label": "Recording of the call" }) : null;
     var download = el("a", { class: "download", text: "Download", role: "button",
-                             download: "call-" + call.id + "." + ext });
+                             download: call.id + "." + ext });
     var length = el("span", { class: "rec-len", title: "Length of the recording",
                               text: deps.secs(rec.seconds) });
     var meta = options.long
@@ -41,15 +41,19 @@
                         (wav ? " · caller on the left, your team on the right" : "") }),
            download)
       : el("span", { class: "rec-meta" }, length, download);
-    var expires = 0;
+    // when the link expires by this browser's clock (expires_in: a clock set wrong does
+    // not matter), with half a minute to spare
+    var until = 0;
     var asking = null;
 
+    function valid() { return Date.now() < until; }
+
     function fresh() {
-      if (Date.now() / 1000 < expires - 30) return Promise.resolve();
+      if (valid()) return Promise.resolve();
       if (!asking) {
         asking = deps.api("/v1/calls/" + encodeURIComponent(call.id) + "/recording/link")
           .then(function (link) {
-            expires = link.expires;
+            until = Date.now() + (link.expires_in - 30) * 1000;
             download.setAttribute("href", link.url);
             if (audio) audio.setAttribute("src", link.url);
           })
@@ -64,7 +68,7 @@
     if (audio) {
       box.appendChild(audio);
       audio.addEventListener("error", function () {
-        if (Date.now() / 1000 < expires - 30) return;  // not the link: the browser says why
+        if (valid()) return;  // not the link: the player shows the browser's error
         var at = audio.currentTime;
         var playing = !audio.paused;
         fresh().then(function () {
@@ -81,9 +85,9 @@
     }
     box.appendChild(meta);
     download.addEventListener("click", function (ev) {
-      if (Date.now() / 1000 < expires - 30) return;
+      if (valid()) return;
       ev.preventDefault();
-      fresh().then(function () { if (download.getAttribute("href")) download.click(); });
+      fresh().then(function () { if (valid()) download.click(); });
     });
     fresh();
     return box;
