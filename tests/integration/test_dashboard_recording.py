@@ -4,10 +4,11 @@ Debian's chromium) signs in with the tracker's viewer token, finds the call on t
 page with a player, presses play and the audio element's length is the call's talk time.
 The player streams from a signed link of the daemon's own origin (an <audio src> cannot
 send the token): a link opens one call's recording only, expires, and a viewer of one
-tracker gets no link, and no recording, of another's. A call made while rtpengine is
-down (direct, so not recorded) says "not recorded". No request leaves the daemon's
-origin and the console stays clean. The screenshot goes to the test's directory (and to
-$CALLTRACKD_SCREENSHOTS when set)."""
+tracker gets no link, and no recording, of another's; the page asks for a new link when
+its own has expired (download, player) and does not retry in a loop when it cannot get
+one. A call made while rtpengine is down (direct, so not recorded) says "not recorded".
+No request leaves the daemon's origin and the console stays clean. The screenshot goes
+to the test's directory (and to $CALLTRACKD_SCREENSHOTS when set)."""
 
 from __future__ import annotations
 
@@ -247,7 +248,27 @@ def test_the_calls_page_plays_the_recording(site: dict[str, Any]) -> None:
             state = wait_audio(page, selector, lambda a: a["time"] > 0.5)
             assert state["error"] is None and abs(state["duration"] - talk) <= 1.0, state
             page.evaluate("s => document.querySelector(s).pause()", selector)
-            b.console = [line for line in b.console if "403" not in line]  # the refused load
+
+            # no new link to be had (the daemon unreachable): the player says so once and
+            # does not retry in a loop
+            page.clock.fast_forward("16:00")
+            asked_again: list[str] = []
+
+            def unreachable(route: Any) -> None:
+                asked_again.append(route.request.url)
+                route.abort()
+
+            page.route("**/recording?*", refuse)
+            page.route("**/recording/link", unreachable)
+            page.evaluate("s => { const a = document.querySelector(s); a.load(); "
+                          "a.play().catch(() => null); }", selector)
+            row.locator(".player .error").wait_for()
+            page.wait_for_timeout(1000)  # a loop would ask again and again meanwhile
+            assert len(asked_again) == 1 and len(refused) == 2, (asked_again, refused)
+            page.unroute_all()
+            # the refused loads and the unreachable link, nothing else
+            b.console = [line for line in b.console
+                         if "403" not in line and "ERR_FAILED" not in line]
 
             # the call's own page has the player too
             b.open(f"calls/{acme['id']}")

@@ -72,9 +72,10 @@
         var at = audio.currentTime;
         var playing = !audio.paused;
         fresh().then(function () {
+          if (!valid()) return;  // no new link (its error is shown): no retry loop
           audio.addEventListener("loadedmetadata", function () {
             audio.currentTime = at;
-            if (playing) audio.play();
+            if (playing) audio.play().catch(function () { return null; });
           }, { once: true });
           audio.load();
         });
