@@ -20,8 +20,7 @@ endpoint at 300 events/s the old poll re-read the due rows for every new event).
 
 The window of requests in flight is adaptive per key (`window.py`, AIMD like TCP's): it
 starts at `initial_concurrency`, grows while rows wait for it, never past
-`per_endpoint_concurrency`, and is halved by failures. One HTTP session with keep-alive
-serves every request.
+`per_endpoint_concurrency`, and is halved by failures.
 
 A row's id stays in `in_flight` from the moment it is taken from a ready queue until its
 outcome is written, and in `_queued` while it waits in one, so a row that is still due in
@@ -31,13 +30,9 @@ are skipped by that poll, or an acknowledged row would come back as pending and 
 again. Rows wait in a ready queue at most `READY_TTL` seconds (the Redis store leases them
 for 60 s); older ones are given back and read again.
 
-Every attempt is prepared at send time from the *current* configuration (a rotated secret
-applies to retries), and ends in one store write per row: `mark_delivered` on
-acknowledgement, `reschedule` with backoff on anything else, `mark_failed` once the event
-is older than `max_age`, its destination is gone from the configuration, or the
-destination refused it (too old for the service). If that write fails (store down), the
-outcome is kept in memory and written before the next poll, and the row is not sent
-meanwhile: a receiver's acknowledgement is not thrown away because the store blinked.
+An attempt (attempt.py) is prepared at send time from the current configuration and ends
+in one store write per row; a write that fails is kept in memory and made before the next
+poll (recording.py), and the row is not sent meanwhile.
 
 Store errors never end the loop; they are logged and the poll backs off. On stop, running
 requests finish (each bounded by `timeout`), then `run` returns.
@@ -47,12 +42,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import inspect
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import replace
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import aiohttp
@@ -60,21 +53,15 @@ import structlog
 
 from calltrackd.tracking.model import WebhookDelivery
 
-from .backoff import RETRY_AFTER_STATUSES, Backoff, RetryPolicy, parse_retry_after
-from .destinations import (
-    USER_AGENT,
-    Destination,
-    Prepared,
-    Request,
-    Resolver,
-    WebhookDestination,
-    endpoint_key,
-    redact,
-)
+from .attempt import ENDPOINT_REMOVED, Attempts, Sender
+from .backoff import Backoff, RetryPolicy
+from .destinations import USER_AGENT, Destination, Resolver, WebhookDestination, endpoint_key
 from .outbox import DeliveryInFlightError, DeliveryOutcome, OutboxStore, Result, SecretLookup
+from .recording import Recorder
 from .window import AdaptiveWindow
 
 __all__ = [
+    "ENDPOINT_REMOVED",
     "USER_AGENT",
     "DeliveryInFlightError",
     "DeliveryOutcome",
@@ -85,7 +72,6 @@ __all__ = [
     "endpoint_key",
 ]
 
-ENDPOINT_REMOVED: Final = "endpoint removed"
 READY_TTL: Final = 20.0  # seconds a row read from the store may wait to be sent
 READ_AHEAD: Final = 256  # rows a poll reads beyond those it already holds
 _STORE_RETRY_CAP: Final = 30.0  # longest pause between polls while the store fails
@@ -107,9 +93,6 @@ class _Key:
 
     def room(self) -> int:
         return max(0, self.win.size - self.busy)
-
-
-_Write = Callable[[], Awaitable[None]]
 
 
 class WebhookWorker:
@@ -144,13 +127,11 @@ class WebhookWorker:
         self._store = store
         self._secrets = secrets
         self._resolve: Resolver = resolve or self._webhook_destination
-        self._session = session
-        self._owns_session = session is None
         self._per_endpoint = per_endpoint_concurrency
         self._initial = min(initial_concurrency, per_endpoint_concurrency)
         self._batch = batch
         self._timeout = timeout
-        self._policy = (
+        policy = (
             RetryPolicy(max_age=max_age)
             if backoff is None
             else RetryPolicy(backoff=backoff, max_age=max_age)
@@ -160,23 +141,20 @@ class WebhookWorker:
         retry_cap = min(_STORE_RETRY_CAP, poll_interval * 2**8)
         self._store_retry = Backoff(min(2 * poll_interval, retry_cap), retry_cap)
         self._clock = clock
-        self._on_result = on_result
-        self._on_outcome = on_outcome
-        self._on_skip = on_skip
+        self._sender = Sender(session, timeout=timeout, connections=batch, clock=clock)
+        self._recorder = Recorder(store, clock, on_result, on_outcome)
+        self._unrecorded = self._recorder.unrecorded  # outcomes still to write, by row id
+        self._attempts = Attempts(store, policy, self._sender, self._recorder, clock, on_skip)
 
         self._keys: dict[str, _Key] = {}
         self._queued: set[str] = set()  # ids in a ready queue
         self._in_flight: set[str] = set()
         self._requests = 0  # requests in flight, all keys
         self._tasks: set[asyncio.Task[None]] = set()
-        self._unrecorded: dict[str, _Write] = {}
         self._wakeup = asyncio.Event()
         self._poll_wanted = True  # the store may hold rows something could start now
         self._settled: set[str] | None = None  # outcomes written during a poll's read
         self.polls = 0  # store reads made (for tests and benchmarks)
-        self._acks: list[tuple[list[str], float, asyncio.Future[bool]]] = []
-        self._ack_task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._excludes = "exclude_urls" in inspect.signature(store.due_deliveries).parameters
 
     # --- public -------------------------------------------------------------------------
@@ -227,7 +205,7 @@ class WebhookWorker:
             watcher.cancel()
             try:
                 await self._drain()
-                await self._flush_unrecorded()
+                await self._recorder.flush()
                 await self._give_back_ready()
             finally:
                 for task in self._tasks:  # only left if run() itself was cancelled
@@ -244,16 +222,14 @@ class WebhookWorker:
         self._unqueue(delivery.id)
         self._in_flight.add(delivery.id)
         try:
-            outcomes = await self._attempt([delivery], self._safe_resolve(delivery))
+            outcomes = await self._attempts.run([delivery], self._safe_resolve(delivery))
         finally:
             self._settle(delivery.id)
         return outcomes[0]
 
     async def aclose(self) -> None:
         """Close the HTTP session if this worker created it."""
-        if self._owns_session and self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        await self._sender.aclose()
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -287,7 +263,7 @@ class WebhookWorker:
         """Read due rows into the ready queues and start what fits; False if the store
         failed."""
         self._poll_wanted = False
-        if not await self._flush_unrecorded():
+        if not await self._recorder.flush():
             self._poll_wanted = True
             return False
         await self._drop_stale()
@@ -440,7 +416,10 @@ class WebhookWorker:
     async def _run_one(self, rows: list[WebhookDelivery], dest: Destination | None,
                        k: _Key | None) -> None:
         try:
-            await self._attempt(rows, dest, k)
+            if k is None:
+                await self._attempts.run(rows, dest)
+            else:
+                await self._attempts.run(rows, dest, k.win, bool(k.ready) or k.behind)
         except Exception:
             _log.exception("webhook.delivery_crashed", delivery_id=rows[0].id)
         finally:
@@ -468,222 +447,3 @@ class WebhookWorker:
             await asyncio.gather(*pending, return_exceptions=True)
             # Still pending in the store: sent again after the restart (at-least-once).
             _log.warning("webhook.drain_abandoned", deliveries=len(pending))
-
-    # --- one attempt ------------------------------------------------------------------------
-
-    async def _attempt(self, rows: list[WebhookDelivery], dest: Destination | None,
-                       k: _Key | None = None) -> list[DeliveryOutcome]:
-        """One request carrying `rows` (all of one destination); the outcome of each."""
-        if dest is None:
-            return [await self._finish(
-                row, DeliveryOutcome(row.id, "failed", row.attempts, error=ENDPOINT_REMOVED,
-                                     kind=row.kind),
-                functools.partial(self._store.mark_failed, row.id, row.attempts,
-                                  ENDPOINT_REMOVED))
-                for row in rows]
-        waiting = k is not None and (bool(k.ready) or k.behind)
-        prepared = dest.prepare(rows, self._clock())
-        out = [await self._skip(row, reason) for row, reason in prepared.skip]
-        if prepared.request is None or not prepared.send:
-            return out
-        started = time.monotonic()
-        status, error, retry_after = await self._send(prepared, dest)
-        ended = time.monotonic()
-        if k is not None:
-            if error is None:
-                k.win.acknowledged(ended - started, waiting)
-            elif status is None or status >= 500 or status == 429:
-                k.win.failed(started, ended)
-        now = self._clock()
-        if error is None:
-            ids = [r.id for r in prepared.send]
-            recorded = await self._acknowledge(ids, now)
-            for row in prepared.send:
-                o = DeliveryOutcome(row.id, "ok", row.attempts + 1, status=status,
-                                    recorded=recorded, kind=row.kind)
-                self._report(row, o)
-                out.append(o)
-            return out
-        write: _Write
-        for row in prepared.send:
-            attempts = row.attempts + 1
-            next_at = self._policy.next_attempt_at(
-                created_at=row.created_at, attempts=attempts, now=now, retry_after=retry_after)
-            if next_at is None:
-                o = DeliveryOutcome(row.id, "failed", attempts, status=status, error=error,
-                                    kind=row.kind)
-                write = functools.partial(self._store.mark_failed, row.id, attempts, error)
-            else:
-                o = DeliveryOutcome(row.id, "retry", attempts, status=status, error=error,
-                                    next_attempt_at=next_at, kind=row.kind)
-                write = functools.partial(self._store.reschedule, row.id, attempts, next_at,
-                                          error)
-            out.append(await self._finish(row, o, write))
-        return out
-
-    async def _skip(self, row: WebhookDelivery, reason: str) -> DeliveryOutcome:
-        o = DeliveryOutcome(row.id, "failed", row.attempts, error=reason, kind=row.kind)
-        if self._on_skip is not None:
-            with contextlib.suppress(Exception):
-                self._on_skip(row.kind, reason)
-        return await self._finish(
-            row, o, functools.partial(self._store.mark_failed, row.id, row.attempts, reason),
-            count=False)
-
-    async def _finish(self, row: WebhookDelivery, outcome: DeliveryOutcome, write: _Write,
-                      count: bool = True) -> DeliveryOutcome:
-        if not await self._record([row.id], write):
-            outcome = replace(outcome, recorded=False)
-        self._report(row, outcome, count)
-        return outcome
-
-    async def _acknowledge(self, ids: list[str], now: float) -> bool:
-        """Write that these rows were delivered, together with the acknowledgements of the
-        other requests that ended meanwhile (one store write for them all: at 150
-        deliveries/s one each was a tenth of the worker's CPU). False: not written yet,
-        kept in memory and written before the next poll."""
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        done: asyncio.Future[bool] = self._loop.create_future()
-        self._acks.append((ids, now, done))
-        if self._ack_task is None or self._ack_task.done():
-            self._ack_task = self._loop.create_task(self._write_acks())
-        if await done:
-            return True
-        for delivery_id in ids:
-            self._unrecorded[delivery_id] = functools.partial(
-                self._mark_delivered, [delivery_id], now)
-        return False
-
-    async def _write_acks(self) -> None:
-        while self._acks:
-            batch, self._acks = self._acks, []
-            ids = [i for group, _, _ in batch for i in group]
-            try:
-                await self._mark_delivered(ids, max(now for _, now, _ in batch))
-                ok = True
-            except Exception:
-                _log.warning("webhook.store_error", op="record", delivery_id=ids[0],
-                             exc_info=True)
-                ok = False
-            for _, _, done in batch:
-                if not done.done():
-                    done.set_result(ok)
-
-    async def _mark_delivered(self, ids: list[str], now: float) -> None:
-        many = getattr(self._store, "mark_delivered_many", None)
-        if many is not None and len(ids) > 1:
-            await many(ids, now)
-            return
-        for delivery_id in ids:
-            await self._store.mark_delivered(delivery_id, now)
-
-    async def _send(
-        self, prepared: Prepared, dest: Destination
-    ) -> tuple[int | None, str | None, float | None]:
-        """(status, error or None if acknowledged, Retry-After seconds)."""
-        req: Request | None = prepared.request
-        assert req is not None
-        for _ in range(2):
-            try:
-                return await self._post(req, dest)
-            except aiohttp.ServerDisconnectedError:
-                # A kept-alive connection the receiver closed just as we reused it: once more
-                # on a new one (at-least-once: it may have been processed; receivers dedupe).
-                continue
-            except TimeoutError:
-                return None, f"timeout after {self._timeout:g}s", None
-            except (aiohttp.ClientError, OSError, ValueError) as exc:
-                return None, redact(f"{type(exc).__name__}: {exc}", req.secrets), None
-        return None, "ServerDisconnectedError: the receiver closed the connection", None
-
-    async def _post(
-        self, req: Request, dest: Destination
-    ) -> tuple[int | None, str | None, float | None]:
-        async with self._get_session().post(
-            req.url,
-            data=req.body,
-            headers=req.headers,
-            # A redirect is not an acknowledgement, and following one would send the
-            # event somewhere the configuration does not name.
-            allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=self._timeout),
-        ) as resp:
-            body = await resp.content.read(64 * 1024)
-            error = dest.accepted(resp.status, body)
-            if error is None:
-                return resp.status, None, None
-            retry_after = None
-            if resp.status in RETRY_AFTER_STATUSES:
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock())
-                told = getattr(dest, "retry_after", None)  # a service's own way to say it
-                if retry_after is None and callable(told):
-                    retry_after = told(body)
-            return resp.status, redact(error, req.secrets), retry_after
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                # keep-alive: connections to a receiver are reused between requests
-                connector=aiohttp.TCPConnector(limit=self._batch, keepalive_timeout=15.0),
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
-            )
-        return self._session
-
-    # --- the store ----------------------------------------------------------------------
-
-    async def _record(self, ids: list[str], write: _Write) -> bool:
-        try:
-            await write()
-        except Exception:
-            _log.warning("webhook.store_error", op="record", delivery_id=ids[0], exc_info=True)
-            for delivery_id in ids:
-                self._unrecorded[delivery_id] = write
-            return False
-        return True
-
-    async def _flush_unrecorded(self) -> bool:
-        done: set[int] = set()
-        for delivery_id, write in list(self._unrecorded.items()):
-            if id(write) not in done:  # one write may cover a batch of rows
-                try:
-                    await write()
-                except Exception:
-                    _log.warning(
-                        "webhook.store_error", op="record", delivery_id=delivery_id,
-                        exc_info=True)
-                    return False
-                done.add(id(write))
-            del self._unrecorded[delivery_id]
-        return True
-
-    def _report(self, row: WebhookDelivery, outcome: DeliveryOutcome, count: bool = True) -> None:
-        log = _log.info if outcome.result == "ok" else _log.warning
-        log(
-            "webhook.delivery",
-            delivery_id=row.id,
-            event_id=row.event_id,
-            webhook_event=row.event,
-            kind=row.kind,
-            tracker=row.tracker,
-            endpoint=endpoint_key(row.url) if row.kind == "webhook" else row.url,
-            attempt=outcome.attempts,
-            result=outcome.result,
-            status=outcome.status,
-            error=outcome.error,
-            next_attempt_in=(
-                None
-                if outcome.next_attempt_at is None
-                else round(outcome.next_attempt_at - self._clock(), 3)
-            ),
-            recorded=outcome.recorded,
-        )
-        if not count:
-            return
-        try:
-            if self._on_result is not None:
-                self._on_result(outcome.result)
-            if self._on_outcome is not None:
-                self._on_outcome(row.kind, outcome.result)
-        except Exception:
-            _log.exception("webhook.on_result_failed")
