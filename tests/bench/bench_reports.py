@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import random
 import shutil
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -229,6 +231,29 @@ async def run_store(name: str, url: str, calls: list[CallRecord], sessions: int,
             await s.close()
 
 
+@contextlib.contextmanager
+def redis_server(directory: str) -> Iterator[str]:
+    """A redis-server on a free loopback port, in `directory`, without persistence: its URL."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed"
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", directory], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=1_000_000)
@@ -255,25 +280,9 @@ def main() -> None:
                 finally:
                     server.stop()
                 continue
-            binary = shutil.which("redis-server")
-            assert binary, "redis-server is not installed"
-            port = free_port()
-            proc = subprocess.Popen(
-                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", tmp], stdout=subprocess.DEVNULL)
-            try:
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline:
-                    try:
-                        socket.create_connection(("127.0.0.1", port), 0.2).close()
-                        break
-                    except OSError:
-                        time.sleep(0.05)
+            with redis_server(tmp) as url:
                 results[name] = asyncio.run(run_store(
-                    name, f"redis://127.0.0.1:{port}/0", calls, args.sessions, args.repeat))
-            finally:
-                proc.terminate()
-                proc.wait(10)
+                    name, url, calls, args.sessions, args.repeat))
     if len(results) >= 2:
         first, *others = results.values()
         same = all(first[label][1] == o[label][1] for o in others for label, _ in QUERIES)

@@ -1,9 +1,11 @@
 """The Redis store's call records (written with their outbox rows by one script), read
-back in pages, counted for statistics and reports; spend, CRM updates and retention.
+back in pages (through the filter index of callindex.py when filtered), counted for
+statistics and reports; spend, CRM updates and retention.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
@@ -50,9 +52,9 @@ from calltrackd.tracking.reports import (
     encode_fact,
 )
 
+from .callindex import RedisCallIndex, add_to_index
 from .plumbing import (
     _SEP,
-    RedisPlumbing,
     _day,
     _s,
 )
@@ -60,7 +62,11 @@ from .plumbing import (
 log = structlog.get_logger(__name__)
 
 
-class RedisRecords(RedisPlumbing):
+def _calls_key(tracker: str | None) -> str:
+    return f"ctd:calls:{tracker}" if tracker else "ctd:calls"
+
+
+class RedisRecords(RedisCallIndex):
     """Call records, statistics, reports, spend and their retention."""
 
     # --- call records ------------------------------------------------------------------
@@ -86,6 +92,7 @@ class RedisRecords(RedisPlumbing):
                 p.hset(f"ctd:rf:{record.tracker}:{fact.day}", record.id, encode_fact(fact))
                 p.zadd(f"ctd:rdays:{record.tracker}", {str(fact.day): fact.day})
                 p.sadd("ctd:rtrackers", record.tracker)
+                add_to_index(p, record, fact)
                 await p.execute()
 
         await self._do(run())
@@ -97,23 +104,13 @@ class RedisRecords(RedisPlumbing):
         record = decode_call(_s(raw) or "")
         return (await self._with_crm([record]))[0]
 
-    async def _calls_in(self, tracker: str | None, since: datetime | None,
-                        until: datetime | None, top: float | str | None = None,
-                        batch: int = 500, offset: int = 0) -> list[tuple[str, float]]:
-        key = f"ctd:calls:{tracker}" if tracker else "ctd:calls"
-        hi: float | str = top if top is not None else (
-            f"({timestamp(until)}" if until else "+inf")
-        lo: float | str = timestamp(since) if since else "-inf"
-        rows = await self._do(self.r.zrevrangebyscore(
-            key, hi, lo, start=offset, num=batch, withscores=True))
-        return [(_s(m) or "", float(sc)) for m, sc in rows]
-
     async def _records_in(self, tracker: str | None, since: datetime | None,
                           until: datetime | None) -> AsyncIterator[list[CallRecord]]:
         """The CDRs of the window, newest first, 1,000 at a time; a record that cannot be
         read is logged and left out (statistics never fail on one)."""
         offset = 0
-        while rows := await self._calls_in(tracker, since, until, None, 1000, offset):
+        while rows := await self._calls_in(_calls_key(tracker), since, until, None, 1000,
+                                           offset):
             offset += len(rows)
             batch = []
             for raw in await self._do(self.r.mget([f"ctd:call:{c}" for c, _ in rows])):
@@ -142,27 +139,30 @@ class RedisRecords(RedisPlumbing):
             top = after[0]
             if until is not None and timestamp(until) <= after[0]:
                 top = f"({timestamp(until)}"
+        # filtered: the index keys of the filter's values (none: no call has them)
+        keys = await self._filter_keys(tracker, where) if where else None
         found: list[tuple[CallRecord, float]] = []
-        offset = 0
-        while len(found) <= limit:
-            rows = await self._calls_in(tracker, since, until, top, 500, offset)
-            if not rows:
-                break
-            offset += len(rows)
-            ids = [(cid, ts) for cid, ts in rows
-                   if after is None or ts < after[0] or (ts == after[0] and cid < after[1])]
-            if not ids:
-                continue
-            raws = await self._do(self.r.mget([f"ctd:call:{c}" for c, _ in ids]))
-            recs = await self._with_crm([decode_call(_s(raw) or "") if raw else None
-                                         for raw in raws])
-            for (_cid, ts), rec in zip(ids, recs, strict=True):
-                if rec is None:
+        pages = self._pages(keys if keys is not None else [_calls_key(tracker)],
+                            since, until, top, first=limit + 1)
+        async with contextlib.aclosing(pages):
+            async for rows in pages:
+                ids = [(cid, ts) for cid, ts in rows if after is None or ts < after[0]
+                       or (ts == after[0] and cid < after[1])]
+                if not ids:
                     continue
-                if (outcome is None or rec.outcome == outcome) and call_matches(rec, where):
-                    found.append((rec, ts))
-                    if len(found) > limit:
-                        break
+                raws = await self._do(self.r.mget([f"ctd:call:{c}" for c, _ in ids]))
+                recs = await self._with_crm([decode_call(_s(raw) or "") if raw else None
+                                             for raw in raws])
+                for (_cid, ts), rec in zip(ids, recs, strict=True):
+                    if rec is None:
+                        continue
+                    if ((outcome is None or rec.outcome == outcome)
+                            and call_matches(rec, where)):
+                        found.append((rec, ts))
+                        if len(found) > limit:
+                            break
+                if len(found) > limit:
+                    break
         page = found[:limit]
         more = len(found) > limit
         return [r for r, _ in page], (encode_cursor(page[-1][1], page[-1][0].id)
@@ -307,6 +307,7 @@ class RedisRecords(RedisPlumbing):
     ) -> None:
         day = _day(record)
         key = f"ctd:ru:{record.tracker}:{day}"
+        fact = call_fact(record)
 
         async def run() -> None:
             async with self.r.pipeline(transaction=True) as p:
@@ -314,9 +315,10 @@ class RedisRecords(RedisPlumbing):
                                      f"{record.id}\x1ef": encode_crm(record.tags,
                                                                      cents(record.value))})
                 p.hsetnx(f"ctd:rf:{record.tracker}:{day}", record.id,
-                         encode_fact(call_fact(record)))  # a call older than reports
+                         encode_fact(fact))  # a call older than reports
                 p.zadd(f"ctd:rdays:{record.tracker}", {str(day): day})
                 p.sadd("ctd:rtrackers", record.tracker)
+                add_to_index(p, record, fact)
                 for d in deliveries:
                     p.hsetnx(f"ctd:dlv:{d.id}", "id", d.id)
                     p.hset(f"ctd:dlv:{d.id}", mapping={
@@ -419,6 +421,7 @@ class RedisRecords(RedisPlumbing):
                     p.zrem("ctd:calls", *ids)
                     await self._do(p.execute())
                 total += len(rows)
+            await self._purge_index(tracker, before)
             cutoff = int(before // 86400)
             for d in await self._do(self.r.zrangebyscore(f"ctd:rdays:{tracker}", "-inf",
                                                          f"({cutoff}")):
