@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -60,6 +61,10 @@ from .plumbing import (
 )
 
 log = structlog.get_logger(__name__)
+# /v1/stats asks for call_stats and attribution_stats of one window in turn: the one
+# asked second within this many seconds gets the answer of the first one's pass
+_STATS_REUSE = 10.0
+_WindowKey = tuple[str | None, datetime | None, datetime | None]
 
 
 def _calls_key(tracker: str | None) -> str:
@@ -68,6 +73,10 @@ def _calls_key(tracker: str | None) -> str:
 
 class RedisRecords(RedisCallIndex):
     """Call records, statistics, reports, spend and their retention."""
+
+    # the half of a window's statistics that the other method will ask for: (window,
+    # until when it may, "calls" or "attributions", the answer)
+    _stats_left: tuple[_WindowKey, float, str, Any] | None = None
 
     # --- call records ------------------------------------------------------------------
 
@@ -194,23 +203,10 @@ class RedisRecords(RedisCallIndex):
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> list[CallStats]:
-        """Aggregated from the CDRs in the window (one pass; admin use)."""
-        groups: dict[tuple[Any, ...], list[int]] = {}
-        async for batch in self._records_in(tracker, since, until):
-            for rec in batch:
-                att = rec.attribution
-                sess = att.session if att else None
-                src, med = session_stats_source(sess) if sess else (None, None)
-                key = (rec.tracker, att.kind if att else "none", att.channel if att else None,
-                       src, med)
-                g = groups.setdefault(key, [0, 0, 0, 0, 0])
-                g[0] += 1
-                g[1] += rec.outcome == "answered"
-                g[2] += rec.outcome is not None and rec.outcome != "answered"
-                g[3] += rec.qualified is True
-                g[4] += rec.first_time_caller is True
-        return [CallStats(*k, *v) for k, v in sorted(groups.items(),
-                                                     key=lambda kv: (kv[0][0], -kv[1][0]))]
+        """Aggregated from the CDRs in the window (one pass for this and
+        `attribution_stats`; admin use)."""
+        result: list[CallStats] = await self._window_stats((tracker, since, until), "calls")
+        return result
 
     async def visitor_stats(
         self,
@@ -268,18 +264,54 @@ class RedisRecords(RedisCallIndex):
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> list[AttributionStats]:
-        groups: dict[tuple[str, str | None, str], list[float]] = {}
+        result: list[AttributionStats] = await self._window_stats(
+            (tracker, since, until), "attributions")
+        return result
+
+    async def _window_stats(self, window: _WindowKey, kind: str) -> Any:
+        """`kind` ("calls", "attributions") of the window's statistics: the half that
+        the other method's pass left, if it is fresh, or a pass over the CDRs that
+        leaves the other half for the other method."""
+        left = self._stats_left
+        if left is not None and left[0] == window and left[2] == kind \
+                and time.monotonic() < left[1]:
+            self._stats_left = None
+            return left[3]
+        calls, attributions = await self._stats_pass(*window)
+        other = ("attributions", attributions) if kind == "calls" else ("calls", calls)
+        self._stats_left = (window, time.monotonic() + _STATS_REUSE, *other)
+        return calls if kind == "calls" else attributions
+
+    async def _stats_pass(self, tracker: str | None, since: datetime | None,
+                          until: datetime | None
+                          ) -> tuple[list[CallStats], list[AttributionStats]]:
+        """Both statistics of the CDRs in the window, from one read of each."""
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        attributions: dict[tuple[str, str | None, str], list[float]] = {}
         async for batch in self._records_in(tracker, since, until):
             for rec in batch:
                 att = rec.attribution
-                g = groups.setdefault((rec.tracker, att.pool if att else None,
-                                       att.kind if att else "none"), [0, 0, 0.0])
+                sess = att.session if att else None
+                src, med = session_stats_source(sess) if sess else (None, None)
+                key = (rec.tracker, att.kind if att else "none", att.channel if att else None,
+                       src, med)
+                g = groups.setdefault(key, [0, 0, 0, 0, 0])
                 g[0] += 1
+                g[1] += rec.outcome == "answered"
+                g[2] += rec.outcome is not None and rec.outcome != "answered"
+                g[3] += rec.qualified is True
+                g[4] += rec.first_time_caller is True
+                a = attributions.setdefault((rec.tracker, att.pool if att else None,
+                                             att.kind if att else "none"), [0, 0, 0.0])
+                a[0] += 1
                 if att is not None and att.confidence is not None:
-                    g[1] += 1
-                    g[2] += att.confidence
-        return [AttributionStats(t, p, k, int(v[0]), int(v[1]), v[2])
-                for (t, p, k), v in sorted(groups.items(), key=lambda kv: str(kv[0]))]
+                    a[1] += 1
+                    a[2] += att.confidence
+        calls = [CallStats(*k, *v) for k, v in sorted(groups.items(),
+                                                      key=lambda kv: (kv[0][0], -kv[1][0]))]
+        return calls, [AttributionStats(t, p, k, int(v[0]), int(v[1]), v[2])
+                       for (t, p, k), v in sorted(attributions.items(),
+                                                  key=lambda kv: str(kv[0]))]
 
     # --- end of holder history ----------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """The Redis store's index of calls by channel, source, campaign and tag (GET /v1/calls's
-filters), against a real redis-server: a rare filter reads the calls that have its value,
-not every CDR; calls saved before the index are filed by the backfill at open; the purge
-takes calls out of it; the index is only ever checked, never trusted, so a call whose tags
-changed is not found under its old ones. How many keys a request reads is Redis's own
-count (INFO keyspace hits and misses)."""
+filters) and its one pass over the CDRs for /v1/stats, against a real redis-server: a rare
+filter reads the calls that have its value, not every CDR; calls saved before the index
+are filed by the backfill at open; the purge takes calls out of it; the index is only ever
+checked, never trusted, so a call whose tags changed is not found under its old ones. How
+many keys a request reads is Redis's own count (INFO keyspace hits and misses)."""
 
 from __future__ import annotations
 
@@ -177,3 +177,25 @@ async def test_the_purge_takes_calls_out_of_the_index(store: RedisStore) -> None
     assert [k async for k in store.r.scan_iter("ctd:ci:*")] == []
     assert not await store.r.exists("ctd:cikeys:acme")
 
+
+async def test_stats_read_every_cdr_once_for_both_statistics(
+        store: RedisStore, redis_url: str) -> None:
+    await _many(store, 40)
+    await store.save_call(call("c_bb", 3.5, attribution=BILLBOARD))
+    window = (T0 - timedelta(hours=1), T0 + timedelta(hours=2))
+    reads, calls = await _reads(store, store.call_stats("acme", *window))
+    assert reads >= 41 and sum(c.calls for c in calls) == 41
+    reads, attributions = await _reads(store, store.attribution_stats("acme", *window))
+    assert reads == 0  # the first pass's answer
+    other = await _opened(redis_url)  # another node: passes of its own
+    try:
+        assert attributions == await other.attribution_stats("acme", *window)
+        assert calls == await other.call_stats("acme", *window)
+        # once taken, or for another window, a pass again
+        reads, again = await _reads(store, store.attribution_stats("acme", *window))
+        assert reads >= 41 and again == attributions
+        narrow = (T0, T0 + timedelta(minutes=10))
+        reads, few = await _reads(store, store.call_stats("acme", *narrow))
+        assert reads >= 10 and few == await other.call_stats("acme", *narrow)
+    finally:
+        await other.close()
