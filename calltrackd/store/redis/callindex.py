@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 
 from calltrackd.store.codec import (
+    CALL_FILTERS,
     FACT_FILTERS,
     decode_call,
     timestamp,
@@ -133,7 +134,9 @@ class RedisCallIndex(RedisPlumbing):
     async def _filter_keys(self, tracker: str | None,
                            where: Mapping[str, str]) -> list[str] | None:
         """The index keys to read for a filter (per tracker, its smallest), or None when
-        the index cannot answer yet (the backfill is not done)."""
+        the index cannot answer (the backfill is not done, a filter it does not hold)."""
+        if not set(where) <= set(CALL_FILTERS):
+            return None
         if not self._index_ready:
             if _s(await self._do(self.r.get(BACKFILL_KEY))) != "done":
                 return None

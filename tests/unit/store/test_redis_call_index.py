@@ -92,6 +92,9 @@ async def test_a_rare_filter_reads_only_the_calls_that_have_its_value(
     assert _ids(page) == [f"c_acme_{i:03d}" for i in range(299, 289, -1)] and reads < 60
     reads, page = await _reads(store, store.list_calls(tracker="acme", outcome="busy"))
     assert _ids(page) == [] and reads > 300
+    # a filter the index does not hold is read the old way, not answered "none"
+    page = await store.list_calls(tracker="acme", limit=1, where={"medium": "cpc"})
+    assert _ids(page) == ["c_acme_299"]
 
 
 async def test_filters_across_trackers_in_order_and_after_tags_change(
