@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,11 +108,16 @@ def pool_numbers(n: int) -> list[str]:
 
 
 class Daemon:
-    """One `python -m calltrackd run` in its own working directory."""
+    """One `python -m calltrackd run` in its own working directory (`command`: what
+    replaces `python -m calltrackd`, e.g. a launcher that changes the daemon for a
+    benchmark; the repository's root is then on PYTHONPATH)."""
 
     def __init__(self, procs: Procs, workdir: Path, config: str, *, sip_port: int,
-                 http_port: int, python: str = sys.executable) -> None:
+                 http_port: int, python: str = sys.executable,
+                 command: Sequence[str] | None = None) -> None:
         self.procs = procs
+        self.command = list(command) if command else [python, "-m", "calltrackd"]
+        self.launcher = command is not None
         self.workdir = workdir
         self.config = config
         self.sip_port = sip_port
@@ -134,8 +139,11 @@ class Daemon:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "calltrackd.toml").write_text(self.config)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.launcher:
+            env["PYTHONPATH"] = os.pathsep.join(
+                x for x in (str(ROOT), os.environ.get("PYTHONPATH")) if x)
         self.proc = self.procs.start(
-            [self.python, "-m", "calltrackd", "run", "--config", "calltrackd.toml"],
+            [*self.command, "run", "--config", "calltrackd.toml"],
             cwd=self.workdir, out=self.log_path, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -251,7 +259,6 @@ async def renew_paced(base: str, sessions: Sequence[tuple[str, str]], rate: floa
     renewed through the API just before SIPp places that call."""
     timeout = aiohttp.ClientTimeout(total=10)
     sem = asyncio.Semaphore(256)
-    tasks: set[asyncio.Task[None]] = set()
     async with aiohttp.ClientSession(timeout=timeout,
                                      connector=aiohttp.TCPConnector(limit=64)) as client:
         async def one(i: int) -> None:
@@ -271,20 +278,30 @@ async def renew_paced(base: str, sessions: Sequence[tuple[str, str]], rate: floa
                 stats.latencies.append(time.perf_counter() - t0)
                 sem.release()
 
-        start = time.monotonic() - lead
-        i = 0
-        while i < count and not stop.is_set():
-            due = min(count, int((time.monotonic() - start) * rate) + 1)
-            while i < due:
-                await sem.acquire()
-                t = asyncio.create_task(one(i))
-                tasks.add(t)
-                t.add_done_callback(tasks.discard)
-                stats.sent += 1
-                i += 1
-            await asyncio.sleep(0.005)
-        if tasks:
-            await asyncio.wait(tasks, timeout=15)
+        stats.sent = await paced(rate, count, time.monotonic() - lead, stop, one, gate=sem)
+
+
+async def paced(rate: float, count: int, start: float, stop: threading.Event,
+                one: Callable[[int], Coroutine[Any, Any, None]], *,
+                gate: asyncio.Semaphore | None = None, linger: float = 15.0) -> int:
+    """Start one(i) as a task at start + i / rate (monotonic), for i < count or until
+    `stop`, each after `gate` let it (one() releases it); then wait at most `linger` s for
+    the tasks still running. Returns how many were started."""
+    tasks: set[asyncio.Task[None]] = set()
+    i = 0
+    while i < count and not stop.is_set():
+        due = min(count, int((time.monotonic() - start) * rate) + 1)
+        while i < due:
+            if gate is not None:
+                await gate.acquire()
+            t = asyncio.create_task(one(i))
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+            i += 1
+        await asyncio.sleep(0.005)
+    if tasks:
+        await asyncio.wait(tasks, timeout=linger)
+    return i
 
 
 # --- SIPp ------------------------------------------------------------------------------
