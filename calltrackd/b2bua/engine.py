@@ -423,8 +423,12 @@ class Engine:
             found = self._find_dialog(event.request)
             if found:
                 call, leg = found
-                # an ACK gets no answer: a refused one is only counted and logged
+                # an ACK gets no answer: a refused one is only counted and logged, and our
+                # 2xx goes on until the peer's own ACK (the layer stops it for an ACK from
+                # the INVITE's source; here, for one from another of the carrier's hosts)
                 if self._in_dialog_refusal(call, leg, event.request, event.source) is None:
+                    if event.transaction is not None:
+                        self.stack.layer.ack_received(event.transaction)
                     self.feed(call, AckIn(leg, event.request))
         elif isinstance(event, TransactionTimeout):
             owner = event.transaction.user

@@ -88,7 +88,10 @@ class RequestReceived:
 
 @dataclass(frozen=True, slots=True)
 class AckReceived:
-    """An ACK outside any transaction: the ACK for a 2xx (§13.2.2.4, §17.2.3)."""
+    """An ACK outside any transaction: the ACK for a 2xx (§13.2.2.4, §17.2.3). `transaction`
+    is the Accepted INVITE it names (by Call-ID and CSeq); the layer stopped that 2xx's
+    retransmissions only if the ACK came from the INVITE's source (else the TU decides:
+    `TransactionLayer.ack_received`)."""
 
     request: Request
     source: Address
@@ -201,9 +204,8 @@ class TransactionLayer:
             return []
         if method == "ACK":
             acked = self._accepted.get((req.call_id, req.cseq[0]))
-            if acked is not None:
-                acked.ack_received()
-                self._schedule(acked)
+            if acked is not None and self._from_invite_source(acked, source):
+                self.ack_received(acked)
             return [AckReceived(req, source, acked)]
         reliable = source.reliable
         new: ServerTransaction
@@ -259,6 +261,14 @@ class TransactionLayer:
     def send_ack(self, txn: ClientInviteTransaction, ack: Request) -> None:
         """The ACK for a 2xx: sent now, and again whenever the 2xx is retransmitted."""
         self._run(txn, txn.set_ack(ack.to_bytes()))
+
+    def ack_received(self, txn: ServerInviteTransaction) -> None:
+        """The ACK for `txn`'s 2xx arrived: stop retransmitting the 2xx. The layer does so
+        itself for an ACK from the host the INVITE came from; the TU calls this for an ACK
+        it admits from elsewhere (another address of the same peer: a carrier's SBCs)."""
+        if not txn.terminated:
+            txn.ack_received()
+            self._schedule(txn)
 
     def respond(self, txn: ServerTransaction, response: Response, now: float) -> None:
         if isinstance(txn, ServerInviteTransaction) and 200 <= response.status < 300:
@@ -332,6 +342,15 @@ class TransactionLayer:
                 if self._accepted.get(k) is txn:
                     del self._accepted[k]
         self._dest.pop(id(txn), None)
+
+    def _from_invite_source(self, txn: ServerInviteTransaction, source: Address) -> bool:
+        """Whether an ACK from `source` comes from where `txn`'s INVITE came from (the host
+        its responses go to, over the same transport; any port: TCP peers reconnect from
+        another). Anyone else's ACK, a stranger's who copied the dialog's identifiers,
+        leaves the 2xx retransmitted until the TU admits it (`ack_received`)."""
+        dest = self._dest.get(id(txn))
+        return dest is not None and dest.transport == source.transport \
+            and dest.host == source.host
 
     @staticmethod
     def _server_key(req: Request, method: str) -> str:

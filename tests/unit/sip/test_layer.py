@@ -118,6 +118,37 @@ def test_call_setup_and_ack_for_2xx_stops_retransmission() -> None:
     assert ok.status == 200
 
 
+def test_an_ack_for_our_2xx_from_another_host_leaves_it_retransmitted() -> None:
+    """The ACK for a 2xx is matched by Call-ID and CSeq alone (it has a branch of its own):
+    one from a host that is not the INVITE's source, a stranger copying the dialog's ids,
+    must not stop our 2xx reaching the caller. Only the TU may admit such an ACK."""
+    link = Link()
+    link.uac.send_request(invite(), UAS, link.now)
+    link.pump()
+    stxn = server_txn(link)
+    answer(link, 200, stxn)
+    ack = invite("ACK", to_tag="uas").to_bytes()
+    for stranger in (Address("udp", "127.0.0.2", 5061), Address("tcp", "127.0.0.1", 5061)):
+        events = link.uas.receive(ack, stranger, link.now)
+        assert [type(e) for e in events] == [AckReceived]
+        assert isinstance(events[0], AckReceived) and events[0].transaction is stxn
+    assert not stxn.acked
+    sent = link.uas.retransmissions
+    for t in (0.5, 1.5, 3.5):  # Timer G; the datagrams are not delivered
+        link.uas.handle_timer(t)
+    assert link.uas.retransmissions == sent + 3  # 2xx at T1, 2*T1, 4*T1
+    link.uas.ack_received(stxn)  # the TU admits an ACK from elsewhere
+    link.uas.handle_timer(7.5)
+    assert stxn.acked and link.uas.retransmissions == sent + 3
+    # the INVITE's own source (another port: a TCP peer reconnects) stops it as well
+    other = Link()
+    other.uac.send_request(invite(), UAS, other.now)
+    other.pump()
+    answer(other, 200, server_txn(other))
+    other.uas.receive(ack, Address("udp", "127.0.0.1", 6000), other.now)
+    assert server_txn(other).acked
+
+
 def test_every_other_datagram_lost_still_completes() -> None:
     link = Link(drop_every=2)
     req = invite()
