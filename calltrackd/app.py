@@ -189,7 +189,7 @@ class App:
         m.overload_rejects.count = lambda: self.engine.rejected_overload
         m.sip_retransmissions.count = lambda: self.stack.layer.retransmissions
         m.sip_queue_delay.set_function(lambda: self.load.queue_delay)
-        m.loop_lag.set_function(lambda: self.load.lag)
+        m.watch_loop(self.load)
         self.metrics.registry.register(DictCounter(
             "calltrackd_dialog_rejected", "In-dialog requests refused: wrong source or tags",
             ["reason", "method"], self.engine.dialog_rejects))

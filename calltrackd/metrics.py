@@ -18,10 +18,11 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import __version__
+from .overload import LAG_BUCKETS, LoopLagMonitor
 
 __all__ = ["CONTENT_TYPE_LATEST", "WEBHOOK_RESULTS", "CounterOf", "DictCounter", "Metrics"]
 
@@ -86,6 +87,9 @@ class Metrics:
                                      "(the load shedder's signal)", registry=r)
         self.loop_lag = Gauge("calltrackd_loop_lag_seconds",
                               "How late the event loop runs its timers (smoothed)", registry=r)
+        self.loop_lag_max = Gauge("calltrackd_loop_lag_max_seconds",
+                                  "The longest the event loop ran one timer late in the last "
+                                  "minute (a stall)", registry=r)
         self.store_up = Gauge("calltrackd_store_up",
                               "1 when the store takes writes (probed every second)", registry=r)
         self.cdr_backlog = Gauge("calltrackd_cdr_backlog",
@@ -114,6 +118,13 @@ class Metrics:
     def count_active_calls(self, count: Callable[[], int]) -> None:
         """`calltrackd_active_calls` is `count()` at each scrape (the engine's calls)."""
         self.active_calls.set_function(count)
+
+    def watch_loop(self, monitor: LoopLagMonitor) -> None:
+        """The loop-lag figures, read from `monitor` at each scrape: the smoothed lag, the
+        longest tick lag of the last minute, the histogram of every tick's lag."""
+        self.loop_lag.set_function(lambda: monitor.lag)
+        self.loop_lag_max.set_function(monitor.max_lag)
+        self.registry.register(_LoopLagHistogram(monitor))
 
     def set_build_info(self, sip_core: str) -> None:
         """`sip_core`: "compiled" or "pure python" (the reason stays in the start-up log)."""
@@ -182,6 +193,25 @@ class _StrangerPackets:
         for action, value in list(self.counts.items()):
             family.add_metric([action], value)
         yield family
+
+
+class _LoopLagHistogram:
+    """calltrackd_loop_tick_lag_seconds from a LoopLagMonitor's per-bucket counts."""
+
+    def __init__(self, monitor: LoopLagMonitor) -> None:
+        self.monitor = monitor
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        counts = list(self.monitor.lag_counts)
+        buckets: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip([*LAG_BUCKETS, float("inf")], counts, strict=True):
+            total += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), total))
+        yield HistogramMetricFamily(
+            "calltrackd_loop_tick_lag_seconds",
+            "How late each tick of the loop monitor ran (one is due every 10 ms), unsmoothed",
+            buckets=buckets, sum_value=self.monitor.lag_sum)
 
 
 WEBHOOK_RESULTS = ("ok", "retry", "failed")

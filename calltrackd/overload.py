@@ -16,17 +16,27 @@ Two signals, either of which sheds:
   delay. Shedding starts when that delay stays above `queue_high` for `queue_hold`
   seconds (a single stall that the loop then catches up on sheds nothing) and ends when
   a probe comes back under `queue_low`.
+
+The smoothed lag hides a single stall, so each tick's own lag is kept as well, for the
+metrics: the longest in the last minute (`max_lag`: six slots of 10 s, so a stall stays
+visible for 50 to 60 s, to every scraper) and a histogram (`lag_counts` per bucket of
+`LAG_BUCKETS`, `lag_sum`): a few list operations per tick, no lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections.abc import Callable
 
 from .transport.probe import QueueDelayProbe
 
 _ALPHA = 0.15  # weight of the newest lag sample
+# upper bounds of the per-tick lag histogram, seconds (a last bucket, +Inf, follows)
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_SLOT = 10.0  # seconds per slot of the longest-lag window
+_SLOTS = 6  # slots in the window: a minute
 
 
 class LoopLagMonitor:
@@ -50,6 +60,10 @@ class LoopLagMonitor:
         self._expected = 0.0
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.lag_counts = [0] * (len(LAG_BUCKETS) + 1)  # ticks per bucket (not cumulative)
+        self.lag_sum = 0.0  # seconds, over all ticks
+        self._slot_ids = [-1] * _SLOTS  # which 10-s slot (time // _SLOT) each entry holds
+        self._slot_max = [0.0] * _SLOTS  # the longest tick lag in that slot
 
     def start(self) -> None:
         self._expected = self.clock() + self.interval
@@ -72,6 +86,27 @@ class LoopLagMonitor:
             self._lagging = False
         self.overloaded = self._lagging or self._queueing
 
+    def record(self, lag: float, now: float) -> None:
+        """One tick's own lag, for the histogram and the longest-lag window (exposed for
+        tests; `observe` is the smoothed signal the shedding follows)."""
+        lag = max(0.0, lag)  # a timer may run a hair early
+        self.lag_counts[bisect.bisect_left(LAG_BUCKETS, lag)] += 1
+        self.lag_sum += lag
+        n = int(now // _SLOT)
+        i = n % _SLOTS
+        if self._slot_ids[i] != n:
+            self._slot_ids[i] = n
+            self._slot_max[i] = lag
+        elif lag > self._slot_max[i]:
+            self._slot_max[i] = lag
+
+    def max_lag(self) -> float:
+        """The longest lag of one tick in the last minute (the slots of the last 60 s;
+        the current one has run for 0 to 10 s), seconds."""
+        oldest = int(self.clock() // _SLOT) - _SLOTS
+        return max((m for n, m in zip(self._slot_ids, self._slot_max, strict=True)
+                    if n > oldest), default=0.0)
+
     def observe_queue(self, delay: float, now: float) -> None:
         """Fold one queueing-delay estimate in (exposed for tests)."""
         self.queue_delay = delay
@@ -90,7 +125,9 @@ class LoopLagMonitor:
         now = self.clock()
         if self.probes:
             self.observe_queue(max(p.tick(now) for p in self.probes), now)
-        self.observe(now - self._expected)
+        lag = now - self._expected
+        self.record(lag, now)
+        self.observe(lag)
         self._expected = now + self.interval
         if self._loop is not None:
             self._handle = self._loop.call_later(self.interval, self._tick)

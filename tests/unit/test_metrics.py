@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from calltrackd.metrics import WEBHOOK_RESULTS, Metrics
+from calltrackd.overload import LoopLagMonitor
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "calltrackd-rules.yml"
@@ -91,6 +92,9 @@ def sample_text() -> str:
     m.reservations.labels("acme", "dynamic").inc()
     m.coverage.labels("acme").set(0.95)
     m.webhook_queue.set(2)
+    lag = LoopLagMonitor()
+    lag.record(0.12, 1000.0)
+    m.watch_loop(lag)
     return m.render().decode()
 
 
