@@ -8,6 +8,7 @@ import asyncio
 import random
 import sqlite3
 import time
+from collections.abc import Awaitable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -72,6 +73,21 @@ def synthetic_calls(n: int, seed: int = 7) -> list[CallRecord]:
     return out
 
 
+async def each(writes: Iterable[Awaitable[None]], at_once: int = 50) -> None:
+    """Awaits `writes` (of different records: no order among them) `at_once` at a time, as
+    a busy node's calls arrive, so that they share the store's write batches. Awaited one
+    by one, every call record waits out a batch window of its own (20 ms on SQLite, 10 ms
+    on PostgreSQL): 900 writes took 15 s on a loaded machine. At most 50 wait at a time,
+    well within the Redis store's 64 connections."""
+    batch: list[Awaitable[None]] = []
+    for write in writes:
+        batch.append(write)
+        if len(batch) == at_once:
+            await asyncio.gather(*batch)
+            batch = []
+    await asyncio.gather(*batch)
+
+
 def crm(record: CallRecord, rnd: random.Random) -> CallRecord:
     tags = rnd.choice(((), ("hot",), ("hot", "vip"), ("spam",)))
     return replace(record, tags=tags, lead_status=rnd.choice(("won", None)),
@@ -113,15 +129,11 @@ def vars_of(g: Any) -> tuple[Any, ...]:
 async def test_reports_count_the_same_on_every_store_as_the_reference(store: Store) -> None:
     records = synthetic_calls(600)
     rnd = random.Random(3)
-    updated = {}
-    for r in records:
-        await store.save_call(r)
-    for r in records[::3]:
-        u = updated[r.id] = crm(r, rnd)
-        await store.update_call(u)
+    await each(store.save_call(r) for r in records)
+    updated = {r.id: crm(r, rnd) for r in records[::3]}
+    await each(store.update_call(u) for u in updated.values())
     # the call's later steps (a new version of its CDR) keep what the CRM wrote
-    for r in records[::6]:
-        await store.save_call(replace(r, hangup_by="caller"))
+    await each(store.save_call(replace(r, hangup_by="caller")) for r in records[::6])
     facts = [rep.call_fact(updated.get(r.id, r)) for r in records]
     for spec in QUERIES:
         q = query(spec)
@@ -138,16 +150,15 @@ async def test_visitors_are_counted_per_visit_source_and_hour(store: Store) -> N
     rnd = random.Random(5)
     sessions = [visit(i, rnd, DAY0 + timedelta(minutes=rnd.randrange(0, 3 * 1440)))
                 for i in range(300)]
-    dynamic = set()
-    for s in sessions:
-        d = rnd.random() < 0.5
-        await store.create_session(s, d)
-        if d:
-            dynamic.add(s.id)
-    for s in sessions[::4]:  # given a pool number later (counted once)
+    dynamic = {s.id for s in sessions if rnd.random() < 0.5}
+    await each(store.create_session(s, s.id in dynamic) for s in sessions)
+
+    async def given_a_number(s: VisitorSession) -> None:
         await store.touch_session(s.id, s.first_seen + 60, dynamic=True)
         await store.touch_session(s.id, s.first_seen + 90, dynamic=True)
-        dynamic.add(s.id)
+
+    await each(given_a_number(s) for s in sessions[::4])  # given a number later: counted once
+    dynamic.update(s.id for s in sessions[::4])
     cells = [(rep.visit_cell(s), 1, int(s.id in dynamic)) for s in sessions]
     for spec in ({"group_by": ("campaign", "term")}, {"group_by": ("source", "day", "hour")},
                  {"group_by": ("landing_page",), "tracker": "beta"},
@@ -189,8 +200,7 @@ async def test_call_update_writes_its_webhook_to_the_outbox(store: Store) -> Non
 
 async def test_retention_deletes_old_records_with_their_facts(store: Store) -> None:
     records = synthetic_calls(200)
-    for r in records:
-        await store.save_call(r)
+    await each(store.save_call(r) for r in records)
     await store.update_call(crm(records[0], random.Random(1)))
     cutoff = DAY0 + timedelta(days=2)
     removed = await store.purge_calls(cutoff.timestamp())
@@ -212,8 +222,7 @@ async def test_calls_recorded_before_reports_existed_are_backfilled(
                else request.getfixturevalue("redis_url"))
         s = create_store(url)
         await s.open()
-        for r in records:
-            await s.save_call(r)
+        await each(s.save_call(r) for r in records)
         await s.close()
         # what an older version left: CDRs without report facts
         if kind == "sqlite":

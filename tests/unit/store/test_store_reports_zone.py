@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import test_store_contract
-from test_store_reports import DAY0, canonical, query, synthetic_calls, visit
+from test_store_reports import DAY0, canonical, each, query, synthetic_calls, visit
 
 from calltrackd.store.base import Store
 from calltrackd.tracking import reports as rep
@@ -28,8 +28,7 @@ ZONED: list[dict[str, Any]] = [
 
 async def test_zoned_reports_count_the_same_on_every_store(store: Store) -> None:
     records = synthetic_calls(400)
-    for r in records:
-        await store.save_call(r)
+    await each(store.save_call(r) for r in records)
     facts = [rep.call_fact(r) for r in records]
     for spec in ZONED:
         q = query(spec)
@@ -41,8 +40,7 @@ async def test_zoned_visits_are_counted_on_local_days(store: Store) -> None:
     rnd = random.Random(5)
     sessions = [visit(i, rnd, DAY0 + timedelta(minutes=rnd.randrange(0, 3 * 1440)))
                 for i in range(200)]
-    for s in sessions:
-        await store.create_session(s, dynamic=True)
+    await each(store.create_session(s, dynamic=True) for s in sessions)
     q = query({"group_by": ("day", "hour"), "zone": "America/New_York"})
     cells = [(rep.visit_cell(s), 1, 1) for s in sessions]
     assert canonical(await store.report_visits(q)) == canonical(rep.aggregate_visits(cells, q))
