@@ -13,7 +13,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -116,18 +116,65 @@ def browser_env(tmp_path: Path, receiver: Receiver) -> Iterator[Env]:
     env.daemon.stop()
 
 
+class SharedChromium:
+    """One headless Chromium for a module's tests, launched when a test first asks for a
+    tab (2-4 s on a loaded machine, the driver as long again) and closed with the module.
+    Each tab gets a browser context of its own: cookies, storage and cache as empty as a
+    browser just launched has them."""
+
+    def __init__(self) -> None:
+        self._stack = ExitStack()
+        self._browser: Any = None
+
+    def browser(self) -> Any:
+        if self._browser is None:
+            from playwright.sync_api import sync_playwright
+
+            pw = self._stack.enter_context(sync_playwright())
+            self._browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS,
+                                               headless=True)
+            self._stack.callback(self._browser.close)
+        return self._browser
+
+    def close(self) -> None:
+        self._browser = None
+        self._stack.close()
+
+
+_shared: list[SharedChromium] = []  # the current module's, while `shared_chromium` holds it
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_chromium() -> Iterator[None]:
+    """The module's `browser_page` tabs share one Chromium. Module-wide, not session-wide:
+    the sync driver must not outlive the module into tests that run asyncio loops."""
+    shared = SharedChromium()
+    _shared.append(shared)
+    try:
+        yield
+    finally:
+        _shared.remove(shared)
+        shared.close()
+
+
 @contextmanager
 def browser_page(api: str, pages: dict[str, str] | None = None) -> Iterator[tuple[Any, str]]:
-    """A fresh headless Chromium tab and the site's origin (its pages load /t.js from `api`;
-    `pages`: path → HTML instead of this module's pages)."""
-    from playwright.sync_api import sync_playwright
-
-    with Site(api, pages) as site, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+    """A fresh headless Chromium tab (a new browser context: nothing from earlier tabs) and
+    the site's origin (its pages load /t.js from `api`; `pages`: path → HTML instead of
+    this module's pages). Chromium is the module's (`shared_chromium`, which a module
+    using this imports), or one of the tab's own."""
+    with Site(api, pages) as site, ExitStack() as own:
+        if _shared:
+            browser = _shared[-1].browser()
+        else:
+            shared = SharedChromium()
+            own.callback(shared.close)
+            browser = shared.browser()
+        context = browser.new_context()
         try:
-            yield browser.new_page(), f"http://127.0.0.1:{site.port}"
+            yield context.new_page(), f"http://127.0.0.1:{site.port}"
         finally:
-            browser.close()
+            context.close()
 
 
 def shown_number(page: Any) -> str:

@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 
 from .conftest import Daemon, Receiver, Sipp, by_did, free_port, start_daemon
-from .test_browser_snippet import SNIPPET, browser_page, shown_number, start_env
+from .test_browser_snippet import (  # noqa: F401 - the module's Chromium, shared
+    SNIPPET,
+    browser_page,
+    shared_chromium,
+    shown_number,
+    start_env,
+)
 from .test_tracking_flow import POOL, Env, config
 
 SEO = ["+74990000021", "+74990000022"]
@@ -184,6 +190,7 @@ def test_a_returning_visitor_gets_their_number_back_when_it_is_free(
             back.goto(f"{site}/product/2", timeout=20000)
             again = shown_number(back)
             state = back.evaluate("({...window.calltrackd, ready: undefined})")
+            back.context.close()  # the browser is the module's: leave nothing open in it
     finally:
         env.daemon.stop()
     assert again == first
