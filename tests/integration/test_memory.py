@@ -67,7 +67,9 @@ async def until(pred: Callable[[], bool], seconds: float) -> bool:
 
 
 async def calls(app: App, sipp_factory: Callable[..., Sipp], name: str, n: int,
-                sip: int, pbx: int) -> None:
+                sip: int, pbx: int, *, settle: bool = True) -> None:
+    """`n` calls; with `settle`, until the ended calls and their transactions are gone too
+    (64*T1 and a second after the last: what is left then is garbage or nothing)."""
     uas = sipp_factory(f"pbx_{name}", "uas_answer.xml", pbx, "-m", str(n), "-timeout", "120s")
     uac = sipp_factory(f"carrier_{name}", "uac_call.xml", free_port(), "-s", DID_MAIN,
                        "-m", str(n), "-r", str(RATE), "-d", "200", "-timeout", "120s",
@@ -80,8 +82,9 @@ async def calls(app: App, sipp_factory: Callable[..., Sipp], name: str, n: int,
     # every call has ended and its record is written
     assert await until(lambda: not (app.engine.active_calls or app.recorder.pending
                                     or app.tracking.pending_records), 60)
-    assert await until(lambda: not (app.engine.lingering_calls
-                                    or app.stack.layer.transaction_count), 60)
+    if settle:
+        assert await until(lambda: not (app.engine.lingering_calls
+                                        or app.stack.layer.transaction_count), 60)
 
 
 def test_a_thousand_calls_leave_no_cyclic_garbage(
@@ -99,7 +102,9 @@ def test_a_thousand_calls_leave_no_cyclic_garbage(
         app.engine.overloaded = lambda: False
         await app.start()
         try:
-            await calls(app, sipp_factory, "warm", 20, sip, pbx)  # caches, first imports
+            # caches, first imports. Not settled: a warm call still lingering is freed
+            # during the run, and any cycle it left is counted with the run's
+            await calls(app, sipp_factory, "warm", 20, sip, pbx, settle=False)
             gc.collect()
             gc.set_debug(gc.DEBUG_SAVEALL)  # what it finds stays in gc.garbage, to name it
             await calls(app, sipp_factory, "run", CALLS, sip, pbx)
