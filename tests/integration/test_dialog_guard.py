@@ -1,8 +1,9 @@
 """Dialogs belong to their peers: a stranger who knows a live call's Call-ID and tags (here
 read from the daemon's SIP trace; on a real network, from a leaked capture) sends BYE,
-re-INVITE and CANCEL from 127.0.0.2, an address that is neither the carrier nor the PBX.
-Each is refused with 481, neither SIPp (carrier or PBX) sees a thing, the call goes on and
-its record is that of a normal call. The refusals are counted and logged once."""
+re-INVITE, ACK and CANCEL from 127.0.0.2, an address that is neither the carrier nor the
+PBX. Each is refused with 481 (the ACK dropped), neither SIPp (carrier or PBX) sees a
+thing, the call goes on and its record is that of a normal call. The refusals are counted
+and logged once."""
 
 from __future__ import annotations
 
@@ -79,7 +80,9 @@ class Stranger:
         self.n = 0
 
     def send(self, method: str, ruri: str, from_: str, to: str, call_id: str, cseq: str,
-             via: str | None = None, body: str = "") -> str:
+             via: str | None = None, body: str = "", answer: bool = True) -> str:
+        """The request; the first line of its answer (a 100 Trying skipped), "" for none
+        (or without waiting, unless `answer`: an ACK gets none)."""
         self.n += 1
         via = via or f"SIP/2.0/UDP {STRANGER}:{self.port};branch=z9hG4bKstranger{self.n};rport"
         head = [f"{method} {ruri} SIP/2.0", f"Via: {via}", "Max-Forwards: 70",
@@ -90,13 +93,14 @@ class Stranger:
         head.append(f"Content-Length: {len(body.encode())}")
         self.sock.sendto(("\r\n".join(head) + "\r\n\r\n" + body).encode(),
                          ("127.0.0.1", self.daemon.sip_port))
-        while True:  # skip a 100 Trying
+        while answer:  # skip a 100 Trying
             try:
                 data = self.sock.recv(65535).decode(errors="replace")
             except TimeoutError:
                 return ""  # dropped unanswered (the stranger policy, before the engine)
             if not data.startswith("SIP/2.0 100 "):
                 return data.split("\r\n", 1)[0]
+        return ""
 
     def close(self) -> None:
         self.sock.close()
@@ -147,6 +151,10 @@ def test_stranger_bye_and_reinvite_on_a_live_call_are_refused_and_the_call_goes_
         # the carrier's own address with a From tag that is not the carrier's: no match
         assert stranger.send("BYE", ruri, re.sub(r";tag=[^;>\s]+", ";tag=forged", a_from),
                              a_to, a_call_id, "12 BYE").startswith("SIP/2.0 481 ")
+        # an ACK for our 2xx, with its SDP: dropped and counted (and, came it before the
+        # carrier's, our 2xx would have gone on: tests/unit/b2bua/test_ack_source.py)
+        stranger.send("ACK", ruri, a_from, a_to, a_call_id, "1 ACK", body=EVIL_SDP,
+                      answer=False)
     finally:
         stranger.close()
     res = carrier.wait(60)
@@ -163,7 +171,7 @@ def test_stranger_bye_and_reinvite_on_a_live_call_are_refused_and_the_call_goes_
     cdr = fetch_record(d, ids[0])
     assert (cdr["outcome"], cdr["hangup_by"], cdr["sip_code"]) == ("answered", "caller", 200)
     assert float(cdr["talk_seconds"]) >= 3.5, cdr
-    assert metric_sum(d, "calltrackd_dialog_rejected_total") == 4
+    assert metric_sum(d, "calltrackd_dialog_rejected_total") == 5
     lines = refusal_lines(d)
     assert len(lines) == 1, lines  # once per source and minute
     assert (lines[0]["source"], lines[0]["reason"]) == (STRANGER, "source")
