@@ -13,7 +13,7 @@ from pathlib import Path
 from .. import sip
 
 # compiled, in dependency order (each imports only those before it)
-COMPILED = ("guard", "routing", "legs", "commands", "call")
+COMPILED = ("guard", "routing", "legs", "commands", "call_core", "call_media", "call_fork", "call")
 STAMP = sip.STAMP
 
 NATIVE: str = sip.select(__name__, Path(__file__).parent, COMPILED, needs=sip.NATIVE)

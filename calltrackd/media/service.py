@@ -47,7 +47,7 @@ class Media:
             lambda info, rec: None
         self.tasks: set[asyncio.Task[None]] = set()
 
-    # -- the call engine's MediaControl (b2bua/engine.py) ------------------------------
+    # -- the call engine's MediaControl (b2bua/media_tasks.py) -------------------------
 
     def _client(self) -> NgClient:
         if self.client is None:
