@@ -166,7 +166,11 @@ def b_dialog(host: CallHost, caller_invite: Request, target: SipURI, did: str,
     display name after `label`; an
     `anonymous` caller is "Anonymous" <sip:anonymous@anonymous.invalid> (RFC 3323)."""
     h, _ = host.local_hostport(addr.transport, addr.host)
-    ruri = (target if target.user else target.with_(user=did)).with_(headers=None)
+    ruri = target
+    if not target.user or target.headers is not None:  # the DID as user, no headers
+        ruri = SipURI(scheme=target.scheme, user=target.user or did, password=target.password,
+                      host=target.host, port=target.port, params=target.params,
+                      opaque=target.opaque)
     tag = host.new_id("tag")
     if anonymous:
         from_value = f'"Anonymous" <sip:anonymous@anonymous.invalid>;tag={tag}'
