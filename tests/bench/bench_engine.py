@@ -9,6 +9,16 @@ call, best and median of the rounds:
     .venv/bin/python -m tests.bench.bench_engine                  # 5 rounds of 2,000 calls
     .venv/bin/python -m tests.bench.bench_engine --log warning --calls 5000 --profile
 
+On a loaded machine CPU time is noisy (other processes share the caches and the cores).
+`--callgrind` counts instructions instead, which other load does not change: under
+valgrind, only inside `engine.handle` (run through functools.reduce, which nothing else
+on the way uses, so callgrind can switch counting on and off around it):
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        --toggle-collect=functools_reduce --collect-atstart=no \
+        .venv/bin/python -m tests.bench.bench_engine --callgrind --warmup 20 --rounds 1 \
+        --calls 100    # "Collected" / 100 = instructions per call
+
 Whether the SIP core and the call engine ran compiled is printed first (build them with
 scripts/build_native.py; CALLTRACKD_PURE_PYTHON=1 runs the sources).
 """
@@ -17,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import gc
 import io
 import pstats
@@ -24,7 +35,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from typing import Literal
 
 from calltrackd import b2bua, sip
 from calltrackd.config import LogSettings
@@ -33,15 +43,22 @@ from calltrackd.sip.endpoint import Event
 from tests.unit.b2bua.net import Net
 
 
-def timed_engine(net: Net) -> list[int]:
-    """Wrap the engine's SIP input so the time spent in it adds up (ns) in the list."""
+def timed_engine(net: Net, callgrind: bool = False) -> list[int]:
+    """Wrap the engine's SIP input so the time spent in it adds up (ns) in the list;
+    `callgrind`: called through functools.reduce (see the module's docstring)."""
     spent = [0]
     handle = net.engine.handle
     clock = time.thread_time_ns  # CPU time: on a loaded machine, not the waits for a core
 
+    def through_reduce(_: None, events: list[Event]) -> None:
+        handle(events)
+
     def timed(events: list[Event]) -> None:
         t = clock()
-        handle(events)
+        if callgrind:
+            functools.reduce(through_reduce, (events,), None)
+        else:
+            handle(events)
         spent[0] += clock() - t
 
     net.engine.handle = timed  # type: ignore[method-assign]
@@ -76,11 +93,11 @@ def round_of(net: Net, spent: list[int], calls: int,
     return spent[0] / 1000 / calls
 
 
-def run(calls: int, rounds: int, log_level: Literal["info", "warning"],
-        profile: bool, out: Callable[[str], None] = print) -> list[float]:
+def run(calls: int, rounds: int, profile: bool, warmup: int = 200, callgrind: bool = False,
+        out: Callable[[str], None] = print) -> list[float]:
     net = Net()
-    spent = timed_engine(net)
-    for _ in range(200):  # warm-up: caches, the allocator, the first calls' imports
+    spent = timed_engine(net, callgrind)
+    for _ in range(warmup):  # caches, the allocator, the first calls' imports
         one_call(net)
     net.advance(40.0)
     prof = cProfile.Profile() if profile else None
@@ -101,6 +118,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--log", choices=("info", "warning"), default="info",
                     help="the daemon's log level (info: a line per call start and end)")
+    ap.add_argument("--warmup", type=int, default=200, help="calls before the rounds")
+    ap.add_argument("--callgrind", action="store_true",
+                    help="engine.handle through functools.reduce, for valgrind (above)")
     ap.add_argument("--profile", action="store_true",
                     help="cProfile the rounds (slower): the top functions by own time")
     args = ap.parse_args()
@@ -111,7 +131,7 @@ def main() -> int:
         configure_logging(LogSettings(level=args.log))
     finally:
         sys.stderr = stderr
-    figures = run(args.calls, args.rounds, args.log, args.profile)
+    figures = run(args.calls, args.rounds, args.profile, args.warmup, args.callgrind)
     print("µs of engine.handle per call, per round:", " ".join(f"{f:.1f}" for f in figures))
     print(f"best {min(figures):.1f} µs, median {statistics.median(figures):.1f} µs "
           f"({args.calls} calls x {args.rounds} rounds)")
