@@ -3,8 +3,9 @@ through the real engine, calls and transaction layers on the in-memory link of t
 tests (tests/unit/b2bua/net.py: a fake link, a manual clock, no sockets, no asyncio), with
 the daemon's logging (JSON lines, here to /dev/null). It adds up the thread's CPU time in
 `engine.handle`, the engine's part of every SIP input (the stack's parsing and the peers
-are not counted; the clock is read twice per input, about 1 µs), and reports µs per
-call, best and median of the rounds:
+are not counted; the clock is read twice per input, a system call of about 1 µs, so some
+6 µs of a call's figure are the clock's), and reports µs per call, best and median of
+the rounds:
 
     .venv/bin/python -m tests.bench.bench_engine                  # 5 rounds of 2,000 calls
     .venv/bin/python -m tests.bench.bench_engine --log warning --calls 5000 --profile
@@ -17,7 +18,7 @@ on the way uses, so callgrind can switch counting on and off around it):
     valgrind --tool=callgrind --callgrind-out-file=/dev/null \
         --toggle-collect=functools_reduce --collect-atstart=no \
         .venv/bin/python -m tests.bench.bench_engine --callgrind --warmup 20 --rounds 1 \
-        --calls 100    # "Collected" / 100 = instructions per call
+        --calls 300    # "Collected" / 320 (the warm-up counts too): instructions per call
 
 Whether the SIP core and the call engine ran compiled is printed first (build them with
 scripts/build_native.py; CALLTRACKD_PURE_PYTHON=1 runs the sources).
