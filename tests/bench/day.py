@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 DAY = 86400.0
 # relative visits per hour of the day
@@ -40,7 +41,9 @@ class Visitor:
 
 def make_day(visits: int = 5000, call_share: float = 0.06, seed: int = 1,
              during: float = 0.65, after: float = 0.25, late: float = 0.10,
-             late_max_hours: float = 48.0) -> list[Visitor]:
+             late_max_hours: float = 48.0, late_even: bool = False) -> list[Visitor]:
+    """`late_even`: the late calls spread evenly over 1-48 h instead (more a day later
+    than within hours), to check the estimate when the delay model's prior is wrong."""
     rnd = random.Random(seed)
     weights = [float(w) for w in HOURLY]
     out = []
@@ -56,8 +59,18 @@ def make_day(visits: int = 5000, call_share: float = 0.06, seed: int = 1,
             elif kind == "after":
                 at = length + rnd.uniform(0.0, 1800.0)
             else:
-                at = length + 3600.0 * math.exp(rnd.uniform(0.0, math.log(late_max_hours)))
+                spread = rnd.uniform(0.0, math.log(late_max_hours))
+                hours = 1.0 + (late_max_hours - 1.0) * spread / math.log(late_max_hours) \
+                    if late_even else math.exp(spread)
+                at = length + 3600.0 * hours
             call = Call(at, kind)
         out.append(Visitor(i, start, length, call))
     out.sort(key=lambda v: v.start)
     return out
+
+
+def compress(day: Sequence[Visitor], speed: float) -> list[Visitor]:
+    """The day with every time divided by `speed` (as the daemon benchmark replays it)."""
+    return [replace(v, start=v.start / speed, length=v.length / speed,
+                    call=Call(v.call.at / speed, v.call.kind) if v.call else None)
+            for v in day]

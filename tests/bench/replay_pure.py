@@ -4,6 +4,11 @@ runs them, with no daemon. Used by the unit tests (fast) and to choose the defau
 attribution_grace:
 
     .venv/bin/python -m tests.bench.replay_pure --sizes 50,100,150,200,300 --grace 30m,24h
+
+Visitors ping as the snippet does, every third of the reservation but at least once a
+minute (the delay model's `ping_every`). `--speed 360` compresses the day as the
+daemon benchmark does (tests/bench/attribution_replay.py: reservation 1 s, pings every
+third of it, so no minute cap): the same replay in process.
 """
 
 from __future__ import annotations
@@ -17,11 +22,11 @@ from calltrackd.config import parse_duration
 from calltrackd.store.memory import HoldHistory
 from calltrackd.tracking.allocator import Allocator
 from calltrackd.tracking.attribution import attribute
-from calltrackd.tracking.confidence import DelayLearner
+from calltrackd.tracking.confidence import DelayLearner, DelayModel
 from calltrackd.tracking.model import ForwardTarget, Pool, Tracker, VisitorSession
 from calltrackd.tracking.simulator import Rule, SimVisit, recommend
 
-from .day import Visitor, make_day
+from .day import Visitor, compress, make_day
 
 
 @dataclass
@@ -54,7 +59,11 @@ def tracker(size: int, ttl: float, grace: float) -> Tracker:
 
 
 def replay(day: Sequence[Visitor], size: int, ttl: float = 360.0, grace: float = 1800.0,
-           days_after: float = 2.0) -> Outcome:
+           days_after: float = 2.0, speed: float = 1.0) -> Outcome:
+    """The day at `size` numbers; `speed` > 1 compresses it (the day, the reservation,
+    the grace and every delay divided by it)."""
+    if speed != 1.0:
+        day, ttl, grace = compress(day, speed), ttl / speed, grace / speed
     t = tracker(size, ttl, grace)
     alloc = Allocator()
     alloc.set_pool(("bench", "web"), t.pools[0].numbers, t.cooldown)
@@ -63,14 +72,14 @@ def replay(day: Sequence[Visitor], size: int, ttl: float = 360.0, grace: float =
     sessions = {f"s_{v.index}": VisitorSession(f"s_{v.index}", "bench") for v in day}
     shown: dict[int, str] = {}
     out = Outcome(learner=learner)
-    every = ttl / 3
+    every = DelayModel.prior(ttl).ping_every
     events: list[tuple[float, int, str, int]] = []
     for v in day:
         pings = int(v.length // every)
         for k in range(pings + 1):
             events.append((v.start + k * every, v.index, "ask", k))
         out.visits.append(SimVisit(v.start, v.start + pings * every))
-        if v.call is not None and v.call.at < 86400.0 * (1 + days_after):
+        if v.call is not None and v.call.at < 86400.0 * (1 + days_after) / speed:
             events.append((v.start + v.call.at, v.index, "call", 0))
     heapq.heapify(events)
     by_index = {v.index: v for v in day}
@@ -107,19 +116,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--grace", default="30m,24h")
     ap.add_argument("--visits", type=int, default=5000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--speed", type=float, default=1.0,
+                    help="compress the day as the daemon benchmark does (360)")
     args = ap.parse_args(argv)
     day = make_day(args.visits, seed=args.seed)
     for g in args.grace.split(","):
         grace = parse_duration(g)
         for size in map(int, args.sizes.split(",")):
-            o = replay(day, size, grace=grace)
+            o = replay(day, size, grace=grace, speed=args.speed)
             assert o.learner is not None
-            sizing = recommend(o.visits, Rule(360.0, 0.0, grace), o.learner.model, size)
+            sizing = recommend(o.visits, Rule(360.0 / args.speed, 0.0, grace / args.speed),
+                               o.learner.model, size)
             at = {p.size: p.estimated_accuracy for p in sizing.curve}
             sure, right = o.calibration()
             exp = [c for c in o.calls if c[1] == "expired" and c[4] is not None]
-            young = [c for c in exp if c[4] is not None and c[4] <= 1800]
-            old = [c for c in exp if c[4] is not None and c[4] > 1800]
+            young = [c for c in exp if c[4] is not None and c[4] <= 1800 / args.speed]
+            old = [c for c in exp if c[4] is not None and c[4] > 1800 / args.speed]
             print(f"grace {g:>4} size {size:>4}: calls {len(o.calls)} true {o.accuracy:.3f}"
                   f" estimated {o.estimated:.3f} simulated {at.get(size, float('nan')):.3f}"
                   f" | conf>=0.9: {right}/{sure}"
