@@ -204,7 +204,8 @@ def _window(request: web.Request) -> tuple[datetime, datetime]:
 
 async def stats(request: web.Request) -> web.Response:
     """Per tracker and source: calls, answered, missed, qualified, first-time callers;
-    coverage, accuracy and estimated accuracy, pools with their size curve, INVITEs shed
+    coverage, accuracy and estimated accuracy, pools with their size curve (the
+    period's visits replayed, through the pool's own calls at its size), INVITEs shed
     (calltrackd.tracking.stats); for the admin, this node's shed INVITEs by reason."""
     require_admin(request)
     store = request.app[STORE]
@@ -220,7 +221,8 @@ async def stats(request: web.Request) -> web.Response:
     for tracker in request.app[SETTINGS]().trackers:
         if only and tracker.id != only:
             continue
-        sizings = await _sizings(request, tracker, pools, now)
+        sizings = await _sizings(request, tracker, pools, now, since.timestamp(),
+                                 until.timestamp())
         out.append(domain_stats.tracker_stats(tracker, calls, visitors, pools, attributions,
                                               sizings, shed["trackers"]))
     answer: dict[str, Any] = {"since": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -232,21 +234,23 @@ async def stats(request: web.Request) -> web.Response:
 
 
 async def _sizings(request: web.Request, tracker: Tracker, pools: list[PoolStats],
-                   now: float) -> dict[str, Sizing]:
-    """Each pool's replay at other sizes, from the cache or made in a worker thread
-    (seconds of CPU for a busy pool: off the event loop, once per SIZING_TTL)."""
+                   now: float, since: float, until: float) -> dict[str, Sizing]:
+    """Each pool's replay of the period's visits (its last SIZING_HISTORY at most) at
+    other sizes, from the cache or made in a worker thread (seconds of CPU for a busy
+    pool: off the event loop, once per SIZING_TTL)."""
     cache = request.app[SIZINGS]
-    out, missing = cache.split(tracker.id, pools, now)
+    start = max(since, until - domain_stats.SIZING_HISTORY)
+    window = cache.window(start, until)
+    out, missing = cache.split(tracker.id, pools, now, window)
     if not missing:
         return out
-    visits = await request.app[STORE].visits(tracker.id, now - domain_stats.SIZING_HISTORY,
-                                             now)
+    visits = await request.app[STORE].visits(tracker.id, start, until)
     by_pool = domain_stats.pool_visits(tracker, visits)
     model = request.app[TRACKING].delay_models.get(tracker.id, tracker.reservation_ttl).model
     for name, size in missing.items():
         sizing = await asyncio.to_thread(domain_stats.size_pool, tracker,
                                          by_pool.get(name, []), model, size)
-        cache.put((tracker.id, name), now, sizing)
+        cache.put((tracker.id, name), now, sizing, window)
         out[name] = sizing
     return out
 

@@ -6,7 +6,11 @@ the attribution is expected to be.
   really called: the mean confidence of the calls (`confidence.py`), where a static
   number counts 1 and a call that names no visitor (`default`, `none`) 0.
 - A pool's `recommended_size` and `size_curve` come from replaying its visits of the
-  last days at other sizes (`simulator.py`); the replays are cached (`SizingCache`).
+  period (at most the last `SIZING_HISTORY` of it) at other sizes (`simulator.py`);
+  the replays are cached (`SizingCache`). `replayed_accuracy` is the replay's figure at
+  the pool's current size; the curve is moved to pass through the pool's own calls
+  there (`anchored_curve`), so the curve and `estimated_accuracy` agree at the current
+  size once the pool has calls enough to say.
 - `shed`: INVITEs to the tracker's numbers answered 503 before a call existed (overload,
   `sip.max_calls`, drain), counted by this node since it started: not windowed.
 """
@@ -22,8 +26,9 @@ from calltrackd.tracking.confidence import DelayModel
 from calltrackd.tracking.model import Tracker
 from calltrackd.tracking.simulator import Rule, SimVisit, Sizing, recommend
 
-SIZING_HISTORY = 3 * 86400.0  # the visits a pool's replay takes: the last three days
+SIZING_HISTORY = 3 * 86400.0  # the most visits a pool's replay takes: the period's last 3 days
 SIZING_TTL = 300.0  # seconds a pool's replay is reused
+ANCHOR_CALLS = 30.0  # how many calls the replay's figure weighs against a pool's own
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -48,6 +53,12 @@ def estimated_accuracy(rows: Sequence[AttributionStats]) -> float | None:
     """The mean confidence of these calls; a record without a confidence (older ones,
     or one whose attribution failed) counts 1 when static, 0 when it names nobody, and
     is left out when it names a visitor."""
+    total, count = _confidences(rows)
+    return round(total / count, 4) if count else None
+
+
+def _confidences(rows: Sequence[AttributionStats]) -> tuple[float, int]:
+    """(sum of the confidences, calls counted) as `estimated_accuracy` counts them."""
     total = 0.0
     count = 0
     for r in rows:
@@ -59,7 +70,35 @@ def estimated_accuracy(rows: Sequence[AttributionStats]) -> float | None:
             count += unscored
         elif r.kind in ("default", "none"):
             count += unscored
-    return round(total / count, 4) if count else None
+    return total, count
+
+
+def anchored_curve(sizing: Sizing, size: int, rows: Sequence[AttributionStats]
+                   ) -> tuple[list[dict[str, Any]], float | None, float | None]:
+    """A pool's size curve as `/v1/stats` gives it, with its attainable accuracy and the
+    replay's own figure at the pool's current size.
+
+    The replay (simulator.py) says how the accuracy changes with the size; the pool's
+    calls say where it is: the curve is moved so that at the current size it passes
+    through the calls' mean confidence weighed against the replay's figure as if that
+    were `ANCHOR_CALLS` calls ((sum of confidences + 30 x replayed) / (calls + 30)). So
+    with many calls the curve meets the pool's `estimated_accuracy` at its size, and
+    with few (a new pool, a quiet day) it stays the replay's; the shift is the same at
+    every size, clipped to [0, 1]. `recommended_size` is the replay's (a shift does not
+    move where the curve flattens)."""
+    at = {c.size: c.estimated_accuracy for c in sizing.curve}
+    replayed = at.get(size)
+    if replayed is None:
+        return ([{"size": c.size, "estimated_accuracy": c.estimated_accuracy}
+                 for c in sizing.curve], sizing.attainable_accuracy or None, None)
+    total, count = _confidences(rows)
+    shift = (total + ANCHOR_CALLS * replayed) / (count + ANCHOR_CALLS) - replayed
+
+    def moved(x: float) -> float:
+        return round(min(1.0, max(0.0, x + shift)), 4)
+
+    return ([{"size": c.size, "estimated_accuracy": moved(c.estimated_accuracy)}
+             for c in sizing.curve], moved(sizing.attainable_accuracy), replayed)
 
 
 def pool_visits(tracker: Tracker, visits: Sequence[Visit]) -> dict[str, list[SimVisit]]:
@@ -80,30 +119,38 @@ def size_pool(tracker: Tracker, visits: Sequence[SimVisit], model: DelayModel,
 
 
 class SizingCache:
-    """Replays per (tracker, pool), reused for `ttl` seconds (a replay of three days of
-    a busy pool takes about a second)."""
+    """Replays per (tracker, pool) and period, reused for `ttl` seconds (a replay of
+    three days of a busy pool takes about a second). A period is `window(since,
+    until)`: its ends to the `ttl`, so the default "last 24 hours" of requests made
+    within one `ttl` share a replay."""
 
     def __init__(self, ttl: float = SIZING_TTL) -> None:
         self.ttl = ttl
-        self._entries: dict[tuple[str, str], tuple[float, Sizing]] = {}
+        self._entries: dict[tuple[str, str], tuple[float, Sizing, tuple[int, int]]] = {}
 
-    def get(self, key: tuple[str, str], now: float) -> Sizing | None:
+    def window(self, since: float, until: float) -> tuple[int, int]:
+        return int(since // self.ttl), int(until // self.ttl)
+
+    def get(self, key: tuple[str, str], now: float, window: tuple[int, int] = (0, 0)
+            ) -> Sizing | None:
         hit = self._entries.get(key)
-        return hit[1] if hit is not None and now - hit[0] < self.ttl else None
+        return (hit[1] if hit is not None and now - hit[0] < self.ttl and hit[2] == window
+                else None)
 
-    def put(self, key: tuple[str, str], now: float, sizing: Sizing) -> None:
-        self._entries[key] = (now, sizing)
+    def put(self, key: tuple[str, str], now: float, sizing: Sizing,
+            window: tuple[int, int] = (0, 0)) -> None:
+        self._entries[key] = (now, sizing, window)
 
-    def split(self, tracker: str, pools: Sequence[PoolStats], now: float
-              ) -> tuple[dict[str, Sizing], dict[str, int]]:
-        """The tracker's pools as (pool → fresh cached replay, pool → current size of
-        those still to replay)."""
+    def split(self, tracker: str, pools: Sequence[PoolStats], now: float,
+              window: tuple[int, int] = (0, 0)) -> tuple[dict[str, Sizing], dict[str, int]]:
+        """The tracker's pools as (pool → fresh cached replay of the period, pool →
+        current size of those still to replay)."""
         hits: dict[str, Sizing] = {}
         missing: dict[str, int] = {}
         for p in pools:
             if p.tracker != tracker:
                 continue
-            hit = self.get((tracker, p.pool), now)
+            hit = self.get((tracker, p.pool), now, window)
             if hit is not None:
                 hits[p.pool] = hit
             else:
@@ -143,6 +190,8 @@ def tracker_stats(tracker: Tracker, calls: Sequence[CallStats],
             continue
         sizing = sizings.get(p.pool)
         ours = [a for a in att if a.pool == p.pool]
+        curve, attainable, replayed = (anchored_curve(sizing, p.size, ours) if sizing
+                                       and sizing.curve else ([], None, None))
         row = {
             "pool": p.pool, "size": p.size, "free": p.free, "reserved": p.reserved,
             "cooling": p.cooling, "peak": p.peak, "shortfall": p.shortfall,
@@ -150,10 +199,9 @@ def tracker_stats(tracker: Tracker, calls: Sequence[CallStats],
             "estimated_accuracy": estimated_accuracy(ours),
             "recommended_size": (sizing.recommended_size if sizing and sizing.curve
                                  else peak_rule_size(p, *served.get(p.pool, (0, 0)))),
-            "attainable_accuracy": sizing.attainable_accuracy if sizing and sizing.curve
-            else None,
-            "size_curve": [{"size": c.size, "estimated_accuracy": c.estimated_accuracy}
-                           for c in sizing.curve] if sizing else [],
+            "attainable_accuracy": attainable,
+            "replayed_accuracy": replayed,
+            "size_curve": curve,
         }
         pool_rows.append(row)
     return {

@@ -11,7 +11,8 @@ at 360 a day takes 4 minutes and the 48 h tail of late callers 8 more.
     .venv/bin/python -m tests.bench.attribution_replay --sizes 80,120,160,200,240,320
 
 It prints, per pool size: calls, the true accuracy, estimated_accuracy, the trade's
-accuracy, the simulator's figure for that size and its recommended_size; the
+accuracy, the simulator's figure for that size (`replayed_accuracy`, and the size
+curve there, which passes through the pool's own calls) and its recommended_size; the
 calibration of confidence >= 0.9; expired attributions by age; and the smallest size
 that reaches 97% of the best true accuracy of the run.
 """
@@ -321,7 +322,7 @@ def report(bench: Bench, base: str, sizes: Sequence[int], started: float, replay
                 sure += 1
                 sure_right += ok
         rows.append((run, total, right / total if total else math.nan, stats, pool,
-                     curve.get(run.size), stats_s, cached_s))
+                     (pool.get("replayed_accuracy"), curve.get(run.size)), stats_s, cached_s))
         breakdown.append(f"{run.size}: " + ", ".join(
             f"{k} {int(v[0])} calls, confidence sum {v[1]:.1f}, right {int(v[2])}"
             for k, v in sorted(kinds.items())))
@@ -331,12 +332,12 @@ def report(bench: Bench, base: str, sizes: Sequence[int], started: float, replay
           f" ping lateness p50 {pct(bench.lag, 50) * 1000:.0f} ms"
           f" p99 {pct(bench.lag, 99) * 1000:.0f} ms (wall)")
     print("| pool | calls | true accuracy | estimated_accuracy | trade accuracy |"
-          " simulated at this size | recommended_size | attainable (sim) |"
+          " replayed at this size (curve there) | recommended_size | attainable (curve) |"
           " /v1/stats s (first, cached) |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for run, total, true_acc, st, pool, sim, stats_s, cached_s in rows:
+    for run, total, true_acc, st, pool, (sim, at), stats_s, cached_s in rows:
         print(f"| {run.size} | {total} | {true_acc:.3f} | {st['estimated_accuracy']} |"
-              f" {st['accuracy']} | {sim} | {pool['recommended_size']} |"
+              f" {st['accuracy']} | {sim} ({at}) | {pool['recommended_size']} |"
               f" {pool.get('attainable_accuracy')} | {stats_s:.2f}, {cached_s:.2f} |")
     best = max(r[2] for r in rows)
     reach = [r[0].size for r in rows if r[2] >= 0.97 * best]

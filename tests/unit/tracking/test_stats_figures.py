@@ -92,3 +92,41 @@ def test_replays_are_reused_for_their_ttl_then_made_again() -> None:
     pools = [pool("paid", 2, 1), pool("seo", 1, 1), PoolStats("other", "x", 1, 1, 0, 0, 0, 0, 0)]
     assert cache.split("acme", pools, 1299.0) == ({"paid": sizing}, {"seo": 1})
     assert cache.split("acme", pools, 1300.0) == ({}, {"paid": 2, "seo": 1})
+
+
+def test_the_size_curve_meets_the_pools_own_calls_at_its_size() -> None:
+    sizing = Sizing(3, 0.9, (CurvePoint(1, 0.6), CurvePoint(2, 0.85), CurvePoint(3, 0.9)))
+    quiet = tracker_stats(ACME, [], [], [pool("paid", 2, 2)],
+                          [AttributionStats("acme", "paid", "dynamic", 3, 3, 3.0)],
+                          {"paid": sizing})["pools"][0]
+    # three calls all sure weigh little against the replay's 0.85 (as 30 calls)
+    assert quiet["estimated_accuracy"] == 1.0 and quiet["replayed_accuracy"] == 0.85
+    level = round((3.0 + 30 * 0.85) / 33, 4)
+    assert quiet["size_curve"][1] == {"size": 2, "estimated_accuracy": level}
+    busy = tracker_stats(ACME, [], [], [pool("paid", 2, 2)],
+                         [AttributionStats("acme", "paid", "dynamic", 3000, 3000, 2100.0),
+                          AttributionStats("acme", "paid", "none", 0, 0, 0.0)],
+                         {"paid": sizing})["pools"][0]
+    curve = [p["estimated_accuracy"] for p in busy["size_curve"]]
+    assert busy["estimated_accuracy"] == 0.7
+    assert abs(curve[1] - 0.7) < 0.002  # where the pool is, the calls decide
+    shift = curve[1] - 0.85  # and the replay says how it changes with the size
+    assert curve == [round(0.6 + shift, 4), curve[1], round(0.9 + shift, 4)]
+    assert busy["attainable_accuracy"] == curve[2] and busy["recommended_size"] == 3
+
+
+def test_a_shifted_curve_stays_within_0_and_1() -> None:
+    sizing = Sizing(2, 0.99, (CurvePoint(1, 0.5), CurvePoint(2, 0.99)))
+    row = tracker_stats(ACME, [], [], [pool("paid", 1, 1)],
+                        [AttributionStats("acme", "paid", "dynamic", 900, 900, 900.0)],
+                        {"paid": sizing})["pools"][0]
+    assert row["size_curve"][1]["estimated_accuracy"] == 1.0
+
+
+def test_replays_are_kept_per_period() -> None:
+    cache = SizingCache(ttl=300.0)
+    sizing = Sizing(2, 0.9, ())
+    day, week = cache.window(0.0, 86400.0), cache.window(-6 * 86400.0, 86400.0)
+    cache.put(("acme", "paid"), 1000.0, sizing, day)
+    assert cache.split("acme", [pool("paid", 2, 1)], 1100.0, day) == ({"paid": sizing}, {})
+    assert cache.split("acme", [pool("paid", 2, 1)], 1100.0, week) == ({}, {"paid": 2})
