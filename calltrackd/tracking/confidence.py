@@ -32,7 +32,8 @@ thin out with time; spread evenly over the 47 hours, the prior gave callers of t
 hours an eighth of their weight, and their calls to a number someone else had taken
 since went to that someone with a confidence near 1. `DelayLearner` then moves the model
 toward the tracker's own calls by online expectation-maximisation: each call adds its
-candidates' posterior shares to the bins of their delays.
+candidates' posterior shares to the bins of their delays. A restart rebuilds it from the
+stored call records (`DelayLearner.observe_record`).
 """
 
 from __future__ import annotations
@@ -199,6 +200,45 @@ class DelayLearner:
                 self._visit_sum += max(0.0, h.until - ttl - h.started_at)
         self._refresh()
 
+    def observe_record(self, kind: str, confidence: float, last_seen: float, now: float,
+                       grace: float) -> None:
+        """A stored call record, at a restart: the call to a pool number at `now`
+        attributed `kind` with `confidence` to a visitor last active at `last_seen`
+        (ignored unless dynamic or expired). The named visitor's share goes to its
+        delay's bin as `observe_call` put it; the rest, which went to the number's
+        earlier holders (their delays are not in the record), is spread over the delays
+        longer than the named one's as the model expects them. A `none` call (nobody
+        within the grace) spreads its whole weight beyond `reservation_ttl + grace`."""
+        m = self._model
+        rest = 1.0
+        after = now - last_seen
+        if kind in ("dynamic", "expired"):
+            confidence = min(1.0, max(0.0, confidence))
+            if kind == "dynamic" and after <= m.ping_every:
+                self._during += confidence
+                after = 0.0
+            elif (i := m.bin(after)) >= 0:
+                self._after[i] += confidence
+            rest = 1.0 - confidence
+        elif kind == "none":
+            after = m.ttl + grace
+        else:
+            return
+        weights = [share * min(1.0, max(0.0, (hi - after) / (hi - lo)))
+                   for lo, hi, share in zip(m.edges, m.edges[1:], m.after, strict=False)]
+        total = sum(weights)
+        if total > 0 and rest > 0:
+            for i, w in enumerate(weights):
+                self._after[i] += rest * w / total
+        self.calls += 1
+        self._refresh()
+
+    def observe_visit(self, first_seen: float, last_seen: float) -> None:
+        """A stored visit, at a restart: its length counts toward the mean visit."""
+        self._visits += 1
+        self._visit_sum += max(0.0, last_seen - first_seen)
+        self._refresh()
+
     def observe_call(self, holds: Sequence[Hold], now: float) -> None:
         """A call to a pool number whose recent holders are `holds`."""
         post = posterior(self._model, holds, now)
@@ -231,6 +271,12 @@ class Learners:
     def __init__(self) -> None:
         self._by_tracker: dict[str, DelayLearner] = {}
         self._ttl: dict[str, float] = {}
+
+    def fresh(self, tracker: str, ttl: float) -> DelayLearner:
+        """A new learner for the tracker, from the prior (to rebuild it)."""
+        learner = self._by_tracker[tracker] = DelayLearner(ttl)
+        self._ttl[tracker] = ttl
+        return learner
 
     def get(self, tracker: str, ttl: float) -> DelayLearner:
         learner = self._by_tracker.get(tracker)

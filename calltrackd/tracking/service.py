@@ -47,6 +47,8 @@ log = structlog.get_logger(__name__)
 
 _SESSION_ID = re.compile(r"s_[A-Za-z0-9_-]{22}")
 PENDING_LIMIT = 100_000
+REBUILD_DAYS = 7.0  # the call records a restart learns the delay models from
+REBUILD_TIMEOUT = 60.0  # seconds start-up gives that; the prior serves after
 
 
 def new_session_id() -> str:
@@ -123,8 +125,48 @@ class TrackingService:
         return self._by_key.get(public_key)
 
     async def start(self) -> None:
-        """Bring the store's pools in line with the configuration (after `store.open`)."""
+        """Bring the store's pools in line with the configuration (after `store.open`)
+        and rebuild the trackers' delay models from their stored calls."""
         await self.sync_pools()
+        try:
+            async with asyncio.timeout(REBUILD_TIMEOUT):
+                await self.rebuild_delay_models()
+        except Exception as exc:  # the prior serves: confidences are rougher, calls go on
+            log.warning("tracking.delay_models_not_rebuilt", error=repr(exc))
+
+    async def rebuild_delay_models(self, days: float = REBUILD_DAYS) -> None:
+        """Each tracker's delay model (confidence.py), learned again from the call
+        records and visits of its last `days` days, oldest first: the model lives in
+        memory and a restart would otherwise start from the prior."""
+        now = self._clock()
+        since, until = datetime.fromtimestamp(now - days * 86400, UTC), datetime.fromtimestamp(
+            now + 1, UTC)
+        for tracker in self._trackers:
+            if not tracker.pools:
+                continue
+            learner = self.delay_models.fresh(tracker.id, tracker.reservation_ttl)
+            for v in await self.store.visits(tracker.id, now - days * 86400, now + 1):
+                learner.observe_visit(v.first_seen, v.last_seen)
+            records: list[CallRecord] = []
+            cursor = None
+            while True:
+                page, cursor = await self.store.list_calls(tracker.id, since, until,
+                                                           limit=1000, cursor=cursor)
+                records += page
+                if not cursor:
+                    break
+            records.sort(key=lambda r: (r.started_at, r.id))
+            for r in records:
+                a = r.attribution
+                if a is None or a.error or not attr.is_pool_number(tracker, r.did):
+                    continue  # as live: only calls to pool numbers the store answered for
+                seen = a.session.last_seen if a.session is not None else 0.0
+                if a.kind in ("dynamic", "expired") and a.session is None:
+                    continue
+                learner.observe_record(a.kind, a.confidence or 0.0, seen,
+                                       r.started_at.timestamp(), tracker.attribution_grace)
+            log.info("tracking.delay_model_rebuilt", tracker=tracker.id, calls=learner.calls,
+                     days=days)
 
     async def sync_pools(self) -> None:
         """Make the store's pools those of the configuration (also done lazily)."""

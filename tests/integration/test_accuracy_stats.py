@@ -6,10 +6,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .conftest import Daemon, Sipp, daemon_toml, free_port, pbx_uri, start_daemon, tracker
+from .conftest import (
+    SQLITE,
+    Daemon,
+    Sipp,
+    daemon_toml,
+    free_port,
+    pbx_uri,
+    start_daemon,
+    tracker,
+)
 
 POOL = ["+74990000021", "+74990000022"]
 POOL_DEFAULT = "+74990000029"
@@ -85,3 +95,40 @@ def test_overflow_calls_keep_the_pools_channel_and_stats_estimate_the_accuracy(
     assert any(p["size"] == 2 for p in curve)  # the pool's own size is on the curve
     accuracies = [p["estimated_accuracy"] for p in curve]
     assert accuracies == sorted(accuracies) and 0 < accuracies[-1] <= 1
+
+
+def test_a_restarted_daemon_gives_the_same_accuracy_figures(
+    tmp_path: Path, sipp_factory: Callable[..., Sipp]
+) -> None:
+    # the delay model the confidences and the size curve use is learned from the calls
+    # in memory; a restart rebuilds it from the stored call records
+    sip, http, pbx = free_port(), free_port(), free_port()
+    cfg = config(sip, http, pbx, SQLITE)
+    d = start_daemon(tmp_path, cfg, sip, http)
+    try:
+        visitors = [visitor(d), visitor(d)]
+        for v in visitors * 2:
+            call(d, pbx, sipp_factory, v["number"])
+        for v in visitors:  # the last call to each number has its record written
+            d.wait_call(to(v["number"]))
+        status, before = d.http("GET", "/v1/stats?tracker=acme")
+        assert status == 200, before
+    finally:
+        assert d.stop() == 0
+    d = start_daemon(tmp_path, cfg, sip, http)
+    try:
+        assert "tracking.delay_model_rebuilt" in d.log_text()
+        status, after = d.http("GET", "/v1/stats?tracker=acme")
+        assert status == 200, after
+    finally:
+        d.stop()
+    was, now = before["trackers"][0], after["trackers"][0]
+    assert was["calls"] == now["calls"] == 4
+    assert now["estimated_accuracy"] == was["estimated_accuracy"] == 1.0
+    keys = ("estimated_accuracy", "replayed_accuracy", "attainable_accuracy",
+            "recommended_size", "size_curve")
+    assert {k: now["pools"][0][k] for k in keys} == {k: was["pools"][0][k] for k in keys}
+
+
+def to(number: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda c: bool(c["did"] == number)
