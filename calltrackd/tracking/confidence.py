@@ -41,7 +41,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from calltrackd.tracking.model import Hold
@@ -233,10 +233,12 @@ class DelayLearner:
         self.calls += 1
         self._refresh()
 
-    def observe_visit(self, first_seen: float, last_seen: float) -> None:
-        """A stored visit, at a restart: its length counts toward the mean visit."""
-        self._visits += 1
-        self._visit_sum += max(0.0, last_seen - first_seen)
+    def observe_visits(self, visits: Iterable[tuple[float, float]]) -> None:
+        """Stored visits (first request, last activity), at a restart: their length
+        counts toward the mean visit."""
+        for first_seen, last_seen in visits:
+            self._visits += 1
+            self._visit_sum += max(0.0, last_seen - first_seen)
         self._refresh()
 
     def observe_call(self, holds: Sequence[Hold], now: float) -> None:
@@ -272,11 +274,10 @@ class Learners:
         self._by_tracker: dict[str, DelayLearner] = {}
         self._ttl: dict[str, float] = {}
 
-    def fresh(self, tracker: str, ttl: float) -> DelayLearner:
-        """A new learner for the tracker, from the prior (to rebuild it)."""
-        learner = self._by_tracker[tracker] = DelayLearner(ttl)
+    def put(self, tracker: str, ttl: float, learner: DelayLearner) -> None:
+        """Install a learner made elsewhere (rebuilt from the stored calls)."""
+        self._by_tracker[tracker] = learner
         self._ttl[tracker] = ttl
-        return learner
 
     def get(self, tracker: str, ttl: float) -> DelayLearner:
         learner = self._by_tracker.get(tracker)

@@ -29,7 +29,7 @@ from calltrackd.store.base import Store
 from calltrackd.tracking import attribution as attr
 from calltrackd.tracking import visits
 from calltrackd.tracking.allocator import match_pool
-from calltrackd.tracking.confidence import Learners
+from calltrackd.tracking.confidence import DelayLearner, Learners
 from calltrackd.tracking.model import (
     Attribution,
     CallRecord,
@@ -48,7 +48,7 @@ log = structlog.get_logger(__name__)
 _SESSION_ID = re.compile(r"s_[A-Za-z0-9_-]{22}")
 PENDING_LIMIT = 100_000
 REBUILD_DAYS = 7.0  # the call records a restart learns the delay models from
-REBUILD_TIMEOUT = 60.0  # seconds start-up gives that; the prior serves after
+REBUILD_TIMEOUT = 15.0  # seconds start-up gives that; the prior serves the rest
 
 
 def new_session_id() -> str:
@@ -139,14 +139,14 @@ class TrackingService:
         records and visits of its last `days` days, oldest first: the model lives in
         memory and a restart would otherwise start from the prior."""
         now = self._clock()
-        since, until = datetime.fromtimestamp(now - days * 86400, UTC), datetime.fromtimestamp(
-            now + 1, UTC)
+        start, end = now - days * 86400, now + 1
+        since, until = datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)
         for tracker in self._trackers:
             if not tracker.pools:
                 continue
-            learner = self.delay_models.fresh(tracker.id, tracker.reservation_ttl)
-            for v in await self.store.visits(tracker.id, now - days * 86400, now + 1):
-                learner.observe_visit(v.first_seen, v.last_seen)
+            learner = DelayLearner(tracker.reservation_ttl)  # installed once complete
+            visits = await self.store.visits(tracker.id, start, end)
+            learner.observe_visits((v.first_seen, v.last_seen) for v in visits)
             records: list[CallRecord] = []
             cursor = None
             while True:
@@ -165,6 +165,7 @@ class TrackingService:
                     continue
                 learner.observe_record(a.kind, a.confidence or 0.0, seen,
                                        r.started_at.timestamp(), tracker.attribution_grace)
+            self.delay_models.put(tracker.id, tracker.reservation_ttl, learner)
             log.info("tracking.delay_model_rebuilt", tracker=tracker.id, calls=learner.calls,
                      days=days)
 
