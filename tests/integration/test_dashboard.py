@@ -309,6 +309,9 @@ def test_every_page_shows_what_the_api_reports(site: dict[str, Any],
     text = b.page.inner_text(f'[data-pool="{pool["pool"]}"]')
     assert f"Size\n{pool['size']}" in text or f"Size\t{pool['size']}" in text, text
     assert str(pool["recommended_size"]) in text
+    if pool["replayed_accuracy"] is not None:  # its calls' figure and the replay's, named
+        assert f"{pool['replayed_accuracy'] * 100:.1f}%" in text, text
+    assert "Estimated accuracy (its calls)" in text and "Replay at this size" in text
     # numbers in use over today (Moscow's) against the pool size, as /v1/pools/usage says
     status, usage = daemon.http("GET", "/v1/pools/usage?tracker=acme")
     assert status == 200, usage
