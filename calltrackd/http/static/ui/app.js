@@ -608,7 +608,7 @@
         tile("Visitors", num(t.visitors, 0), "visitors"),
         tile("Coverage", pct(t.coverage), "coverage"),
         tile("Accuracy (calls not to a default number)", pct(t.accuracy), "accuracy"),
-        tile("Estimated accuracy (right visitor)", pct(t.estimated_accuracy), "estimated_accuracy")));
+        tile("Estimated accuracy (right visitor, all calls)", pct(t.estimated_accuracy), "estimated_accuracy")));
       (t.pools || []).forEach(function (pool, i) {
         var card = el("div", { class: "card", "data-pool": pool.pool });
         card.appendChild(el("h2", { text: "Pool " + pool.pool }));
@@ -617,7 +617,8 @@
         grid.appendChild(fields([
           ["Size", pool.size], ["Reserved now", pool.reserved], ["Free", pool.free],
           ["Cooling", pool.cooling], ["Peak in use", pool.peak], ["Turned away", pool.shortfall],
-          ["Estimated accuracy", pool.estimated_accuracy === undefined ? null : pct(pool.estimated_accuracy)],
+          ["Estimated accuracy (its calls)", pool.estimated_accuracy === undefined ? null : pct(pool.estimated_accuracy)],
+          ["Replay at this size", pool.replayed_accuracy == null ? null : pct(pool.replayed_accuracy)],
           ["Recommended size", pool.recommended_size]]));
         if (usageOf[pool.pool]) usageChart(grid, usageOf[pool.pool], day, i);
         if (pool.size_curve && pool.size_curve.length) {
