@@ -184,6 +184,7 @@ class Recorder:
             tracker=call.tracker.id,
             did=call.did,
             caller=call.caller,
+            carrier=call.carrier,
             started_at=call.started_at,
             answered_at=answered_at,
             ended_at=ended_at,

@@ -77,6 +77,7 @@ def encode_call(record: CallRecord) -> str:
         "tracker": record.tracker,
         "did": record.did,
         "caller": record.caller,
+        "carrier": record.carrier,
         "started_at": record.started_at.isoformat(),
         "answered_at": record.answered_at.isoformat() if record.answered_at else None,
         "ended_at": record.ended_at.isoformat() if record.ended_at else None,

@@ -262,6 +262,9 @@ class CallRecord:
     first_time_caller: bool | None = None
     qualified: bool | None = None
     attribution: Attribution | None = None
+    # the configured `[[carriers]]` entry the call came in by (its source address, or the
+    # one a trusted proxy named); None in records written before it was recorded
+    carrier: str | None = None
     reason: str | None = None  # why the system ended it, e.g. "restart" (a crashed node)
     # the stored recording: {"url", "seconds", "bytes"} (media/, http/recordings.py)
     recording: dict[str, Any] | None = None
@@ -279,6 +282,7 @@ class CallRecord:
             "tracker": self.tracker,
             "did": self.did,
             "caller": self.caller,
+            "carrier": self.carrier,
             "started_at": _iso(self.started_at),
             "answered_at": _iso(self.answered_at),
             "ended_at": _iso(self.ended_at),

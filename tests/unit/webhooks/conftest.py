@@ -28,6 +28,7 @@ def record() -> CallRecord:
         tracker="acme",
         did="+74990000001",
         caller="+79161234567",
+        carrier="carrier-a",
         started_at=datetime(2026, 11, 22, 10, 2, 5, tzinfo=UTC),
         answered_at=datetime(2026, 11, 22, 10, 2, 9, 200000, tzinfo=UTC),
         ended_at=datetime(2026, 11, 22, 10, 3, 12, 200000, tzinfo=UTC),

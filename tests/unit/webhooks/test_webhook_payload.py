@@ -16,6 +16,7 @@ CALL_KEYS = {
     "ring_seconds", "talk_seconds", "outcome", "sip_code", "hangup_by", "target",
     "first_time_caller", "qualified", "attribution",
     "tags", "lead_status", "value",  # written back by a CRM (PATCH /v1/calls/{id})
+    "carrier",  # (added) the [[carriers]] entry the call came in by
 }  # fmt: skip
 SESSION_KEYS = {
     "id", "client_id", "ym_uid", "utm_source", "utm_medium", "utm_campaign", "utm_term",
@@ -45,6 +46,7 @@ def test_body_has_exactly_the_spec_keys(record: CallRecord) -> None:
     assert set(attribution["session"]) == SESSION_KEYS
     assert attribution["session"]["utm_term"] == "купить диван"
     assert doc["call"]["ended_at"] == "2026-11-22T10:03:12.200Z"
+    assert doc["call"]["carrier"] == "carrier-a"
 
 
 def test_body_is_compact_json_equal_to_the_call_object(record: CallRecord) -> None:
