@@ -181,7 +181,7 @@ MAX_FILTER = 256  # characters of a channel/source/campaign/tag filter of GET /v
 
 
 def _filters(request: web.Request) -> dict[str, str]:
-    """`channel`, `source`, `campaign`, `tag` of the query (CALL_FILTERS), each one value
+    """`channel`, `source`, `campaign`, `tag`, `carrier` of the query (CALL_FILTERS), one value
     of 1..MAX_FILTER printable characters matched exactly as the reports show it."""
     out = {}
     for name in CALL_FILTERS:

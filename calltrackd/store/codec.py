@@ -233,18 +233,21 @@ def decode_text(value: bytes) -> str:
 
 
 # `list_calls(where=...)`: a call's values as the reports show them (`call_fact`): the
-# facts' own fields, and one of the call's tags
+# facts' own fields, one of the call's tags, and the carrier entry it came in by
 FACT_FILTERS = ("channel", "source", "campaign")
-CALL_FILTERS = (*FACT_FILTERS, "tag")
+CALL_FILTERS = (*FACT_FILTERS, "tag", "carrier")
 
 
 def call_matches(record: CallRecord, where: Mapping[str, str] | None) -> bool:
     """The record has every value of `where` (keys of CALL_FILTERS; `tag`: one of its
-    tags), compared exactly with what `GET /v1/reports` groups it under."""
+    tags; `carrier`: its own), compared exactly with what `GET /v1/reports` groups it
+    under."""
     if not where:
         return True
     fact = call_fact(record)
-    return all(value in record.tags if key == "tag" else getattr(fact, key) == value
+    return all(value in record.tags if key == "tag"
+               else record.carrier == value if key == "carrier"
+               else getattr(fact, key) == value
                for key, value in where.items())
 
 

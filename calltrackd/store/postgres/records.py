@@ -126,6 +126,8 @@ class PostgresRecords(PostgresPlumbing):
         if "tag" in match:
             conds.append("EXISTS (SELECT 1 FROM call_tags t WHERE t.id = c.id"
                          f" AND t.tag = {a(match['tag'])})")
+        if "carrier" in match:  # in the CDR only (records before it have none)
+            conds.append(f"c.data::json ->> 'carrier' = {a(match['carrier'])}")
         if cursor is not None:
             ts, call_id = decode_cursor(cursor)
             conds.append(f"(c.started_ts, c.id) < ({a(ts, '::float8')}, {a(call_id)})")

@@ -4,7 +4,7 @@ the calls that have its value instead of every CDR of the period.
 
     ctd:ci:T:F:V   ZSET call id -> started_at (unix seconds): tracker T's calls whose F is
                    V (channel, source, campaign as `call_fact` makes them; tag: one of
-                   the call's tags)
+                   the call's tags; carrier: the carrier entry it came in by)
     ctd:cikeys:T   SET  tracker T's ctd:ci keys (what the purge goes through)
     ctd:cibackfill "done" once the calls saved before the index are in it; until then a
                    ZSCAN cursor of ctd:calls, and filters read every CDR as before
@@ -63,6 +63,8 @@ def index_keys(record: CallRecord, fact: CallFact | None = None) -> list[str]:
     fact = fact if fact is not None else call_fact(record)
     keys = [index_key(record.tracker, name, value) for name in FACT_FILTERS
             if (value := getattr(fact, name))]
+    if record.carrier:
+        keys.append(index_key(record.tracker, "carrier", record.carrier))
     return keys + [index_key(record.tracker, "tag", tag) for tag in record.tags]
 
 

@@ -249,6 +249,8 @@ class SqliteRecords(SqlitePlumbing):
         if "tag" in match:
             conds.append("EXISTS (SELECT 1 FROM call_tags t WHERE t.id = calls.id"
                          f" AND t.tag = {a(match['tag'])})")
+        if "carrier" in match:  # in the CDR only (records before it have none)
+            conds.append(f"json_extract(data, '$.carrier') = {a(match['carrier'])}")
         limit = page_size(limit)
         sql = (f"SELECT started_ts, id, data, {_CRM_OF_CALL} FROM calls{sql_where(conds)}"
                f" ORDER BY 1 DESC, 2 DESC LIMIT {a(limit + 1)}")

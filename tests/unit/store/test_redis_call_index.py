@@ -1,9 +1,10 @@
-"""The Redis store's index of calls by channel, source, campaign and tag (GET /v1/calls's
-filters) and its one pass over the CDRs for /v1/stats, against a real redis-server: a rare
-filter reads the calls that have its value, not every CDR; calls saved before the index
-are filed by the backfill at open; the purge takes calls out of it; the index is only ever
-checked, never trusted, so a call whose tags changed is not found under its old ones. How
-many keys a request reads is Redis's own count (INFO keyspace hits and misses)."""
+"""The Redis store's index of calls by channel, source, campaign, tag and carrier (GET
+/v1/calls's filters) and its one pass over the CDRs for /v1/stats, against a real
+redis-server: a rare filter reads the calls that have its value, not every CDR; calls
+saved before the index are filed by the backfill at open; the purge takes calls out of it;
+the index is only ever checked, never trusted, so a call whose tags changed is not found
+under its old ones. How many keys a request reads is Redis's own count (INFO keyspace
+hits and misses)."""
 
 from __future__ import annotations
 
@@ -72,6 +73,7 @@ async def test_a_rare_filter_reads_only_the_calls_that_have_its_value(
     await _many(store, 300)
     await store.save_call(call("c_bb1", 40.5, attribution=BILLBOARD))
     await store.save_call(call("c_bb2", 250.5, attribution=BILLBOARD))
+    await store.save_call(call("c_sbc", 120.5, carrier="sbc-b"))
     sofa = await store.get_call("c_acme_100")
     assert sofa is not None
     await store.update_call(replace(sofa, tags=("sofa",)))
@@ -81,8 +83,12 @@ async def test_a_rare_filter_reads_only_the_calls_that_have_its_value(
     assert _ids(page) == ["c_bb2", "c_bb1"] and reads < 20
     reads, page = await _reads(store, store.list_calls(tracker="acme", where={"tag": "sofa"}))
     assert _ids(page) == ["c_acme_100"] and reads < 20
+    reads, page = await _reads(store, store.list_calls(tracker="acme",
+                                                       where={"carrier": "sbc-b"}))
+    assert _ids(page) == ["c_sbc"] and reads < 20
     for where in ({"channel": "nosuch"}, {"source": "nosuch"}, {"campaign": "nosuch"},
-                  {"tag": "nosuch"}, {"channel": "billboard", "tag": "sofa"}):
+                  {"tag": "nosuch"}, {"carrier": "nosuch"},
+                  {"channel": "billboard", "tag": "sofa"}):
         reads, page = await _reads(store, store.list_calls(tracker="acme", where=where))
         assert _ids(page) == [] and reads < 10, where
     # a common value pages through its own calls; what the index does not hold (the

@@ -1,6 +1,7 @@
 """GET /v1/calls filters and the Pools page's hours, on both stores (SQLite and Redis on
 a real redis-server): a call is found by the channel, source, campaign and tag the
-reports show for it, and a pool's recorded hours come back as they were counted."""
+reports show for it and by the carrier it came in by, and a pool's recorded hours come
+back as they were counted."""
 
 from __future__ import annotations
 
@@ -56,6 +57,42 @@ async def test_calls_are_listed_by_channel_source_campaign_and_tag(store: Store)
         for where in ({"channel": "paid"}, {"tag": "lead"}, {"source": "google"}):
             assert call_matches(c, where) == (c.id in await listed(**where)
                                               and c.tracker == "acme"), (c.id, where)
+
+
+async def test_calls_are_listed_by_the_carrier_they_came_in_by(store: Store) -> None:  # noqa: F811
+    google = Attribution("dynamic", session=session(channel="paid", source="google",
+                                                    medium="cpc"))
+    await store.save_call(call("c_1", 0, carrier="sbc-a", attribution=google))
+    await store.save_call(call("c_2", 1, carrier="sbc-b", attribution=google))
+    await store.save_call(call("c_3", 2, carrier="sbc-a"))
+    await store.save_call(call("c_4", 3, carrier="sbc-a", tracker="other"))
+    await store.save_call(call("c_5", 4))  # a record written before carriers were kept
+    tagged = await store.get_call("c_3")
+    assert tagged is not None
+    await store.update_call(replace(tagged, tags=("lead",)))  # the CRM keeps the carrier
+
+    async def listed(**where: str) -> list[str]:
+        return _ids((await store.list_calls(tracker="acme", where=where))[0])
+
+    assert await listed(carrier="sbc-a") == ["c_3", "c_1"]
+    assert await listed(carrier="sbc-b") == ["c_2"]
+    assert await listed(carrier="SBC-A") == []  # exactly as configured
+    assert await listed(carrier="sbc-a", channel="paid") == ["c_1"]
+    assert await listed(carrier="sbc-a", tag="lead") == ["c_3"]
+    assert await listed(carrier="nosuch") == []
+    assert _ids((await store.list_calls(where={"carrier": "sbc-a"}))[0]) == [
+        "c_4", "c_3", "c_1"]
+    page, cursor = await store.list_calls(tracker="acme", limit=1, where={"carrier": "sbc-a"})
+    assert _ids(page) == ["c_3"] and cursor is not None
+    page, cursor = await store.list_calls(tracker="acme", limit=1, cursor=cursor,
+                                          where={"carrier": "sbc-a"})
+    assert _ids(page) == ["c_1"] and cursor is None
+    assert [(c.id, c.carrier) for c in (await store.list_calls(tracker="acme"))[0]] == [
+        ("c_5", None), ("c_3", "sbc-a"), ("c_2", "sbc-b"), ("c_1", "sbc-a")]
+    for c in (await store.list_calls(limit=100))[0]:  # the query and the predicate agree
+        where = {"carrier": "sbc-a"}
+        assert call_matches(c, where) == (c.id in await listed(**where)
+                                          or c.tracker == "other"), c.id
 
 
 async def test_a_pools_recorded_hours(store: Store) -> None:  # noqa: F811
