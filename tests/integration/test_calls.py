@@ -168,6 +168,7 @@ def test_answered_call_caller_hangs_up(plan: Plan, sipp_factory: Callable[..., S
     assert cdr["caller"] == CALLER
     assert cdr["did"] == DID_MAIN
     assert cdr["tracker"] == "main"
+    assert cdr["carrier"] == "loopback"  # the [[carriers]] entry the call came in by
     assert abs(float(cdr["talk_seconds"]) - 2.0) < 0.5, cdr
     assert cdr["answered_at"] and cdr["ended_at"]
     assert plan.daemon.wait_call(lambda c: c["id"] == cdr["id"]) == cdr  # listed as well

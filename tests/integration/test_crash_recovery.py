@@ -53,7 +53,7 @@ def test_sigkill_with_calls_up_then_restart_closes_every_record(
         assert set(closed) == ids, closed
         for call_id, c in closed.items():
             assert c["outcome"] == "failed" and c["hangup_by"] == "system", c
-            assert c["reason"] == "restart", c
+            assert c["reason"] == "restart" and c["carrier"] == "loopback", c
             ended = datetime.fromisoformat(str(c["ended_at"]).replace("Z", "+00:00"))
             answered = datetime.fromisoformat(str(c["answered_at"]).replace("Z", "+00:00"))
             # the last time the node was known alive: after the answer, before the kill
@@ -65,7 +65,8 @@ def test_sigkill_with_calls_up_then_restart_closes_every_record(
         delivered: set[str] = set()
         while time.monotonic() < deadline and delivered != ids:
             delivered = {r["json"]["call"]["id"] for r in receiver.events("call.ended")
-                         if r["json"]["call"].get("reason") == "restart"}
+                         if r["json"]["call"].get("reason") == "restart"
+                         and r["json"]["call"]["carrier"] == "loopback"}
             time.sleep(0.2)
         assert delivered == ids, [r["json"] for r in receiver.events("call.ended")]
         assert "recorder.closed_after_crash" in d2.log_text()

@@ -95,6 +95,7 @@ def test_visitor_number_call_reaches_crm_with_visitor_data(
     check_signature(ended)
     c = ended["json"]["call"]
     assert c["caller"] == CALLER and c["outcome"] == "answered" and c["tracker"] == "acme"
+    assert c["carrier"] == "loopback"  # the [[carriers]] entry its source address matched
     assert abs(c["talk_seconds"] - 1.5) < 0.5
     assert c["qualified"] is True and c["first_time_caller"] is True
     att = c["attribution"]
@@ -108,9 +109,15 @@ def test_visitor_number_call_reaches_crm_with_visitor_data(
     answered = receiver.wait_event("call.answered", session["number"])
     ids = {started["json"]["event_id"], answered["json"]["event_id"], ended["json"]["event_id"]}
     assert len(ids) == 3
-    # the CDR says the same
+    assert started["json"]["call"]["carrier"] == answered["json"]["call"]["carrier"] == "loopback"
+    # the CDR says the same, and is listed under its carrier
     cdr = env.daemon.wait_call(lambda x: x["did"] == session["number"])
     assert cdr["attribution"]["session"]["utm_campaign"] == "spring"
+    assert cdr["carrier"] == "loopback"
+    assert [x["id"] for x in env.daemon.calls(carrier="loopback")] == [cdr["id"]]
+    assert env.daemon.calls(carrier="elsewhere") == []
+    status, one = env.daemon.http("GET", f"/v1/calls/{cdr['id']}")
+    assert status == 200 and one["carrier"] == "loopback"
 
 
 def test_static_and_default_numbers_are_attributed(
