@@ -53,12 +53,13 @@ from .metrics import DictCounter, Metrics
 from .overload import LoopLagMonitor
 from .recorder import Recorder
 from .sdnotify import Notifier
-from .sip.endpoint import TransactionLayer
+from .sip.endpoint import Address, TransactionLayer
 from .sip.transaction import TimerConfig
 from .store import create_store
 from .tracking.service import TrackingService
 from .transport.stack import Listen, SipStack
 from .transport.strangers import StrangerGate, StrangerSettings
+from .transport.streams import ConnectionLimits
 from .transport.tls import TlsContexts
 from .webhooks.worker import WebhookWorker
 
@@ -144,7 +145,8 @@ class App:
             settings.sip.max_message_size,
         )
         self.stack = SipStack(layer, advertise=settings.sip.advertise,
-                              tls=TlsContexts(settings.sip.tls))
+                              tls=TlsContexts(settings.sip.tls),
+                              limits=ConnectionLimits.of(settings.sip))
         # a TLS connection verifies the configured target's host name (transport/tls.py)
         self.stack.tls_targets = lambda: [
             t.uri for tracker in self.settings.trackers for t in tracker.forward]
@@ -163,6 +165,8 @@ class App:
         self.recorder = Recorder(self.tracking, self.metrics, self.webhooks.notify,
                                  outbox.rows)
         self.engine = Engine(self.stack, lambda: self.settings, self.recorder)
+        # a TCP or TLS connection stays open while a call or dialog sends over it
+        self.stack.connection_users = self._connection_users
         self.prober = TargetProber(self.stack, lambda: self.settings, self.metrics.target_up)
         self.engine.health = self.prober  # OPTIONS to the targets; down ones skipped
         if self.media.client is not None:  # trackers with media = "anchor" go through it
@@ -193,6 +197,10 @@ class App:
         self.metrics.registry.register(DictCounter(
             "calltrackd_dialog_rejected", "In-dialog requests refused: wrong source or tags",
             ["reason", "method"], self.engine.dialog_rejects))
+        self.metrics.registry.register(DictCounter(
+            "calltrackd_sip_connections_closed", "TCP and TLS connections we closed: idle, "
+            "or over the per-source or total bound", ["transport", "reason"],
+            self.stack.conns.closed))
         self.metrics.registry.register(DictCounter(
             "calltrackd_shed_calls", "INVITEs answered 503 before a call existed",
             ["reason", "tracker"], self.engine.shed))
@@ -477,6 +485,14 @@ class App:
     def _webhook_result(self, result: str) -> None:
         self.metrics.webhook_deliveries.labels(result).inc()
 
+    def _connection_users(self) -> Iterator[Address]:
+        """Where calls and dialogs send: the callers' connections and the legs' peers."""
+        for call in self.engine.calls.values():
+            yield call.source
+        for _, leg in self.engine.dialogs.values():
+            if leg.dest is not None:
+                yield leg.dest
+
     # -- reload ------------------------------------------------------------------------
 
     def reload(self) -> None:
@@ -493,6 +509,7 @@ class App:
             self.settings = new
             self.tracking.update_trackers(new.trackers)
             self.strangers.configure(StrangerSettings.of(new.sip))
+            self.stack.conns.limits = ConnectionLimits.of(new.sip)
             try:  # the files again, changed or not: the next TLS connection uses them
                 assert self.stack.tls is not None
                 self.stack.tls.load(new.sip.tls)

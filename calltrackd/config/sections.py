@@ -34,7 +34,7 @@ def sip(c: Checker, data: object) -> SipSettings:
                               "max_calls", "stranger_policy", "stranger_policy_tcp",
                               "stranger_rate", "stranger_burst", "stranger_rate_total",
                               "trusted_sources", "trusted_proxies", "tls",
-                              *TARGET_PROBE_KEYS})
+                              *TARGET_PROBE_KEYS, *TCP_KEYS})
     base = SipSettings()
     listen = base.listen
     if "listen" in d:
@@ -79,7 +79,16 @@ def sip(c: Checker, data: object) -> SipSettings:
                                     lambda v: None if v >= 1 else "must be at least 1"),
         target_probe_up_codes=tuple(v for k, v in c.str_list(d, "sip", "target_probe_up_codes")
                                     if _status_code(c, k, v)),
+        tcp_idle_timeout=c.duration(d, "sip", "tcp_idle_timeout", base.tcp_idle_timeout),
+        tcp_max_connections=c.get(d, "sip", "tcp_max_connections", int,
+                                  base.tcp_max_connections, not_negative),
+        tcp_max_connections_per_source=c.get(d, "sip", "tcp_max_connections_per_source", int,
+                                             base.tcp_max_connections_per_source,
+                                             not_negative),
     )
+
+
+TCP_KEYS = ("tcp_idle_timeout", "tcp_max_connections", "tcp_max_connections_per_source")
 
 
 TARGET_PROBE_KEYS = ("target_probe_interval", "target_probe_timeout", "target_probe_failures",

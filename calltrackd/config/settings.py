@@ -78,6 +78,12 @@ class SipSettings:
     target_probe_timeout: float = 5.0
     target_probe_failures: int = 2
     target_probe_up_codes: tuple[str, ...] = ()  # besides 2xx: "404", "4xx"
+    # TCP and TLS connections (calltrackd/transport/streams.py): closed after this long
+    # without traffic when no transaction or dialog needs them (0: never); inbound ones
+    # bounded in total and per source host (0: no bound)
+    tcp_idle_timeout: float = 300.0
+    tcp_max_connections: int = 1000
+    tcp_max_connections_per_source: int = 32
 
 
 @dataclass(frozen=True, slots=True)

@@ -288,6 +288,10 @@ class TransactionLayer:
         INVITE, and so the key of the carrier's CANCEL to come)."""
         self._forget(txn)
 
+    def destinations(self) -> list[Address]:
+        """Where the live transactions send (a connection they need stays open)."""
+        return list(self._dest.values())
+
     # -- outputs -----------------------------------------------------------------------
 
     def transmits(self) -> list[tuple[bytes, Address]]:

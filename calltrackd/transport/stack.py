@@ -3,7 +3,8 @@
 UDP, TCP and TLS listeners (IPv4 and IPv6), outgoing TCP and TLS connections reused per
 peer (one per transport, address and port), and the layer's single timer re-armed with
 `loop.call_at` after every input. The transaction user (the B2BUA engine) receives the
-layer's events through `on_events`. TLS contexts and names: tls.py.
+layer's events through `on_events`. TLS contexts and names: tls.py; the connections, their
+bounds and idle timeout: streams.py.
 
 With a `StrangerGate` (strangers.py), what carriers and peers send is handled as it is
 read; a stranger's datagram that its token buckets admit waits in a short queue of its
@@ -22,20 +23,22 @@ import asyncio
 import collections
 import functools
 import ipaddress
+import itertools
 import socket
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
 import structlog
 
 from ..sip.endpoint import Address, Event, TransactionLayer
-from ..sip.message import ParseError, Request, StreamFramer, parse_message, response_for
+from ..sip.message import ParseError, Request, parse_message, response_for
 from . import bpf
 from .probe import PROBE_MARK, QueueDelayProbe
 from .strangers import StrangerGate
+from .streams import ConnectionLimits, Connections, Stream
 from .tls import TlsContexts, server_name
 
 log = structlog.get_logger("calltrackd.sip")
@@ -118,49 +121,6 @@ class _Udp(asyncio.DatagramProtocol):
         log.debug("sip.udp_error", error=str(exc))
 
 
-class _Stream(asyncio.Protocol):
-    """One TCP or TLS connection (asyncio does the TLS: what arrives here is plain)."""
-
-    def __init__(self, stack: SipStack, kind: str, peer: Address | None = None) -> None:
-        self.stack = stack
-        self.kind = kind  # "tcp" | "tls"
-        self.framer = StreamFramer(stack.layer.max_size)
-        self.transport: asyncio.Transport | None = None
-        self.peer = peer
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        if self.peer is None:
-            host, port = self.transport.get_extra_info("peername")[:2]
-            self.peer = Address(self.kind, str(host), int(port))
-        self.stack._conns[self.peer] = self
-
-    def data_received(self, data: bytes) -> None:
-        assert self.peer is not None
-        try:
-            messages = self.framer.feed(data)
-        except ParseError as exc:
-            # framing is lost on this connection: nothing after this can be trusted
-            log.info("sip.framing_error", message="stream framing error, closing",
-                     peer=str(self.peer), reason=exc.reason)
-            if self.transport:
-                self.transport.close()
-            return
-        stack = self.stack
-        for message in messages:
-            verdict = stack.admit(self.peer.host)
-            if verdict == "limited":
-                # over its rate on a connection it opened: not worth keeping it open
-                if self.transport:
-                    self.transport.close()
-                return
-            stack.feed(message, self.peer, verdict == "stranger")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.peer is not None and self.stack._conns.get(self.peer) is self:
-            del self.stack._conns[self.peer]
-
-
 class SipStack:
     """Owns sockets and the timer; feeds the layer and flushes what it wants sent."""
 
@@ -171,6 +131,7 @@ class SipStack:
         advertise: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         tls: TlsContexts | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.layer = layer
         self.tls = tls  # needed for tls: listeners and for connections to TLS targets
@@ -184,7 +145,10 @@ class SipStack:
         self.taps: list[Tap] = []
         self._udp: dict[int, _Udp] = {}  # address family → protocol
         self._tcp_servers: list[asyncio.AbstractServer] = []  # TCP and TLS
-        self._conns: dict[Address, _Stream] = {}  # by peer: transport, host, port
+        # TCP and TLS connections by peer, their bounds and idle timers (streams.py); the
+        # addresses calls and dialogs still send to keep theirs open (set by the app)
+        self.connection_users: Callable[[], Iterable[Address]] = lambda: ()
+        self.conns = Connections(clock, lambda: self.loop, self._connection_in_use, limits)
         self._pending: dict[Address, list[bytes]] = {}  # waiting for a connection
         self._refused: Address | None = None  # while its waiting requests get their 503
         self._listen: list[Listen] = []
@@ -274,7 +238,7 @@ class SipStack:
                 if kind == "tls" and tls is None:
                     raise ValueError("a tls listener needs [sip.tls] cert and key")
                 server = await loop.create_server(
-                    functools.partial(_Stream, self, kind), host=spec.host, port=spec.port,
+                    functools.partial(Stream, self, kind), host=spec.host, port=spec.port,
                     family=family, reuse_address=True, ssl=tls,
                     ssl_handshake_timeout=10.0 if tls else None,
                 )
@@ -317,9 +281,7 @@ class SipStack:
             self._kernel_timer.cancel()
         for server in self._tcp_servers:
             server.close()
-        for conn in list(self._conns.values()):
-            if conn.transport:
-                conn.transport.close()
+        self.conns.close_all()
         for proto in self._udp.values():
             if proto.transport:
                 proto.transport.close()
@@ -476,9 +438,9 @@ class SipStack:
         key = Address(dest.transport, dest.host.strip("[]"), dest.port)
         if key == self._refused and data.startswith(b"ACK "):
             return  # the ACK of our own 503: not worth a second failing connection
-        conn = self._conns.get(key)
+        conn = self.conns.by_peer.get(key)
         if conn is not None and conn.transport is not None and not conn.transport.is_closing():
-            conn.transport.write(data)
+            conn.write(data)
             return
         pending = self._pending.get(key)
         if pending is not None:
@@ -499,11 +461,11 @@ class SipStack:
                 name = self.tls_names.get((host, port)) or await server_name(
                     host, port, self.tls_targets())
                 connect = loop.create_connection(
-                    functools.partial(_Stream, self, kind, key), host, port,
+                    functools.partial(Stream, self, kind, key), host, port,
                     ssl=self.tls.client, server_hostname=name, ssl_handshake_timeout=10.0)
             else:
                 connect = loop.create_connection(
-                    functools.partial(_Stream, self, kind, key), host, port)
+                    functools.partial(Stream, self, kind, key), host, port)
             _, proto = await asyncio.wait_for(connect, 15.0 if kind == "tls" else 5.0)
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             log.warning("sip.connect_failed", message=f"{kind} connect failed",
@@ -512,8 +474,8 @@ class SipStack:
             self._unreachable(key, self._pending.pop(key, []))
             return
         for data in self._pending.pop(key, []):
-            if proto.transport is not None:
-                proto.transport.write(data)
+            if proto.transport is not None and not proto.transport.is_closing():
+                proto.write(data)
 
     def _unreachable(self, dest: Address, waiting: list[bytes]) -> None:
         """A transport error for each request that waited (RFC 3261 §8.1.3.1): its
@@ -539,6 +501,15 @@ class SipStack:
             self.flush()
         finally:
             self._refused = None
+
+    def _connection_in_use(self, peer: Address) -> bool:
+        """Whether a transaction sends to `peer`, or a call or dialog would (streams.py):
+        asked only of a connection that has been idle for the whole idle timeout."""
+        for addr in itertools.chain(self.layer.destinations(), self.connection_users()):
+            if addr.port == peer.port and addr.transport == peer.transport \
+                    and addr.host.strip("[]") == peer.host:
+                return True
+        return False
 
     # -- our own addresses -------------------------------------------------------------
 
