@@ -48,7 +48,7 @@ class Leg:
     finds the call by that id, live or ended but still lingering for its transactions.
     """
 
-    __slots__ = ("call_id", "dest", "dialog", "origin", "side", "transport")
+    __slots__ = ("call_id", "dest", "dialog", "origin", "side", "sips", "transport")
 
     def __init__(self, call_id: str, side: Literal["a", "b"], dialog: Dialog,
                  transport: str, origin: str) -> None:
@@ -58,6 +58,11 @@ class Leg:
         self.transport = transport
         self.origin = canonical_host(origin)  # the INVITE's source, or the target we called
         self.dest: Address | None = None
+        # our Contact is a SIPS URI on a TLS leg whose dialog asks for one: the top route
+        # or, without routes, the peer's Contact (A: §12.1.1) or our Request-URI (B:
+        # §8.1.1.8); the caller's Request-URI is looked at by `response`
+        first = dialog.route_set[0] if dialog.route_set else dialog.remote_target
+        self.sips = transport == "tls" and is_sips(first)
 
     def admits(self, source: Address) -> bool:
         """Whether a request in this dialog may come from `source`: the leg's transport,
@@ -80,6 +85,8 @@ class Leg:
     def contact(self, host: CallHost) -> str:
         toward = self.dest.host if self.dest else "127.0.0.1"
         h, port = host.local_hostport(self.transport, toward)
+        if self.sips:
+            return f"<sips:calltrackd@{h}:{port}>"
         return f"<sip:calltrackd@{h}:{port};transport={self.transport}>"
 
     def request(self, host: CallHost, method: str, body: bytes = b"",
@@ -128,6 +135,8 @@ def response(host: CallHost, leg: Leg, request: Request, status: int,
     resp = response_for(request, status, reason)
     if dialog_forming:
         resp.headers.set("To", leg.dialog.local)
+        if leg.transport == "tls" and is_sips(request.uri):
+            leg.sips = True  # a sips: Request-URI: our Contact is SIPS in this dialog
     if 100 < status < 300 and request.method in ("INVITE", "UPDATE"):
         resp.headers.add("Contact", leg.contact(host))
         if dialog_forming:
@@ -205,6 +214,12 @@ def retry_invite(host: CallHost, leg: Leg, old: Request) -> Request:
             req.headers.add(name, value)
     req.headers.set("Max-Forwards", old.headers.get("Max-Forwards") or "70")
     return req
+
+
+def is_sips(uri: str) -> bool:
+    """Whether a URI, or the URI of a name-addr (`<sips:...>;lr`), has the sips scheme."""
+    start = uri.find("<") + 1
+    return uri[start:start + 5].lower() == "sips:"
 
 
 def peer_address(leg: Leg) -> Address | None:

@@ -305,3 +305,31 @@ def peer_subject(plan: Plan) -> str:
     assert cert is not None
     return str(cert["subject"])
 
+
+
+def test_sips_request_uri_over_tls_gets_a_sips_contact(
+        plan: Plan, sipp_factory: Callable[..., Sipp]) -> None:
+    """RFC 3261 §12.1.1: the carrier's INVITE has a sips: Request-URI, so our answers'
+    Contact is a SIPS URI; the carrier's ACK and BYE go to it (over the same connection)."""
+    pbx = pbx_sipp(plan, sipp_factory, plan.pbx, "pbx-sips")
+    carrier = call(plan, sipp_factory, DID_GOOD, "uac_call_sips.xml")
+    answered(plan, pbx)
+    [ok] = [m for m in carrier.traces() if not m.sent and m.cseq_method == "INVITE"
+            and m.start_line.startswith("SIP/2.0 200")]
+    assert (ok.header("Contact") or "").startswith("<sips:calltrackd@127.0.0.1:"), ok.raw[:600]
+    bye = next(m for m in carrier.traces() if m.sent and m.start_line.startswith("BYE "))
+    assert bye.start_line.startswith("BYE sips:calltrackd@"), bye.start_line
+    # the leg toward the PBX (sip:...;transport=tls) keeps a sip: Contact
+    invite = next(m for m in pbx.traces() if m.start_line.startswith("INVITE "))
+    assert (invite.header("Contact") or "").endswith(";transport=tls>"), invite.raw[:600]
+
+
+def test_sip_request_uri_over_tls_keeps_a_sip_contact(
+        plan: Plan, sipp_factory: Callable[..., Sipp]) -> None:
+    pbx = pbx_sipp(plan, sipp_factory, plan.pbx, "pbx-sip")
+    carrier = call(plan, sipp_factory, DID_GOOD)
+    answered(plan, pbx)
+    [ok] = [m for m in carrier.traces() if not m.sent and m.cseq_method == "INVITE"
+            and m.start_line.startswith("SIP/2.0 200")]
+    contact = ok.header("Contact") or ""
+    assert contact.startswith("<sip:calltrackd@") and contact.endswith(";transport=tls>"), contact

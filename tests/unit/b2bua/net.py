@@ -230,7 +230,8 @@ class Peer:
         return Via.own("udp", self.addr.host, self.addr.port, new_branch())
 
     def invite(self, did: str = DID, body: bytes = SDP, extra: dict[str, str] | None = None,
-               to: Address = ENGINE) -> Request:
+               to: Address = ENGINE, uri: str | None = None) -> Request:
+        """A new INVITE to `to` (its Request-URI `uri`, else sip:DID@to)."""
         tag = new_tag()
         h = Headers()
         h.add("Via", self.via())
@@ -244,7 +245,7 @@ class Peer:
             h.add(name, value)
         if body:
             h.add("Content-Type", "application/sdp")
-        req = Request("INVITE", f"sip:{did}@{to.host}:{to.port}", h, body)
+        req = Request("INVITE", uri or f"sip:{did}@{to.host}:{to.port}", h, body)
         self.dialog = Dialog(req.call_id, tag, h.get("From") or "", h.get("To") or "",
                              req.uri)
         self.dialog.local_cseq = 1
