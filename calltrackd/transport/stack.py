@@ -149,6 +149,8 @@ class SipStack:
         # addresses calls and dialogs still send to keep theirs open (set by the app)
         self.connection_users: Callable[[], Iterable[Address]] = lambda: ()
         self.conns = Connections(clock, lambda: self.loop, self._connection_in_use, limits)
+        self._users: set[Address] = set()  # see _connection_in_use
+        self._users_at: float | None = None
         self._pending: dict[Address, list[bytes]] = {}  # waiting for a connection
         self._refused: Address | None = None  # while its waiting requests get their 503
         self._listen: list[Listen] = []
@@ -503,13 +505,16 @@ class SipStack:
             self._refused = None
 
     def _connection_in_use(self, peer: Address) -> bool:
-        """Whether a transaction sends to `peer`, or a call or dialog would (streams.py):
-        asked only of a connection that has been idle for the whole idle timeout."""
-        for addr in itertools.chain(self.layer.destinations(), self.connection_users()):
-            if addr.port == peer.port and addr.transport == peer.transport \
-                    and addr.host.strip("[]") == peer.host:
-                return True
-        return False
+        """Whether a transaction sends to `peer`, or a call or dialog would (streams.py).
+        Asked only of a connection idle for the whole timeout; the addresses are gathered
+        at most once a second for all such connections (a connection a call started to
+        use since carried that call's first message, so it is not idle)."""
+        now = self.clock()
+        if self._users_at is None or now - self._users_at >= 1.0:
+            self._users = {Address(a.transport, a.host.strip("[]"), a.port) for a in
+                           itertools.chain(self.layer.destinations(), self.connection_users())}
+            self._users_at = now
+        return peer in self._users
 
     # -- our own addresses -------------------------------------------------------------
 

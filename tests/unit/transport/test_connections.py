@@ -8,6 +8,8 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from calltrackd.sip.endpoint import Address, TransactionLayer
+from calltrackd.sip.message import Headers, Request
+from calltrackd.transport.stack import SipStack
 from calltrackd.transport.streams import ConnectionLimits, Connections, Stream
 
 
@@ -173,3 +175,23 @@ def test_idle_timeout_zero_never_closes() -> None:
     _, transport = stack.accept("10.0.0.1", 40000)
     stack.loop.advance(10_000.0)
     assert not transport.closed and stack.loop.timers == []
+
+
+def test_stack_counts_transactions_calls_and_dialogs_as_users() -> None:
+    """The stack's answer to `in_use`: a live transaction's destination, or an address
+    the app says a call or dialog sends to (IPv6 brackets or not)."""
+    clock = Clock()
+    layer = TransactionLayer()
+    stack = SipStack(layer, clock=clock)
+    target = Address("tcp", "10.0.1.1", 5060)
+    assert not stack.conns.in_use(target)
+    layer.send_request(Request("OPTIONS", "sip:10.0.1.1;transport=tcp", Headers(
+        [("Via", "SIP/2.0/TCP 10.0.0.9;branch=z9hG4bKopt1"), ("From", "<sip:a@x>;tag=1"),
+         ("To", "<sip:b@y>"), ("Call-ID", "o1"), ("CSeq", "1 OPTIONS")])), target, clock.now)
+    clock.now += 1.0  # the addresses are gathered at most once a second
+    assert stack.conns.in_use(target)
+    caller = Address("tls", "::1", 40000)
+    stack.connection_users = lambda: [Address("tls", "[::1]", 40000)]
+    assert not stack.conns.in_use(caller)  # still the addresses gathered this second
+    clock.now += 1.0
+    assert stack.conns.in_use(caller) and stack.conns.in_use(target)
