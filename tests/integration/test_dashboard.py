@@ -29,7 +29,7 @@ from .conftest import (
     start_daemon,
     tracker,
 )
-from .test_browser_snippet import ARGS, CHROMIUM
+from .test_browser_snippet import CHROMIUM, SharedChromium
 
 ACME_VIEWER = "viewer-acme-0123456789"
 BETA_VIEWER = "viewer-beta-0123456789"
@@ -139,26 +139,37 @@ class Browser:
         return str(self.page.inner_text(f'[data-tile="{name}"] .value'))
 
 
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[SharedChromium]:
+    """One Chromium for the module's tests (launched by the first that asks for a tab)."""
+    shared = SharedChromium()
+    try:
+        yield shared
+    finally:
+        shared.close()
+
+
 @pytest.fixture
-def browser(site: dict[str, Any]) -> Iterator[Callable[[], Browser]]:
+def browser(site: dict[str, Any], chromium: SharedChromium) -> Iterator[Callable[[], Browser]]:
+    """Tabs on the module's Chromium, each in a browser context of its own (no cookies or
+    storage from an earlier test's tabs), closed with the test."""
     if not Path(CHROMIUM).exists():
         pytest.fail("chromium is not installed: run the README's test command (scripts/test)")
-    from playwright.sync_api import sync_playwright
-
     daemon: Daemon = site["daemon"]
     shots_dir = site["tmp"] / "screenshots"
     shots_dir.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+    contexts: list[Any] = []
 
-        def new() -> Browser:
-            page = chromium.new_page(viewport={"width": 1280, "height": 900})
-            return Browser(page, daemon.base, shots_dir)
+    def new() -> Browser:
+        context = chromium.browser().new_context(viewport={"width": 1280, "height": 900})
+        contexts.append(context)
+        return Browser(context.new_page(), daemon.base, shots_dir)
 
-        try:
-            yield new
-        finally:
-            chromium.close()
+    try:
+        yield new
+    finally:
+        for context in contexts:
+            context.close()
     copy_shots(shots_dir)
 
 
