@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -38,14 +39,15 @@ POOL = ["+74990000301", "+74990000302"]  # acme's numbers for website visitors
 BETA = "+74990000400"
 
 
-def config(sip: int, http: int, pbx: int, rtp: Rtpengine, recordings: Path) -> str:
+def config(sip: int, http: int, pbx: int, beta_pbx: int, rtp: Rtpengine,
+           recordings: Path) -> str:
     return daemon_toml(
         sip, http,
         tracker("acme", "+74990000310", pbx_uri(pbx), media="anchor", record=True,
                 timezone="Europe/Moscow", viewer_tokens=[ACME_VIEWER],
                 pools=[{"name": "web", "sources": ["*"], "numbers": POOL}],
                 static=[{"number": ACME, "channel": "billboard"}]),
-        tracker("beta", "+74990000410", pbx_uri(pbx), media="anchor", record=True,
+        tracker("beta", "+74990000410", pbx_uri(beta_pbx), media="anchor", record=True,
                 viewer_tokens=[BETA_VIEWER], static=[{"number": BETA, "channel": "radio"}]),
         sip={"shutdown_grace": "5s"},
         media={"rtpengine": [rtp.address], "timeout": "1s", "retransmit": "200ms",
@@ -82,15 +84,15 @@ def link(daemon: Daemon, call_id: str, token: str) -> str:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """Three calls: a visitor from a Google Ads campaign calls acme's pool number and
+    """Three calls: a visitor from a Google Ads campaign calls acme's pool number while
     beta's radio number is called, both recorded through rtpengine; then (rtpengine
     stopped) acme's billboard is called, which goes direct and is not recorded."""
     need("sipp")
     tmp = tmp_path_factory.mktemp("recsite")
     rtp = Rtpengine(tmp / "rtpengine")
     rtp.start()
-    sip, http, pbx = free_port(), free_port(), free_port()
-    text = config(sip, http, pbx, rtp, tmp / "rec")
+    sip, http, pbx, beta_pbx = free_port(), free_port(), free_port(), free_port()
+    text = config(sip, http, pbx, beta_pbx, rtp, tmp / "rec")
     daemon = start_daemon(tmp, text, sip, http)
     try:
         status, visit = daemon.http("POST", "/v1/sessions", {
@@ -99,9 +101,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Any:
             "landing_page": "https://acme.example/sofas?utm_campaign=spring_sofas"},
             admin=False)
         assert status == 200 and visit["number"] in POOL, visit
-        one_call(tmp, 1, sip, pbx, "uas_answer_rtp.xml", "uac_call_rtp.xml", TALK_MS,
-                 did=visit["number"])
-        one_call(tmp, 2, sip, pbx, "uas_answer_rtp.xml", "uac_call_rtp.xml", TALK_MS, did=BETA)
+        with ThreadPoolExecutor(2) as both:  # at once: each tracker has a PBX of its own
+            done = [both.submit(one_call, tmp, n, sip, port, "uas_answer_rtp.xml",
+                                "uac_call_rtp.xml", TALK_MS, did=did)
+                    for n, port, did in ((1, pbx, visit["number"]), (2, beta_pbx, BETA))]
+            for call in done:
+                call.result()
         acme, beta = recorded(daemon, visit["number"]), recorded(daemon, BETA)
         assert acme["attribution"]["session"]["utm_campaign"] == "spring_sofas", acme
         rtp.stop()
