@@ -5,16 +5,35 @@ the node's last heartbeat) and its `call.ended` reaches a real webhook receiver.
 from __future__ import annotations
 
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .conftest import Receiver, Sipp, free_port, start_daemon
+import redis as redis_client
+
+from .conftest import SQLITE, Receiver, Sipp, free_port, start_daemon
 from .test_tracking_flow import STATIC, config
 
 CALLS = 6
+
+
+def last_heartbeat(tmp_path: Path, store_url: str) -> float | None:
+    """The node's latest heartbeat (epoch seconds) as its store holds it."""
+    if store_url == SQLITE:
+        db = sqlite3.connect(tmp_path / "var" / "calltrackd.db", timeout=5)
+        try:
+            row = db.execute("SELECT max(ts) FROM heartbeat").fetchone()
+        except sqlite3.OperationalError:  # not created yet
+            return None
+        finally:
+            db.close()
+        return None if row[0] is None else float(row[0])
+    with redis_client.Redis.from_url(store_url) as r:
+        beats = r.hvals("ctd:heartbeat")
+    return max((float(b) for b in beats), default=None)
 
 
 def test_sigkill_with_calls_up_then_restart_closes_every_record(
@@ -36,7 +55,14 @@ def test_sigkill_with_calls_up_then_restart_closes_every_record(
             break
         time.sleep(0.2)
     assert len(up) == CALLS, up
-    time.sleep(2.5)  # at least one heartbeat after the last answer (no upper bound on it)
+    # at least one heartbeat after the last answer (read from the store: no upper bound on
+    # when it comes on a loaded machine)
+    last_answer = max(datetime.fromisoformat(str(c["answered_at"]).replace("Z", "+00:00"))
+                      .timestamp() for c in up)
+    deadline = time.monotonic() + 60
+    while (beat := last_heartbeat(tmp_path, store_url)) is None or beat <= last_answer:
+        assert time.monotonic() < deadline, f"no heartbeat after {last_answer}: {beat}"
+        time.sleep(0.1)
     killed_at = time.time()
     d.stop(signal.SIGKILL)
     assert d.proc.returncode == -signal.SIGKILL
