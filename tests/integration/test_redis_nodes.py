@@ -61,7 +61,7 @@ def gauge(daemon: Daemon, name: str) -> float:
     return float(match[1]) if match else 0.0
 
 
-HELD = 150  # records the node must be holding for the outage (3 s of calls at 50 CPS)
+HELD = 100  # records the node must be holding for the outage (2 s of calls at 50 CPS)
 
 
 def test_redis_down_under_50_cps_loses_no_call_record_or_webhook(
