@@ -36,9 +36,12 @@ Media anchoring (the tracker's `media = "anchor"`, rtpengine configured): before
 first INVITE to a target the call emits MediaOffer with the caller's SDP and waits (in
 ROUTING/RESOLVING) for MediaDone; every target then gets rtpengine's SDP. A 1xx or 2xx
 with SDP from the target is held while MediaAnswer runs, then relayed with rtpengine's
-SDP. A MediaDone with an error (rtpengine down, slow past the ng budget) means the
-original SDP goes on: tracking never costs a call. The end emits MediaDelete; a
-MediaTimeout (no RTP for `media_timeout`) hangs up an answered call, by "system".
+SDP. Late offer (an INVITE without SDP): the target's 1xx/2xx SDP is the offer
+(MediaOffer late, from the target's side), the caller's ACK the answer (MediaAnswer;
+B's ACK waits for it). A MediaDone with an error (rtpengine down, slow past the ng
+budget) means the original SDP goes on: tracking never costs a call. The end emits
+MediaDelete; a MediaTimeout (no RTP for `media_timeout`) hangs up an answered call, by
+"system", unless the call is on hold (`on_hold`: the engine does not check it).
 
 An event `_ACCEPTS` does not list for the state, or a move `_NEXT` does not list, raises
 `CallStateError` naming the state and the event.
@@ -105,7 +108,7 @@ class Call(ForkingCall):
         elif isinstance(event, RequestIn):
             self._on_request(event, now)
         elif isinstance(event, AckIn):
-            self._on_ack(event)
+            self._on_ack(event, now)
         elif isinstance(event, TimeoutIn):
             self._on_timeout(event, now)
         elif isinstance(event, TimerFired):
@@ -205,7 +208,7 @@ class Call(ForkingCall):
             return
         relay = self.relays.get(id(req))
         if relay is not None:
-            self._relay_response(leg, txn, resp, relay)
+            self._relay_response(leg, txn, resp, relay, now)
             return
         for old in self.abandoned:
             if req is old.invite:
@@ -295,13 +298,12 @@ class Call(ForkingCall):
 
     # -- requests from the legs' peers -------------------------------------------------
 
-    def _on_ack(self, event: AckIn) -> None:
-        attempt = self.attempt
-        if event.leg is self.a and self.ack_pending and attempt is not None \
-                and attempt.txn is not None:
-            self.ack_pending = False
-            self._send_ack(attempt.leg, attempt.txn, event.request.body,
-                           event.request.headers.get("Content-Type"))
+    def _on_ack(self, event: AckIn, now: float) -> None:
+        if event.leg is not self.a or not self.ack_pending:
+            return
+        body, ctype = event.request.body, event.request.headers.get("Content-Type")
+        if not self._answer_in_ack(body, ctype, now):  # anchored: after rtpengine's answer
+            self._ack_b(body, ctype)
 
     def _on_cancel(self, event: CancelIn, now: float) -> None:
         if event.leg is not self.a or self.state in (State.CONNECTED, State.ENDED):

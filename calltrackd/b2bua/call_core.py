@@ -111,11 +111,12 @@ class CallCore:
     """A call's state and its common moves; `Call` (call.py) is the one to create."""
 
     __slots__ = ("_accepts", "_out", "_t0", "_wall0", "a", "a_txn", "abandoned", "ack_pending",
-                 "anchor", "answered_now", "attempt", "b", "fork", "held", "host", "id", "info",
-                 "invite", "last_by", "last_code", "last_reason", "legs", "max_duration",
-                 "media_offered", "media_seq", "media_wait", "offer_sdp", "record", "relays",
-                 "reoffers", "resolving", "ring_timeout", "route", "source", "state", "targets",
-                 "user_agent")
+                 "ack_wait", "anchor", "answered_now", "attempt", "b", "fork", "held", "hold_a",
+                 "hold_b", "host", "id", "info", "invite", "last_by", "last_code", "last_reason",
+                 "late_answer", "late_offer", "legs", "max_duration", "media_late",
+                 "media_offered", "media_seq", "media_wait", "offer_sdp", "on_hold", "record",
+                 "relays", "reoffers", "resolving", "resumed_at", "ring_timeout", "route",
+                 "source", "state", "targets", "user_agent")
 
     def __init__(self, host: CallHost, invite: Request, transaction: ServerTransaction,
                  source: Address, now: float, wall: float, *, user_agent: str,
@@ -162,7 +163,21 @@ class CallCore:
         self.answered_now = 0.0  # when the call was answered (the engine's clock)
         self.record = False
         self.media_offered = False
+        # rtpengine's SDP of the call's first offer (to the targets; late offer: to the
+        # caller); not None: the call is anchored
         self.offer_sdp: bytes | None = None
+        # late offer (an INVITE without SDP): the target's 1xx/2xx SDP is offered to
+        # rtpengine from its side, the caller's ACK carries the answer
+        self.late_offer = False
+        self.media_late = False  # a late offer went to rtpengine: delete the call at the end
+        self.late_answer = False  # the caller got rtpengine's offer in the 2xx: its ACK answers
+        self.ack_wait: tuple[int, bytes, str | None] | None = None  # seq, the ACK's SDP
+        # hold (anchored calls): a side's latest SDP puts it on hold; the media timeout
+        # waits while `on_hold`, and counts the silence from `resumed_at` after it
+        self.hold_a = False
+        self.hold_b = False
+        self.on_hold = False
+        self.resumed_at = 0.0
         self.media_wait: tuple[ForwardTarget, SipURI, Address] | None = None
         self.media_seq = 0
         # responses held while rtpengine answers: seq → status, reason, the answerer's
@@ -275,7 +290,7 @@ class CallCore:
         leg.dest = addr
         req = outgoing_invite(self.host, leg, self.invite, self.id, self.user_agent,
                               r.headers)
-        if self.offer_sdp is not None:
+        if self.offer_sdp is not None and not self.late_offer:
             req.body = self.offer_sdp
         self.legs.append(leg)
         self._out.append(RegisterDialog(leg))
@@ -313,7 +328,7 @@ class CallCore:
     def _end(self, outcome: Outcome, hangup_by: HangupBy, code: int, now: float) -> None:
         self._goto(State.ENDED)
         self._out.append(Finished())
-        if self.offer_sdp is not None or self.media_wait is not None:
+        if self.offer_sdp is not None or self.media_wait is not None or self.media_late:
             self._out.append(MediaDelete(self.invite.from_.tag or "", self.record))
         info = self.info
         if info is None:

@@ -303,15 +303,16 @@ class Finished(_Value):
 class MediaOffer(_Value):
     """Offer the caller's SDP to rtpengine (ng call-id: the call's id); answer MediaDone."""
 
-    __match_args__: ClassVar = ("sdp", "from_tag", "record", "to_tag", "seq")
+    __match_args__: ClassVar = ("sdp", "from_tag", "record", "to_tag", "seq", "late")
 
     def __init__(self, sdp: bytes, from_tag: str, record: bool = False, to_tag: str | None = None,
-                 seq: int = 0) -> None:
+                 seq: int = 0, late: bool = False) -> None:
         self.sdp: Final = sdp
         self.from_tag: Final = from_tag
         self.record: Final = record
         self.to_tag: Final = to_tag  # a re-INVITE's or UPDATE's offer: the other side's tag
         self.seq: Final = seq  # 0: the call's first offer; else a relayed request's, held under seq
+        self.late: Final = late  # late offer: the target's SDP (in its 1xx/2xx) toward the caller
 
 
 class MediaAnswer(_Value):

@@ -6,7 +6,8 @@ budget and come back to the call as MediaDone, with rtpengine's SDP or why there
 none (the call then goes direct: tracking never costs a call); MediaDelete ends the
 call in rtpengine and collects its recording. `watch_media` asks rtpengine, every third
 of `[media] media_timeout`, when each anchored call last had RTP, and ends those gone
-quiet with MediaTimeout.
+quiet with MediaTimeout. A call on hold (its latest SDPs: `Call.on_hold`) is left
+alone, and taken off hold its silence counts from then.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class MediaControl(Protocol):
     call then goes direct."""
 
     async def offer(self, call_id: str, from_tag: str, sdp: str, *, record: bool,
-                    to_tag: str | None = None) -> str: ...
+                    to_tag: str | None = None, late: bool = False) -> str: ...
     async def answer(self, call_id: str, from_tag: str, to_tag: str, sdp: str) -> str: ...
     async def finish(self, info: CallInfo, from_tag: str, *, record: bool) -> None: ...
     async def idle(self, call_id: str) -> float | None: ...
@@ -76,7 +77,7 @@ class MediaTasks(Executor):
             sdp = c.sdp.decode("utf-8", "surrogateescape")
             if isinstance(c, MediaOffer):
                 work = media.offer(call.id, c.from_tag, sdp, record=c.record,
-                                   to_tag=c.to_tag)
+                                   to_tag=c.to_tag, late=c.late)
             else:
                 work = media.answer(call.id, c.from_tag, c.to_tag, sdp)
             out = await work
@@ -108,11 +109,17 @@ class MediaTasks(Executor):
             return
         for call in [c for c in self.calls.values()
                      if c.state is State.CONNECTED and c.offer_sdp is not None]:
+            if call.on_hold:  # a side sends no RTP on purpose: not a dead call
+                continue
             try:
                 idle = await media.idle(call.id)
             except Exception as exc:  # rtpengine gone: the call goes on
                 log.info("media.query_failed", call=call.id, error=str(exc)[:200])
                 continue
-            if idle is not None and idle >= limit and call.id in self.calls:
+            if idle is None or call.on_hold or call.id not in self.calls:
+                continue
+            if call.resumed_at:  # taken off hold: silent since then at most
+                idle = min(idle, self.stack.clock() - call.resumed_at)
+            if idle >= limit:
                 self._input(call, MediaTimeout(idle))
 

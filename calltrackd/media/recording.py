@@ -32,11 +32,12 @@ from . import g711
 from .pcap import Datagram, read_datagrams
 from .sdp import STATIC_PAYLOADS, parse_media
 
-__all__ = ["CALLEE", "CALLER", "Conversion", "Metadata", "RecordingError", "convert",
-           "convert_files", "parse_metadata"]
+__all__ = ["CALLEE", "CALLER", "LATE_OFFER", "Conversion", "Metadata", "RecordingError",
+           "convert", "convert_files", "parse_metadata"]
 
 RATE = 8000
 CALLER, CALLEE = 0, 1
+LATE_OFFER = "late-offer"  # in the offer's metadata string: the offer came from the callee
 _SKIPPED = frozenset({"telephone-event", "CN", "comfort-noise"})
 _DECODED = frozenset({"PCMU", "PCMA"})
 _RESYNC = RATE  # samples a timestamp may stray from the arrival clock before re-anchoring
@@ -115,8 +116,11 @@ def _sides_and_payloads(meta: Metadata) -> tuple[dict[int, int], dict[int, str]]
     ports: dict[int, int] = {}
     payloads: dict[int, str] = dict(STATIC_PAYLOADS)
     seen_modes: set[str] = set()
+    # a late offer (the INVITE had no SDP): the offer came from the callee's side and
+    # rtpengine's offer went to the caller, its answer to the callee
+    offered, answered = (CALLER, CALLEE) if LATE_OFFER in meta.text.split() else (CALLEE, CALLER)
     for mode, sdp in meta.sdps:
-        side = CALLEE if mode == "offer" else CALLER if mode == "answer" else None
+        side = offered if mode == "offer" else answered if mode == "answer" else None
         for media in parse_media(sdp):
             if media.kind != "audio":
                 continue

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from .ng import NgClient, NgError, NgUnavailable, OfferOptions
+from .recording import LATE_OFFER
 from .store import RecordingInfo, RecordingStore
 
 if TYPE_CHECKING:
@@ -55,12 +56,16 @@ class Media:
         return self.client
 
     async def offer(self, call_id: str, from_tag: str, sdp: str, *, record: bool,
-                    to_tag: str | None = None) -> str:
-        """The call's offer, or (`to_tag`) a re-INVITE's or UPDATE's in its dialog."""
+                    to_tag: str | None = None, late: bool = False) -> str:
+        """The call's offer, or (`to_tag`) a re-INVITE's or UPDATE's in its dialog, or
+        (`late`) the target's offer to the caller of a call whose INVITE had no SDP:
+        the recording's metadata says so (`LATE_OFFER`), as rtpengine's offer went to
+        the caller then. Re-offers leave the metadata as the call's first offer set it."""
         extra = {"to-tag": to_tag} if to_tag is not None else None
+        metadata = f"calltrackd call {call_id}" + (f" {LATE_OFFER}" if late else "")
         result = await self._client().offer(call_id, from_tag, sdp, record=record,
-                                            metadata=f"calltrackd call {call_id}",
-                                            extra=extra)
+                                            metadata=metadata if late or to_tag is None
+                                            else None, extra=extra)
         return result.sdp
 
     async def answer(self, call_id: str, from_tag: str, to_tag: str, sdp: str) -> str:

@@ -27,8 +27,9 @@ class FakeMedia:
         self.idle_seconds: float | None = 0.5
 
     async def offer(self, call_id: str, from_tag: str, sdp: str, *, record: bool,
-                    to_tag: str | None = None) -> str:
-        self.calls.append(("offer", call_id, from_tag, sdp, str(record), str(to_tag)))
+                    to_tag: str | None = None, late: bool = False) -> str:
+        self.calls.append(("offer", call_id, from_tag, sdp, str(record), str(to_tag))
+                          + (("late",) if late else ()))
         if self.fail == "offer" or (self.fail == "reoffer" and to_tag is not None):
             raise NgTimeout("no answer within 1.0 s", command="offer")
         return (b"reoffer:" + sdp.encode() if to_tag else RTP_OFFER).decode()

@@ -136,3 +136,21 @@ def test_sip_testers_g711a_capture_is_read() -> None:
     datagrams = list(read_datagrams(path.read_bytes()))
     assert len(datagrams) > 200
     assert {d.payload[1] & 0x7F for d in datagrams} == {8}
+
+
+def test_late_offer_the_caller_sends_to_the_offers_ports(tmp_path: Path) -> None:
+    """An INVITE without SDP: rtpengine's offer went to the caller, its answer to the
+    callee (the metadata string says `late-offer`); the channels stay caller left."""
+    caller = list(rtp_packets("PCMU", tone(440, 3.0), pt=0, ssrc=1111))
+    callee = list(rtp_packets("PCMA", tone(1000, 3.0), pt=8, ssrc=2222))
+    t0 = 1796158480.0
+    records = [(t0 + 0.02 * i, ipv4_udp(CALLER, ("127.0.0.1", PORT_OFFER), p))
+               for i, p in enumerate(caller)]
+    records += [(t0 + 0.02 * i, ipv4_udp(CALLEE, ("127.0.0.1", PORT_ANSWER), p))
+                for i, p in enumerate(callee)]
+    records.sort(key=lambda r: r[0])
+    text = metadata().replace("calltrackd call c_1\n", "calltrackd call c_1 late-offer\n")
+    out = tmp_path / "c.wav"
+    assert convert(parse_metadata(text), pcap(records), out).wav
+    _, left, right = wav_channels(str(out))
+    assert dominant(left[8000:16000]) == 440 and dominant(right[8000:16000]) == 1000
