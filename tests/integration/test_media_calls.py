@@ -5,17 +5,20 @@ real HTTP receiver. Then rtpengine is stopped: the next call completes direct.""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import time
 import urllib.request
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.audio import rms
 
 from .conftest import (
     ADMIN,
+    Daemon,
     Receiver,
     Sipp,
     daemon_toml,
@@ -40,6 +43,29 @@ def config(sip: int, http: int, pbx: int, rtp: Rtpengine, recordings: Path, hook
         sip={"shutdown_grace": "5s"},
         media={"rtpengine": [rtp.address], "timeout": "1s", "retransmit": "200ms",
                "spool_dir": str(rtp.spool), "recordings_dir": str(recordings), **media})
+
+
+@contextlib.contextmanager
+def anchored_daemon(tmp: Path) -> Iterator[tuple[Rtpengine, Receiver, Daemon, int, int]]:
+    """A real rtpengine, a webhook receiver and calltrackd anchoring (and recording) the
+    calls to DID through it: rtpengine, receiver, daemon, its SIP port, the PBX's port;
+    all stopped after."""
+    need("sipp")
+    rtp = Rtpengine(tmp / "rtpengine")
+    rtp.start()
+    receiver = Receiver(free_port())
+    receiver.start()
+    try:
+        sip, http, pbx = free_port(), free_port(), free_port()
+        daemon = start_daemon(tmp, config(sip, http, pbx, rtp, tmp / "rec", receiver.url),
+                              sip, http)
+        try:
+            yield rtp, receiver, daemon, sip, pbx
+        finally:
+            daemon.stop()
+    finally:
+        receiver.stop()
+        rtp.stop()
 
 
 def one_call(tmp: Path, n: int, sip_port: int, pbx_port: int, uas: str, uac: str,
@@ -71,15 +97,7 @@ def audio_port(messages: str) -> int:
 
 
 def test_anchored_recorded_call_then_rtpengine_down(tmp_path: Path) -> None:
-    need("sipp")
-    rtp = Rtpengine(tmp_path / "rtpengine")
-    rtp.start()
-    receiver = Receiver(free_port())
-    receiver.start()
-    sip, http, pbx = free_port(), free_port(), free_port()
-    daemon = start_daemon(tmp_path, config(sip, http, pbx, rtp, tmp_path / "rec",
-                                           receiver.url), sip, http)
-    try:
+    with anchored_daemon(tmp_path) as (rtp, receiver, daemon, sip, pbx):
         sipp = one_call(tmp_path, 1, sip, pbx, "uas_answer_rtp.xml", "uac_call_rtp.xml",
                         TALK_MS)
         # the PBX was offered rtpengine's port, not the carrier's
@@ -126,10 +144,6 @@ def test_anchored_recorded_call_then_rtpengine_down(tmp_path: Path) -> None:
         assert ended[1]["media"]["mode"] == "direct", ended[1]  # and the record says why
         assert ended[1]["media"]["reason"].startswith("offer: "), ended[1]
         assert "call.media_direct" in daemon.log_text()
-    finally:
-        daemon.stop()
-        receiver.stop()
-        rtp.stop()
 
 
 def test_call_whose_media_stopped_is_ended_by_the_system(tmp_path: Path) -> None:
