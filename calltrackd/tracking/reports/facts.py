@@ -127,22 +127,52 @@ def _clean(value: str | None) -> str | None:
     return value.replace("\x1f", " ").replace("\x1e", " ").strip() or None
 
 
-def call_fact(record: CallRecord) -> CallFact:
-    att = record.attribution
-    session = att.session if att else None
+# (channel, source, medium, campaign, term, content, landing_page, referrer_domain,
+# static_channel): what a call's fact takes from its attribution
+_Traffic = tuple[str | None, str | None, str | None, str | None, str | None, str | None,
+                 str | None, str | None, str | None]
+_TRAFFIC_CACHE_SIZE = 4096
+# id(attribution) -> (the attribution, its part): a call's saves (ringing, answered,
+# ended) carry the same Attribution object, so its URLs are parsed once per call, not
+# once per save. The entry holds the object, so its id is not reused while cached.
+_traffic_cache: dict[int, tuple[Attribution, _Traffic]] = {}
+
+
+def _traffic_of(att: Attribution | None) -> _Traffic:
+    if att is None:
+        return (None,) * 9
+    hit = _traffic_cache.get(id(att))
+    if hit is not None and hit[0] is att:
+        return hit[1]
+    session = att.session
     channel, source, medium = call_traffic(att)
+    part: _Traffic = (
+        _clean(channel), _clean(source), _clean(medium),
+        _clean(session.utm_campaign) if session else None,
+        _clean(session.utm_term) if session else None,
+        _clean(session.utm_content) if session else None,
+        _clean(landing_page(session.landing_page)) if session else None,
+        _clean(referrer_domain(session.referrer)) if session else None,
+        _clean(att.channel) if att.kind == "static" else None,
+    )
+    if len(_traffic_cache) >= _TRAFFIC_CACHE_SIZE:
+        del _traffic_cache[next(iter(_traffic_cache))]  # the oldest entry
+    _traffic_cache[id(att)] = (att, part)
+    return part
+
+
+def call_fact(record: CallRecord) -> CallFact:
+    """The call's fact. Its traffic part is computed once per Attribution object
+    (`_traffic_of`), the rest (outcome, times, ...) at every save."""
+    (channel, source, medium, campaign, term, content, landing, referrer,
+     static_channel) = _traffic_of(record.attribution)
     return CallFact(
         id=record.id, tracker=record.tracker, ts=record.started_at.timestamp(),
         did=record.did,
         caller=None if is_anonymous(record.caller) else _clean(record.caller),
-        channel=_clean(channel), source=_clean(source), medium=_clean(medium),
-        campaign=_clean(session.utm_campaign) if session else None,
-        term=_clean(session.utm_term) if session else None,
-        content=_clean(session.utm_content) if session else None,
-        landing_page=_clean(landing_page(session.landing_page)) if session else None,
-        referrer_domain=_clean(referrer_domain(session.referrer)) if session else None,
-        static_channel=_clean(att.channel) if att is not None and att.kind == "static"
-        else None,
+        channel=channel, source=source, medium=medium, campaign=campaign, term=term,
+        content=content, landing_page=landing, referrer_domain=referrer,
+        static_channel=static_channel,
         first_time=record.first_time_caller, outcome=record.outcome,
         qualified=record.qualified, ring_ms=_ms(record.ring_seconds),
         talk_ms=_ms(record.talk_seconds), tags=record.tags,

@@ -158,3 +158,26 @@ def test_rows_by_term_get_their_spend_from_campaign_subtotals() -> None:
     spring = next(r for r in rows if r["key"] == {"campaign": "spring"})
     assert (spring["calls"], spring["qualified"], spring["spend"], spring["cpl"],
             spring["roi"], spring["unique_callers"]) == (2, 1, 100.0, 100.0, -0.5, None)
+
+
+def test_a_calls_later_saves_reuse_its_traffic_and_carry_their_own_outcome() -> None:
+    ringing = replace(call("c1", "spring", "buy sofa"), outcome=None, talk_seconds=None)
+    ended = replace(ringing, outcome="answered", talk_seconds=63.0)
+    assert ended.attribution is ringing.attribution  # as a call's saves carry it
+    first, last = rep.call_fact(ringing), rep.call_fact(ended)
+    assert (first.outcome, first.talk_ms, last.outcome, last.talk_ms) == (None, None,
+                                                                        "answered", 63000)
+    fresh = rep.call_fact(replace(ended, attribution=replace(ended.attribution)))  # type: ignore[type-var]
+    assert fresh == last
+    # another attribution of the same call (a later classification) is read anew
+    other = replace(ended, attribution=Attribution("static", channel="Billboard "))
+    assert (rep.call_fact(other).channel, rep.call_fact(other).campaign) == ("Billboard",
+                                                                             None)
+
+
+def test_facts_stay_right_past_the_traffic_caches_size() -> None:
+    records = [call(f"c{i}", f"campaign-{i}", None) for i in range(5000)]
+    facts = [rep.call_fact(r) for r in records]
+    again = [rep.call_fact(r) for r in records]  # the oldest were evicted, the rest hit
+    assert [f.campaign for f in facts] == [f"campaign-{i}" for i in range(5000)]
+    assert again == facts
