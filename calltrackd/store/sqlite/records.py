@@ -74,6 +74,21 @@ def _floor(x: str) -> str:
     return f"CAST({x} AS INTEGER)"  # unix times are positive: truncation is the floor
 
 
+def _pool_sql(pools: Mapping[str, str], args: list[Any]) -> str:
+    """A call's pool from its number: one IN list per pool (SQLite makes each a lookup
+    table once), not a CASE of every number, which a million calls would walk each."""
+    by_pool: dict[str, list[str]] = {}
+    for number, pool in pools.items():
+        by_pool.setdefault(pool, []).append(number)
+    if not by_pool:
+        return "NULL"
+    whens = []
+    for pool, numbers in by_pool.items():
+        whens.append(f"WHEN r.did IN ({','.join('?' * len(numbers))}) THEN ?")
+        args += [*numbers, pool]
+    return f"CASE {' '.join(whens)} END"
+
+
 def _report_sql(q: ReportQuery) -> tuple[str, list[Any]]:
     """The SELECT of `report_calls` computing `CallGroup`s as `aggregate_calls` does."""
     exprs: list[str] = []
@@ -88,11 +103,7 @@ def _report_sql(q: ReportQuery) -> tuple[str, list[Any]]:
             exprs.append("t.tag")
             join = " LEFT JOIN call_tags t ON t.id = r.id"
         elif dim == "pool":
-            if q.pools:
-                exprs.append("CASE r.did " + "WHEN ? THEN ? " * len(q.pools) + "END")
-                args += [x for kv in q.pools.items() for x in kv]
-            else:
-                exprs.append("NULL")
+            exprs.append(_pool_sql(q.pools, args))
         else:
             exprs.append(f"r.{dim}")
     conds: list[str] = []
@@ -133,9 +144,11 @@ def _report_sql(q: ReportQuery) -> tuple[str, list[Any]]:
     keys = ", ".join(exprs) + ", " if exprs else ""
     group = " GROUP BY " + ", ".join(str(i + 1) for i in range(len(exprs))) if exprs else ""
     sql = (
+        # qualified and first_time are 0, 1 or NULL: their totals count the ones; missed
+        # calls (an outcome, not answered) are count(r.outcome) less the answered ones
         f"SELECT {keys}count(*), total(r.outcome = 'answered'),"
-        " total(r.outcome IS NOT NULL AND r.outcome != 'answered'), total(r.qualified = 1),"
-        " total(r.first_time = 1), count(DISTINCT r.caller), total(r.ring_ms),"
+        " count(r.outcome), total(r.qualified),"
+        " total(r.first_time), count(DISTINCT r.caller), total(r.ring_ms),"
         " count(r.ring_ms), total(r.talk_ms), count(r.talk_ms), total(r.value_cents)"
         f" FROM report_calls r{join} WHERE {' AND '.join(conds)}{group}"
     )
@@ -362,7 +375,8 @@ class SqliteRecords(SqlitePlumbing):
                 continue
             key = tuple(bool(v) if d == "first_time" and v is not None else v
                         for d, v in zip(query.group_by, r[:n], strict=True))
-            out.append(CallGroup(key, *map(int, r[n:])))
+            total, answered, ended, *rest = map(int, r[n:])
+            out.append(CallGroup(key, total, answered, ended - answered, *rest))
         return out
 
     async def report_visits(self, query: ReportQuery) -> list[VisitGroup]:
