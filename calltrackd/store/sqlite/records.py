@@ -43,7 +43,6 @@ from calltrackd.tracking.reports import (
     ReportQuery,
     SpendRow,
     VisitGroup,
-    aggregate_visits,
     call_fact,
     cents,
     time_sql,
@@ -153,6 +152,42 @@ def _report_sql(q: ReportQuery) -> tuple[str, list[Any]]:
         f" FROM report_calls r{join} WHERE {' AND '.join(conds)}{group}"
     )
     return sql, args + wargs
+
+
+def _visit_expr(dim: str, q: ReportQuery) -> str:
+    """A visit cell's value of `dim` in SQL, as `cell_value` gives it (a cell's time is
+    its UTC hour's start, in the query's local time)."""
+    if local := time_sql(dim, q, _floor, column="(v.hour * 3600)"):
+        return local
+    if dim == "hour":
+        return "(v.hour % 24)"
+    if dim == "day":
+        return "(v.hour / 24)"  # integer division: hours since the epoch are positive
+    if dim == "weekday":
+        return "((v.hour / 24 + 3) % 7 + 1)"
+    return f"nullif(v.{dim}, '')"
+
+
+def _visits_sql(q: ReportQuery) -> tuple[str, list[Any]]:
+    """The SELECT of `report_visits` computing `VisitGroup`s as `aggregate_visits` does,
+    grouped in SQL: a period's cells are ~one per visit, too many to group in Python."""
+    conds: list[str] = ["v.hour >= ?"]
+    args: list[Any] = [int(q.since // 3600)]
+    if q.until != float("inf"):
+        conds.append("v.hour < ?")
+        args.append(math.ceil(q.until / 3600))
+    if q.tracker is not None:
+        conds.append("v.tracker = ?")
+        args.append(q.tracker)
+    for dim, accepted in sorted(q.filters.items()):
+        cond, a = _in(_visit_expr(dim, q), sorted(accepted, key=repr))
+        conds.append(cond)
+        args += a
+    exprs = [_visit_expr(d, q) for d in q.group_by]
+    keys = "".join(f"{e}, " for e in exprs)
+    group = " GROUP BY " + ", ".join(str(i + 1) for i in range(len(exprs))) if exprs else ""
+    return (f"SELECT {keys}total(v.visitors), total(v.dynamic), count(*)"
+            f" FROM report_visits v WHERE {' AND '.join(conds)}{group}", args)
 
 
 class SqliteRecords(SqlitePlumbing):
@@ -381,18 +416,10 @@ class SqliteRecords(SqlitePlumbing):
 
     async def report_visits(self, query: ReportQuery) -> list[VisitGroup]:
         await self._flush_behind()  # counters are written behind: count the newest too
-        conds: list[str] = ["hour >= ?"]
-        args: list[Any] = [int(query.since // 3600)]
-        if query.until != float("inf"):
-            conds.append("hour < ?")
-            args.append(math.ceil(query.until / 3600))
-        if query.tracker is not None:
-            conds.append("tracker = ?")
-            args.append(query.tracker)
-        sql = (f"SELECT hour, {', '.join(_VISIT_COLS)}, visitors, dynamic FROM report_visits"
-               f" WHERE {' AND '.join(conds)}")
+        sql, args = _visits_sql(query)
         rows = await self._report(lambda c: c.execute(sql, args).fetchall())
-        return aggregate_visits(((r[:9], r[9], r[10]) for r in rows), query)
+        n = len(query.group_by)
+        return [VisitGroup(tuple(r[:n]), int(r[n]), int(r[n + 1])) for r in rows if r[n + 2]]
 
     async def put_spend(self, rows: Sequence[SpendRow]) -> None:
         values = [(r.tracker, r.day, r.source, r.medium, r.campaign, r.amount_cents,
