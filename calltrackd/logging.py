@@ -11,11 +11,13 @@ are counted, and the first line after the window says how many were left out
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import sys
 import threading
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from types import TracebackType
 from typing import Any
 
@@ -113,14 +115,48 @@ def _logger_name(logger: Any, method: str,
     return event
 
 
+class _Stamp:
+    """structlog's `TimeStamper(fmt="iso", utc=True)`, the same text (the UTC ISO time,
+    `2026-12-02T06:18:32.123456Z`, no fraction on a whole second as isoformat() writes
+    it), with the second's date and time formatted once per second, not once per line."""
+
+    def __init__(self, clock: Callable[[], int] = time.time_ns) -> None:
+        self.clock = clock
+        self._second: tuple[int, str] = (-1, "")  # one tuple: threads read it whole
+
+    def __call__(self, logger: Any, method: str,
+                 event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        second, ns = divmod(self.clock(), 1_000_000_000)
+        cached, prefix = self._second
+        if second != cached:
+            prefix = dt.datetime.fromtimestamp(second, dt.UTC).isoformat()[:19]
+            self._second = (second, prefix)
+        us = ns // 1000  # datetime.now() floors to the microsecond too
+        event["timestamp"] = f"{prefix}.{us:06d}Z" if us else prefix + "Z"
+        return event
+
+
+class _JSONRenderer(structlog.processors.JSONRenderer):
+    """structlog's JSON renderer with its `json.JSONEncoder` made once: `json.dumps` with
+    a `default` makes a new encoder for every line. The same text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._encode = json.JSONEncoder(**self._dumps_kw).encode
+
+    def __call__(self, logger: Any, name: str,
+                 event_dict: MutableMapping[str, Any]) -> str:
+        return self._encode(event_dict)
+
+
 def configure_logging(settings: LogSettings) -> None:
     renderer: structlog.typing.Processor
     if settings.format == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     else:
-        renderer = structlog.processors.JSONRenderer()
+        renderer = _JSONRenderer()
     limit = LIMIT
-    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    timestamper = _Stamp()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
