@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
@@ -243,7 +243,7 @@ class TargetProber:
     def healthy(self, route: Route) -> Route:
         """The route with its down targets left out (all kept when all are down)."""
         targets = self.health.usable(route.targets)
-        return route if targets == route.targets else replace(route, targets=targets)
+        return route if targets == route.targets else route.replace(targets=targets)
 
     def on_event(self, ticket: ProbeTicket, event: object) -> None:
         if isinstance(event, ResponseReceived):

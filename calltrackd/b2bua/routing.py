@@ -29,8 +29,8 @@ import datetime as dt
 import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
 
 from ..sip.endpoint import Address
 from ..sip.message import Request
@@ -59,35 +59,77 @@ class Load:
     draining: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class Route:
-    """A call to set up: hunt through `targets` in order, each for `ring_timeout` s."""
+    """A call to set up: hunt through `targets` in order, each for `ring_timeout` s.
 
-    tracker: Tracker
-    carrier: str
-    did: str  # E.164
-    caller: str  # E.164 when it looks like a number, else From's user, or "anonymous"
-    targets: tuple[ForwardTarget, ...]
-    ring_timeout: float
-    rule: str | None = None  # the routing rule that chose the targets; None: the fallback
-    hunt: Hunt = "sequential"  # the rules' hunt mode (round_robin: see `rotated`)
-    # what tracking said before routing, when the rules had to wait for it (the call's
-    # record then keeps it instead of asking again)
-    attribution: Attribution | None = None
-    first_time: bool | None = None
-    # toward the PBX: headers added to the forwarded INVITE (the attribution's
-    # X-Calltrackd-*, the caller's Diversion/History-Info, our P-Asserted-Identity), the
-    # label put before the caller's display name, the user part of From (the asserted
-    # caller; None: the caller's From), and whether the caller asked for privacy
-    # (Privacy: id: the PBX gets an anonymous From and no P-Asserted-Identity)
-    headers: tuple[tuple[str, str], ...] = ()
-    display: str | None = None
-    from_user: str | None = None
-    anonymous: bool = False
-    # the routing webhook's answer: the caller's name toward the PBX, a status to reject with
-    caller_name: str | None = None
-    reject: int | None = None
-    webhook_order: bool = False  # the webhook named the targets: rung in its order
+    A plain class with read-only attributes (`Final`), equal when its fields are, shown
+    as `Route(field=value, ...)`, changed copies by `replace`: not a dataclass, whose
+    `__init__` mypyc leaves to the dataclasses module (Python); one per call."""
+
+    __match_args__ = ("tracker", "carrier", "did", "caller", "targets", "ring_timeout",
+                      "rule", "hunt", "attribution", "first_time", "headers", "display",
+                      "from_user", "anonymous", "caller_name", "reject", "webhook_order")
+
+    def __init__(self, tracker: Tracker, carrier: str, did: str, caller: str,
+                 targets: tuple[ForwardTarget, ...], ring_timeout: float,
+                 rule: str | None = None, hunt: Hunt = "sequential",
+                 attribution: Attribution | None = None, first_time: bool | None = None,
+                 headers: tuple[tuple[str, str], ...] = (), display: str | None = None,
+                 from_user: str | None = None, anonymous: bool = False,
+                 caller_name: str | None = None, reject: int | None = None,
+                 webhook_order: bool = False) -> None:
+        self.tracker: Final = tracker
+        self.carrier: Final = carrier
+        self.did: Final = did  # E.164
+        # E.164 when it looks like a number, else From's user, or "anonymous"
+        self.caller: Final = caller
+        self.targets: Final = targets
+        self.ring_timeout: Final = ring_timeout
+        # the routing rule that chose the targets; None: the fallback
+        self.rule: Final = rule
+        self.hunt: Final = hunt  # the rules' hunt mode (round_robin: see `rotated`)
+        # what tracking said before routing, when the rules had to wait for it (the
+        # call's record then keeps it instead of asking again)
+        self.attribution: Final = attribution
+        self.first_time: Final = first_time
+        # toward the PBX: headers added to the forwarded INVITE (the attribution's
+        # X-Calltrackd-*, the caller's Diversion/History-Info, our P-Asserted-Identity),
+        # the label put before the caller's display name, the user part of From (the
+        # asserted caller; None: the caller's From), and whether the caller asked for
+        # privacy (Privacy: id: the PBX gets an anonymous From and no P-Asserted-Identity)
+        self.headers: Final = headers
+        self.display: Final = display
+        self.from_user: Final = from_user
+        self.anonymous: Final = anonymous
+        # the routing webhook's answer: the caller's name toward the PBX, a status to
+        # reject with
+        self.caller_name: Final = caller_name
+        self.reject: Final = reject
+        self.webhook_order: Final = webhook_order  # the webhook named the targets
+
+    def _fields(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__match_args__)
+
+    def replace(self, **changes: Any) -> Route:
+        """A copy with `changes` (as `dataclasses.replace`)."""
+        fields = dict(zip(self.__match_args__, self._fields(), strict=True))
+        unknown = changes.keys() - fields.keys()
+        if unknown:
+            raise TypeError(f"Route has no field {sorted(unknown)[0]!r}")
+        fields.update(changes)
+        return Route(**fields)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Route) and other._fields() == self._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}"
+                           for name, value in zip(self.__match_args__, self._fields(),
+                                                  strict=True))
+        return f"Route({fields})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +293,7 @@ def rotated(r: Route, count: int) -> Route:
     start = (count - 1) % n if n else 0
     if start == 0:
         return r
-    return replace(r, targets=r.targets[start:] + r.targets[:start])
+    return r.replace(targets=r.targets[start:] + r.targets[:start])
 
 
 def carrier_of(invite: Request, source: Address, settings: Settings) -> Carrier | Reject:

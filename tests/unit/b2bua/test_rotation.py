@@ -52,7 +52,7 @@ def test_only_a_round_robin_route_of_two_targets_or_more_rotates() -> None:
     # the routing webhook chose the order: its answer is rung as it says
     assert not rotates(with_answer(route(A, B, C), (C, A), None, None))
     assert rotates(with_answer(route(A, B, C), None, None, "Alice"))  # no targets chosen
-    assert rotates(replace(route(A, B), rule="routing_webhook"))  # a rule of that name
+    assert rotates(route(A, B).replace(rule="routing_webhook"))  # a rule of that name
 
 
 def test_the_rotation_key_is_the_tracker_and_its_target_list() -> None:
