@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import ClassVar, Final, TypeAlias
 
 from .errors import TransactionError
 from .message import Headers, Request, Response
@@ -65,20 +65,52 @@ class TimerConfig:
     t4: float = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class Transmit:
-    data: bytes
-    retransmission: bool = False
+# The actions are plain classes with read-only attributes (`Final`), equal when their
+# fields are, shown as `Name(field=value)`: not dataclasses, whose `__init__` mypyc leaves
+# to the dataclasses module (Python), where a plain class's is compiled. Every message
+# sent makes one.
 
 
-@dataclass(frozen=True, slots=True)
-class PassUp:
-    message: Request | Response
+class _Action:
+    """Equality, hash and repr by the fields in `__match_args__` (as a dataclass's)."""
+
+    __match_args__: ClassVar[tuple[str, ...]] = ()
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__match_args__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._fields() == self._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__match_args__)
+        return f"{type(self).__name__}({fields})"
 
 
-@dataclass(frozen=True, slots=True)
-class TimedOut:
-    timer: str  # "B", "F" (client: no final response), "H" (server: no ACK), "L" (no 2xx ACK)
+class Transmit(_Action):
+    __match_args__: ClassVar = ("data", "retransmission")
+
+    def __init__(self, data: bytes, retransmission: bool = False) -> None:
+        self.data: Final = data
+        self.retransmission: Final = retransmission
+
+
+class PassUp(_Action):
+    __match_args__: ClassVar = ("message",)
+
+    def __init__(self, message: Request | Response) -> None:
+        self.message: Final = message
+
+
+class TimedOut(_Action):
+    __match_args__: ClassVar = ("timer",)
+
+    def __init__(self, timer: str) -> None:
+        # "B", "F" (client: no final response), "H" (server: no ACK), "L" (no 2xx ACK)
+        self.timer: Final = timer
 
 
 Action: TypeAlias = Transmit | PassUp | TimedOut
