@@ -267,8 +267,8 @@ def test_call_to_only_an_unknown_ca_target_fails_with_503(
     call(plan, sipp_factory, DID_ROGUE, "uac_expect_503.xml")
     rogue.kill()
     assert invites(rogue) == []
-    calls = plan.daemon.calls(tracker="rogue")
-    assert calls and calls[0]["outcome"] == "failed" and calls[0]["sip_code"] == 503, calls
+    record = plan.daemon.wait_call(lambda c: True, 20.0, tracker="rogue")  # written behind
+    assert record["outcome"] == "failed" and record["sip_code"] == 503, record
 
 
 def test_refused_tcp_connection_fails_over_at_once(
