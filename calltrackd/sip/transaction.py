@@ -314,6 +314,8 @@ class ServerInviteTransaction(Transaction):
             if self.state is State.ACCEPTED and 200 <= code < 300:
                 return []  # a 2xx is already being retransmitted
             raise TransactionError(self.kind, self.state, f"send {code}")
+        if code == 100 and self.last_status > 100:
+            return []  # a 100 after a 180 or 183 says less: the provisional sent stands
         self._last = response.to_bytes()
         self.last_status = code
         if code >= 200:

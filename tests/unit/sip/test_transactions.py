@@ -196,6 +196,20 @@ def test_retransmitted_invite_gets_the_last_provisional_again() -> None:
     assert sends(txn.on_request(req, 0.6)) == [ringing.to_bytes()]
 
 
+def test_a_100_after_a_180_is_not_sent_and_the_180_stays_the_one_repeated() -> None:
+    """A B2BUA may ring the caller itself (180 while the routing webhook is asked) and
+    then pass the call on, whose next step answers 100: that 100 says less than the 180
+    already sent, so it is not sent, and a retransmitted INVITE still gets the 180."""
+    req = request()
+    txn = ServerInviteTransaction(req, "k", reliable=False, timers=T)
+    trying, ringing = response(req, 100, tag=None), response(req, 180)
+    assert sends(txn.respond(trying, 0.0)) == [trying.to_bytes()]
+    assert sends(txn.respond(ringing, 0.1)) == [ringing.to_bytes()]
+    assert txn.respond(trying, 0.2) == []
+    assert sends(txn.on_request(req, 0.6)) == [ringing.to_bytes()]
+    assert txn.last_status == 180
+
+
 def test_non2xx_final_retransmitted_by_g_until_ack_then_confirmed_and_i() -> None:
     req = request()
     txn = ServerInviteTransaction(req, "k", reliable=False, timers=T)
