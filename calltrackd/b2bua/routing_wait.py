@@ -6,10 +6,11 @@ campaign, landing page, first-time caller) or the tracker hands the attribution 
 PBX. Then the call waits in ROUTING for `attribute` at most `ATTRIBUTION_WAIT` seconds;
 late, failing or absent, the rules see no attribution (tracking never costs a call,
 only the rules that ask about it). A tracker with a routing webhook (routing_webhook.py)
-answers 100 Trying at once, then asks its webhook (with the attribution, waited for as
-above) at most the webhook's `timeout`; no usable answer in time, the rules route the
-call. A route whose hunt is `round_robin` then waits for its turn (rotation.py:
-`_rotating`, the one place the route's targets are reordered before the call sees them).
+answers 100 Trying and 180 Ringing at once (`ringing = false`: 100 only), then asks its
+webhook (with the attribution, waited for as above) at most the webhook's `timeout`; no
+usable answer in time, the rules route the call. A route whose hunt is `round_robin`
+then waits for its turn (rotation.py: `_rotating`, the one place the route's targets
+are reordered before the call sees them).
 A call that ends while it waits (CANCEL, shutdown) drops the wait: its timer or the
 webhook's task is cancelled.
 
@@ -34,6 +35,7 @@ from ..sip.message import Request, response_for
 from .call import Call
 from .commands import Routed
 from .health import TargetProber
+from .legs import response
 from .media_tasks import MediaTasks
 from .pbx_headers import PbxHeaders
 from .rotation import Rotation
@@ -81,7 +83,7 @@ class RoutingWaits(MediaTasks):
             pbx = None
         hook = settings.routing_webhooks.get(decision.tracker.id)
         if hook is not None and self.routing_client is not None:
-            self._respond_trying(txn, req)
+            self._respond_trying(txn, req, call if hook.ringing else None)
             self._routing[call.id] = (decision, rules, pbx, None)
             task = self.stack.loop.create_task(self._ask_webhook(call.id, hook, wall))
             if call.id in self._routing:  # still asking: the call's end cancels the task
@@ -125,10 +127,17 @@ class RoutingWaits(MediaTasks):
             attribution, first_time = None, None
         self._routed(call_id, attribution, first_time)
 
-    def _respond_trying(self, txn: ServerTransaction, req: Request) -> None:
+    def _respond_trying(self, txn: ServerTransaction, req: Request,
+                        ringing: Call | None = None) -> None:
         """100 Trying before the call answers (§8.2.6.1: no To tag): the carrier stops
-        retransmitting the INVITE while the routing webhook is asked."""
-        self.stack.layer.respond(txn, response_for(req, 100), self.stack.clock())
+        retransmitting the INVITE while the routing webhook is asked. `ringing`: also a
+        180 Ringing in the call's own early dialog (its To tag, Contact and Record-Route,
+        as the call's later answers), so the caller hears ringback meanwhile."""
+        now = self.stack.clock()
+        self.stack.layer.respond(txn, response_for(req, 100), now)
+        if ringing is not None:
+            self.stack.layer.respond(
+                txn, response(ringing.host, ringing.a, req, 180, dialog_forming=True), now)
         self.stack.flush()
 
     async def _ask_webhook(self, call_id: str, hook: RoutingWebhook, wall: float) -> None:

@@ -37,7 +37,7 @@ __all__ = ["DEFAULT_TIMEOUT", "Answer", "RoutingWebhook", "RoutingWebhookClient"
            "parse_answer", "parse_routing_webhook", "payload"]
 
 DEFAULT_TIMEOUT = 1.5
-MAX_TIMEOUT = 10.0  # a caller waits in silence meanwhile
+MAX_TIMEOUT = 10.0  # a caller waits meanwhile (hearing ringing unless `ringing = false`)
 MAX_ANSWER = 64 * 1024
 EVENT = "call.routing"
 Duration = Callable[[object, str], float]
@@ -50,6 +50,7 @@ class RoutingWebhook:
     secret: str
     timeout: float = DEFAULT_TIMEOUT
     names: tuple[tuple[str, ForwardTarget], ...] = ()  # the tracker's named targets
+    ringing: bool = True  # 180 Ringing to the caller while the webhook is asked
 
     def target(self, name: str) -> ForwardTarget | None:
         return next((t for n, t in self.names if n == name), None)
@@ -73,8 +74,11 @@ def parse_routing_webhook(raw: dict[str, Any], prefix: str, tracker: Tracker,
     d = raw["routing_webhook"]
     if not isinstance(d, dict):
         return None, [f"{key}: expected a table {{url = ..., secret = ..., timeout = ...}}"]
-    problems = [f"{key}.{k}: unknown key (url, secret, secret_file, timeout)"
-                for k in d if k not in ("url", "secret", "secret_file", "timeout")]
+    problems = [f"{key}.{k}: unknown key (url, secret, secret_file, timeout, ringing)"
+                for k in d if k not in ("url", "secret", "secret_file", "timeout", "ringing")]
+    ringing = d.get("ringing", True)
+    if not isinstance(ringing, bool):
+        problems.append(f"{key}.ringing: expected true or false, got {ringing!r}")
     url = d.get("url")
     if not isinstance(url, str) or not re.match(r"^https?://[^\s/]+", url):
         problems.append(f"{key}.url: expected an http:// or https:// URL, got {url!r}")
@@ -94,7 +98,7 @@ def parse_routing_webhook(raw: dict[str, Any], prefix: str, tracker: Tracker,
                 timeout = DEFAULT_TIMEOUT
     if problems or not isinstance(url, str) or not value:
         return None, problems
-    return RoutingWebhook(url, value, timeout, _names(raw, tracker)), []
+    return RoutingWebhook(url, value, timeout, _names(raw, tracker), ringing is True), []
 
 
 def _names(raw: dict[str, Any], tracker: Tracker) -> tuple[tuple[str, ForwardTarget], ...]:

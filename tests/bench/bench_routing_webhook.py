@@ -3,7 +3,9 @@ as the carrier (uac_rtt.xml: timer 2 is INVITE → 180 Ringing) and as the PBX
 (uas_answer.xml), a real aiohttp receiver on loopback as the client's system answering
 {"targets": ["pbx"]} at once. Two runs of the same calls: to a tracker without a
 routing webhook, then to one with it; the difference of their INVITE → 180 percentiles
-is what the webhook adds (the POST, and the wait for the attribution it carries).
+is what the webhook adds (the POST, and the wait for the attribution it carries). The
+hooked tracker has `ringing = false`, so the 180 timed is the PBX's, not the one
+calltrackd sends at once while it asks.
 
     .venv/bin/python -m tests.bench.bench_routing_webhook --rate 100 --seconds 20
 """
@@ -88,7 +90,10 @@ def main() -> None:
             sip, http,
             tracker("plain", PLAIN, {"uri": pbx_uri(pbx), "name": "pbx"}),
             tracker("hooked", HOOKED, {"uri": pbx_uri(pbx), "name": "pbx"},
-                    routing_webhook={"url": client.url, "secret": "s" * 24}),
+                    # ringing off: the 180 timed is the PBX's, after the webhook's answer
+                    # (with it on, calltrackd's own 180 would come at once)
+                    routing_webhook={"url": client.url, "secret": "s" * 24,
+                                     "ringing": False}),
             log={"level": "info", "format": "json"},
             carriers=[{**LOOPBACK, "did_from": "ruri"}])
         daemon = start_daemon(tmp, text, sip, http)

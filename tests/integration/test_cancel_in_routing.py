@@ -1,6 +1,7 @@
 """A call the caller cancels while its routing waits for the routing webhook, end to
 end: the daemon as a process, a real aiohttp receiver that answers too late, SIPp as the
-carrier (CANCEL after the 100 Trying) and as a PBX that must receive nothing."""
+carrier (CANCEL after the 100 Trying and the 180 Ringing calltrackd sends while it asks)
+and as a PBX that must receive nothing."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def test_cancel_while_the_routing_webhook_is_asked_keeps_the_record(
         res = sipp_factory("uac", "uac_cancel_on_trying.xml", free_port(), "-s", DID,
                            "-m", "1", "-d", "500", "-timeout", "30s", "-timeout_error",
                            remote=f"127.0.0.1:{sip}").wait(40)
-        assert res.ok, res.output  # 100, then 200 to the CANCEL and 487
+        assert res.ok, res.output  # 100 and 180, then 200 to the CANCEL and 487
         deadline = time.monotonic() + 20
         while not client.received and time.monotonic() < deadline:
             time.sleep(0.05)

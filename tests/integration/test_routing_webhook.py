@@ -166,7 +166,9 @@ def test_no_usable_answer_leaves_the_call_to_the_rules(
 
 
 def test_answer_rejects_the_call(setup: Setup, sipp_factory: Callable[..., Sipp]) -> None:
-    call(setup, sipp_factory, REJECT, "nobody", "uac_expect_486.xml")
+    # the caller hears ringing while the webhook is asked: a 180 before the 486, though
+    # no PBX is dialled (the scenario requires it)
+    call(setup, sipp_factory, REJECT, "nobody", "uac_ringing_then_486.xml")
     assert setup.client.request(REJECT)
 
 
@@ -175,11 +177,12 @@ def test_routing_webhook_config_problems_name_their_keys(tmp_path: Path) -> None
     cfg.write_text(daemon_toml(
         free_port(), free_port(),
         tracker("acme", "+74990000079", "sip:127.0.0.1:5070",
-                routing_webhook={"url": "ftp://x", "timeout": "60s", "colour": 1})))
+                routing_webhook={"url": "ftp://x", "timeout": "60s", "colour": 1,
+                                 "ringing": "yes"})))
     out = subprocess.run([sys.executable, "-m", "calltrackd", "check-config", "--config",
                           str(cfg)], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     text = out.stdout + out.stderr
     for key in ("routing_webhook.colour", "routing_webhook.url", "routing_webhook.secret",
-                "routing_webhook.timeout"):
+                "routing_webhook.timeout", "routing_webhook.ringing"):
         assert f"trackers[0].{key}" in text, text

@@ -33,9 +33,10 @@ class SlowClient:
         return "slow"
 
 
-def waiting_for_the_webhook() -> Net:
+def waiting_for_the_webhook(ringing: bool = True) -> Net:
     config = settings(SALES)
-    hook = RoutingWebhook("http://127.0.0.1:1/route", "s" * 24, names=(("sales", SALES),))
+    hook = RoutingWebhook("http://127.0.0.1:1/route", "s" * 24, names=(("sales", SALES),),
+                          ringing=ringing)
     config.routing_webhooks["main"] = hook
     net = Net(config)
     net.stack.loop.parking = True
@@ -71,14 +72,25 @@ def test_cancel_while_waiting_for_the_attribution_gives_487_and_a_record() -> No
 def test_cancel_while_the_routing_webhook_is_asked_gives_487_and_a_record() -> None:
     net = waiting_for_the_webhook()
     net.carrier.invite()
-    assert net.carrier.statuses() == [100]
+    assert net.carrier.statuses() == [100, 180]  # the caller hears ringing meanwhile
     (task,) = net.stack.loop.parked
     net.advance(0.5)
     net.carrier.cancel()
     assert_cancelled_with_a_record(net)
+    _, ringing, *_, final = [r for r in net.carrier.responses if r.cseq[1] == "INVITE"]
+    assert ringing.status == 180 and "tag=" in (ringing.headers.get("To") or "")
+    assert ringing.headers.get("To") == final.headers.get("To")  # one early dialog
     assert task.cancelled  # the POST is given up
     net.advance(2.0)
     assert not net.pbx_a.requests
+
+
+def test_a_webhook_with_ringing_off_answers_100_only_while_it_is_asked() -> None:
+    net = waiting_for_the_webhook(ringing=False)
+    net.carrier.invite()
+    assert net.carrier.statuses() == [100]
+    net.carrier.cancel()
+    assert_cancelled_with_a_record(net)
 
 
 def test_terminate_while_routing_gives_503_and_a_record() -> None:
