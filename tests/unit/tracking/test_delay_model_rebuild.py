@@ -4,9 +4,7 @@ call records: a restarted service on the same SQLite store has the model it had 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -31,14 +29,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore.from_url(f"sqlite://{tmp_path}/t.db")
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def call(service: TrackingService, tracker: Tracker, did: str, at: float) -> None:
