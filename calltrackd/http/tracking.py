@@ -212,10 +212,9 @@ async def stats(request: web.Request) -> web.Response:
     since, until = _window(request)
     only = request.query.get("tracker") or None
     now = request.app[CLOCK]()
-    calls = await store.call_stats(only, since, until)
+    calls, attributions = await store.window_stats(only, since, until)
     visitors = await store.visitor_stats(only, since, until)
     pools = await store.pool_stats(now, since.timestamp())
-    attributions = await store.attribution_stats(only, since, until)
     shed = request.app[SHED]()
     out = []
     for tracker in request.app[SETTINGS]().trackers:

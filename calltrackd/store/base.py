@@ -317,6 +317,15 @@ class Store(Protocol):
     ) -> list[AttributionStats]:
         """Calls by tracker, pool and kind with the sum of their confidences."""
 
+    async def window_stats(
+        self,
+        tracker: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> tuple[list[CallStats], list[AttributionStats]]:
+        """`call_stats` and `attribution_stats` of one window together, as `/v1/stats`
+        asks for them (a store that reads the CDRs themselves reads them once)."""
+
     # --- hunt round_robin (b2bua/rotation.py) ------------------------------------------
     async def rotate(self, key: str) -> int:
         """Count one more call of the rotation `key`, atomically for every node on this

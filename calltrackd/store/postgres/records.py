@@ -184,6 +184,15 @@ class PostgresRecords(PostgresPlumbing):
             tracker, since, until)
         return [Visit(tracker, *r) for r in rows]
 
+    async def window_stats(
+        self,
+        tracker: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> tuple[list[CallStats], list[AttributionStats]]:
+        return (await self.call_stats(tracker, since, until),
+                await self.attribution_stats(tracker, since, until))
+
     async def attribution_stats(
         self,
         tracker: str | None = None,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -61,10 +60,6 @@ from .plumbing import (
 )
 
 log = structlog.get_logger(__name__)
-# /v1/stats asks for call_stats and attribution_stats of one window in turn: the one
-# asked second within this many seconds gets the answer of the first one's pass
-_STATS_REUSE = 10.0
-_WindowKey = tuple[str | None, datetime | None, datetime | None]
 
 
 def _calls_key(tracker: str | None) -> str:
@@ -76,7 +71,6 @@ class RedisRecords(RedisCallIndex):
 
     # the half of a window's statistics that the other method will ask for: (window,
     # until when it may, "calls" or "attributions", the answer)
-    _stats_left: tuple[_WindowKey, float, str, Any] | None = None
 
     # --- call records ------------------------------------------------------------------
 
@@ -203,10 +197,9 @@ class RedisRecords(RedisCallIndex):
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> list[CallStats]:
-        """Aggregated from the CDRs in the window (one pass for this and
-        `attribution_stats`; admin use)."""
-        result: list[CallStats] = await self._window_stats((tracker, since, until), "calls")
-        return result
+        """Aggregated from the CDRs in the window (admin use; `window_stats` gives it
+        with `attribution_stats` from one pass)."""
+        return (await self.window_stats(tracker, since, until))[0]
 
     async def visitor_stats(
         self,
@@ -264,27 +257,14 @@ class RedisRecords(RedisCallIndex):
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> list[AttributionStats]:
-        result: list[AttributionStats] = await self._window_stats(
-            (tracker, since, until), "attributions")
-        return result
+        return (await self.window_stats(tracker, since, until))[1]
 
-    async def _window_stats(self, window: _WindowKey, kind: str) -> Any:
-        """`kind` ("calls", "attributions") of the window's statistics: the half that
-        the other method's pass left, if it is fresh, or a pass over the CDRs that
-        leaves the other half for the other method."""
-        left = self._stats_left
-        if left is not None and left[0] == window and left[2] == kind \
-                and time.monotonic() < left[1]:
-            self._stats_left = None
-            return left[3]
-        calls, attributions = await self._stats_pass(*window)
-        other = ("attributions", attributions) if kind == "calls" else ("calls", calls)
-        self._stats_left = (window, time.monotonic() + _STATS_REUSE, *other)
-        return calls if kind == "calls" else attributions
-
-    async def _stats_pass(self, tracker: str | None, since: datetime | None,
-                          until: datetime | None
-                          ) -> tuple[list[CallStats], list[AttributionStats]]:
+    async def window_stats(
+        self,
+        tracker: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> tuple[list[CallStats], list[AttributionStats]]:
         """Both statistics of the CDRs in the window, from one read of each."""
         groups: dict[tuple[Any, ...], list[int]] = {}
         attributions: dict[tuple[str, str | None, str], list[float]] = {}

@@ -353,6 +353,15 @@ class SqliteRecords(SqlitePlumbing):
         rows = await self._read(lambda c: c.execute(sql, (since, until, tracker)).fetchall())
         return [Visit(tracker, r[0], r[1], r[2], r[3]) for r in rows]
 
+    async def window_stats(
+        self,
+        tracker: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> tuple[list[CallStats], list[AttributionStats]]:
+        return (await self.call_stats(tracker, since, until),
+                await self.attribution_stats(tracker, since, until))
+
     async def attribution_stats(
         self,
         tracker: str | None = None,

@@ -189,6 +189,9 @@ async def test_stats_from_calls_and_visitors(store: Store) -> None:
     assert stats[("default", None)].missed == 1
     [vis] = await store.visitor_stats("acme", *window)
     assert (vis.utm_source, vis.utm_medium, vis.visitors, vis.dynamic) == ("google", "cpc", 2, 1)
+    # both statistics at once, as /v1/stats asks: the same answers as each alone
+    assert await store.window_stats("acme", *window) == (
+        await store.call_stats("acme", *window), await store.attribution_stats("acme", *window))
 
 
 # --- the webhook outbox ------------------------------------------------------------------
