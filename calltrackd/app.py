@@ -329,7 +329,7 @@ class App:
             "watchdog": self.systemd.run_watchdog, "media": self.media.run,
             "media-watch": self.engine.watch_media,
             "store-probe": self._probe_loop, "gc": self.gc_policy.run,
-            "target-health": self.prober.run,
+            "target-health": self.prober.run, "delay-models": self.tracking.run_rebuild,
         }
 
         async def supervise() -> None:

@@ -48,7 +48,7 @@ log = structlog.get_logger(__name__)
 _SESSION_ID = re.compile(r"s_[A-Za-z0-9_-]{22}")
 PENDING_LIMIT = 100_000
 REBUILD_DAYS = 7.0  # the call records a restart learns the delay models from
-REBUILD_TIMEOUT = 15.0  # seconds start-up gives that; the prior serves the rest
+REBUILD_TIMEOUT = 15.0  # seconds the rebuild may take; the prior serves the rest
 
 
 def new_session_id() -> str:
@@ -125,9 +125,13 @@ class TrackingService:
         return self._by_key.get(public_key)
 
     async def start(self) -> None:
-        """Bring the store's pools in line with the configuration (after `store.open`)
-        and rebuild the trackers' delay models from their stored calls."""
+        """Bring the store's pools in line with the configuration (after `store.open`)."""
         await self.sync_pools()
+
+    async def run_rebuild(self, stop: asyncio.Event) -> None:
+        """The worker that rebuilds the trackers' delay models from their stored calls
+        once, beside the running daemon (calls are taken meanwhile, their confidences
+        from the prior), in at most `REBUILD_TIMEOUT` s; never raises."""
         try:
             async with asyncio.timeout(REBUILD_TIMEOUT):
                 await self.rebuild_delay_models()

@@ -4,6 +4,7 @@ each attribution is and how big the pool should be. On both stores."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,10 @@ def test_a_restarted_daemon_gives_the_same_accuracy_figures(
         assert d.stop() == 0
     d = start_daemon(tmp_path, cfg, sip, http)
     try:
-        assert "tracking.delay_model_rebuilt" in d.log_text()
+        deadline = time.monotonic() + 30  # a worker beside the running daemon
+        while "tracking.delay_model_rebuilt" not in d.log_text():
+            assert time.monotonic() < deadline, d.log_text()[-3000:]
+            time.sleep(0.1)
         status, after = d.http("GET", "/v1/stats?tracker=acme")
         assert status == 200, after
     finally:

@@ -4,6 +4,7 @@ call records: a restarted service on the same SQLite store has the model it had 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -50,6 +51,7 @@ async def restarted(store: SqliteStore, trackers: list[Tracker], clock: Clock
     await store.open()
     again = TrackingService(store, trackers, clock=clock)
     await again.start()
+    await again.run_rebuild(asyncio.Event())  # the daemon's worker, run to its end
     return again
 
 
@@ -96,7 +98,7 @@ async def test_a_store_that_cannot_list_calls_leaves_the_prior(store: SqliteStor
 
     store.list_calls = broken  # type: ignore[method-assign,assignment]
     service = TrackingService(store, [WIDE])
-    await service.start()  # logged, not raised: confidences fall back to the prior
+    await service.run_rebuild(asyncio.Event())  # logged, not raised: the prior serves
     assert service.delay_models.get("acme", 360.0).calls == 0
 
 
