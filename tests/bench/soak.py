@@ -147,6 +147,24 @@ def probe_windows(path: Path) -> list[tuple[float, float, int]]:
 # --- the daemon from /proc and /metrics -------------------------------------------------
 
 
+def run_queue_wait(pid: int) -> float:
+    """Seconds the main thread of `pid` has been runnable but waiting for a core
+    (/proc/PID/task/PID/schedstat, field 2): how much the machine starved the event loop."""
+    try:
+        return int((Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split())[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process `pid` so far, 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / HZ
+
+
 def cpu_split(pid: int) -> tuple[float, float, float]:
     """(user s, system s, main thread s) of process `pid` so far."""
     user = system = main = 0.0
@@ -171,16 +189,23 @@ class Sample:
     system: float
     main: float
     metrics: dict[str, float]
+    waited: float  # the main thread's time runnable but not on a core, s so far
+    others: float  # CPU of every other process of the run (SIPp, this one, the probe), s
 
 
 def sampler(daemon: Daemon, t0: float, every: float, stop: threading.Event,
-            out: list[Sample]) -> None:
+            out: list[Sample], others: list[int]) -> None:
+    seen: dict[int, float] = {}
     while True:
         if daemon.alive():
             try:
                 user, system, main = cpu_split(daemon.pid)
+                waited = run_queue_wait(daemon.pid)
+                for p in others:  # a process that has exited keeps its last figure
+                    seen[p] = proc_cpu(p) or seen.get(p, 0.0)
+                rest = sum(seen.values())
                 out.append(Sample(time.monotonic() - t0, rss_kb(daemon.pid), user, system,
-                                  main, daemon.metrics()))
+                                  main, daemon.metrics(), waited, rest))
             except OSError:
                 pass
         if stop.wait(every):
@@ -322,10 +347,15 @@ def main(argv: list[str] | None = None) -> int:
         probe_proc = ctx.Process(target=probe, args=(sip_port, probe_file, probe_stop),
                                  daemon=True)
         probe_proc.start()
+        others = [os.getpid(), uas.pid] + [p.pid for p in procs.procs if p is not uas
+                                          and p.pid != daemon.pid]
+        if probe_proc.pid is not None:
+            others.append(probe_proc.pid)
         time.sleep(2.0)
         t0 = time.monotonic()
         threads = [
-            threading.Thread(target=sampler, args=(daemon, t0, args.sample, stop, samples),
+            threading.Thread(target=sampler, args=(daemon, t0, args.sample, stop, samples,
+                                                     others),
                              name="sampler", daemon=True),
             threading.Thread(target=lambda: asyncio.run(renew_paced(
                 daemon.base, sessions, args.rate, calls, 0.2, stop, renew)),
@@ -342,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
              "-timeout", f"{seconds + 120}s", "-max_socket", "2000", "-trace_stat",
              "-stf", "uac_stat.csv", "-fd", "10", "-trace_err", f"127.0.0.1:{sip_port}"],
             cwd=rundir, out=rundir / "uac.out")
+        others.append(uac.pid)
         wait_rusage(uac, seconds + 180)
         procs.procs.remove(uac)
         loaded_for = time.monotonic() - t0
@@ -408,14 +439,18 @@ def report(args: argparse.Namespace, samples: list[Sample], t0: float,
             f"{b.rss_kb / 1024:.1f}",
             f"{(b.user - a.user) / span * 100:.0f}", f"{(b.system - a.system) / span * 100:.0f}",
             f"{(b.main - a.main) / span * 100:.0f}",
-            f"{m.get('calltrackd_loop_lag_seconds', 0) * 1000:.1f}", f"{longest:.0f}",
+            f"{(b.waited - a.waited) / span * 100:.0f}",
+            f"{(b.others - a.others) / span * 100:.0f}",
+            f"{m.get('calltrackd_loop_lag_seconds', 0) * 1000:.1f}",
+            f"{m.get('calltrackd_sip_queue_delay_seconds', 0) * 1000:.1f}", f"{longest:.0f}",
             f"{m.get('calltrackd_webhook_queue', 0):.0f}",
             f"{m.get('calltrackd_shed_calls_total', 0):.0f}",
         ])
     log(f"\nover time (every {args.sample:g} s; CPU in % of one core over the interval)")
     log(table(["m:ss", "calls up", "RSS MB", "user %", "sys %", "main thread %",
-               "loop lag ms (smoothed)", "longest OPTIONS answer ms", "webhook queue",
-               "shed (total)"], rows))
+               "main thread waiting for a core %", "load generators' CPU %",
+               "loop lag ms (smoothed)", "SIP queue delay ms", "longest OPTIONS answer ms",
+               "webhook queue", "shed (total)"], rows))
 
     first, last = samples[0], samples[-1]
     span = last.t - first.t
@@ -450,6 +485,11 @@ def report(args: argparse.Namespace, samples: list[Sample], t0: float,
                        f"{user / span * 100:.0f}%, system {system / span * 100:.0f}%; "
                        f"main thread {main / span * 100:.0f}%, other threads "
                        f"{(user + system - main) / span * 100:.0f}%"],
+        ["main thread waiting for a core",
+         f"{(last.waited - first.waited) / span * 100:.0f}% of the time (runnable, not "
+         "running: the machine's other work, the load generators included)"],
+        ["load generators' CPU", f"{(last.others - first.others) / span * 100:.0f}% of a "
+                                 "core (SIPp carrier and PBX, this process, the OPTIONS probe)"],
         ["CPU per 1,000 calls", f"{(user + system) / max(ok, 1) * 1000:.2f} s"],
         ["calls", f"placed {placed}, completed {ok}, failed {failed}"
                   + (f" ({causes})" if causes else "")
