@@ -1,7 +1,8 @@
 """Soak: calltrackd under steady calls and visitor traffic for minutes, watched over time.
 
     .venv/bin/python tests/bench/soak.py [--minutes 10] [--rate 50] [--store sqlite|redis] \\
-        [--visitors 20] [--webhook-delay 0.2 | --no-webhooks] [--sample 10]
+        [--visitors 20] [--webhook-delay 0.2 [--webhook-batch N] | --no-webhooks] \\
+        [--sample 10]
 
 Starts calltrackd with tracking on (the embedded SQLite store, or a redis-server of its
 own with --store redis), a SIPp PBX, a webhook receiver answering after --webhook-delay s
@@ -289,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", choices=("sqlite", "redis"), default="sqlite")
     ap.add_argument("--webhook-delay", type=float, default=0.2,
                     help="seconds the webhook receiver takes to answer (0.2)")
+    ap.add_argument("--webhook-batch", type=int, default=1,
+                    help="events per webhook request at most (the endpoint's `batch`; 1)")
     ap.add_argument("--no-webhooks", action="store_true", help="no webhook endpoint")
     ap.add_argument("--sample", type=float, default=10.0, help="seconds between samples (10)")
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/calltrackd-bench"))
@@ -308,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         f"kernel {info['kernel']}, Python {info['python']}, SIPp {info['sipp']}")
     log(f"load average at start: {loadavg()}   logs: {rundir}")
     hooks = "no webhooks" if args.no_webhooks else \
-        f"webhooks to a receiver answering in {args.webhook_delay * 1000:.0f} ms"
+        f"webhooks to a receiver answering in {args.webhook_delay * 1000:.0f} ms" + \
+        (f", up to {args.webhook_batch} events per request" if args.webhook_batch > 1 else "")
     log(f"{args.rate} calls/s of {args.hold} ms for {seconds} s ({calls} calls), tracking on, "
         f"{args.store}, {args.visitors:g} new visitors/s, {hooks}")
 
@@ -330,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
             sip_port=sip_port, http_port=http_port, pbx_port=pbx_port,
             pool=pool_numbers(args.pool),
             webhook_url=None if receiver is None else f"http://127.0.0.1:{receiver.port}/hook")
+        if receiver is not None and args.webhook_batch > 1:
+            config = config.replace('secret = "whsec_bench_secret"\n',
+                                    'secret = "whsec_bench_secret"\n'
+                                    f"  batch = {args.webhook_batch}\n")
         if args.store == "redis":
             config = config.replace('url = "sqlite:///./var/calltrackd.db"',
                                     f'url = "{start_redis(procs, rundir)}"')
