@@ -85,7 +85,8 @@ def _tracker_json(t: Tracker) -> dict[str, Any]:
 
 
 async def me(request: web.Request) -> web.Response:
-    """What the dashboard may show this token: its role and the trackers it sees."""
+    """What the dashboard may show this token: its role, the trackers it sees and the
+    configured carriers' names (the Calls page's carrier filter)."""
     require_admin(request)
     from .. import __version__
 
@@ -93,6 +94,7 @@ async def me(request: web.Request) -> web.Response:
     only = request.get(VIEWER)
     trackers = [_tracker_json(t) for t in settings.trackers if only is None or t.id == only]
     return web.json_response({"role": "viewer" if only else "admin", "trackers": trackers,
+                              "carriers": [c.name for c in settings.carriers],
                               "version": __version__})
 
 

@@ -37,6 +37,10 @@ POOL = ["+74990000011", "+74990000012", "+74990000013", "+74990000014"]
 BILLBOARD = "+74990000100"
 RADIO = "+74990000200"
 MOSCOW = ZoneInfo("Europe/Moscow")
+# two carriers on loopback: the calls placed from 127.0.0.2 come in by "beeline"
+CARRIERS = [{"name": "mts", "addresses": ["127.0.0.1/32"], "default_country": "RU"},
+            {"name": "beeline", "addresses": ["127.0.0.2/32"], "default_country": "RU"}]
+BEELINE = "127.0.0.2"
 
 
 def local(iso: str) -> str:
@@ -54,7 +58,7 @@ def config(sip: int, http: int, pbx: int) -> str:
                 static=[{"number": BILLBOARD, "channel": "billboard"}]),
         tracker("beta", "+74990000020", pbx_uri(pbx), viewer_tokens=[BETA_VIEWER],
                 static=[{"number": RADIO, "channel": "radio"}]),
-        sip={"shutdown_grace": "5s"}, http={"session_rate_limit": 0})
+        carriers=CARRIERS, sip={"shutdown_grace": "5s"}, http={"session_rate_limit": 0})
 
 
 VISITS = [  # (utm_source, utm_medium, utm_campaign, utm_term)
@@ -67,8 +71,10 @@ VISITS = [  # (utm_source, utm_medium, utm_campaign, utm_term)
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A daemon with two trackers and six finished calls: three visitors of acme (two
-    campaigns), acme's billboard twice, beta's radio once. One for the module: the tests
-    read it, and the one edit (a call's tags, by the first) changes nothing the others see."""
+    campaigns), acme's billboard twice, beta's radio once; acme's yandex visitor and its
+    second billboard call come in by carrier beeline, the others by mts. One for the
+    module: the tests read it, and the one edit (a call's tags, by the first) changes
+    nothing the others see."""
     tmp_path = tmp_path_factory.mktemp("site")
     sip, http, pbx = free_port(), free_port(), free_port()
     daemon = start_daemon(tmp_path, config(sip, http, pbx), sip, http)
@@ -87,7 +93,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             dids += [BILLBOARD, BILLBOARD, RADIO]
             carriers = [sipp_factory(f"carrier{n}", "uac_call.xml", free_port(), "-s", did,
                                      "-m", "1", "-d", "1200", "-timeout", "30s",
-                                     "-timeout_error", remote=f"127.0.0.1:{sip}")
+                                     "-timeout_error", *(["-i", BEELINE] if n in (2, 4) else []),
+                                     remote=f"127.0.0.1:{sip}")
                         for n, did in enumerate(dids)]
             for carrier in carriers:  # the six calls at once
                 res = carrier.wait(40)
@@ -226,6 +233,7 @@ def test_every_page_shows_what_the_api_reports(site: dict[str, Any],
     assert shown.count() == len(rows)
     b.shot("sources")
     first_paid = next(k for k, r in rows.items() if k != "billboard")
+    b.unmark()  # wait for the drilled-down page, not the one shown
     b.page.click(f'#report a[data-drill="{first_paid}"]')
     b.wait_page("sources")
     status, by_source = daemon.http(
@@ -234,6 +242,7 @@ def test_every_page_shows_what_the_api_reports(site: dict[str, Any],
     sources = sorted(str(r["key"]["source"]) for r in by_source["rows"])
     assert sorted(b.page.locator("#report tbody tr").evaluate_all(
         "rows => rows.map(r => r.dataset.key)")) == sources
+    b.unmark()  # wait for the drilled-down page, not the one shown
     b.page.click('#report a[data-drill="google"]')
     b.wait_page("sources")
     campaigns = b.page.locator("#report tbody tr").evaluate_all(
@@ -266,9 +275,36 @@ def test_every_page_shows_what_the_api_reports(site: dict[str, Any],
     assert len(billboard) == 2 and {c["did"] for c in billboard} == {BILLBOARD}
     ids = b.page.locator("#calls tbody tr").evaluate_all("rows => rows.map(r => r.dataset.call)")
     assert ids == [c["id"] for c in billboard]
-    assert set(b.page.locator("#calls tbody tr td:nth-child(7)").all_inner_texts()) == {
+    assert set(b.page.locator("#calls tbody tr td:nth-child(8)").all_inner_texts()) == {
         "billboard"}
     b.shot("calls-billboard")
+
+    # the carrier each call came in by, and a carrier chosen narrows the list through
+    # the API's own filter (?carrier=)
+    b.open("calls")
+    assert "Carrier" in b.page.inner_text("#calls thead")
+    shown = dict(b.page.locator("#calls tbody tr").evaluate_all(
+        "rows => rows.map(r => [r.dataset.call, r.querySelector('td[data-carrier]').textContent])"))
+    assert shown == {c["id"]: c["carrier"] for c in api_calls}
+    assert sorted(shown.values()) == ["beeline", "beeline", "mts", "mts", "mts"]
+    options = b.page.locator("#f-carrier option").evaluate_all("o => o.map(x => x.value)")
+    assert options == ["", "mts", "beeline"]  # any, then the configured carriers
+    beeline = daemon.calls(tracker="acme", carrier="beeline")
+    assert len(beeline) == 2 and {c["carrier"] for c in beeline} == {"beeline"}
+    b.unmark()
+    with b.page.expect_request(lambda r: "/v1/calls?" in r.url
+                               and "carrier=beeline" in r.url) as asked:
+        b.page.select_option("#f-carrier", "beeline")
+    b.wait_page("calls")
+    assert "tracker=acme" in asked.value.url
+    ids = b.page.locator("#calls tbody tr").evaluate_all("rows => rows.map(r => r.dataset.call)")
+    assert ids == [c["id"] for c in beeline]
+    assert set(b.page.locator("#calls td[data-carrier]").all_inner_texts()) == {"beeline"}
+    assert b.page.input_value("#f-carrier") == "beeline"
+    b.shot("calls-carrier")
+    b.page.click(f'#calls tr[data-call="{beeline[0]["id"]}"]')
+    b.wait_page(f"calls/{beeline[0]['id']}")
+    assert b.page.inner_text('[data-field="Carrier"]') == "beeline"
     paid = daemon.calls(tracker="acme", channel="paid")
     assert len(paid) == 3 and BILLBOARD not in {c["did"] for c in paid}
     assert [c["id"] for c in daemon.calls(tracker="acme", source="yandex")] == [
@@ -402,6 +438,15 @@ def test_a_viewer_sees_only_its_own_tracker(site: dict[str, Any],
     b.page.evaluate(f"location.hash = '#/calls/{acme_call['id']}'")
     b.wait_page(f"calls/{acme_call['id']}")
     assert "no call with that id" in b.page.inner_text("#page")
+    # a viewer's Save button is disabled, and looks it (greyed, not the accent colour)
+    own = body["calls"][0]["id"]
+    b.open(f"calls/{own}")
+    save = b.page.locator("#edit-save")
+    assert save.is_disabled()
+    look = save.evaluate("e => [getComputedStyle(e).backgroundColor, getComputedStyle(e).cursor]")
+    assert look == ["rgb(228, 231, 235)", "not-allowed"], look
+    b.page.evaluate(f"location.hash = '#/calls/{acme_call['id']}'")
+    b.wait_page(f"calls/{acme_call['id']}")
     b.shot("viewer-calls")
     # the console shows the refused request as a failed load; nothing else
     assert all("404" in line for line in b.console), b.console

@@ -400,8 +400,8 @@
   var CALL_FILTERS = [["channel", "e.g. paid"], ["source", "e.g. google"],
                       ["campaign", "e.g. spring"], ["tag", "e.g. lead"]];
 
-  // the call list, filtered by the API (outcome, channel, source, campaign, tag: as the
-  // reports show them), so "Load more" pages through the matching calls only
+  // the call list, filtered by the API (outcome, carrier, channel, source, campaign, tag:
+  // as the reports show them), so "Load more" pages through the matching calls only
   function callsPage(route) {
     var p = clear();
     p.appendChild(el("h1", { text: "Calls" }));
@@ -410,12 +410,22 @@
         return el("option", { value: o, text: o || "any" });
       }));
     outcome.value = route.params.get("outcome") || "";
+    // the carriers are the configured [[carriers]] names (/v1/me), as each call's record
+    // names the one it came in by; a name from the URL no longer configured is kept
+    var carriers = (state.me.carriers || []).slice();
+    var asked = route.params.get("carrier") || "";
+    if (asked && carriers.indexOf(asked) < 0) carriers.push(asked);
+    var carrier = el("select", { id: "f-carrier" }, [""].concat(carriers).map(function (c) {
+      return el("option", { value: c, text: c || "any" });
+    }));
+    carrier.value = asked;
     var inputs = CALL_FILTERS.map(function (f) {
       return el("input", { id: "f-" + f[0], placeholder: f[1], value: route.params.get(f[0]) || "" });
     });
     var apply = function () {
       var q = new URLSearchParams();
       if (outcome.value) q.set("outcome", outcome.value);
+      if (carrier.value) q.set("carrier", carrier.value);
       CALL_FILTERS.forEach(function (f, i) {
         if (inputs[i].value.trim()) q.set(f[0], inputs[i].value.trim());
       });
@@ -424,8 +434,9 @@
     inputs.forEach(function (input) {
       input.addEventListener("keydown", function (ev) { if (ev.key === "Enter") apply(); });
     });
+    [outcome, carrier].forEach(function (x) { x.addEventListener("change", apply); });
     p.appendChild(el("div", { class: "filters card" },
-      el("label", {}, "Outcome", outcome),
+      el("label", {}, "Outcome", outcome), el("label", {}, "Carrier", carrier),
       CALL_FILTERS.map(function (f, i) {
         return el("label", {}, f[0].charAt(0).toUpperCase() + f[0].slice(1), inputs[i]);
       }),
@@ -435,13 +446,13 @@
                               text: "Load more", hidden: true });
     var none = el("p", { class: "muted", text: "No calls match.", hidden: true });
     p.appendChild(el("div", { class: "card scroll" }, el("table", { id: "calls" },
-      el("thead", {}, el("tr", {}, ["Started (" + tz() + ")", "Caller", "Number", "Outcome",
-                                    "Ring", "Talk", "Channel", "Source / campaign",
+      el("thead", {}, el("tr", {}, ["Started (" + tz() + ")", "Caller", "Number", "Carrier",
+                                    "Outcome", "Ring", "Talk", "Channel", "Source / campaign",
                                     "Tags", "Recording"].map(function (h) {
         return el("th", { text: h });
       }))), body), none, more));
     var base = trackerQuery() + "&" + periodQuery() + "&limit=100";
-    ["outcome"].concat(CALL_FILTERS.map(function (f) { return f[0]; })).forEach(function (name) {
+    ["outcome", "carrier"].concat(CALL_FILTERS.map(function (f) { return f[0]; })).forEach(function (name) {
       var v = (route.params.get(name) || "").trim();
       if (v) base += "&" + name + "=" + encodeURIComponent(v);
     });
@@ -456,7 +467,7 @@
             location.hash = "#/calls/" + encodeURIComponent(c.id);
           } },
             el("td", { text: fmtTime(c.started_at) }), el("td", { text: c.caller }),
-            el("td", { text: c.did }),
+            el("td", { text: c.did }), el("td", { "data-carrier": "", text: c.carrier || "—" }),
             el("td", { class: "outcome-" + c.outcome, text: c.outcome || "in progress" }),
             el("td", { class: "num", text: secs(c.ring_seconds) }),
             el("td", { class: "num", text: secs(c.talk_seconds) }),
@@ -497,7 +508,7 @@
         el("div", { class: "card" }, el("h2", { text: "Call" }), fields([
           ["Started", fmtTime(c.started_at, true)], ["Answered", fmtTime(c.answered_at, true)],
           ["Ended", fmtTime(c.ended_at, true)], ["Time zone", tz()], ["Outcome", c.outcome],
-          ["SIP code", c.sip_code],
+          ["SIP code", c.sip_code], ["Carrier", c.carrier],
           ["Hung up by", c.hangup_by], ["Ring", secs(c.ring_seconds)], ["Talk", secs(c.talk_seconds)],
           ["Target", c.target], ["First-time caller", c.first_time_caller ? "yes" : "no"],
           ["Qualified", c.qualified ? "yes" : "no"]])),
