@@ -280,6 +280,13 @@ def test_the_calls_page_plays_the_recording(site: dict[str, Any]) -> None:
             page.wait_for_selector("#recording audio[src]", state="attached")
             assert page.locator("#recording .rec-len").inner_text() == secs(
                 acme["recording"]["seconds"])
+            # the viewer cannot save the lead: the button is disabled and looks it
+            save = page.locator("#edit-save")
+            assert save.is_disabled()
+            look = save.evaluate(
+                "e => [getComputedStyle(e).backgroundColor, getComputedStyle(e).cursor]")
+            assert look == ["rgb(228, 231, 235)", "not-allowed"], look
+            assert page.inner_text('[data-field="Carrier"]') == acme["carrier"] == "loopback"
             b.shot("dashboard-recording-call")
             page.set_viewport_size({"width": 390, "height": 800})  # a phone
             b.shot("dashboard-recording-call-phone")
