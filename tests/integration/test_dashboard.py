@@ -423,6 +423,7 @@ def test_a_viewer_sees_only_its_own_tracker(site: dict[str, Any],
     status, me = get("/v1/me")
     assert status == 200 and me["role"] == "viewer"
     assert [t["id"] for t in me["trackers"]] == ["beta"]
+    assert me["carriers"] == ["mts", "beeline"]  # the configured names, the carrier filter's
 
     b = browser()
     b.sign_in(BETA_VIEWER)
