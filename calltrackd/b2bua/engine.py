@@ -37,6 +37,7 @@ from ..sip.endpoint import (
     AckReceived,
     Address,
     Event,
+    ForeignAck,
     MalformedMessage,
     RequestReceived,
     ResponseReceived,
@@ -152,6 +153,9 @@ class Engine(RoutingWaits):
                     if event.transaction is not None:
                         self.stack.layer.ack_received(event.transaction)
                     self.feed(call, AckIn(leg, event.request))
+        elif isinstance(event, ForeignAck):
+            # the ACK for our non-2xx from elsewhere than the INVITE: the layer dropped it
+            self._refuse("source", event.request, event.source)
         elif isinstance(event, TransactionTimeout):
             owner = event.transaction.user
             if isinstance(owner, Leg) and (call := self._call_of(owner)) is not None:

@@ -37,6 +37,7 @@ __all__ = [
     "Address",
     "ClientTransaction",
     "Event",
+    "ForeignAck",
     "MalformedMessage",
     "RequestReceived",
     "ResponseReceived",
@@ -99,6 +100,17 @@ class AckReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class ForeignAck:
+    """An ACK matching a server INVITE transaction (the ACK for its non-2xx final response,
+    §17.2.1) that came from elsewhere than the INVITE: dropped, so the response goes on
+    being retransmitted until the INVITE's source acknowledges it. For the TU to count."""
+
+    request: Request
+    source: Address
+    transaction: ServerInviteTransaction
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseReceived:
     response: Response
     transaction: ClientTransaction
@@ -118,7 +130,8 @@ class MalformedMessage:
 
 
 Event: TypeAlias = (
-    RequestReceived | AckReceived | ResponseReceived | TransactionTimeout | MalformedMessage
+    RequestReceived | AckReceived | ForeignAck | ResponseReceived | TransactionTimeout
+    | MalformedMessage
 )
 
 
@@ -142,6 +155,7 @@ class TransactionLayer:
         # 2xx carries a new branch, so it is matched by dialog and CSeq instead.
         self._accepted: dict[tuple[str, int], ServerInviteTransaction] = {}
         self._dest: dict[int, Address] = {}  # id(txn) → peer address
+        self._origin: dict[int, Address] = {}  # id(server INVITE txn) → its INVITE's source
         self._heap: list[tuple[float, int, Transaction]] = []
         self._seq = itertools.count()
         self._out: list[tuple[bytes, Address]] = []
@@ -199,7 +213,11 @@ class TransactionLayer:
         key = self._server_key(req, "INVITE" if method == "ACK" else method)
         txn = self._server.get(key)
         if txn is not None:
-            # a retransmission, or the ACK for a non-2xx final response
+            # a retransmission, or the ACK for a non-2xx final response: heeded only from
+            # the INVITE's own source (a stranger copying the Via would stop our response)
+            if method == "ACK" and isinstance(txn, ServerInviteTransaction) \
+                    and not self._from_previous_hop(txn, source):
+                return [ForeignAck(req, source, txn)]
             self._run(txn, txn.on_request(req, now))
             return []
         if method == "ACK":
@@ -215,6 +233,8 @@ class TransactionLayer:
             new = ServerNonInviteTransaction(req, key, reliable, self.timers)
         self._server[key] = new
         self._dest[id(new)] = self._response_address(req, source)
+        if method == "INVITE":
+            self._origin[id(new)] = source
         cancels = None
         if method == "CANCEL" and via.branch:
             found = self._server.get(self._server_key(req, "INVITE"))
@@ -346,6 +366,20 @@ class TransactionLayer:
                 if self._accepted.get(k) is txn:
                     del self._accepted[k]
         self._dest.pop(id(txn), None)
+        self._origin.pop(id(txn), None)
+
+    def _from_previous_hop(self, txn: ServerInviteTransaction, source: Address) -> bool:
+        """Whether an ACK matching `txn` by its Via comes from where the INVITE came from.
+        The ACK for a non-2xx is hop-by-hop: the client transaction that sent the INVITE
+        sends it (§17.1.1.3), so from the same host over the same transport, and over UDP
+        from the same socket, so the same port (a NAT maps it alike). Over TCP or TLS any
+        port: a peer whose connection broke reconnects from another. Holding a peer's
+        misplaced ACK to this costs at most the response's retransmissions until Timer H;
+        a stranger's ACK heeded would stop it reaching a caller who lost it."""
+        origin = self._origin.get(id(txn))
+        return origin is not None and origin.transport == source.transport \
+            and origin.host == source.host \
+            and (source.reliable or origin.port == source.port)
 
     def _from_invite_source(self, txn: ServerInviteTransaction, source: Address) -> bool:
         """Whether an ACK from `source` comes from where `txn`'s INVITE came from (the host

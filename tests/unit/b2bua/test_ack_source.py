@@ -1,7 +1,8 @@
 """The ACK for our 2xx belongs to the caller: one from a stranger who copied the dialog's
 identifiers (Call-ID, tags, CSeq) neither reaches the callee nor stops our 2xx reaching
 the caller; an ACK from another address of the caller's carrier (carriers send from
-several SBCs) does both. On the fake link of net.py: the real engine and layers."""
+several SBCs) does both. The ACK for our 4xx stops it only from the INVITE's source.
+On the fake link of net.py: the real engine and layers."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import ipaddress
 
 from calltrackd.config import Carrier, Settings, SipSettings
 from calltrackd.sip.endpoint import Address
-from calltrackd.sip.message import Via
+from calltrackd.sip.message import Headers, Request, Via
 from tests.unit.b2bua.net import CARRIER, ENGINE, SDP, Net, settings
 
 STRANGER = Address("udp", "192.0.2.66", 5060)
@@ -88,3 +89,40 @@ def test_an_ack_from_another_sbc_of_the_callers_carrier_stops_our_2xx() -> None:
     net.advance(40.0)  # past Timer L (64*T1): acknowledged, so the call stays up
     assert oks_to_carrier(net) == 1
     assert net.carrier.methods() == [] and net.engine.active_calls == 1
+
+
+def refusals_to_carrier(net: Net) -> int:
+    """The 486 to the carrier's INVITE the engine has sent, retransmissions included."""
+    return sum(1 for data, dest in net.engine_sent
+               if dest == CARRIER and data.startswith(b"SIP/2.0 486 "))
+
+
+def test_a_forged_ack_for_our_4xx_is_counted_and_the_4xx_goes_on_until_the_callers_own(
+) -> None:
+    """The ACK for a non-2xx matches the INVITE's transaction by its Via: one copying the
+    carrier's Via from another host (even another SBC of the carrier: that ACK is
+    hop-by-hop, it comes from the hop that sent the INVITE) must not stop our 486."""
+    lost = CarrierAcksLost()
+    net = Net(Settings(sip=SipSettings(), trackers=settings().trackers, carriers=(
+        Carrier("carrier", (ipaddress.ip_network("10.0.0.0/24"),)),)), loss=lost)
+    invite = net.carrier.invite()
+    net.pbx_a.respond(486)
+    assert net.carrier.statuses()[-1] == 486 and refusals_to_carrier(net) == 1
+    ack = Request("ACK", invite.uri, Headers())
+    ack.headers.add("Via", invite.headers.values("Via")[0])
+    resp = net.carrier.responses[-1]
+    for name in ("From", "To", "Call-ID"):
+        ack.headers.add(name, resp.headers.get(name) or "")
+    ack.headers.add("CSeq", "1 ACK")
+    ack.headers.add("Max-Forwards", "70")
+    for source in (STRANGER, SBC_2, Address("udp", CARRIER.host, CARRIER.port + 1)):
+        net.engine.handle(net.stack.layer.receive(ack.to_bytes(), source, net.clock.now))
+    assert net.engine.dialog_rejects == {("source", "ACK"): 3}
+    net.advance(2.0)  # Timer G: T1 and 2*T1 later, the caller's ACKs still lost
+    assert refusals_to_carrier(net) == 3
+    lost.on = False
+    net.advance(2.0)  # the 486 4*T1 later gets the caller's ACK through
+    assert refusals_to_carrier(net) == 4
+    net.advance(40.0)  # past Timer H: acknowledged, nothing more
+    assert refusals_to_carrier(net) == 4
+    assert (net.hooks.cdr.outcome, net.hooks.cdr.sip_code) == ("busy", 486)

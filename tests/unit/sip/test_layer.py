@@ -9,6 +9,7 @@ from calltrackd.sip.endpoint import (
     AckReceived,
     Address,
     Event,
+    ForeignAck,
     MalformedMessage,
     RequestReceived,
     ResponseReceived,
@@ -147,6 +148,69 @@ def test_an_ack_for_our_2xx_from_another_host_leaves_it_retransmitted() -> None:
     answer(other, 200, server_txn(other))
     other.uas.receive(ack, Address("udp", "127.0.0.1", 6000), other.now)
     assert server_txn(other).acked
+
+
+def non_2xx_ack(req: Request) -> bytes:
+    """The ACK for a non-2xx to `req` (§17.1.1.3): its Via (branch and sent-by), so it
+    matches the INVITE's server transaction; anyone who saw the INVITE can write it."""
+    h = Headers()
+    h.add("Via", req.headers.values("Via")[0])
+    for name in ("From", "Call-ID", "Max-Forwards"):
+        h.add(name, req.headers.get(name) or "")
+    h.add("To", (req.headers.get("To") or "") + ";tag=uas")
+    h.add("CSeq", "1 ACK")
+    return Request("ACK", req.uri, h).to_bytes()
+
+
+def test_an_ack_for_our_4xx_from_elsewhere_leaves_it_retransmitted() -> None:
+    """The ACK for a non-2xx matches the INVITE's transaction by its Via alone (§17.2.3):
+    one from another host, another transport or (over UDP) another port is not the hop
+    the INVITE came from, a stranger copying the Via. It is handed to the TU to count and
+    the 4xx goes on, Timer G, until the INVITE's source ACKs it."""
+    link = Link()
+    req = invite()
+    link.uac.send_request(req, UAS, link.now)
+    link.pump()
+    stxn = server_txn(link)
+    link.uas.respond(stxn, response_for(req, 486), link.now)
+    assert len(link.uas.transmits()) == 1  # the 486, lost with the UAC's own ACK
+    ack = non_2xx_ack(req)
+    for stranger in (Address("udp", "127.0.0.2", 5061), Address("tcp", "127.0.0.1", 5061),
+                     Address("udp", "127.0.0.1", 6000)):
+        events = link.uas.receive(ack, stranger, link.now)
+        assert len(events) == 1 and isinstance(events[0], ForeignAck), events
+        assert events[0].transaction is stxn and events[0].source == stranger
+    assert not stxn.terminated
+    sent = link.uas.retransmissions
+    for t in (0.5, 1.5, 3.5):  # Timer G; the datagrams are not delivered
+        link.uas.handle_timer(t)
+        assert [d.split(b" ", 2)[1] for d, _ in link.uas.transmits()] == [b"486"]
+    assert link.uas.retransmissions == sent + 3
+    # the INVITE's source (host, transport and port) stops it: Confirmed, then Timer I
+    assert link.uas.receive(ack, UAC, link.now) == []
+    link.uas.handle_timer(7.5)
+    assert link.uas.retransmissions == sent + 3 and link.uas.transmits() == []
+    link.uas.handle_timer(9.0)  # T4 (5 s) after the ACK
+    assert stxn.terminated and link.uas.transaction_count == 0
+    assert not any(isinstance(e, TransactionTimeout) for e in link.uas.handle_timer(40.0))
+
+
+def test_an_ack_for_our_4xx_over_tcp_may_come_from_another_port() -> None:
+    """Over TCP a peer whose connection broke sends its ACK over a new one, from another
+    port: the INVITE's host and transport are enough."""
+    layer = TransactionLayer()
+    req = invite()
+    source = Address("tcp", "127.0.0.1", 40001)
+    (got,) = layer.receive(req.to_bytes(), source, 0.0)
+    assert isinstance(got, RequestReceived) and isinstance(got.transaction,
+                                                           ServerInviteTransaction)
+    stxn = got.transaction
+    layer.respond(stxn, response_for(req, 404), 0.0)
+    assert isinstance(layer.receive(non_2xx_ack(req), Address("tcp", "127.0.0.2", 40001),
+                                    0.0)[0], ForeignAck)
+    assert layer.receive(non_2xx_ack(req), Address("tcp", "127.0.0.1", 40002), 0.0) == []
+    layer.handle_timer(0.0)  # Timer I is 0 over a reliable transport
+    assert stxn.terminated
 
 
 def test_every_other_datagram_lost_still_completes() -> None:
