@@ -3,7 +3,8 @@ read from the daemon's SIP trace; on a real network, from a leaked capture) send
 re-INVITE, ACK and CANCEL from 127.0.0.2, an address that is neither the carrier nor the
 PBX. Each is refused with 481 (the ACK dropped), neither SIPp (carrier or PBX) sees a
 thing, the call goes on and its record is that of a normal call. The refusals are counted
-and logged once."""
+and logged once. A refused call's 404 goes on being repeated until the carrier's own
+ACK, whoever else sends one copying its INVITE's Via."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from .conftest import Daemon, Sipp, free_port, start_daemon
-from .test_calls import DID_MAIN, config, fetch_record, forwarded_call_ids
+from .test_calls import DID_MAIN, DID_UNKNOWN, config, fetch_record, forwarded_call_ids
 
 STRANGER = "127.0.0.2"
 
@@ -209,3 +210,39 @@ def test_stranger_cancel_copying_the_carriers_via_does_not_cancel_a_ringing_call
     if answer:
         assert metric_sum(d, "calltrackd_dialog_rejected_total") == 1
         assert len(refusal_lines(d)) == 1
+
+
+def test_forged_acks_for_a_refused_calls_404_leave_it_repeated_until_the_carriers_own(
+    daemon: tuple[Daemon, int], sipp_factory: Callable[..., Sipp]
+) -> None:
+    """The carrier (SIPp) acknowledges our 404 only 4 s late; right after the first 404 an
+    ACK copying its INVITE's Via comes from the carrier's host at another port (a known
+    host, so it reaches the transaction layer) and from 127.0.0.2. Our 404 is repeated
+    (Timer G: 0.5, 1.5, 3.5 s) all the same, and stops at the carrier's ACK."""
+    d, _ = daemon
+    carrier = sipp_factory("carrier", "uac_expect_404_ack_late.xml", free_port(), "-s",
+                           DID_UNKNOWN, "-m", "1", "-timeout", "30s", "-timeout_error",
+                           remote=f"127.0.0.1:{d.sip_port}")
+    invite = traced(d, "in", lambda m: m.startswith("INVITE ") and "Subject:" in m,
+                    caller=carrier)
+    refused = traced(d, "out", lambda m: m.startswith("SIP/2.0 404"))
+    lines = [f"ACK {invite.split(' ', 2)[1]} SIP/2.0", f"Via: {header(invite, 'Via')}",
+             f"From: {header(refused, 'From')}", f"To: {header(refused, 'To')}",
+             f"Call-ID: {header(refused, 'Call-ID')}", "CSeq: 1 ACK", "Max-Forwards: 70",
+             "Content-Length: 0"]
+    forged = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    for host in ("127.0.0.1", STRANGER):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((host, 0))
+            sock.sendto(forged, ("127.0.0.1", d.sip_port))
+    res = carrier.wait(40)
+    assert res.ok, res.output
+    got = [m.start_line for m in carrier.traces() if not m.sent]
+    # without the rule the forged ACK, sent before 0.5 s, would have left one or two
+    assert sum(1 for s in got if s.startswith("SIP/2.0 404 ")) >= 3, got
+    # the one from the carrier's host reached the layer and was refused there; 127.0.0.2's
+    # (a stranger's ACK naming no dialog of ours) was dropped before it
+    assert metric_sum(d, "calltrackd_dialog_rejected_total") == 1
+    assert metric_sum(d, "calltrackd_sip_stranger_packets_total") == 1
+    assert [(ln["source"], ln["method"], ln["reason"]) for ln in refusal_lines(d)] == [
+        ("127.0.0.1", "ACK", "source")]
