@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository's
 import aiohttp
 
 from tests.bench.bench_outbox import Receiver
+from tests.bench.benchkit.procs import proc_cpu
 from tests.bench.compare import (
     CALLER,
     HZ,
@@ -155,15 +156,6 @@ def run_queue_wait(pid: int) -> float:
         return int((Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split())[1]) / 1e9
     except (OSError, IndexError, ValueError):
         return 0.0
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of process `pid` so far, 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / HZ
 
 
 def cpu_split(pid: int) -> tuple[float, float, float]:
@@ -355,8 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         probe_proc = ctx.Process(target=probe, args=(sip_port, probe_file, probe_stop),
                                  daemon=True)
         probe_proc.start()
-        others = [os.getpid(), uas.pid] + [p.pid for p in procs.procs if p is not uas
-                                          and p.pid != daemon.pid]
+        others = [os.getpid(), uas.pid]  # not redis-server: the store, not load
         if probe_proc.pid is not None:
             others.append(probe_proc.pid)
         time.sleep(2.0)

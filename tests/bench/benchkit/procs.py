@@ -109,6 +109,13 @@ def descendants(pid: int) -> set[int]:
     return out
 
 
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) used so far by `pid` alone; 0 once it is
+    gone."""
+    f = _stat_fields(pid)
+    return 0.0 if f is None else (int(f[11]) + int(f[12])) / HZ
+
+
 def tree_cpu(pid: int) -> float:
     """CPU seconds (user + system, all threads) used so far by `pid` and its descendants."""
     total = 0
